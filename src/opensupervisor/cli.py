@@ -1,0 +1,59 @@
+"""The ``opensupervisor`` command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import click
+import uvicorn
+from rich.console import Console
+
+from opensupervisor.errors import ConfigError
+from opensupervisor.settings import Settings, ensure_admin_token
+from opensupervisor.workspace import load_workspace
+
+console = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="opensupervisor")
+def main() -> None:
+    """OpenSupervisor: a self-hosted Supervisor API (OpenAI Responses protocol with hosted tools)."""
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Workspace file (TOML). Default: $OPENSUPERVISOR_CONFIG, else the demo workspace.")
+@click.option("--host", default=None, help="Address to listen on. Default: $OPENSUPERVISOR_HOST or 127.0.0.1.")
+@click.option("--port", type=int, default=None, help="Port. Default: $OPENSUPERVISOR_PORT or 8000.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes (use PostgreSQL when more than one).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(config: str | None, host: str | None, port: int | None, workers: int, log_level: str) -> None:
+    """Start the HTTP server."""
+    settings = Settings.from_env()
+    settings = dataclasses.replace(settings, config=config or settings.config, host=host or settings.host,
+                                   port=port or settings.port)
+    try:
+        workspace = load_workspace(settings.config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    token, generated = ensure_admin_token(settings)
+    if generated:
+        console.print(f"[bold]Admin token[/bold] (shown once, saved in {settings.data_dir}/admin_token): {token}")
+    console.print(f"Workspace [bold]{workspace.name}[/bold]: {len(workspace.models)} models; "
+                  f"state in {settings.database_url}")
+    console.print(f"Listening on http://{settings.host}:{settings.port}  (Ctrl+C to stop)")
+    # Worker processes rebuild the app from the environment, so pass the resolved settings on.
+    os.environ.update({
+        "OPENSUPERVISOR_HOST": settings.host, "OPENSUPERVISOR_PORT": str(settings.port),
+        "OPENSUPERVISOR_DATABASE_URL": settings.database_url, "OPENSUPERVISOR_ADMIN_TOKEN": token,
+        "OPENSUPERVISOR_DATA_DIR": str(settings.data_dir),
+    })
+    if settings.config:
+        os.environ["OPENSUPERVISOR_CONFIG"] = settings.config
+    uvicorn.run("opensupervisor.server.app:create_app_from_env", factory=True, host=settings.host,
+                port=settings.port, workers=workers, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=5)

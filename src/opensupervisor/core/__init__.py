@@ -1,0 +1,1 @@
+"""The one agent loop: items in, Responses events out."""

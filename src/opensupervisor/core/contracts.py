@@ -1,0 +1,143 @@
+"""The two small contracts the loop runs on: a ``Model`` and a ``Toolset``.
+
+Providers (``opensupervisor.models``) and hosted tools (``opensupervisor.tools``) implement them;
+cross-cutting concerns (timeouts, fallbacks, tracing, durability, approval) wrap them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from opensupervisor.core.context import RunContext
+
+Item = dict[str, Any]
+FinishReason = Literal["stop", "tool_calls", "length", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """A tool the model may call. ``hosted`` tools run here; client tools end the turn."""
+
+    name: str
+    description: str | None
+    parameters: dict[str, Any]
+    hosted: bool = True
+    kind: str = "function"
+
+
+@dataclass(slots=True)
+class ModelRequest:
+    """One model call: the whole history as Responses items plus what the model may do."""
+
+    instructions: str | None
+    items: list[Item]
+    tools: list[ToolDef] = field(default_factory=list)
+    # "auto" | "required" | "none", or the name of the one tool the model must call.
+    tool_choice: str = "auto"
+    text_format: dict[str, Any] | None = None
+    max_output_tokens: int | None = None
+    parallel_tool_calls: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+    reasoning: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+
+
+ModelEvent = TextDelta | ToolCallStart | ToolCallDelta | Usage | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class ModelResponse:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: FinishReason = "stop"
+
+
+class Model(ABC):
+    """A language model. Implement ``request_stream``; ``request`` folds it unless overridden."""
+
+    name: str = "model"
+
+    @abstractmethod
+    def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """Yield normalized events: text deltas, tool calls (start then argument deltas), usage, finish."""
+
+    async def request(self, request: ModelRequest) -> ModelResponse:
+        out = ModelResponse()
+        text: list[str] = []
+        args: list[str] = []
+        current: ToolCallStart | None = None
+
+        def close_call() -> None:
+            if current is not None:
+                out.tool_calls.append(ToolCall(current.call_id, current.name, "".join(args)))
+
+        async for event in self.request_stream(request):
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, ToolCallStart):
+                close_call()
+                current, args = event, []
+            elif isinstance(event, ToolCallDelta):
+                args.append(event.arguments)
+            elif isinstance(event, Usage):
+                out.usage = event
+            else:
+                out.finish_reason = event.reason
+        close_call()
+        out.text = "".join(text)
+        return out
+
+    async def aclose(self) -> None:
+        """Release clients and loaded weights."""
+
+
+class Toolset(ABC):
+    """A group of tools of one hosted kind (a Genie space, a connection, client functions …)."""
+
+    @abstractmethod
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        """The tools this toolset offers for this run."""
+
+    @abstractmethod
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        """Run one tool; the returned text becomes the ``function_call_output``. Raise to report failure."""

@@ -1,0 +1,161 @@
+"""Responses streaming events, numbered from 0 and encoded to JSON exactly once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from opensupervisor.wire.ids import new_id
+from opensupervisor.wire.response import Response, usage
+
+Item = dict[str, Any]
+
+
+class Event:
+    """One streaming event, encoded when it is made.
+
+    Encoding at once freezes the event: the items it shows keep changing as the run goes on, and the
+    same bytes serve the SSE writer and the event log.
+    """
+
+    __slots__ = ("data", "json")
+
+    def __init__(self, data: dict[str, Any], raw: bytes | None = None) -> None:
+        self.data = data
+        self.json = raw if raw is not None else orjson.dumps(data)
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+    @property
+    def sequence_number(self) -> int:
+        return int(self.data["sequence_number"])
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Event:
+        return cls(orjson.loads(raw), raw)
+
+
+class Emitter:
+    """Builds the events of one response and keeps the response object in step with them."""
+
+    def __init__(self, response: Response, start_sequence: int = 0) -> None:
+        self.response = response
+        self.seq = start_sequence
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
+
+    def event(self, kind: str, **fields: Any) -> Event:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return Event(data)
+
+    def snapshot(self) -> Response:
+        return dict(self.response, output=list(self.response["output"]))
+
+    def lifecycle(self, kind: str) -> Event:
+        return self.event(kind, response=self.snapshot())
+
+    def set_status(self, status: str) -> None:
+        self.response["status"] = status
+
+    # -- output items ------------------------------------------------------------------------
+
+    def item_added(self, item: Item) -> Event:
+        self.response["output"].append(item)
+        return self.event("response.output_item.added", output_index=len(self.response["output"]) - 1,
+                          item=item)
+
+    def item_done(self, item: Item) -> Event:
+        index = self.index_of(item)
+        return self.event("response.output_item.done", output_index=index, item=item)
+
+    def index_of(self, item: Item) -> int:
+        output = self.response["output"]
+        for i in range(len(output) - 1, -1, -1):
+            if output[i] is item:
+                return i
+        raise ValueError("item is not in this response's output")
+
+    def start_message(self) -> tuple[Item, list[Event]]:
+        item: Item = {"id": new_id("message"), "type": "message", "status": "in_progress", "role": "assistant",
+                      "content": []}
+        added = self.item_added(item)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        item["content"].append(part)
+        return item, [added, self.event("response.content_part.added", item_id=item["id"],
+                                        output_index=added.data["output_index"], content_index=0,
+                                        part=part)]
+
+    def text_delta(self, item: Item, delta: str) -> Event:
+        part = item["content"][0]
+        part["text"] += delta
+        return self.event("response.output_text.delta", item_id=item["id"], output_index=self.index_of(item),
+                          content_index=0, delta=delta, logprobs=[])
+
+    def finish_message(self, item: Item, status: str = "completed") -> list[Event]:
+        index = self.index_of(item)
+        part = item["content"][0]
+        item["status"] = status
+        return [
+            self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                       text=part["text"], logprobs=[]),
+            self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                       part=part),
+            self.item_done(item),
+        ]
+
+    def start_call(self, call_id: str, name: str) -> tuple[Item, Event]:
+        item: Item = {"id": new_id("function_call"), "type": "function_call", "status": "in_progress",
+                      "call_id": call_id, "name": name, "arguments": ""}
+        return item, self.item_added(item)
+
+    def call_delta(self, item: Item, delta: str) -> Event:
+        item["arguments"] += delta
+        return self.event("response.function_call_arguments.delta", item_id=item["id"],
+                          output_index=self.index_of(item), delta=delta)
+
+    def finish_call(self, item: Item) -> list[Event]:
+        item["status"] = "completed"
+        index = self.index_of(item)
+        return [
+            self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                       name=item["name"], arguments=item["arguments"]),
+            self.item_done(item),
+        ]
+
+    def call_output(self, call_id: str, output: str) -> list[Event]:
+        item: Item = {"id": new_id("function_call_output"), "type": "function_call_output", "call_id": call_id,
+                      "output": output, "status": "completed"}
+        return [self.item_added(item), self.item_done(item)]
+
+    # -- usage and terminal events -----------------------------------------------------------
+
+    def add_usage(self, input_tokens: int, output_tokens: int, cached: int = 0, reasoning: int = 0) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cached_tokens += cached
+        self.reasoning_tokens += reasoning
+        self.response["usage"] = usage(self.input_tokens, self.output_tokens, cached=self.cached_tokens,
+                                       reasoning=self.reasoning_tokens)
+
+    def finish(self, status: str, *, reason: str | None = None, error: dict[str, Any] | None = None) -> Event:
+        """The terminal event. A cancelled run ends with ``response.failed`` (OpenAI has no cancelled event)."""
+        self.response["status"] = status
+        self.response["completed_at"] = int(time.time()) if status == "completed" else None
+        if reason is not None:
+            self.response["incomplete_details"] = {"reason": reason}
+        if error is not None:
+            self.response["error"] = error
+        if self.response["usage"] is None:
+            self.add_usage(0, 0)
+        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(status, "response.failed")
+        return self.lifecycle(kind)
+
+    def error_event(self, code: str, message: str) -> Event:
+        return self.event("error", code=code, message=message, param=None)

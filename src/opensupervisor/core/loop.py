@@ -1,0 +1,257 @@
+"""The agent loop. It yields Responses events; JSON, SSE and background runs all drain this one stream.
+
+Each turn is a step that reports a tagged outcome: ``Answered`` ends the run, ``CalledTools`` runs the
+hosted calls and goes round again (or ends with pending client calls), ``Truncated`` ends it
+``incomplete``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import (
+    Finish,
+    Item,
+    Model,
+    ModelRequest,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+from opensupervisor.core.events import Emitter, Event
+from opensupervisor.core.toolbox import ToolBox
+from opensupervisor.errors import ModelError
+from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopLimits:
+    max_turns: int = 16
+    tool_timeout_s: float = 120.0
+
+
+@dataclass(slots=True)
+class Run:
+    """Everything one run needs. ``history`` is what the model sees: prior context, input, new items."""
+
+    ctx: RunContext
+    model: Model
+    toolbox: ToolBox
+    history: list[Item]
+    emitter: Emitter
+    limits: LoopLimits = field(default_factory=LoopLimits)
+    hosted_calls: int = 0
+
+
+@dataclass(slots=True)
+class Answered:
+    pass
+
+
+@dataclass(slots=True)
+class CalledTools:
+    calls: list[Item]
+
+
+@dataclass(slots=True)
+class Truncated:
+    reason: str
+
+
+Outcome = Answered | CalledTools | Truncated
+
+
+async def run_loop(run: Run) -> AsyncIterator[Event]:
+    """Drive a run from ``response.created`` to its terminal event; model failures end it ``failed``."""
+    em = run.emitter
+    yield em.lifecycle("response.created")
+    em.set_status("in_progress")
+    yield em.lifecycle("response.in_progress")
+    try:
+        async for event in _turns(run):
+            yield event
+    except ModelError as exc:
+        for event in _fail(em, exc.code, exc.message):
+            yield event
+    except Exception:  # the loop's outer boundary: anything unexpected fails this response, not the server
+        log.exception("run %s failed", run.ctx.response_id)
+        for event in _fail(em, "server_error", "The server had an error while processing this response."):
+            yield event
+
+
+def _fail(em: Emitter, code: str, message: str) -> list[Event]:
+    for item in em.response["output"]:
+        if item.get("status") == "in_progress":
+            item["status"] = "incomplete"
+    return [em.error_event(code, message), em.finish("failed", error={"code": code, "message": message})]
+
+
+async def _turns(run: Run) -> AsyncIterator[Event]:
+    em = run.emitter
+    turn = 0
+    while True:
+        if turn >= run.limits.max_turns:
+            yield em.finish("incomplete", reason="max_turns")
+            return
+        box: list[Outcome] = []
+        async for event in _model_turn(run, _model_request(run, turn), box):
+            yield event
+        turn += 1
+        outcome = box[0]
+        if isinstance(outcome, Truncated):
+            yield em.finish("incomplete", reason=outcome.reason)
+            return
+        if isinstance(outcome, Answered):
+            yield em.finish("completed")
+            return
+        async for event in _tool_step(run, outcome.calls):
+            yield event
+        if any(not _is_hosted(run, c) for c in outcome.calls):
+            yield em.finish("completed")
+            return
+
+
+def _is_hosted(run: Run, call: Item) -> bool:
+    tool = run.toolbox.lookup(call["name"])
+    return tool is None or tool.hosted
+
+
+def _model_request(run: Run, turn: int) -> ModelRequest:
+    body = run.ctx.request.body
+    budget = None if body.max_tool_calls is None else body.max_tool_calls - run.hosted_calls
+    tools = run.toolbox.offered(hosted=budget is None or budget > 0)
+    choice = _tool_choice(run, turn)
+    if choice == "none":
+        tools = []
+    settings = {
+        k: getattr(body, k) for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+        if getattr(body, k) is not None
+    }
+    return ModelRequest(
+        instructions=body.instructions,
+        items=run.history,
+        tools=tools,
+        tool_choice=choice if tools else "none",
+        text_format=run.emitter.response["text"]["format"],
+        max_output_tokens=body.max_output_tokens,
+        parallel_tool_calls=body.parallel_tool_calls,
+        settings=settings,
+        reasoning=run.emitter.response["reasoning"],
+    )
+
+
+def _tool_choice(run: Run, turn: int) -> str:
+    """The request's choice binds the first turn only; after a tool result the model may answer."""
+    choice: Any = run.ctx.request.body.tool_choice
+    if choice == "none":
+        return "none"
+    if turn > 0:
+        return "auto"
+    if isinstance(choice, FunctionToolChoice):
+        return choice.name
+    if isinstance(choice, AllowedToolsChoice):
+        return choice.mode
+    return str(choice)
+
+
+async def _model_turn(run: Run, request: ModelRequest, box: list[Outcome]) -> AsyncIterator[Event]:
+    """Stream one model call into output items; report the outcome through ``box``."""
+    em = run.emitter
+    message: Item | None = None
+    call: Item | None = None
+    calls: list[Item] = []
+    finish = "stop"
+    async for event in run.model.request_stream(request):
+        if isinstance(event, TextDelta):
+            if call is not None:
+                for e in em.finish_call(call):
+                    yield e
+                call = None
+            if message is None:
+                message, events = em.start_message()
+                for e in events:
+                    yield e
+            yield em.text_delta(message, event.text)
+        elif isinstance(event, ToolCallStart):
+            if message is not None:
+                for e in em.finish_message(message):
+                    yield e
+                run.history.append(_history_item(message))
+                message = None
+            if call is not None:
+                for e in em.finish_call(call):
+                    yield e
+            call, added = em.start_call(event.call_id, event.name)
+            calls.append(call)
+            yield added
+        elif isinstance(event, ToolCallDelta) and call is not None:
+            yield em.call_delta(call, event.arguments)
+        elif isinstance(event, Usage):
+            em.add_usage(event.input_tokens, event.output_tokens, event.cached_tokens, event.reasoning_tokens)
+        elif isinstance(event, Finish):
+            finish = event.reason
+    if call is not None:
+        for e in em.finish_call(call):
+            yield e
+    if message is None and not calls:
+        message, events = em.start_message()
+        for e in events:
+            yield e
+    if message is not None:
+        for e in em.finish_message(message, "incomplete" if finish == "length" else "completed"):
+            yield e
+        run.history.append(_history_item(message))
+    run.history.extend(_history_item(c) for c in calls)
+    if finish in ("length", "content_filter"):
+        box.append(Truncated("max_output_tokens" if finish == "length" else "content_filter"))
+    elif calls:
+        box.append(CalledTools(calls))
+    else:
+        box.append(Answered())
+
+
+def _history_item(item: Item) -> Item:
+    out = dict(item)
+    if out["type"] == "message":
+        out["content"] = [dict(p) for p in out["content"]]
+    return out
+
+
+async def _tool_step(run: Run, calls: list[Item]) -> AsyncIterator[Event]:
+    """Run the hosted calls of a turn concurrently and emit their outputs in call order.
+
+    Client calls stay pending (the caller ends the run); unknown or disallowed tools and calls past
+    ``max_tool_calls`` get an error output so the model can recover.
+    """
+    body = run.ctx.request.body
+    hosted: list[tuple[Item, str]] = []
+    outputs: dict[str, str] = {}
+    for call in calls:
+        tool = run.toolbox.lookup(call["name"])
+        if tool is None:
+            outputs[call["call_id"]] = f"Error: there is no tool named '{call['name']}' available."
+        elif not tool.hosted:
+            continue
+        elif body.max_tool_calls is not None and run.hosted_calls >= body.max_tool_calls:
+            outputs[call["call_id"]] = f"Error: the tool call limit ({body.max_tool_calls}) was reached."
+        else:
+            run.hosted_calls += 1
+            hosted.append((call, call["name"]))
+    results = await run.toolbox.run(run.ctx, [(name, c["arguments"]) for c, name in hosted],
+                                    parallel=body.parallel_tool_calls)
+    outputs.update({c["call_id"]: r for (c, _), r in zip(hosted, results, strict=True)})
+    for call in calls:
+        output = outputs.get(call["call_id"])
+        if output is None:
+            continue
+        events = run.emitter.call_output(call["call_id"], output)
+        for e in events:
+            yield e
+        run.history.append(_history_item(events[-1].data["item"]))

@@ -1,0 +1,130 @@
+"""The tools of one run: which the model is offered, where each call goes, and running hosted calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import ToolDef, Toolset
+from opensupervisor.errors import InvalidRequest, ToolError
+from opensupervisor.wire.request import AllowedToolsChoice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundToolset:
+    """A toolset made from one entry of the request's ``tools`` (``index`` and ``type`` as sent)."""
+
+    index: int
+    type: str
+    toolset: Toolset
+
+
+class ClientFunctions(Toolset):
+    """Client-side ``function`` tools: offered to the model, never run here; a call ends the turn."""
+
+    def __init__(self, definitions: list[dict[str, Any]]) -> None:
+        self.definitions = definitions
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        return [
+            ToolDef(name=d["name"], description=d.get("description"),
+                    parameters=d.get("parameters") or {"type": "object", "properties": {}}, hosted=False)
+            for d in self.definitions
+        ]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        raise ToolError(f"'{name}' is a client-side function; the client runs it")
+
+
+@dataclass(slots=True)
+class _Entry:
+    tool: ToolDef
+    toolset: Toolset
+    type: str
+    validator: Draft202012Validator
+
+
+class ToolBox:
+    """Every tool of a run by name, with the request's ``tool_choice`` applied."""
+
+    def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float) -> None:
+        self._entries = entries
+        self._allowed = allowed
+        self.timeout_s = timeout_s
+
+    @classmethod
+    async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0) -> ToolBox:
+        entries: dict[str, _Entry] = {}
+        for b in bound:
+            for tool in await b.toolset.list_tools(ctx):
+                if tool.name in entries:
+                    raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
+                                         param=f"tools[{b.index}]", code="invalid_value")
+                entries[tool.name] = _Entry(tool, b.toolset, b.type, Draft202012Validator(tool.parameters))
+        return cls(entries, _allowed_names(ctx, entries), timeout_s)
+
+    def offered(self, *, hosted: bool = True) -> list[ToolDef]:
+        """The tools the model may call now (``allowed_tools`` is a hard filter, not a hint)."""
+        return [
+            e.tool for name, e in self._entries.items()
+            if (self._allowed is None or name in self._allowed) and (hosted or not e.tool.hosted)
+        ]
+
+    def lookup(self, name: str) -> ToolDef | None:
+        entry = self._entries.get(name)
+        if entry is None or (self._allowed is not None and name not in self._allowed):
+            return None
+        return entry.tool
+
+    async def run(self, ctx: RunContext, calls: list[tuple[str, str]], *, parallel: bool = True) -> list[str]:
+        """Run hosted calls ``(name, arguments JSON)`` and return their outputs in call order.
+
+        Independent calls run concurrently; a failing call becomes an error text the model can read.
+        """
+        if parallel:
+            return list(await asyncio.gather(*(self._run_one(ctx, n, a) for n, a in calls)))
+        return [await self._run_one(ctx, n, a) for n, a in calls]
+
+    async def _run_one(self, ctx: RunContext, name: str, arguments: str) -> str:
+        entry = self._entries[name]
+        try:
+            args = orjson.loads(arguments or "{}")
+        except orjson.JSONDecodeError as exc:
+            return f"Error: the arguments for '{name}' are not valid JSON ({exc})."
+        if not isinstance(args, dict):
+            return f"Error: the arguments for '{name}' must be a JSON object."
+        problem = next(iter(entry.validator.iter_errors(args)), None)
+        if problem is not None:
+            where = "/".join(str(p) for p in problem.absolute_path) or "arguments"
+            return f"Error: invalid arguments for '{name}' at {where}: {problem.message}"
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await entry.toolset.call_tool(ctx, name, args)
+        except ToolError as exc:
+            return f"Error: {exc}"
+        except TimeoutError:
+            return f"Error: '{name}' did not finish within {self.timeout_s:g} seconds."
+        except Exception as exc:  # a broken tool must not fail the run: the model reads what happened
+            log.exception("tool %s failed", name)
+            return f"Error: '{name}' failed: {type(exc).__name__}: {exc}"
+
+
+def _allowed_names(ctx: RunContext, entries: dict[str, _Entry]) -> set[str] | None:
+    choice = ctx.request.body.tool_choice
+    if isinstance(choice, AllowedToolsChoice):
+        names: set[str] = set()
+        for ref in choice.tools:
+            if ref.type == "function":
+                names.add(str(ref.name))
+            else:
+                names.update(n for n, e in entries.items() if e.type == ref.type and (ref.name in (None, n)))
+        return names
+    return None

@@ -1,0 +1,106 @@
+"""The one error hierarchy of OpenSupervisor.
+
+    OpenSupervisorError
+    ├── ConfigError                 the workspace file or the environment is wrong (operator mistake)
+    ├── APIError                    something a client sent or asked for; becomes an HTTP error body
+    │   ├── InvalidRequest          400 invalid_request_error
+    │   ├── Unauthorized            401
+    │   ├── Forbidden               403
+    │   ├── NotFound                404
+    │   ├── PayloadTooLarge         413
+    │   └── Conflict                409
+    ├── ModelError                  a model or its upstream failed; the response fails with it
+    │   └── ModelTimeout
+    └── ToolError                   a hosted tool failed; the model reads the message as the tool output
+
+Library errors are translated into these at the edge where they happen (provider adapters,
+toolsets, the store), always with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OpenSupervisorError(Exception):
+    """Base of every error the package raises on purpose."""
+
+
+class ConfigError(OpenSupervisorError):
+    """The workspace file, an environment variable or a CLI flag is wrong."""
+
+
+class APIError(OpenSupervisorError):
+    """An error that reaches the client as an OpenAI-shaped body."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+
+
+class Unauthorized(APIError):
+    status_code = 401
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "invalid_api_key") -> None:
+        super().__init__(message, param=param, code=code)
+
+
+class Forbidden(APIError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFound(APIError):
+    status_code = 404
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "not_found") -> None:
+        super().__init__(message, param=param, code=code)
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "request_too_large") -> None:
+        super().__init__(message, param=param, code=code)
+
+
+class Conflict(APIError):
+    status_code = 409
+
+
+class ModelError(OpenSupervisorError):
+    """A model call failed. ``code`` follows OpenAI's ResponseErrorCode where one fits."""
+
+    def __init__(self, message: str, *, code: str = "server_error", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+
+
+class ModelTimeout(ModelError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="model_timeout", retryable=True)
+
+
+class ToolError(OpenSupervisorError):
+    """A hosted tool failed in a way its caller should read (the text becomes the tool output)."""

@@ -1,0 +1,41 @@
+"""The model catalog: workspace entries become ``Model`` instances, built once and shared."""
+
+from __future__ import annotations
+
+from opensupervisor.core.contracts import Model
+from opensupervisor.errors import ConfigError, InvalidRequest
+from opensupervisor.models.openai_chat import OpenAIChatModel
+from opensupervisor.models.scripted import ScriptedModel
+from opensupervisor.workspace import ModelEntry, Workspace
+
+
+def build_model(name: str, entry: ModelEntry) -> Model:
+    if entry.provider == "scripted":
+        return ScriptedModel(name, entry.script)
+    if entry.provider == "openai-chat":
+        if not entry.base_url or not entry.upstream_model:
+            raise ConfigError(f"model '{name}': provider openai-chat needs base_url and upstream_model")
+        return OpenAIChatModel(name, base_url=entry.base_url, upstream_model=entry.upstream_model,
+                               api_key_env=entry.api_key_env, timeout_s=entry.timeout_s,
+                               max_retries=entry.max_retries)
+    raise ConfigError(f"model '{name}': provider '{entry.provider}' is not available in this release")
+
+
+class ModelCatalog:
+    def __init__(self, workspace: Workspace) -> None:
+        self.entries = workspace.models
+        self._models = {name: build_model(name, entry) for name, entry in workspace.models.items()}
+
+    def get(self, name: str) -> Model:
+        model = self._models.get(name)
+        if model is None:
+            raise InvalidRequest(f"The model '{name}' does not exist in this workspace.", param="model",
+                                 code="model_not_found")
+        return model
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    async def aclose(self) -> None:
+        for model in self._models.values():
+            await model.aclose()

@@ -1,0 +1,152 @@
+"""A deterministic model that follows a script: the one fake language model of the test suite.
+
+A script is a list of rules. The first rule whose ``when`` text occurs in the last user message
+(case-insensitive; no ``when`` matches everything) gives the turns: the n-th model call after that
+user message plays turn n. Because the turn is read off the history, a script needs no state and
+works across processes, ``previous_response_id`` chains and client round trips.
+
+With no matching turn the model improvises deterministically: it calls the tool that ``tool_choice``
+demands (arguments made from the tool's schema), returns JSON that fits ``text.format``, or answers
+in plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from opensupervisor.core.contracts import (
+    Finish,
+    FinishReason,
+    Item,
+    Model,
+    ModelEvent,
+    ModelRequest,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+from opensupervisor.errors import ModelError
+from opensupervisor.wire.ids import new_id
+from opensupervisor.wire.items import item_text
+
+
+class ScriptedCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptedTurn(BaseModel):
+    """One model call: text and/or tool calls, or a failure; ``delay_s`` simulates a slow model."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    tool_calls: list[ScriptedCall] = Field(default_factory=list)
+    finish: FinishReason | None = None
+    error: str | None = None
+    delay_s: float = Field(default=0.0, ge=0, le=3600)
+
+
+class ScriptRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    when: str | None = None
+    turns: list[ScriptedTurn]
+    repeat_last: bool = False
+
+
+class ScriptedModel(Model):
+    def __init__(self, name: str, rules: list[ScriptRule] | None = None, *, chunk_words: int = 1) -> None:
+        self.name = name
+        self.rules = rules or []
+        self.chunk_words = chunk_words
+        self.calls: list[ModelRequest] = []
+
+    async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        self.calls.append(request)
+        turn = self._turn(request)
+        if turn.delay_s:
+            await asyncio.sleep(turn.delay_s)
+        if turn.error is not None:
+            raise ModelError(turn.error, code="server_error")
+        text = turn.text or ""
+        for chunk in _chunks(text, self.chunk_words):
+            yield TextDelta(chunk)
+        for call in turn.tool_calls:
+            yield ToolCallStart(new_id("call"), call.name)
+            yield ToolCallDelta(orjson.dumps(call.arguments).decode())
+        out_chars = len(text) + sum(len(c.name) + 20 for c in turn.tool_calls)
+        yield Usage(input_tokens=_estimate_tokens(request), output_tokens=max(1, out_chars // 4))
+        yield Finish(turn.finish or ("tool_calls" if turn.tool_calls else "stop"))
+
+    def _turn(self, request: ModelRequest) -> ScriptedTurn:
+        last_user, index = _position(request.items)
+        for rule in self.rules:
+            if rule.when is None or rule.when.lower() in last_user.lower():
+                if index < len(rule.turns):
+                    return rule.turns[index]
+                if rule.repeat_last and rule.turns:
+                    return rule.turns[-1]
+                break
+        return self._improvise(request, last_user)
+
+    def _improvise(self, request: ModelRequest, last_user: str) -> ScriptedTurn:
+        tools = {t.name: t for t in request.tools}
+        if request.tool_choice not in ("auto", "none") and tools:
+            tool = tools.get(request.tool_choice) or next(iter(tools.values()))
+            return ScriptedTurn(tool_calls=[ScriptedCall(name=tool.name, arguments=_example(tool.parameters))])
+        fmt = request.text_format or {}
+        if fmt.get("type") == "json_schema":
+            return ScriptedTurn(text=orjson.dumps(_example(fmt.get("schema") or {})).decode())
+        if fmt.get("type") == "json_object":
+            return ScriptedTurn(text=orjson.dumps({"answer": last_user}).decode())
+        return ScriptedTurn(text=f"{self.name} (scripted) received: {last_user}" if last_user else "Hello!")
+
+
+def _position(items: list[Item]) -> tuple[str, int]:
+    """The last user message's text, and how many model turns have happened since it."""
+    last = -1
+    for i, item in enumerate(items):
+        if item.get("type") == "message" and item.get("role") == "user":
+            last = i
+    turns = 0
+    in_group = False
+    for item in items[last + 1:]:
+        produced = item.get("type") == "function_call" or (
+            item.get("type") == "message" and item.get("role") == "assistant")
+        if produced and not in_group:
+            turns += 1
+        in_group = produced
+    return (item_text(items[last]) if last >= 0 else ""), turns
+
+
+def _chunks(text: str, words: int) -> list[str]:
+    parts = text.split(" ")
+    return [" ".join(parts[i:i + words]) + (" " if i + words < len(parts) else "")
+            for i in range(0, len(parts), words)] if text else []
+
+
+def _estimate_tokens(request: ModelRequest) -> int:
+    chars = len(request.instructions or "") + sum(len(orjson.dumps(i)) for i in request.items)
+    return max(1, chars // 4)
+
+
+def _example(schema: dict[str, Any]) -> Any:
+    """A small instance of a JSON Schema: required properties only, first enum value, zero values."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: _example(props.get(k, {})) for k in schema.get("required", [])}
+    return {"string": "example", "integer": 0, "number": 0, "boolean": False, "array": [], "null": None}.get(kind)
+

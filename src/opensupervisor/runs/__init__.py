@@ -1,0 +1,1 @@
+"""Running responses: preparing a run, recording it, background runs and cancellation."""

@@ -1,0 +1,218 @@
+"""Responses as a service: create (JSON, stream, background), retrieve, cancel, delete, input items.
+
+Every mode drains the one loop (``core.loop.run_loop``) through the recorder; only who reads the
+events differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.events import Emitter, Event
+from opensupervisor.core.loop import LoopLimits, Run, run_loop
+from opensupervisor.core.toolbox import ToolBox
+from opensupervisor.errors import InvalidRequest, NotFound
+from opensupervisor.identity import Principal
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs.live import LiveRun
+from opensupervisor.runs.recorder import Recorder
+from opensupervisor.store import Store
+from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.wire.ids import new_id
+from opensupervisor.wire.items import InputItem, check_call_pairs
+from opensupervisor.wire.request import ParsedRequest
+from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
+
+log = logging.getLogger(__name__)
+_ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
+                 "function_call_output": "function_call_output", "reasoning": "reasoning",
+                 "mcp_approval_response": "mcp_approval_response"}
+
+
+@dataclass(slots=True)
+class Prepared:
+    run: Run
+    recorder: Recorder
+    # The terminal event written when the run was abandoned or cancelled midway.
+    cancelled: Event | None = None
+
+    @property
+    def response(self) -> Response:
+        return self.run.emitter.response
+
+
+class ResponseService:
+    def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.tools = tools
+        self.limits = limits
+        self.live: dict[str, LiveRun] = {}
+
+    # -- create ----------------------------------------------------------------------------------
+
+    async def prepare(self, parsed: ParsedRequest, principal: Principal, raw: dict[str, Any]) -> Prepared:
+        """Resolve everything a run needs; any client mistake is raised here, before the loop starts."""
+        body = parsed.body
+        model = self.catalog.get(body.model)
+        bound = self.tools.bind(parsed.tools)
+        history = await self._prior_history(body.previous_response_id, principal)
+        input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
+        check_call_pairs(history + input_items, len(history))
+        response_id = new_id("response")
+        ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
+        response = new_response(response_id, parsed, model=body.model)
+        run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
+                  emitter=Emitter(response), limits=self.limits)
+        recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
+                            request=raw, stream=body.stream, input_items=input_items,
+                            live=body.stream or body.background)
+        return Prepared(run, recorder)
+
+    async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[InputItem]:
+        if previous_id is None:
+            return []
+        meta = await self.store.meta(previous_id, _owner(principal))
+        if meta is None:
+            raise InvalidRequest(f"Previous response with id '{previous_id}' not found.",
+                                 param="previous_response_id", code="previous_response_not_found")
+        if meta[0]["status"] not in TERMINAL_STATUSES:
+            raise InvalidRequest(f"Previous response with id '{previous_id}' is still {meta[0]['status']}.",
+                                 param="previous_response_id", code="previous_response_in_progress")
+        return await self.store.history(previous_id, _owner(principal)) or []
+
+    async def _resolve(self, item: InputItem, index: int, principal: Principal) -> InputItem:
+        if item["type"] == "item_reference":
+            found = await self.store.find_item(item["id"], _owner(principal))
+            if found is None:
+                raise InvalidRequest(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id",
+                                     code="item_not_found")
+            return found
+        if "id" not in item and item["type"] in _ITEM_ID_KIND:
+            return {"id": new_id(_ITEM_ID_KIND[item["type"]]), **item}
+        return item
+
+    async def events(self, prepared: Prepared) -> AsyncGenerator[Event]:
+        """The run's events, recorded as they pass. A run abandoned midway is recorded as cancelled."""
+        recorder = prepared.recorder
+        try:
+            async for event in recorder.record(run_loop(prepared.run)):
+                yield event
+        finally:
+            if not recorder.finished:
+                with anyio.CancelScope(shield=True):
+                    await self._record_cancel(prepared)
+
+    async def _record_cancel(self, prepared: Prepared) -> None:
+        em = prepared.run.emitter
+        for item in em.response["output"]:
+            if item.get("status") == "in_progress":
+                item["status"] = "incomplete"
+        prepared.cancelled = em.finish("cancelled")
+        await prepared.recorder.add(prepared.cancelled)
+
+    async def run_to_end(self, prepared: Prepared) -> Response:
+        final: Response | None = None
+        async for event in self.events(prepared):
+            if event.type in ("response.completed", "response.failed", "response.incomplete"):
+                final = event.data["response"]
+        assert final is not None
+        return final
+
+    async def start_background(self, prepared: Prepared) -> LiveRun:
+        """Record the queued response, then run the rest in a task; followers read the live log."""
+        live = LiveRun(prepared.response["id"])
+        events = self.events(prepared)
+        await live.publish(await anext(events))  # response.created, written before we answer
+        self.live[live.response_id] = live
+        live.task = asyncio.create_task(self._drive(live, prepared, events))
+        return live
+
+    async def _drive(self, live: LiveRun, prepared: Prepared, events: AsyncGenerator[Event]) -> None:
+        try:
+            async for event in events:
+                await live.publish(event)
+        except asyncio.CancelledError:
+            log.info("background response %s cancelled", live.response_id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await events.aclose()  # runs the generator's cleanup, which records a cancellation
+                if prepared.cancelled is not None:
+                    await live.publish(prepared.cancelled)
+                await live.close()
+            self.live.pop(live.response_id, None)
+
+    # -- stored responses ------------------------------------------------------------------------
+
+    async def get(self, response_id: str, principal: Principal) -> Response:
+        response = await self.store.get(response_id, _owner(principal))
+        if response is None:
+            raise _not_found(response_id)
+        return response
+
+    async def cancel(self, response_id: str, principal: Principal) -> Response:
+        meta = await self.store.meta(response_id, _owner(principal))
+        if meta is None:
+            raise _not_found(response_id)
+        response = meta[0]
+        if not response["background"]:
+            raise InvalidRequest("Cannot cancel a synchronous response.", param="response_id")
+        status = response["status"]
+        if status in ("completed", "failed"):
+            raise InvalidRequest(f"Cannot cancel a {status} response.", param="response_id")
+        if status == "incomplete":
+            raise InvalidRequest("Cannot cancel a response in terminal state.", param="response_id")
+        live = self.live.get(response_id)
+        if live is not None and live.task is not None:
+            live.task.cancel()
+            await asyncio.gather(live.task, return_exceptions=True)
+        elif status != "cancelled":
+            response["status"] = "cancelled"
+            await self.store.set_status(response)
+        return await self.get(response_id, principal)
+
+    async def delete(self, response_id: str, principal: Principal) -> dict[str, Any]:
+        if response_id in self.live:
+            raise InvalidRequest("Cannot delete an in-flight response.", param="response_id")
+        if not await self.store.delete(response_id, _owner(principal)):
+            raise _not_found(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def input_items(self, response_id: str, principal: Principal, *, limit: int, order: str,
+                          after: str | None) -> dict[str, Any]:
+        found = await self.store.input_items(response_id, _owner(principal))
+        if found is None:
+            raise _not_found(response_id)
+        data = found if order == "asc" else list(reversed(found))
+        if after is not None:
+            ids = [i.get("id") for i in data]
+            if after not in ids:
+                raise InvalidRequest(f"Item with id '{after}' is not an input item of this response.",
+                                     param="after", code="invalid_value")
+            data = data[ids.index(after) + 1:]
+        page = data[:limit]
+        return {"object": "list", "data": page, "first_id": page[0].get("id") if page else None,
+                "last_id": page[-1].get("id") if page else None, "has_more": len(data) > limit}
+
+    async def aclose(self) -> None:
+        for live in list(self.live.values()):
+            if live.task is not None:
+                live.task.cancel()
+                await asyncio.gather(live.task, return_exceptions=True)
+
+
+def _owner(principal: Principal) -> str | None:
+    """Admins see every response; everyone else only their own."""
+    return None if principal.is_admin else principal.id
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")

@@ -1,0 +1,1 @@
+"""The HTTP server: routes, the auth edge and the SSE writer."""

@@ -1,0 +1,110 @@
+"""The Starlette application: lifespan wiring and error handling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from opensupervisor.core.loop import LoopLimits
+from opensupervisor.errors import APIError
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs.service import ResponseService
+from opensupervisor.settings import Settings, ensure_admin_token
+from opensupervisor.store import Store
+from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.workspace import Workspace, load_workspace
+
+log = logging.getLogger(__name__)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    workspace: Workspace
+    admin_token: str
+    service: ResponseService
+    catalog: ModelCatalog
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown route: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": "not_found" if exc.status_code == 404 else None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = {"error": {"message": "The server had an error while processing your request.",
+                      "type": "server_error", "param": None, "code": "server_error"}}
+    return JSONResponse(body, status_code=500)
+
+
+ToolSetup = Callable[[ToolRegistry], None]
+
+
+def create_app(settings: Settings, *, workspace: Workspace | None = None,
+               tool_setup: ToolSetup | None = None) -> Starlette:
+    """The application for ``settings``. ``tool_setup`` registers extra hosted tool kinds."""
+    from opensupervisor.server.routes import routes
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ws = workspace or load_workspace(settings.config)
+        token, _ = ensure_admin_token(settings)
+        store = Store(settings.database_url)
+        await store.migrate()
+        catalog = ModelCatalog(ws)
+        registry = ToolRegistry(ws)
+        if tool_setup is not None:
+            tool_setup(registry)
+        limits = LoopLimits(max_turns=ws.limits.max_turns, tool_timeout_s=ws.limits.tool_timeout_s)
+        service = ResponseService(store, catalog, registry, limits)
+        app.state.os = AppState(settings, ws, token, service, catalog)
+        try:
+            yield
+        finally:
+            await service.aclose()
+            await catalog.aclose()
+            await store.close()
+
+    return Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
+    )
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory`` (used with several worker processes)."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,188 @@
+"""HTTP routes. The Responses routes answer under ``/v1`` and the two Databricks AI Gateway prefixes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from opensupervisor.core.events import Event
+from opensupervisor.errors import InvalidRequest, NotFound, PayloadTooLarge
+from opensupervisor.identity import Principal
+from opensupervisor.server.app import AppState, JSONResponse
+from opensupervisor.server.auth import authenticate
+from opensupervisor.server.sse import sse_stream
+from opensupervisor.wire.request import parse_create_request, parse_json_body
+
+PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.os
+    return state
+
+
+def _principal(request: Request) -> Principal:
+    return authenticate(request, _state(request).admin_token)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _sse(events: AsyncIterator[Event]) -> StreamingResponse:
+    return StreamingResponse(sse_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def create_response(request: Request) -> Response:
+    principal = _principal(request)
+    state = _state(request)
+    raw = parse_json_body(await _read_body(request, state.workspace.limits.max_body_bytes))
+    parsed = parse_create_request(raw)
+    service = state.service
+    prepared = await service.prepare(parsed, principal, raw)
+    body = parsed.body
+    if body.background:
+        live = await service.start_background(prepared)
+        if body.stream:
+            return _sse(live.follow())
+        return JSONResponse(live.events[0].data["response"])
+    if body.stream:
+        return _sse(service.events(prepared))
+    return JSONResponse(await service.run_to_end(prepared))
+
+
+async def retrieve_response(request: Request) -> Response:
+    principal = _principal(request)
+    service = _state(request).service
+    response_id = request.path_params["response_id"]
+    query = request.query_params
+    if query.get("stream", "false").lower() != "true":
+        return JSONResponse(await service.get(response_id, principal))
+    after = _int_param(query.get("starting_after"), "starting_after", default=-1)
+    meta = await service.store.meta(response_id, None if principal.is_admin else principal.id)
+    if meta is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    response, streamed = meta
+    if not response["background"]:
+        raise InvalidRequest("This response cannot be streamed because it was not created with background=true.",
+                             param="stream")
+    if not streamed:
+        raise InvalidRequest("This response cannot be streamed because it was not created with stream=true.",
+                             param="stream")
+    live = service.live.get(response_id)
+    if live is not None:
+        if after >= live.events[-1].sequence_number + 1 and live.done:
+            raise InvalidRequest(f"starting_after={after} is past the end of the event log.",
+                                 param="starting_after")
+        return _sse(live.follow(after))
+    stored = await service.store.events_after(response_id, -1)
+    if after >= len(stored):
+        raise InvalidRequest(f"starting_after={after} is past the end of the event log ({len(stored)} events).",
+                             param="starting_after")
+    return _sse(_replay([e for e in stored if e.sequence_number > after]))
+
+
+async def _replay(events: list[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
+
+
+def _int_param(value: str | None, name: str, *, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid value for '{name}': expected an integer.", param=name,
+                             code="invalid_value") from exc
+
+
+async def delete_response(request: Request) -> Response:
+    principal = _principal(request)
+    return JSONResponse(await _state(request).service.delete(request.path_params["response_id"], principal))
+
+
+async def cancel_response(request: Request) -> Response:
+    principal = _principal(request)
+    return JSONResponse(await _state(request).service.cancel(request.path_params["response_id"], principal))
+
+
+async def list_input_items(request: Request) -> Response:
+    principal = _principal(request)
+    query = request.query_params
+    limit = _int_param(query.get("limit"), "limit", default=20)
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit",
+                             code="invalid_value")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order",
+                             code="invalid_value")
+    page = await _state(request).service.input_items(
+        request.path_params["response_id"], principal, limit=limit, order=order, after=query.get("after"))
+    return JSONResponse(page)
+
+
+async def compact_response(request: Request) -> Response:
+    _principal(request)
+    raise NotFound("POST /responses/compact is not supported by this server.", code="unsupported_endpoint")
+
+
+async def list_models(request: Request) -> Response:
+    _principal(request)
+    state = _state(request)
+    created = int(state.workspace.base_dir.stat().st_mtime) if state.workspace.base_dir.exists() else 0
+    data: list[dict[str, Any]] = [
+        {"id": name, "object": "model", "created": created, "owned_by": entry.provider}
+        for name, entry in state.workspace.models.items()
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def databricks_config(request: Request) -> Response:
+    # The databricks SDK asks this on every client construction, unauthenticated, and retries for
+    # minutes on 429/503 or silence: answer at once with nothing to discover.
+    return JSONResponse({})
+
+
+async def ai_gateway_endpoints(request: Request) -> Response:
+    return JSONResponse({"endpoints": []})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "time": int(time.time())})
+
+
+def routes() -> list[BaseRoute]:
+    out: list[BaseRoute] = [
+        Route("/.well-known/databricks-config", databricks_config, methods=["GET"]),
+        Route("/api/ai-gateway/v2/endpoints", ai_gateway_endpoints, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    for prefix in PREFIXES:
+        out += [
+            Route(f"{prefix}/responses", create_response, methods=["POST"]),
+            Route(f"{prefix}/responses/compact", compact_response, methods=["POST"]),
+            Route(f"{prefix}/responses/{{response_id}}", retrieve_response, methods=["GET"]),
+            Route(f"{prefix}/responses/{{response_id}}", delete_response, methods=["DELETE"]),
+            Route(f"{prefix}/responses/{{response_id}}/cancel", cancel_response, methods=["POST"]),
+            Route(f"{prefix}/responses/{{response_id}}/input_items", list_input_items, methods=["GET"]),
+            Route(f"{prefix}/models", list_models, methods=["GET"]),
+        ]
+    return out

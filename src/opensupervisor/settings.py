@@ -1,0 +1,50 @@
+"""Process settings from the environment (``OPENSUPERVISOR_*``) and CLI flags."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR = Path(".opensupervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = f"sqlite:///{DATA_DIR}/opensupervisor.db"
+    config: str | None = None
+    admin_token: str = ""
+    data_dir: Path = DATA_DIR
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        data_dir = Path(env.get("OPENSUPERVISOR_DATA_DIR", str(DATA_DIR)))
+        return cls(
+            host=env.get("OPENSUPERVISOR_HOST", "127.0.0.1"),
+            port=int(env.get("OPENSUPERVISOR_PORT", "8000")),
+            database_url=env.get("OPENSUPERVISOR_DATABASE_URL", f"sqlite:///{data_dir}/opensupervisor.db"),
+            config=env.get("OPENSUPERVISOR_CONFIG") or None,
+            admin_token=env.get("OPENSUPERVISOR_ADMIN_TOKEN", ""),
+            data_dir=data_dir,
+        )
+
+
+def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
+    """The bootstrap admin token: from the environment, else saved under the data dir, else a new one.
+
+    Returns the token and whether it was just generated (the caller prints it once).
+    """
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip(), False
+    token = "os-" + secrets.token_urlsafe(32)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n", encoding="utf-8")
+    return token, True

@@ -1,0 +1,44 @@
+"""Tables of the response store. Changes go through an Alembic migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+responses = Table(
+    "os_responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("background", Boolean, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("previous_response_id", String(64), nullable=True),
+    # The Response object without ``output`` (output items live in os_response_items).
+    Column("response", Text, nullable=False),
+    # The create request as received, for background runs and audits.
+    Column("request", Text, nullable=False),
+    Index("ix_os_responses_owner_created", "owner", "created_at"),
+)
+
+items = Table(
+    "os_response_items",
+    metadata,
+    Column("response_id", String(64), primary_key=True),
+    # "input" or "output"
+    Column("kind", String(8), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("item_id", String(64), nullable=True),
+    Column("item", Text, nullable=False),
+    Index("ix_os_response_items_item_id", "item_id"),
+)
+
+events = Table(
+    "os_response_events",
+    metadata,
+    Column("response_id", String(64), primary_key=True),
+    Column("sequence_number", Integer, primary_key=True),
+    Column("event", Text, nullable=False),
+)

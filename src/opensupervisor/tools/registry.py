@@ -1,0 +1,48 @@
+"""Hosted tool kinds by ``type``: each kind is a factory that turns one ``tools[i]`` entry into a Toolset.
+
+Adding a tool kind means adding a module that registers a factory; the loop never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opensupervisor.core.contracts import Toolset
+from opensupervisor.core.toolbox import BoundToolset, ClientFunctions
+from opensupervisor.errors import InvalidRequest
+from opensupervisor.wire.request import ToolSpec
+from opensupervisor.workspace import Workspace
+
+# Raise InvalidRequest with ``param`` under ``spec.param`` for a bad or unknown configuration.
+ToolsetFactory = Callable[[ToolSpec, Workspace], Toolset]
+
+
+class ToolRegistry:
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self._factories: dict[str, ToolsetFactory] = {}
+
+    def register(self, tool_type: str, factory: ToolsetFactory) -> None:
+        self._factories[tool_type] = factory
+
+    def types(self) -> list[str]:
+        return ["function", *self._factories]
+
+    def bind(self, specs: list[ToolSpec]) -> list[BoundToolset]:
+        """Toolsets for a request's tools: client functions share one toolset, hosted entries one each."""
+        functions = [s.config for s in specs if s.type == "function"]
+        bound: list[BoundToolset] = []
+        if functions:
+            first = next(s.index for s in specs if s.type == "function")
+            bound.append(BoundToolset(first, "function", ClientFunctions(functions)))
+        for spec in specs:
+            if spec.type == "function":
+                continue
+            factory = self._factories.get(spec.type)
+            if factory is None:
+                known = ", ".join(sorted(self.types()))
+                raise InvalidRequest(
+                    f"Invalid value for '{spec.param}.type': tool type '{spec.type}' is not supported by this "
+                    f"server (supported: {known}).", param=f"{spec.param}.type", code="unsupported_tool_type")
+            bound.append(BoundToolset(spec.index, spec.type, factory(spec, self.workspace)))
+        return bound

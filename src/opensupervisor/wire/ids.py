@@ -1,0 +1,28 @@
+"""Identifiers of responses and items.
+
+Ids stay well under 64 characters: databricks-openai cuts longer ids to 64, which would break
+``previous_response_id`` and ``item_reference`` lookups.
+"""
+
+from __future__ import annotations
+
+import os
+
+PREFIXES = {
+    "response": "resp_",
+    "message": "msg_",
+    "function_call": "fc_",
+    "function_call_output": "fco_",
+    "call": "call_",
+    "reasoning": "rs_",
+    "mcp_approval_request": "mcpr_",
+    "mcp_approval_response": "mcpa_",
+    "mcp_call": "mcp_",
+    "mcp_list_tools": "mcpl_",
+    "item": "item_",
+}
+
+
+def new_id(kind: str) -> str:
+    """A fresh random id with the OpenAI-style prefix of ``kind`` (24 random bytes, hex)."""
+    return PREFIXES.get(kind, "item_") + os.urandom(24).hex()

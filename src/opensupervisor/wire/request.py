@@ -1,0 +1,323 @@
+"""`POST /v1/responses` request bodies: parsing and validation with errors that name the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opensupervisor.errors import InvalidRequest
+from opensupervisor.wire.items import InputItem, normalize_input
+from opensupervisor.wire.validation import raise_validation
+
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,255}$")
+# Sampling knobs the Supervisor manages itself once hosted tools are in play.
+INFERENCE_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_logprobs")
+INCLUDE_VALUES = frozenset(
+    {
+        "message.output_text.logprobs",
+        "reasoning.encrypted_content",
+        "message.input_image.image_url",
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "code_interpreter_call.outputs",
+        "computer_call_output.output.image_url",
+    }
+)
+# Accepted for compatibility with clients that always send them; they change nothing here.
+IGNORED_KEYS = ("user", "prompt_cache_retention", "prompt_cache_options", "context_management", "moderation")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FunctionToolChoice(_Strict):
+    type: Literal["function"]
+    name: str
+
+
+class AllowedToolRef(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+    name: str | None = None
+
+
+class AllowedToolsChoice(_Strict):
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"] = "auto"
+    tools: list[AllowedToolRef] = Field(min_length=1)
+
+
+ToolChoice = (
+    Literal["auto", "required", "none"]
+    | Annotated[FunctionToolChoice | AllowedToolsChoice, Field(discriminator="type")]
+)
+
+
+class TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextConfig(_Strict):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningConfig(_Strict):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class StreamOptions(_Strict):
+    include_obfuscation: bool | None = None
+
+
+class TraceDestination(_Strict):
+    catalog_name: str
+    schema_name: str
+    table_prefix: str | None = None
+
+
+class DatabricksOptions(_Strict):
+    return_trace: bool = False
+
+
+class CreateResponseRequest(_Strict):
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_choice: ToolChoice = "auto"
+    metadata: dict[str, str] | None = None
+    store: bool = True
+    stream: bool = False
+    background: bool = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_tool_calls: int | None = Field(default=None, ge=0)
+    text: TextConfig | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1)
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    parallel_tool_calls: bool = True
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    reasoning: ReasoningConfig | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    prompt_cache_key: str | None = None
+    stream_options: StreamOptions | None = None
+    trace_destination: TraceDestination | None = None
+    databricks_options: DatabricksOptions | None = None
+    user: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    context_management: list[dict[str, Any]] | None = None
+    moderation: Any = None
+
+
+class ToolSpec(BaseModel):
+    """One entry of ``tools``: its position, type and configuration object."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    type: str
+    config: dict[str, Any]
+    raw: dict[str, Any]
+
+    @property
+    def param(self) -> str:
+        return f"tools[{self.index}]"
+
+
+class ParsedRequest(BaseModel):
+    """A validated create request: the body plus its normalized input items and tool specs."""
+
+    body: CreateResponseRequest
+    input_items: list[InputItem]
+    tools: list[ToolSpec]
+
+    @property
+    def hosted_tools(self) -> list[ToolSpec]:
+        return [t for t in self.tools if t.type != "function"]
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """Decode a request body, refusing anything but a JSON object."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def parse_create_request(data: dict[str, Any]) -> ParsedRequest:
+    """Validate a create body; every failure is an ``InvalidRequest`` whose ``param`` names the field."""
+    try:
+        body = CreateResponseRequest.model_validate(data)
+    except ValidationError as exc:
+        raise_validation(exc)
+    tools = [_parse_tool(i, t) for i, t in enumerate(body.tools)]
+    _check_tool_names_unique(tools)
+    _check_rules(body, tools)
+    items = normalize_input(body.input)
+    return ParsedRequest(body=body, input_items=items, tools=tools)
+
+
+def _parse_tool(index: int, tool: dict[str, Any]) -> ToolSpec:
+    param = f"tools[{index}]"
+    kind = tool.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidRequest(f"Missing required parameter: '{param}.type'.", param=f"{param}.type",
+                             code="missing_required_parameter")
+    if kind == "function":
+        return ToolSpec(index=index, type=kind, config=_check_function_tool(param, tool), raw=tool)
+    config = tool.get(kind)
+    if config is None:
+        # OpenAI-style flat hosted tools ({"type": "mcp", "server_label": ...}) carry their fields inline.
+        config = {k: v for k, v in tool.items() if k != "type"}
+    if not isinstance(config, dict):
+        raise InvalidRequest(f"Invalid value for '{param}.{kind}': expected an object.", param=f"{param}.{kind}",
+                             code="invalid_type")
+    return ToolSpec(index=index, type=kind, config=config, raw=tool)
+
+
+class FunctionToolDef(_Strict):
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+def _check_function_tool(param: str, tool: dict[str, Any]) -> dict[str, Any]:
+    try:
+        fn = FunctionToolDef.model_validate(tool)
+    except ValidationError as exc:
+        raise_validation(exc, param)
+    if not FUNCTION_NAME.match(fn.name):
+        raise InvalidRequest(f"function tool '{fn.name}' must match ^[a-zA-Z0-9_-]{{1,64}}$",
+                             param=f"{param}.name", code="invalid_value")
+    if fn.parameters is not None:
+        try:
+            Draft202012Validator.check_schema(fn.parameters)
+        except SchemaError as exc:
+            raise InvalidRequest(f"Invalid JSON Schema in '{param}.parameters': {exc.message}",
+                                 param=f"{param}.parameters", code="invalid_value") from exc
+        if fn.parameters.get("type", "object") != "object":
+            raise InvalidRequest(f"'{param}.parameters' must be a JSON Schema of type 'object'.",
+                                 param=f"{param}.parameters", code="invalid_value")
+    return {
+        "type": "function",
+        "name": fn.name,
+        "description": fn.description,
+        "parameters": fn.parameters,
+        "strict": fn.strict,
+    }
+
+
+def _check_tool_names_unique(tools: list[ToolSpec]) -> None:
+    seen: set[str] = set()
+    for t in tools:
+        if t.type == "function":
+            name = t.config["name"]
+            if name in seen:
+                raise InvalidRequest(f"Duplicate function tool name '{name}'.", param=f"{t.param}.name",
+                                     code="invalid_value")
+            seen.add(name)
+
+
+def _check_rules(body: CreateResponseRequest, tools: list[ToolSpec]) -> None:
+    hosted = [t for t in tools if t.type != "function"]
+    if hosted:
+        for name in INFERENCE_PARAMS:
+            if getattr(body, name) is not None:
+                raise InvalidRequest(f"Parameter not supported when tools are provided: '{name}'.", param=name,
+                                     code="unsupported_parameter")
+    if body.background and not body.store:
+        raise InvalidRequest("background=true requires store=true.", param="background",
+                             code="unsupported_parameter")
+    if body.metadata is not None:
+        _check_metadata(body.metadata)
+    for i, value in enumerate(body.include or []):
+        if value not in INCLUDE_VALUES:
+            raise InvalidRequest(f"Invalid value for 'include[{i}]': '{value}' is not supported.",
+                                 param=f"include[{i}]", code="invalid_value")
+    fmt = body.text.format if body.text else None
+    if fmt is not None and fmt.type == "json_schema":
+        _check_json_schema_format(fmt)
+    if body.trace_destination is not None:
+        _check_trace_destination(body.trace_destination)
+    _check_tool_choice(body.tool_choice, tools)
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    if len(metadata) > 16:
+        raise InvalidRequest("'metadata' may hold at most 16 keys.", param="metadata", code="invalid_value")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise InvalidRequest(f"Metadata key '{key[:20]}…' is longer than 64 characters.",
+                                 param=f"metadata.{key}", code="invalid_value")
+        if len(value) > 512:
+            raise InvalidRequest(f"Metadata value of '{key}' is longer than 512 characters.",
+                                 param=f"metadata.{key}", code="invalid_value")
+
+
+def _check_json_schema_format(fmt: TextFormat) -> None:
+    if not fmt.name or not FUNCTION_NAME.match(fmt.name):
+        raise InvalidRequest("'text.format.name' is required and must match ^[a-zA-Z0-9_-]{1,64}$.",
+                             param="text.format.name", code="invalid_value")
+    if fmt.schema_ is None:
+        raise InvalidRequest("Missing required parameter: 'text.format.schema'.", param="text.format.schema",
+                             code="missing_required_parameter")
+    try:
+        Draft202012Validator.check_schema(fmt.schema_)
+    except SchemaError as exc:
+        raise InvalidRequest(f"Invalid JSON Schema in 'text.format.schema': {exc.message}",
+                             param="text.format.schema", code="invalid_value") from exc
+
+
+def _check_trace_destination(dest: TraceDestination) -> None:
+    for field in ("catalog_name", "schema_name", "table_prefix"):
+        value = getattr(dest, field)
+        if value is not None and not IDENTIFIER.match(value):
+            raise InvalidRequest(
+                f"'trace_destination.{field}' may only hold letters, digits and underscores.",
+                param=f"trace_destination.{field}", code="invalid_value")
+
+
+def _check_tool_choice(choice: Any, tools: list[ToolSpec]) -> None:
+    function_names = {t.config["name"] for t in tools if t.type == "function"}
+    if isinstance(choice, FunctionToolChoice):
+        if choice.name not in function_names:
+            raise InvalidRequest(f"Tool choice '{choice.name}' is not one of the function tools in 'tools'.",
+                                 param="tool_choice.name", code="invalid_value")
+    elif isinstance(choice, AllowedToolsChoice):
+        for i, ref in enumerate(choice.tools):
+            if ref.type == "function" and ref.name not in function_names:
+                raise InvalidRequest(f"Allowed tool '{ref.name}' is not one of the function tools in 'tools'.",
+                                     param=f"tool_choice.tools[{i}].name", code="invalid_value")
+            if ref.type != "function" and not any(t.type == ref.type for t in tools):
+                raise InvalidRequest(f"Allowed tool of type '{ref.type}' is not in 'tools'.",
+                                     param=f"tool_choice.tools[{i}].type", code="invalid_value")
+    elif choice in ("required",) and not tools:
+        raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice",
+                             code="invalid_value")

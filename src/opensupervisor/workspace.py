@@ -1,0 +1,86 @@
+"""The workspace file (TOML): the model catalog, hosted tool definitions and limits of one workspace."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opensupervisor.errors import ConfigError
+from opensupervisor.models.scripted import ScriptRule
+from opensupervisor.wire.validation import param_path
+
+Provider = Literal["embedded", "openai-chat", "openai-responses", "anthropic", "scripted"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelEntry(_Section):
+    provider: Provider
+    description: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    script: list[ScriptRule] = Field(default_factory=list)
+
+
+class Limits(_Section):
+    max_turns: int = Field(default=16, ge=1, le=1000)
+    tool_timeout_s: float = Field(default=120.0, gt=0)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+
+class Workspace(_Section):
+    name: str = "default"
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    # Hosted tool sections; each tool kind validates its own entries when it is registered.
+    genie_spaces: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    functions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    knowledge_assistants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    apps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Where relative paths in the file are resolved from.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+
+DEMO_WORKSPACE = "demo/workspace.toml"
+
+
+def load_workspace(path: str | Path | None) -> Workspace:
+    """Load a workspace file, or the demo workspace shipped in the package when ``path`` is empty."""
+    if not path:
+        text = resources.files("opensupervisor").joinpath(DEMO_WORKSPACE).read_text(encoding="utf-8")
+        return parse_workspace(text, source="demo workspace", base_dir=Path.cwd())
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read workspace file {file}: {exc.strerror}") from exc
+    return parse_workspace(text, source=str(file), base_dir=file.resolve().parent)
+
+
+def parse_workspace(text: str, *, source: str, base_dir: Path) -> Workspace:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        workspace = Workspace.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ConfigError(f"{source}: {param_path(tuple(err['loc']))}: {err['msg']}") from exc
+    workspace.base_dir = base_dir
+    for name, entry in workspace.models.items():
+        for fallback in entry.fallbacks:
+            if fallback not in workspace.models:
+                raise ConfigError(f"{source}: models.{name}.fallbacks names unknown model '{fallback}'")
+    return workspace
