@@ -1,8 +1,8 @@
 """The agent loop. It yields Responses events; JSON, SSE and background runs all drain this one stream.
 
-Each turn is a step that reports a tagged outcome: ``Answered`` ends the run, ``CalledTools`` runs the
-hosted calls and goes round again (or ends with pending client calls), ``Truncated`` ends it
-``incomplete``.
+Each turn is a step that reports a tagged outcome (``core.turn``): ``Answered`` ends the run,
+``CalledTools`` runs the hosted calls and goes round again (or ends with pending client calls),
+``Truncated`` ends it ``incomplete``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.core.context import RunContext
-from opensupervisor.core.contracts import (
-    Finish,
-    Item,
-    Model,
-    ModelRequest,
-    TextDelta,
-    ToolCallDelta,
-    ToolCallStart,
-    Usage,
-)
+from opensupervisor.core.contracts import Item, Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.toolbox import ToolBox
+from opensupervisor.core.turn import Answered, Outcome, Truncated, TurnBuilder, copy_item
 from opensupervisor.errors import ModelError
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
@@ -48,24 +40,6 @@ class Run:
     emitter: Emitter
     limits: LoopLimits = field(default_factory=LoopLimits)
     hosted_calls: int = 0
-
-
-@dataclass(slots=True)
-class Answered:
-    pass
-
-
-@dataclass(slots=True)
-class CalledTools:
-    calls: list[Item]
-
-
-@dataclass(slots=True)
-class Truncated:
-    reason: str
-
-
-Outcome = Answered | CalledTools | Truncated
 
 
 async def run_loop(run: Run) -> AsyncIterator[Event]:
@@ -163,65 +137,14 @@ def _tool_choice(run: Run, turn: int) -> str:
 
 async def _model_turn(run: Run, request: ModelRequest, box: list[Outcome]) -> AsyncIterator[Event]:
     """Stream one model call into output items; report the outcome through ``box``."""
-    em = run.emitter
-    message: Item | None = None
-    call: Item | None = None
-    calls: list[Item] = []
-    finish = "stop"
+    turn = TurnBuilder(run.emitter, run.history)
     async for event in run.model.request_stream(request):
-        if isinstance(event, TextDelta):
-            if call is not None:
-                for e in em.finish_call(call):
-                    yield e
-                call = None
-            if message is None:
-                message, events = em.start_message()
-                for e in events:
-                    yield e
-            yield em.text_delta(message, event.text)
-        elif isinstance(event, ToolCallStart):
-            if message is not None:
-                for e in em.finish_message(message):
-                    yield e
-                run.history.append(_history_item(message))
-                message = None
-            if call is not None:
-                for e in em.finish_call(call):
-                    yield e
-            call, added = em.start_call(event.call_id, event.name)
-            calls.append(call)
-            yield added
-        elif isinstance(event, ToolCallDelta) and call is not None:
-            yield em.call_delta(call, event.arguments)
-        elif isinstance(event, Usage):
-            em.add_usage(event.input_tokens, event.output_tokens, event.cached_tokens, event.reasoning_tokens)
-        elif isinstance(event, Finish):
-            finish = event.reason
-    if call is not None:
-        for e in em.finish_call(call):
+        for e in turn.on(event):
             yield e
-    if message is None and not calls:
-        message, events = em.start_message()
-        for e in events:
-            yield e
-    if message is not None:
-        for e in em.finish_message(message, "incomplete" if finish == "length" else "completed"):
-            yield e
-        run.history.append(_history_item(message))
-    run.history.extend(_history_item(c) for c in calls)
-    if finish in ("length", "content_filter"):
-        box.append(Truncated("max_output_tokens" if finish == "length" else "content_filter"))
-    elif calls:
-        box.append(CalledTools(calls))
-    else:
-        box.append(Answered())
-
-
-def _history_item(item: Item) -> Item:
-    out = dict(item)
-    if out["type"] == "message":
-        out["content"] = [dict(p) for p in out["content"]]
-    return out
+    events, outcome = turn.end()
+    for e in events:
+        yield e
+    box.append(outcome)
 
 
 async def _tool_step(run: Run, calls: list[Item]) -> AsyncIterator[Event]:
@@ -254,4 +177,4 @@ async def _tool_step(run: Run, calls: list[Item]) -> AsyncIterator[Event]:
         events = run.emitter.call_output(call["call_id"], output)
         for e in events:
             yield e
-        run.history.append(_history_item(events[-1].data["item"]))
+        run.history.append(copy_item(events[-1].data["item"]))

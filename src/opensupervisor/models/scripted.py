@@ -88,11 +88,13 @@ class ScriptedModel(Model):
         last_user, index = _position(request.items)
         for rule in self.rules:
             if rule.when is None or rule.when.lower() in last_user.lower():
-                if index < len(rule.turns):
-                    return rule.turns[index]
-                if rule.repeat_last and rule.turns:
-                    return rule.turns[-1]
-                break
+                turn = rule.turns[min(index, len(rule.turns) - 1)] if rule.turns else None
+                if turn is None or (index >= len(rule.turns) and not rule.repeat_last):
+                    break
+                # Like a constrained real model, it cannot call tools when none are allowed.
+                if turn.tool_calls and request.tool_choice == "none":
+                    break
+                return turn
         return self._improvise(request, last_user)
 
     def _improvise(self, request: ModelRequest, last_user: str) -> ScriptedTurn:

@@ -47,7 +47,9 @@ class Recorder:
         self._pending.append(event)
         if kind in TERMINAL_EVENTS:
             await self._flush(event.data["response"], terminal=True)
-        elif self.live and kind in ("response.created", "response.output_item.done"):
+        elif self.live and (kind in ("response.created", "response.output_item.done") or (
+                kind == "response.in_progress" and event.data["response"]["background"])):
+            # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
@@ -65,4 +67,4 @@ class Recorder:
             assert response is not None
             await self.store.finish(response, output=done, new_events=pending)
         else:
-            await self.store.append(self.response_id, output=done, new_events=pending)
+            await self.store.append(self.response_id, output=done, new_events=pending, response=response)

@@ -79,9 +79,16 @@ class Store:
             await self._insert_items(conn, response["id"], "output", dict(enumerate(output)))
             await self._insert_events(conn, response["id"], new_events)
 
-    async def append(self, response_id: str, *, output: dict[int, Item], new_events: list[Event]) -> None:
-        """Add finished output items (by output index) and the events so far, in one transaction."""
+    async def append(self, response_id: str, *, output: dict[int, Item], new_events: list[Event],
+                     response: dict[str, Any] | None = None) -> None:
+        """Add finished output items (by output index) and the events so far, in one transaction.
+
+        ``response``, when given, replaces the stored response object (a status change).
+        """
         async with self.engine.begin() as conn:
+            if response is not None:
+                await conn.execute(update(responses).where(responses.c.id == response_id).values(
+                    status=response["status"], response=_dumps(_without_output(response))))
             await self._insert_items(conn, response_id, "output", output)
             await self._insert_events(conn, response_id, new_events)
 

@@ -165,7 +165,7 @@ def normalize_item(item: dict[str, Any], param: str) -> InputItem:
 def _canonical_message(msg: _Message, param: str) -> InputItem:
     if isinstance(msg.content, str):
         part_type = "output_text" if msg.role == "assistant" else "input_text"
-        content = [_canonical_part(_Part(type=part_type, text=msg.content), param)]
+        content = [_canonical_part(_Part.model_validate({"type": part_type, "text": msg.content}), param)]
     else:
         content = [_canonical_part(p, f"{param}.content[{i}]") for i, p in enumerate(msg.content)]
     out: InputItem = {"type": "message", "role": msg.role, "content": content}

@@ -1,0 +1,42 @@
+# The two commands: `make serve` and `make test`. Both install what they need into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_VERSION := 26.3
+
+.PHONY: serve test lint typecheck pytest bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==$(PIP_VERSION)"
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --progress-bar on -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --progress-bar on -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+serve: $(VENV)/.installed  ## install into .venv and start the server (demo workspace, SQLite state)
+	$(BIN)/opensupervisor serve
+
+lint: $(VENV)/.installed-dev  ## ruff
+	$(BIN)/ruff check src tests bench
+
+typecheck: $(VENV)/.installed-dev  ## mypy --strict
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed-dev  ## the whole test suite, in parallel
+	$(BIN)/pytest -n 2 --dist loadfile -q
+
+test: lint typecheck pytest  ## install, lint, type check and run every test
+
+bench: $(VENV)/.installed-dev  ## performance figures (not a test)
+	$(BIN)/python bench/overhead.py
+
+clean:  ## remove the virtualenv and local state
+	rm -rf $(VENV) .opensupervisor

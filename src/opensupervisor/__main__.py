@@ -1,0 +1,3 @@
+from opensupervisor.cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""Shared fixtures: real servers on loopback, real databases, and the real client SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from opensupervisor.server.app import create_app
+from opensupervisor.settings import Settings
+from opensupervisor.workspace import load_workspace
+from tests import toolkinds
+
+TESTS = Path(__file__).parent
+WORKSPACE = TESTS / "workspace.toml"
+TOKEN = "test-admin-token"
+PG_URL = os.environ.get("OPENSUPERVISOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MODEL = "test-model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Server:
+    url: str
+    token: str = TOKEN
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.v1, api_key=self.token, max_retries=0, **kwargs)
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=self.token, max_retries=0)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+
+
+class ThreadServer:
+    """The real app under uvicorn on a loopback port, in a thread of this process."""
+
+    def __init__(self, database_url: str, workspace: Path = WORKSPACE) -> None:
+        self.port = free_port()
+        settings = Settings(port=self.port, database_url=database_url, config=str(workspace), admin_token=TOKEN)
+        app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve())
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="the test server to start")
+        return Server(f"http://127.0.0.1:{self.port}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def require_postgres() -> str:
+    """The PostgreSQL URL; a missing server fails the test run instead of skipping it."""
+    import asyncpg
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(PG_URL.replace("postgresql://", "postgres://"), timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} and is not reachable: {exc}", pytrace=False)
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    db = tmp_path_factory.mktemp("db") / "state.db"
+    with ThreadServer(f"sqlite:///{db}") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    with ThreadServer(require_postgres()) as srv:
+        yield srv
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_server(request: pytest.FixtureRequest) -> Server:
+    name = "server" if request.param == "sqlite" else "pg_server"
+    srv: Server = request.getfixturevalue(name)
+    return srv
+
+
+@pytest.fixture
+def client(server: Server) -> openai.OpenAI:
+    return server.client()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class ProcessServer:
+    """``opensupervisor serve`` as a separate process, as a user starts it."""
+
+    def __init__(self, workdir: Path, *, config: Path | None = None, database_url: str | None = None) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSUPERVISOR_")}
+        env.update(OPENSUPERVISOR_PORT=str(self.port), OPENSUPERVISOR_ADMIN_TOKEN=TOKEN)
+        if config is not None:
+            env["OPENSUPERVISOR_CONFIG"] = str(config)
+        if database_url is not None:
+            env["OPENSUPERVISOR_DATABASE_URL"] = database_url
+        self.log = (workdir / "server.log").open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "opensupervisor", "serve", "--log-level", "warning"],
+                                     cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> Server:
+        url = f"http://127.0.0.1:{self.port}"
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {(self.workdir / 'server.log').read_text()}")
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, what="opensupervisor serve to answer")
+        return Server(url)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The demo workspace served by a real ``opensupervisor serve`` process."""
+    with ProcessServer(tmp_path_factory.mktemp("serve")) as srv:
+        yield srv

@@ -1,0 +1,102 @@
+"""The same store behaviour on SQLite and on PostgreSQL (a missing PostgreSQL fails these tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from opensupervisor.core.events import Event
+from opensupervisor.store import Store
+from tests.conftest import MODEL, Server, require_postgres, wait_until
+
+CALC: Any = {"type": "test_calculator"}
+
+
+def test_read_after_write_and_chains(any_server: Server) -> None:
+    client = any_server.client()
+    first = client.responses.create(model=MODEL, input="add twice", tools=[CALC])
+    assert client.responses.retrieve(first.id).model_dump(warnings=False) == first.model_dump(warnings=False)
+    second = client.responses.create(model=MODEL, input="next", previous_response_id=first.id)
+    third = client.responses.create(model=MODEL, input="and next", previous_response_id=second.id)
+    assert third.status == "completed"
+    items = client.responses.input_items.list(third.id, order="asc")
+    assert [i.content[0].text for i in items.data] == ["and next"]
+
+
+def test_item_reference_resolves_a_stored_item(any_server: Server) -> None:
+    client = any_server.client()
+    first = client.responses.create(model=MODEL, input="remember this")
+    message_id = first.output[0].id
+    follow = client.responses.create(model=MODEL, input=[
+        {"type": "item_reference", "id": str(message_id)}, {"role": "user", "content": "what did you say?"}])
+    stored = client.responses.input_items.list(follow.id, order="asc").data
+    assert stored[0].id == message_id and stored[0].type == "message"
+
+
+def test_streamed_run_keeps_a_gapless_event_log(any_server: Server) -> None:
+    client = any_server.client()
+    events = list(client.responses.create(model=MODEL, input="background tools", tools=[CALC], background=True,
+                                          stream=True))
+    rid = events[0].response.id
+    replay = list(client.responses.retrieve(rid, stream=True, starting_after=-1))
+    assert [e.sequence_number for e in replay] == list(range(len(events)))
+    assert [e.type for e in replay] == [e.type for e in events]
+
+
+def test_background_progress_is_visible_while_running(any_server: Server) -> None:
+    client = any_server.client()
+    created = client.responses.create(model=MODEL, input="take your time", background=True)
+    wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress", what="pickup")
+    assert client.responses.cancel(created.id).status == "cancelled"
+    final = client.responses.retrieve(created.id)
+    assert final.status == "cancelled"
+
+
+def test_delete_removes_items_and_events(any_server: Server) -> None:
+    client = any_server.client()
+    created = client.responses.create(model=MODEL, input="delete me")
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(created.id)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return require_postgres()
+
+
+def test_store_writes_in_batches_and_reads_back(store_url: str) -> None:
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        await store.migrate()  # idempotent
+        rid = "resp_store_" + orjson.dumps(id(store)).decode()
+        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
+                    "created_at": 1, "previous_response_id": None, "output": []}
+        ev = [Event({"type": "response.created", "sequence_number": 0})]
+        user = {"id": "msg_in_" + rid, "type": "message", "role": "user", "content": []}
+        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[user],
+                           output=[], new_events=ev)
+        item = {"id": "msg_out_" + rid, "type": "message", "role": "assistant", "content": []}
+        await store.append(rid, output={0: item}, new_events=[
+            Event({"type": "response.output_item.done", "sequence_number": 1})])
+        response["status"] = "completed"
+        await store.finish(response, output={}, new_events=[Event({"type": "response.completed",
+                                                                     "sequence_number": 2})])
+        got = await store.get(rid, "u1")
+        assert got is not None and got["status"] == "completed" and got["output"] == [item]
+        assert await store.get(rid, "someone-else") is None
+        assert [e.sequence_number for e in await store.events_after(rid, 0)] == [1, 2]
+        assert await store.find_item(item["id"], "u1") == item
+        assert await store.history(rid, "u1") == [user, item]
+        assert await store.delete(rid, "u1") is True
+        assert await store.get(rid, None) is None
+        await store.close()
+
+    asyncio.run(scenario())
