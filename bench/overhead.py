@@ -1,0 +1,262 @@
+"""How much the server adds on top of its model: latency per request and per loop turn, and throughput.
+
+Starts three processes on loopback: an instant fake OpenAI Chat Completions upstream, OpenSupervisor
+(its models point at that upstream; one hosted tool kind that echoes), and this load generator.
+Prints p50/p99 latencies and requests per second at several concurrencies. Figures are ratios of
+one run on one machine; compare them only with figures from the same run.
+
+    .venv/bin/python bench/overhead.py [--requests 400] [--store/--no-store]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+TOKEN = "bench-token"
+HERE = Path(__file__).resolve()
+
+
+# -- the fake upstream ---------------------------------------------------------------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    body: dict[str, Any] = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+                            "model": "bench", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if usage is not None:
+        body["choices"] = []
+        body["usage"] = usage
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every chat completion at once: a tool call when tools are offered and the last message
+    is the user's, else a short text."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    req = orjson.loads(raw) if raw else {}
+    messages = req.get("messages", [])
+    wants_tool = bool(req.get("tools")) and messages and messages[-1]["role"] == "user"
+    if wants_tool:
+        name = req["tools"][0]["function"]["name"]
+        call = {"index": 0, "id": "call_bench", "type": "function", "function": {"name": name, "arguments": "{}"}}
+        chunks = [_chunk({"role": "assistant", "tool_calls": [call]}), _chunk({}, "tool_calls")]
+    else:
+        chunks = [_chunk({"role": "assistant", "content": "Hello"}), _chunk({"content": " there."}),
+                  _chunk({}, "stop")]
+    chunks.append(_chunk({}, usage={"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}))
+    if req.get("stream"):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"".join(chunks) + b"data: [DONE]\n\n"})
+        return
+    body = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Hello there."}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": orjson.dumps(body)})
+
+
+def run_upstream(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(upstream_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- the server under test -----------------------------------------------------------------------
+
+
+def run_server(port: int, upstream: int, database_url: str) -> None:
+    import uvicorn
+
+    from opensupervisor.core.context import RunContext
+    from opensupervisor.core.contracts import ToolDef, Toolset
+    from opensupervisor.server.app import create_app
+    from opensupervisor.settings import Settings
+    from opensupervisor.tools.registry import ToolRegistry
+    from opensupervisor.workspace import parse_workspace
+
+    class Echo(Toolset):
+        async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+            return [ToolDef("echo", "Echoes", {"type": "object", "properties": {}})]
+
+        async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+            return "echo"
+
+    def setup(registry: ToolRegistry) -> None:
+        registry.register("bench_echo", lambda spec, ws: Echo())
+
+    workspace = parse_workspace(
+        f'[models.bench]\nprovider = "openai-chat"\nbase_url = "http://127.0.0.1:{upstream}/v1"\n'
+        'upstream_model = "bench"\nmax_retries = 0\n', source="bench", base_dir=Path.cwd())
+    settings = Settings(port=port, database_url=database_url, admin_token=TOKEN)
+    app = create_app(settings, workspace=workspace, tool_setup=setup)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- the load generator --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def timed(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> float:
+    start = time.perf_counter()
+    resp = await client.post(url, json=body)
+    elapsed = time.perf_counter() - start
+    if resp.status_code != 200:
+        raise SystemExit(f"{url} answered {resp.status_code}: {resp.text[:300]}")
+    return elapsed
+
+
+async def latencies(url: str, body: dict[str, Any], n: int) -> list[float]:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+        for _ in range(20):  # warm up connections, caches and the JIT-less interpreter's paths
+            await timed(client, url, body)
+        return [await timed(client, url, body) for _ in range(n)]
+
+
+async def throughput(url: str, body: dict[str, Any], n: int, concurrency: int) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120,
+                                 limits=limits) as client:
+        queue = list(range(n))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                await timed(client, url, body)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - start)
+
+
+async def tool_round_trips(url: str, n: int, concurrency: int) -> float:
+    """Client function-tool round trips per second: a pending call, then its output sent back."""
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as client:
+        queue = list(range(n))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                first = (await client.post(url, json={"model": "bench", "input": "go", "tools": [tool]})).json()
+                call = first["output"][0]
+                await client.post(url, json={"model": "bench", "tools": [tool], "previous_response_id": first["id"],
+                                             "input": [{"type": "function_call_output", "call_id": call["call_id"],
+                                                        "output": "42"}]})
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - start)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def measure(base: str, upstream: str, n: int, store: bool) -> None:
+    text = {"model": "bench", "input": "hi", "store": store}
+    one_turn = {"model": "bench", "input": "hi", "store": store}
+    two_turns = {"model": "bench", "input": "hi", "store": store, "tools": [{"type": "bench_echo"}]}
+    direct = await latencies(f"{upstream}/v1/chat/completions",
+                             {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True}, n)
+    served = await latencies(f"{base}/v1/responses", text, n)
+    streamed = await latencies(f"{base}/v1/responses", dict(text, stream=True), n)
+    t1 = await latencies(f"{base}/v1/responses", one_turn, n)
+    t2 = await latencies(f"{base}/v1/responses", two_turns, n)
+    up50, up99 = pct(direct, 0.5), pct(direct, 0.99)
+    print(f"\nstore={'on' if store else 'off'}, {n} sequential requests per figure (ms)")
+    print(f"  upstream alone (one streamed chat completion)     p50 {up50:6.2f}  p99 {up99:6.2f}")
+    print(f"  text response through the server                  p50 {pct(served, .5):6.2f}  "
+          f"p99 {pct(served, .99):6.2f}")
+    print(f"  added per text response                           p50 {pct(served, .5) - up50:6.2f}  "
+          f"p99 {pct(served, .99) - up99:6.2f}")
+    print(f"  added per streamed text response                  p50 {pct(streamed, .5) - up50:6.2f}  "
+          f"p99 {pct(streamed, .99) - up99:6.2f}")
+    extra = [b - a for a, b in zip(sorted(t1), sorted(t2), strict=True)]
+    print(f"  added per extra loop turn (hosted tool, minus one upstream call)  "
+          f"p50 {statistics.median(extra) * 1000 - up50:6.2f}")
+    for c in (1, 4, 16, 64):
+        rps = await throughput(f"{base}/v1/responses", text, max(n, 8 * c), c)
+        print(f"  text responses/s at concurrency {c:3d}: {rps:8.1f}")
+    for c in (1, 16):
+        rps = await tool_round_trips(f"{base}/v1/responses", n // 2, c)
+        print(f"  function-tool round trips/s at concurrency {c:3d}: {rps:8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--role", choices=["bench", "upstream", "server"], default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "upstream":
+        return run_upstream(args.port)
+    if args.role == "server":
+        return run_server(args.port, args.upstream_port, args.database_url)
+    tmp = tempfile.mkdtemp(prefix="osbench-")
+    db = args.database_url or f"sqlite:///{tmp}/bench.db"
+    up_port, port = free_port(), free_port()
+    procs = [
+        subprocess.Popen([sys.executable, str(HERE), "--role", "upstream", "--port", str(up_port)]),
+        subprocess.Popen([sys.executable, str(HERE), "--role", "server", "--port", str(port), "--upstream-port",
+                          str(up_port), "--database-url", db], env=dict(os.environ)),
+    ]
+    try:
+        wait_for(f"http://127.0.0.1:{up_port}/")
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        print(f"OpenSupervisor bench: {os.cpu_count()} cores, state in {db.split(':')[0]}")
+        for store in (True, False):
+            asyncio.run(measure(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{up_port}", args.requests, store))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
