@@ -160,3 +160,16 @@ def test_parallel_tool_calls_flag_is_echoed(client: openai.OpenAI, parallel: boo
     response = client.responses.create(model=MODEL, input="add twice", tools=[CALC], parallel_tool_calls=parallel)
     assert response.parallel_tool_calls is parallel
     assert response.output_text == "Sums done."
+
+
+def test_fallback_model_answers_when_the_primary_is_rate_limited(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="flaky", input="hello")
+    assert response.status == "completed"
+    assert response.model == "flaky"
+    assert response.output_text == "test-model (scripted) received: hello"
+
+
+def test_non_retryable_errors_do_not_fall_back(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="broken", input="hello")
+    assert response.status == "failed"
+    assert response.error is not None and response.error.code == "invalid_prompt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, InvalidRequest
+from opensupervisor.models.fallback import FallbackModel
 from opensupervisor.models.openai_chat import OpenAIChatModel
 from opensupervisor.models.scripted import ScriptedModel
 from opensupervisor.workspace import ModelEntry, Workspace
@@ -24,7 +25,12 @@ def build_model(name: str, entry: ModelEntry) -> Model:
 class ModelCatalog:
     def __init__(self, workspace: Workspace) -> None:
         self.entries = workspace.models
-        self._models = {name: build_model(name, entry) for name, entry in workspace.models.items()}
+        self._plain = {name: build_model(name, entry) for name, entry in workspace.models.items()}
+        self._models: dict[str, Model] = {
+            name: FallbackModel(model, [self._plain[f] for f in self.entries[name].fallbacks])
+            if self.entries[name].fallbacks else model
+            for name, model in self._plain.items()
+        }
 
     def get(self, name: str) -> Model:
         model = self._models.get(name)
@@ -37,5 +43,5 @@ class ModelCatalog:
         return list(self._models)
 
     async def aclose(self) -> None:
-        for model in self._models.values():
+        for model in self._plain.values():
             await model.aclose()

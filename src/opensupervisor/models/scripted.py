@@ -50,6 +50,8 @@ class ScriptedTurn(BaseModel):
     tool_calls: list[ScriptedCall] = Field(default_factory=list)
     finish: FinishReason | None = None
     error: str | None = None
+    # The error's code; rate_limit_exceeded and server_unavailable are retryable (fallbacks apply).
+    error_code: str = "server_error"
     delay_s: float = Field(default=0.0, ge=0, le=3600)
 
 
@@ -73,7 +75,8 @@ class ScriptedModel(Model):
         if turn.delay_s:
             await asyncio.sleep(turn.delay_s)
         if turn.error is not None:
-            raise ModelError(turn.error, code="server_error")
+            raise ModelError(turn.error, code=turn.error_code,
+                             retryable=turn.error_code in ("rate_limit_exceeded", "server_unavailable"))
         text = turn.text or ""
         for chunk in _chunks(text, self.chunk_words):
             yield TextDelta(chunk)

@@ -1,0 +1,34 @@
+"""Fallbacks: when a model fails with a retryable error before it produced anything, try the next one.
+
+Once a model has streamed output the run is committed to it; switching midway would mix two answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest
+from opensupervisor.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+class FallbackModel(Model):
+    def __init__(self, primary: Model, fallbacks: list[Model]) -> None:
+        self.name = primary.name
+        self.chain = [primary, *fallbacks]
+
+    async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        for position, model in enumerate(self.chain):
+            produced = False
+            try:
+                async for event in model.request_stream(request):
+                    produced = True
+                    yield event
+                return
+            except ModelError as exc:
+                if produced or not exc.retryable or position == len(self.chain) - 1:
+                    raise
+                log.warning("model %s failed (%s); falling back to %s", model.name, exc.code,
+                            self.chain[position + 1].name)
