@@ -33,3 +33,10 @@ def test_step1_snippet_streams_events(process_server: Server) -> None:
     assert any(line.startswith("ResponseTextDeltaEvent(") for line in lines)
     assert lines[-1].startswith("ResponseCompletedEvent(")
     assert ANSWER in lines[-1]
+
+
+def test_background_snippet_polls_to_the_answer(process_server: Server) -> None:
+    response_id, status, answer = run_snippet("background.py", process_server).splitlines()
+    assert response_id.startswith("resp_")
+    assert status in {"queued", "in_progress"}
+    assert answer.startswith(ANSWER)

@@ -40,6 +40,8 @@ class Run:
     emitter: Emitter
     limits: LoopLimits = field(default_factory=LoopLimits)
     hosted_calls: int = 0
+    # Items repeated at the start of ``output`` before the model runs (see ``runs.service``).
+    echo: list[Item] = field(default_factory=list)
 
 
 async def run_loop(run: Run) -> AsyncIterator[Event]:
@@ -48,6 +50,9 @@ async def run_loop(run: Run) -> AsyncIterator[Event]:
     yield em.lifecycle("response.created")
     em.set_status("in_progress")
     yield em.lifecycle("response.in_progress")
+    for item in run.echo:
+        yield em.item_added(item)
+        yield em.item_done(item)
     try:
         async for event in _turns(run):
             yield event

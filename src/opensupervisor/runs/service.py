@@ -58,8 +58,14 @@ class ResponseService:
 
     # -- create ----------------------------------------------------------------------------------
 
-    async def prepare(self, parsed: ParsedRequest, principal: Principal, raw: dict[str, Any]) -> Prepared:
-        """Resolve everything a run needs; any client mistake is raised here, before the loop starts."""
+    async def prepare(self, parsed: ParsedRequest, principal: Principal, raw: dict[str, Any], *,
+                      echo_history: bool = False) -> Prepared:
+        """Resolve everything a run needs; any client mistake is raised here, before the loop starts.
+
+        ``echo_history``: start a background response's output with the history items of its input
+        (assistant messages, function calls and outputs, in input order), as the Databricks
+        Supervisor API does; published clients skip that many items before reading new ones.
+        """
         body = parsed.body
         model = self.catalog.get(body.model)
         bound = self.tools.bind(parsed.tools)
@@ -72,6 +78,8 @@ class ResponseService:
         response = new_response(response_id, parsed, model=body.model)
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
                   emitter=Emitter(response), limits=self.limits)
+        if echo_history and body.background:
+            run.echo = [_echo(item) for item in input_items if _is_history(item)]
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                             request=raw, stream=body.stream, input_items=input_items,
                             live=body.stream or body.background)
@@ -207,6 +215,19 @@ class ResponseService:
             if live.task is not None:
                 live.task.cancel()
                 await asyncio.gather(live.task, return_exceptions=True)
+
+
+def _is_history(item: InputItem) -> bool:
+    kind = item["type"]
+    return kind in ("function_call", "function_call_output") or (kind == "message" and item["role"] == "assistant")
+
+
+def _echo(item: InputItem) -> InputItem:
+    """A finished copy of an input item; it keeps the input item's id, which is how history skips it."""
+    out = dict(item, status="completed")
+    if out["type"] == "message":
+        out["content"] = [dict(p) for p in out["content"]]
+    return out
 
 
 def _owner(principal: Principal) -> str | None:

@@ -55,7 +55,8 @@ async def create_response(request: Request) -> Response:
     raw = parse_json_body(await _read_body(request, state.workspace.limits.max_body_bytes))
     parsed = parse_create_request(raw)
     service = state.service
-    prepared = await service.prepare(parsed, principal, raw)
+    databricks_path = not request.url.path.startswith("/v1/")
+    prepared = await service.prepare(parsed, principal, raw, echo_history=databricks_path)
     body = parsed.body
     if body.background:
         live = await service.start_background(prepared)

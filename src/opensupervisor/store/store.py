@@ -177,7 +177,12 @@ class Store:
                     if current == response_id:
                         return None
                     break  # an older link was deleted: the chain starts here
-                chain.append(await self._items(conn, current, "input") + await self._items(conn, current, "output"))
+                inputs = await self._items(conn, current, "input")
+                # Output items that repeat an input item (a background response's echoed history)
+                # carry that item's id; the history holds them once.
+                seen = {i["id"] for i in inputs if i.get("id")}
+                outputs = [o for o in await self._items(conn, current, "output") if o.get("id") not in seen]
+                chain.append(inputs + outputs)
                 current = orjson.loads(row.response).get("previous_response_id")
         return [item for part in reversed(chain) for item in part]
 
