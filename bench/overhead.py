@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
 TOKEN = "bench-token"
 HERE = Path(__file__).resolve()
@@ -32,60 +31,12 @@ HERE = Path(__file__).resolve()
 # -- the fake upstream ---------------------------------------------------------------------------
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
-    body: dict[str, Any] = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-                            "model": "bench", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    if usage is not None:
-        body["choices"] = []
-        body["usage"] = usage
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
-async def upstream_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Answers every chat completion at once: a tool call when tools are offered and the last message
-    is the user's, else a short text."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    raw = b""
-    while True:
-        message = await receive()
-        raw += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    req = orjson.loads(raw) if raw else {}
-    messages = req.get("messages", [])
-    wants_tool = bool(req.get("tools")) and messages and messages[-1]["role"] == "user"
-    if wants_tool:
-        name = req["tools"][0]["function"]["name"]
-        call = {"index": 0, "id": "call_bench", "type": "function", "function": {"name": name, "arguments": "{}"}}
-        chunks = [_chunk({"role": "assistant", "tool_calls": [call]}), _chunk({}, "tool_calls")]
-    else:
-        chunks = [_chunk({"role": "assistant", "content": "Hello"}), _chunk({"content": " there."}),
-                  _chunk({}, "stop")]
-    chunks.append(_chunk({}, usage={"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}))
-    if req.get("stream"):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
-        await send({"type": "http.response.body", "body": b"".join(chunks) + b"data: [DONE]\n\n"})
-        return
-    body = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "Hello there."}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
-
-
 def run_upstream(port: int) -> None:
     import uvicorn
 
-    uvicorn.run(upstream_app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    from opensupervisor.testing.chat_upstream import ChatUpstream
+
+    uvicorn.run(ChatUpstream(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # -- the server under test -----------------------------------------------------------------------

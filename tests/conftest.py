@@ -91,15 +91,11 @@ class ThreadServer:
 
 def require_postgres() -> str:
     """The PostgreSQL URL; a missing server fails the test run instead of skipping it."""
-    import asyncpg
-
-    async def probe() -> None:
-        conn = await asyncpg.connect(PG_URL.replace("postgresql://", "postgres://"), timeout=5)
-        await conn.close()
+    import psycopg
 
     try:
-        asyncio.run(probe())
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        psycopg.connect(PG_URL, connect_timeout=5).close()
+    except psycopg.Error as exc:
         pytest.fail(f"PostgreSQL is required at {PG_URL} and is not reachable: {exc}", pytrace=False)
     return PG_URL
 

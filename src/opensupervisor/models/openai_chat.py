@@ -1,14 +1,20 @@
-"""Any OpenAI-compatible Chat Completions server (vLLM, Ollama, llama.cpp server, LiteLLM, OpenAI)."""
+"""Any OpenAI-compatible Chat Completions server (vLLM, Ollama, llama.cpp server, LiteLLM, OpenAI).
+
+Spoken with httpx directly rather than through the openai SDK: the SDK's request transformation
+and per-chunk model construction cost more than the rest of a loop turn, and this adapter needs
+only one route. Retries (before any output) use tenacity.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
-import openai
-from openai.types.chat import ChatCompletionChunk
+import httpx
+import orjson
+from httpx_sse import EventSource, SSEError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.contracts import (
     Finish,
@@ -24,40 +30,91 @@ from opensupervisor.core.contracts import (
 )
 from opensupervisor.errors import ConfigError, ModelError, ModelTimeout
 
+_FINISH: dict[str, FinishReason] = {"length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+                                    "content_filter": "content_filter"}
+
 
 class OpenAIChatModel(Model):
     def __init__(self, name: str, *, base_url: str, upstream_model: str, api_key_env: str | None = None,
                  timeout_s: float = 120.0, max_retries: int = 2) -> None:
         self.name = name
         self.upstream_model = upstream_model
-        api_key = os.environ.get(api_key_env, "") if api_key_env else "unused"
-        if api_key_env and not api_key:
-            raise ConfigError(f"model '{name}': environment variable {api_key_env} is not set")
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
-                                         max_retries=max_retries)
+        self.max_retries = max_retries
+        headers = {"Content-Type": "application/json"}
+        if api_key_env:
+            api_key = os.environ.get(api_key_env, "")
+            if not api_key:
+                raise ConfigError(f"model '{name}': environment variable {api_key_env} is not set")
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/", headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
 
     async def aclose(self) -> None:
-        await self.client.close()
+        await self.http.aclose()
 
     async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        body = orjson.dumps(self._params(request))
+        response = await self._open(body)
         calls: dict[int, list[str]] = {}
         finish: FinishReason = "stop"
-        with _translate_errors(self.name):
-            stream = await self.client.chat.completions.create(**self._params(request), stream=True,
-                                                               stream_options={"include_usage": True})
-            async for chunk in stream:
+        try:
+            async for sse in EventSource(response).aiter_sse():
+                if sse.data == "[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(sse.data)
+                except orjson.JSONDecodeError as exc:
+                    raise ModelError(f"model '{self.name}': upstream sent a chunk that is not JSON") from exc
                 for event in _chunk_events(chunk, calls):
                     yield event
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    finish = _finish(chunk.choices[0].finish_reason)
+                choices = chunk.get("choices") or []
+                if choices and choices[0].get("finish_reason"):
+                    finish = _FINISH.get(choices[0]["finish_reason"], "stop")
+        except httpx.TimeoutException as exc:
+            raise ModelTimeout(f"model '{self.name}' timed out while streaming") from exc
+        except (httpx.TransportError, SSEError) as exc:
+            raise ModelError(f"model '{self.name}': the upstream stream broke ({type(exc).__name__})") from exc
+        finally:
+            await response.aclose()
         # Tool calls are collected whole: compatible servers may interleave parallel calls by index.
         for call_id, name, *args in calls.values():
             yield ToolCallStart(call_id, name)
             yield ToolCallDelta("".join(args))
         yield Finish(finish)
 
+    async def _open(self, body: bytes) -> httpx.Response:
+        """POST the request; retry rate limits, 5xx and connection failures before any output."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), reraise=True,
+                                 wait=wait_exponential_jitter(initial=0.5, max=8),
+                                 retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable))
+        async for attempt in retrying:
+            with attempt:
+                return await self._send(body)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _send(self, body: bytes) -> httpx.Response:
+        try:
+            response = await self.http.send(self.http.build_request("POST", "chat/completions", content=body),
+                                            stream=True)
+        except httpx.TimeoutException as exc:
+            raise ModelTimeout(f"model '{self.name}' timed out") from exc
+        except httpx.TransportError as exc:
+            raise ModelError(f"model '{self.name}': upstream is unreachable ({type(exc).__name__})",
+                             retryable=True) from exc
+        if response.status_code == 200:
+            return response
+        detail = (await response.aread())[:500].decode(errors="replace")
+        await response.aclose()
+        status = response.status_code
+        code = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_prompt"
+        raise ModelError(f"model '{self.name}': upstream returned HTTP {status}: {detail}", code=code,
+                         retryable=status == 429 or status >= 500)
+
     def _params(self, request: ModelRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"model": self.upstream_model, "messages": to_chat_messages(request)}
+        params: dict[str, Any] = {"model": self.upstream_model, "messages": to_chat_messages(request),
+                                  "stream": True, "stream_options": {"include_usage": True}}
         if request.tools:
             params["tools"] = [
                 {"type": "function", "function": {"name": t.name, "description": t.description or "",
@@ -80,43 +137,28 @@ class OpenAIChatModel(Model):
         return params
 
 
-def _chunk_events(chunk: ChatCompletionChunk, calls: dict[int, list[str]]) -> list[ModelEvent]:
+def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[ModelEvent]:
     events: list[ModelEvent] = []
-    if chunk.usage is not None:
-        cached = chunk.usage.prompt_tokens_details.cached_tokens if chunk.usage.prompt_tokens_details else 0
-        events.append(Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, cached_tokens=cached or 0))
-    if not chunk.choices:
+    usage = chunk.get("usage")
+    if usage:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        events.append(Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0,
+                            cached_tokens=cached))
+    choices = chunk.get("choices") or []
+    if not choices:
         return events
-    delta = chunk.choices[0].delta
-    if delta.content:
-        events.append(TextDelta(delta.content))
-    for tc in delta.tool_calls or []:
-        entry = calls.setdefault(tc.index, [tc.id or f"call_{tc.index}", ""])
-        if tc.function and tc.function.name:
-            entry[1] = tc.function.name
-        if tc.function and tc.function.arguments:
-            entry.append(tc.function.arguments)
+    delta = choices[0].get("delta") or {}
+    if delta.get("content"):
+        events.append(TextDelta(delta["content"]))
+    for tc in delta.get("tool_calls") or []:
+        index = tc.get("index", 0)
+        function = tc.get("function") or {}
+        entry = calls.setdefault(index, [tc.get("id") or f"call_{index}", ""])
+        if function.get("name"):
+            entry[1] = function["name"]
+        if function.get("arguments"):
+            entry.append(function["arguments"])
     return events
-
-
-def _finish(reason: str) -> FinishReason:
-    return {"length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}.get(
-        reason, "stop")  # type: ignore[return-value]
-
-
-@contextmanager
-def _translate_errors(model: str) -> Iterator[None]:
-    """Map openai SDK errors onto ``ModelError`` at this adapter's edge."""
-    try:
-        yield
-    except openai.APITimeoutError as exc:
-        raise ModelTimeout(f"model '{model}' timed out") from exc
-    except openai.APIStatusError as exc:
-        code = "rate_limit_exceeded" if exc.status_code == 429 else "server_error"
-        raise ModelError(f"model '{model}' upstream returned HTTP {exc.status_code}", code=code,
-                         retryable=exc.status_code == 429 or exc.status_code >= 500) from exc
-    except openai.APIConnectionError as exc:
-        raise ModelError(f"model '{model}' upstream is unreachable", retryable=True) from exc
 
 
 def to_chat_messages(request: ModelRequest) -> list[dict[str, Any]]:

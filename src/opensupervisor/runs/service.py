@@ -82,7 +82,7 @@ class ResponseService:
             run.echo = [_echo(item) for item in input_items if _is_history(item)]
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                             request=raw, stream=body.stream, input_items=input_items,
-                            live=body.stream or body.background)
+                            live=body.stream or body.background, keep_events=body.background)
         return Prepared(run, recorder)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[InputItem]:

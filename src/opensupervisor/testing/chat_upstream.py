@@ -1,0 +1,130 @@
+"""A deterministic OpenAI-compatible Chat Completions server (``POST /v1/chat/completions``).
+
+It speaks the real wire format (JSON, or SSE chunks with ``stream_options.include_usage``) and
+answers at once, so tests and benchmarks can exercise the ``openai-chat`` provider without a
+model. What it says depends on the last message:
+
+- the last message is the user's and tools are offered: a call of the first tool with ``{}``;
+- the user's text contains ``upstream 429`` / ``upstream 500`` / ``upstream 400``: that HTTP error;
+- the user's text contains ``echo roles``: the roles of all messages, joined by spaces;
+- otherwise ``Hello there.``, or after a tool result, ``Tool said: <result>``.
+
+``required_key``, when set, must arrive as ``Authorization: Bearer <key>`` (else 401).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+USAGE = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _usage_chunk() -> bytes:
+    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+            "choices": [], "usage": USAGE}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content)
+    return str(content)
+
+
+def reply(req: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
+    """(HTTP status, tool call or None, text) for a request body."""
+    messages = req.get("messages") or [{"role": "user", "content": ""}]
+    last = messages[-1]
+    user_text = next((_text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    for status in (429, 500, 400):
+        if f"upstream {status}" in user_text:
+            return status, None, ""
+    if last.get("role") == "user" and req.get("tools") and req.get("tool_choice") != "none":
+        name = req["tools"][0]["function"]["name"]
+        return 200, {"index": 0, "id": "call_fake_1", "type": "function",
+                     "function": {"name": name, "arguments": "{}"}}, ""
+    if "echo roles" in user_text:
+        return 200, None, " ".join(m["role"] for m in messages)
+    if last.get("role") == "tool":
+        return 200, None, f"Tool said: {_text_of(last)}"
+    return 200, None, "Hello there."
+
+
+class ChatUpstream:
+    """The ASGI app. Counts requests in ``calls`` and keeps the last body in ``last_request``."""
+
+    def __init__(self, required_key: str | None = None) -> None:
+        self.required_key = required_key
+        self.calls = 0
+        self.last_request: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.calls += 1
+        headers = dict(scope.get("headers") or [])
+        if self.required_key and headers.get(b"authorization") != f"Bearer {self.required_key}".encode():
+            await _json(send, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            return
+        req = orjson.loads(raw) if raw else {}
+        self.last_request = req
+        status, call, text = reply(req)
+        if status != 200:
+            await _json(send, status, {"error": {"message": f"fake upstream error {status}", "type": "error"}})
+        elif req.get("stream"):
+            await _stream(send, call, text)
+        else:
+            answer: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if call is not None:
+                answer["tool_calls"] = [{k: v for k, v in call.items() if k != "index"}]
+            await _json(send, 200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+                                    "model": "fake", "usage": USAGE, "choices": [
+                                        {"index": 0, "message": answer,
+                                         "finish_reason": "tool_calls" if call else "stop"}]})
+
+
+async def _stream(send: Send, call: dict[str, Any] | None, text: str) -> None:
+    if call is not None:
+        chunks = [_chunk({"role": "assistant", "tool_calls": [call]}), _chunk({}, "tool_calls")]
+    else:
+        words = text.split(" ")
+        chunks = [_chunk({"role": "assistant", "content": ""})]
+        chunks += [_chunk({"content": w + (" " if i < len(words) - 1 else "")}) for i, w in enumerate(words)]
+        chunks.append(_chunk({}, "stop"))
+    chunks += [_usage_chunk(), b"data: [DONE]\n\n"]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+
+async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": orjson.dumps(body)})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
