@@ -1,0 +1,145 @@
+"""The ``openai-chat`` provider against a local upstream speaking the real Chat Completions wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+
+from opensupervisor.errors import ConfigError
+from opensupervisor.testing.chat_upstream import ChatUpstream
+from opensupervisor.workspace import load_workspace
+from tests.conftest import Server, ThreadServer, free_port, wait_until
+
+KEY = "sk-upstream-secret-123"
+CALC: Any = {"type": "test_calculator"}
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.app = ChatUpstream(required_key=KEY)
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> Upstream:
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="the fake upstream")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with Upstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def chat_server(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("chat")
+    workspace = folder / "workspace.toml"
+    base = f"http://127.0.0.1:{upstream.port}/v1"
+    workspace.write_text(f"""
+[models.upstream]
+provider = "openai-chat"
+base_url = "{base}"
+upstream_model = "fake-model"
+api_key_env = "OS_TEST_UPSTREAM_KEY"
+max_retries = 1
+
+[models.primary-down]
+provider = "openai-chat"
+base_url = "http://127.0.0.1:{free_port()}/v1"
+upstream_model = "nothing-listens"
+max_retries = 0
+fallbacks = ["upstream"]
+""")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OS_TEST_UPSTREAM_KEY", KEY)
+        with ThreadServer(f"sqlite:///{folder}/state.db", workspace=workspace) as srv:
+            yield srv
+
+
+def test_text_answer_streams_with_upstream_usage(chat_server: Server, upstream: Upstream) -> None:
+    client = chat_server.client()
+    with client.responses.stream(model="upstream", input="hi", instructions="be kind") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "Hello there."
+    assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (10, 3)
+    sent = upstream.app.last_request
+    assert sent["model"] == "fake-model" and sent["stream"] is True
+    assert sent["messages"] == [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}]
+
+
+def test_hosted_tool_loop_through_the_upstream(chat_server: Server, upstream: Upstream) -> None:
+    response = chat_server.client().responses.create(model="upstream", input="add please", tools=[CALC])
+    assert [i.type for i in response.output] == ["function_call", "function_call_output", "message"]
+    assert response.output_text.startswith("Tool said: Error: invalid arguments for 'add'")
+    messages = upstream.app.last_request["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    assert messages[1]["tool_calls"][0]["function"]["name"] == "add"
+    assert messages[2]["tool_call_id"] == messages[1]["tool_calls"][0]["id"]
+    assert response.usage is not None and response.usage.input_tokens == 20
+
+
+def test_history_is_translated_to_chat_messages(chat_server: Server) -> None:
+    response = chat_server.client().responses.create(model="upstream", input=[
+        {"role": "developer", "content": "rules"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "done"},
+        {"role": "user", "content": "echo roles"}])
+    assert response.output_text == "system user assistant tool user"
+
+
+@pytest.mark.parametrize(("trigger", "code", "calls"), [("upstream 429", "rate_limit_exceeded", 2),
+                                                        ("upstream 500", "server_error", 2),
+                                                        ("upstream 400", "invalid_prompt", 1)])
+def test_upstream_errors_fail_the_response_after_retries(chat_server: Server, upstream: Upstream, trigger: str,
+                                                         code: str, calls: int) -> None:
+    before = upstream.app.calls
+    response = chat_server.client().responses.create(model="upstream", input=trigger)
+    assert response.status == "failed"
+    assert response.error is not None and response.error.code == code
+    assert upstream.app.calls - before == calls  # max_retries = 1: one retry for 429/5xx only
+    assert KEY not in response.error.message
+
+
+def test_unreachable_primary_falls_back(chat_server: Server) -> None:
+    response = chat_server.client().responses.create(model="primary-down", input="hi")
+    assert response.status == "completed" and response.output_text == "Hello there."
+
+
+def test_missing_api_key_variable_is_a_config_error(tmp_path: Path) -> None:
+    workspace = tmp_path / "w.toml"
+    workspace.write_text('[models.m]\nprovider = "openai-chat"\nbase_url = "http://127.0.0.1:1/v1"\n'
+                         'upstream_model = "x"\napi_key_env = "OS_TEST_SURELY_UNSET"\n')
+    from opensupervisor.models.catalog import ModelCatalog
+
+    with pytest.raises(ConfigError, match="OS_TEST_SURELY_UNSET"):
+        ModelCatalog(load_workspace(workspace))
+
+
+def test_wrong_key_is_reported_without_leaking_it(chat_server: Server, upstream: Upstream) -> None:
+    upstream.app.required_key = "another-key"
+    try:
+        response = chat_server.client().responses.create(model="upstream", input="hi")
+    finally:
+        upstream.app.required_key = KEY
+    assert response.status == "failed" and response.error is not None
+    assert "401" in response.error.message and KEY not in response.error.message
+    with pytest.raises(openai.NotFoundError):
+        chat_server.client().responses.retrieve("resp_unknown")
