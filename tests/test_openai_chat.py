@@ -58,6 +58,13 @@ upstream_model = "fake-model"
 api_key_env = "OS_TEST_UPSTREAM_KEY"
 max_retries = 1
 
+[models.upstream-small]
+provider = "openai-chat"
+base_url = "{base}"
+upstream_model = "fake-model"
+api_key_env = "OS_TEST_UPSTREAM_KEY"
+context_window = 120
+
 [models.primary-down]
 provider = "openai-chat"
 base_url = "http://127.0.0.1:{free_port()}/v1"
@@ -143,3 +150,16 @@ def test_wrong_key_is_reported_without_leaking_it(chat_server: Server, upstream:
     assert "401" in response.error.message and KEY not in response.error.message
     with pytest.raises(openai.NotFoundError):
         chat_server.client().responses.retrieve("resp_unknown")
+
+
+def test_truncation_auto_drops_the_oldest_items_that_do_not_fit(chat_server: Server) -> None:
+    long = "lorem ipsum " * 40
+    history = [{"role": "developer", "content": "rules"}, {"role": "user", "content": long},
+               {"role": "assistant", "content": long}, {"role": "user", "content": "echo roles"}]
+    client = chat_server.client()
+    response = client.responses.create(model="upstream-small", input=history, truncation="auto")
+    assert response.output_text == "system user"
+    assert response.truncation == "auto"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="upstream-small", input=history)
+    assert info.value.body["param"] == "input" and info.value.body["code"] == "context_length_exceeded"

@@ -144,3 +144,19 @@ async def test_async_client_round_trip(server: Server) -> None:
     with pytest.raises(openai.NotFoundError):
         await client.responses.retrieve(created.id)
     await client.close()
+
+
+def test_models_lists_the_catalog_under_every_prefix(server: Server) -> None:
+    names = [m.id for m in server.client().models.list()]
+    assert names[:1] == [MODEL] and "gpt-5-scripted" in names
+    with server.http() as http:
+        for prefix in ("/ai-gateway/mlflow/v1", "/mlflow/v1"):
+            assert [m["id"] for m in http.get(f"{prefix}/models").json()["data"]] == names
+
+
+def test_health_and_databricks_discovery_need_no_auth(server: Server) -> None:
+    import httpx
+
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    assert httpx.get(f"{server.url}/.well-known/databricks-config").json() == {}
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401

@@ -112,6 +112,8 @@ CASES: list[tuple[str, Any, int, str | None, str]] = [
      "databricks_options.x", "Unknown parameter"),
     ("previous response unknown", {"model": MODEL, "input": "hi", "previous_response_id": "resp_nope"}, 400,
      "previous_response_id", "not found"),
+    ("input larger than the context window", {"model": "small-window", "input": "x" * 2000}, 400, "input",
+     "context window"),
     ("item reference unknown", {"model": MODEL, "input": [{"type": "item_reference", "id": "msg_nope"}]}, 400,
      "input[0].id", "not found"),
 ]

@@ -29,6 +29,7 @@ class ModelEntry(_Section):
     upstream_model: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    context_window: int | None = Field(default=None, ge=16)
     script: list[ScriptRule] = Field(default_factory=list)
 
 

@@ -96,6 +96,8 @@ class Model(ABC):
     """A language model. Implement ``request_stream``; ``request`` folds it unless overridden."""
 
     name: str = "model"
+    # Tokens the model can read at once, when known; ``truncation`` works against it.
+    context_window: int | None = None
 
     @abstractmethod
     def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:

@@ -16,6 +16,7 @@ from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Item, Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.toolbox import ToolBox
+from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.core.turn import Answered, Outcome, Truncated, TurnBuilder, copy_item
 from opensupervisor.errors import ModelError
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
@@ -58,6 +59,9 @@ async def run_loop(run: Run) -> AsyncIterator[Event]:
             yield event
     except ModelError as exc:
         for event in _fail(em, exc.code, exc.message):
+            yield event
+    except ContextOverflow as exc:
+        for event in _fail(em, "context_length_exceeded", str(exc)):
             yield event
     except Exception:  # the loop's outer boundary: anything unexpected fails this response, not the server
         log.exception("run %s failed", run.ctx.response_id)
@@ -113,9 +117,11 @@ def _model_request(run: Run, turn: int) -> ModelRequest:
         k: getattr(body, k) for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
         if getattr(body, k) is not None
     }
+    items = fit(body.instructions, run.history, run.model.context_window, auto=body.truncation == "auto",
+                reserve=body.max_output_tokens or 0)
     return ModelRequest(
         instructions=body.instructions,
-        items=run.history,
+        items=items,
         tools=tools,
         tool_choice=choice if tools else "none",
         text_format=run.emitter.response["text"]["format"],

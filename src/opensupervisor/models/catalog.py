@@ -11,6 +11,12 @@ from opensupervisor.workspace import ModelEntry, Workspace
 
 
 def build_model(name: str, entry: ModelEntry) -> Model:
+    model = _build(name, entry)
+    model.context_window = entry.context_window
+    return model
+
+
+def _build(name: str, entry: ModelEntry) -> Model:
     if entry.provider == "scripted":
         return ScriptedModel(name, entry.script)
     if entry.provider == "openai-chat":

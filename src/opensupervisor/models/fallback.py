@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 class FallbackModel(Model):
     def __init__(self, primary: Model, fallbacks: list[Model]) -> None:
         self.name = primary.name
+        self.context_window = primary.context_window
         self.chain = [primary, *fallbacks]
 
     async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:

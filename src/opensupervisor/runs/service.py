@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import Model
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.loop import LoopLimits, Run, run_loop
 from opensupervisor.core.toolbox import ToolBox
+from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.errors import InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
@@ -27,10 +29,13 @@ from opensupervisor.store import Store
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import InputItem, check_call_pairs
-from opensupervisor.wire.request import ParsedRequest
+from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
 log = logging.getLogger(__name__)
+TERMINAL_EVENT_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete"})
+# How often a follower of a run in another process looks for new events in the log.
+STORED_FOLLOW_INTERVAL_S = 0.05
 _ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
                  "function_call_output": "function_call_output", "reasoning": "reasoning",
                  "mcp_approval_response": "mcp_approval_response"}
@@ -75,6 +80,7 @@ class ResponseService:
         response_id = new_id("response")
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
         toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
+        _check_context(model, body, history + input_items)
         response = new_response(response_id, parsed, model=body.model)
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
                   emitter=Emitter(response), limits=self.limits)
@@ -130,7 +136,7 @@ class ResponseService:
     async def run_to_end(self, prepared: Prepared) -> Response:
         final: Response | None = None
         async for event in self.events(prepared):
-            if event.type in ("response.completed", "response.failed", "response.incomplete"):
+            if event.type in TERMINAL_EVENT_TYPES:
                 final = event.data["response"]
         assert final is not None
         return final
@@ -157,6 +163,42 @@ class ResponseService:
                     await live.publish(prepared.cancelled)
                 await live.close()
             self.live.pop(live.response_id, None)
+
+    async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncIterator[Event]:
+        """Events of a background+stream response after ``after``, then live ones until it ends.
+
+        A run going on in this process is followed in memory; one running elsewhere is followed
+        through its stored event log.
+        """
+        meta = await self.store.meta(response_id, _owner(principal))
+        if meta is None:
+            raise _not_found(response_id)
+        response, streamed = meta
+        if not response["background"]:
+            raise InvalidRequest(
+                "This response cannot be streamed because it was not created with background=true.", param="stream")
+        if not streamed:
+            raise InvalidRequest(
+                "This response cannot be streamed because it was not created with stream=true.", param="stream")
+        live = self.live.get(response_id)
+        if live is not None:
+            last = live.events[-1].sequence_number
+        else:
+            stored = await self.store.events_after(response_id, -1)
+            last = stored[-1].sequence_number if stored else -1
+        if after > last and (live is None or live.done) and response["status"] in TERMINAL_STATUSES:
+            raise InvalidRequest(f"starting_after={after} is past the end of the event log (last is {last}).",
+                                 param="starting_after")
+        return live.follow(after) if live is not None else self._follow_stored(response_id, after)
+
+    async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
+        while True:
+            for event in await self.store.events_after(response_id, after):
+                after = event.sequence_number
+                yield event
+                if event.type in TERMINAL_EVENT_TYPES:
+                    return
+            await asyncio.sleep(STORED_FOLLOW_INTERVAL_S)
 
     # -- stored responses ------------------------------------------------------------------------
 
@@ -215,6 +257,15 @@ class ResponseService:
             if live.task is not None:
                 live.task.cancel()
                 await asyncio.gather(live.task, return_exceptions=True)
+
+
+def _check_context(model: Model, body: CreateResponseRequest, items: list[InputItem]) -> None:
+    """With ``truncation: disabled`` an input that cannot fit is the client's mistake: a 400 up front."""
+    try:
+        fit(body.instructions, items, model.context_window, auto=body.truncation == "auto",
+            reserve=body.max_output_tokens or 0)
+    except ContextOverflow as exc:
+        raise InvalidRequest(str(exc), param="input", code="context_length_exceeded") from exc
 
 
 def _is_history(item: InputItem) -> bool:

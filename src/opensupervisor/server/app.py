@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class AppState:
     admin_token: str
     service: ResponseService
     catalog: ModelCatalog
+    started_at: int
 
 
 def error_response(exc: APIError) -> JSONResponse:
@@ -90,7 +92,7 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             tool_setup(registry)
         limits = LoopLimits(max_turns=ws.limits.max_turns, tool_timeout_s=ws.limits.tool_timeout_s)
         service = ResponseService(store, catalog, registry, limits)
-        app.state.os = AppState(settings, ws, token, service, catalog)
+        app.state.os = AppState(settings, ws, token, service, catalog, int(time.time()))
         try:
             yield
         finally:

@@ -76,32 +76,7 @@ async def retrieve_response(request: Request) -> Response:
     if query.get("stream", "false").lower() != "true":
         return JSONResponse(await service.get(response_id, principal))
     after = _int_param(query.get("starting_after"), "starting_after", default=-1)
-    meta = await service.store.meta(response_id, None if principal.is_admin else principal.id)
-    if meta is None:
-        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
-    response, streamed = meta
-    if not response["background"]:
-        raise InvalidRequest("This response cannot be streamed because it was not created with background=true.",
-                             param="stream")
-    if not streamed:
-        raise InvalidRequest("This response cannot be streamed because it was not created with stream=true.",
-                             param="stream")
-    live = service.live.get(response_id)
-    if live is not None:
-        if after >= live.events[-1].sequence_number + 1 and live.done:
-            raise InvalidRequest(f"starting_after={after} is past the end of the event log.",
-                                 param="starting_after")
-        return _sse(live.follow(after))
-    stored = await service.store.events_after(response_id, -1)
-    if after >= len(stored):
-        raise InvalidRequest(f"starting_after={after} is past the end of the event log ({len(stored)} events).",
-                             param="starting_after")
-    return _sse(_replay([e for e in stored if e.sequence_number > after]))
-
-
-async def _replay(events: list[Event]) -> AsyncIterator[Event]:
-    for event in events:
-        yield event
+    return _sse(await service.resume(response_id, principal, after))
 
 
 def _int_param(value: str | None, name: str, *, default: int) -> int:
@@ -148,9 +123,8 @@ async def compact_response(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     _principal(request)
     state = _state(request)
-    created = int(state.workspace.base_dir.stat().st_mtime) if state.workspace.base_dir.exists() else 0
     data: list[dict[str, Any]] = [
-        {"id": name, "object": "model", "created": created, "owned_by": entry.provider}
+        {"id": name, "object": "model", "created": state.started_at, "owned_by": entry.provider}
         for name, entry in state.workspace.models.items()
     ]
     return JSONResponse({"object": "list", "data": data})

@@ -250,8 +250,9 @@ def _insert(conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[
 
 
 def _update_response(conn: Connection, response: dict[str, Any]) -> None:
-    conn.execute(update(responses).where(responses.c.id == response["id"]).values(
-        status=response["status"], response=_dumps(_without_output(response))))
+    # A cancelled response stays cancelled, whatever a run still going elsewhere reports later.
+    conn.execute(update(responses).where(responses.c.id == response["id"], responses.c.status != "cancelled")
+                 .values(status=response["status"], response=_dumps(_without_output(response))))
 
 
 def _owned(conn: Connection, response_id: str, owner: str | None) -> Any:

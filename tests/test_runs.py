@@ -1,0 +1,52 @@
+"""Runs beyond one request: disconnects, and following a run from another server process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL, TOKEN, Server, ThreadServer, wait_until
+
+CALC: Any = {"type": "test_calculator"}
+
+
+def test_a_stream_abandoned_by_its_client_ends_cancelled(server: Server) -> None:
+    body = {"model": MODEL, "input": "take your time", "stream": True}
+    with server.http() as http, http.stream("POST", "/v1/responses", json=body) as resp:
+        lines = resp.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+    response_id = httpx.Response(200, content=first[6:]).json()["response"]["id"]
+    client = server.client()
+    wait_until(lambda: client.responses.retrieve(response_id).status == "cancelled", what="cancelled status")
+    assert client.responses.retrieve(response_id).output == []
+
+
+@pytest.fixture
+def twin_servers(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    """Two servers sharing one database, as two worker processes would."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    with ThreadServer(url) as first, ThreadServer(url) as second:
+        yield first, second
+
+
+def test_resume_a_run_from_another_process(twin_servers: tuple[Server, Server]) -> None:
+    first, second = twin_servers
+    events = list(first.client().responses.create(model=MODEL, input="background tools", tools=[CALC],
+                                                  background=True, stream=True))
+    response_id = events[0].response.id
+    resumed = list(second.client().responses.retrieve(response_id, stream=True, starting_after=3))
+    assert [e.sequence_number for e in resumed] == list(range(4, len(events)))
+    assert resumed[-1].type == "response.completed"
+    assert second.token == TOKEN
+
+
+def test_cancel_from_another_process_is_never_overwritten(twin_servers: tuple[Server, Server]) -> None:
+    first, second = twin_servers
+    created = first.client().responses.create(model=MODEL, input="take your time", background=True)
+    wait_until(lambda: second.client().responses.retrieve(created.id).status == "in_progress", what="pickup")
+    assert second.client().responses.cancel(created.id).status == "cancelled"
+    assert first.client().responses.retrieve(created.id).status == "cancelled"
