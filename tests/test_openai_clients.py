@@ -160,3 +160,15 @@ def test_health_and_databricks_discovery_need_no_auth(server: Server) -> None:
     assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
     assert httpx.get(f"{server.url}/.well-known/databricks-config").json() == {}
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
+
+
+def test_metrics_count_responses_and_tool_calls(server: Server) -> None:
+    import httpx
+
+    client = server.client()
+    exploding: Any = {"type": "test_exploding"}
+    client.responses.create(model=MODEL, input="explode please", tools=[exploding])
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'opensupervisor_responses_total{mode="json",model="test-model",status="completed"}' in text
+    assert 'opensupervisor_hosted_tool_calls_total{outcome="error"}' in text
+    assert "opensupervisor_background_runs_in_flight" in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.errors import InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs import metrics
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
@@ -117,6 +119,7 @@ class ResponseService:
     async def events(self, prepared: Prepared) -> AsyncGenerator[Event]:
         """The run's events, recorded as they pass. A run abandoned midway is recorded as cancelled."""
         recorder = prepared.recorder
+        started = time.perf_counter()
         try:
             async for event in recorder.record(run_loop(prepared.run)):
                 yield event
@@ -124,6 +127,9 @@ class ResponseService:
             if not recorder.finished:
                 with anyio.CancelScope(shield=True):
                     await self._record_cancel(prepared)
+            body = prepared.run.ctx.request.body
+            mode = "background" if body.background else "stream" if body.stream else "json"
+            metrics.record_response(prepared.response, mode, time.perf_counter() - started)
 
     async def _record_cancel(self, prepared: Prepared) -> None:
         em = prepared.run.emitter
@@ -147,6 +153,7 @@ class ResponseService:
         events = self.events(prepared)
         await live.publish(await anext(events))  # response.created, written before we answer
         self.live[live.response_id] = live
+        metrics.BACKGROUND.inc()
         live.task = asyncio.create_task(self._drive(live, prepared, events))
         return live
 
@@ -163,6 +170,7 @@ class ResponseService:
                     await live.publish(prepared.cancelled)
                 await live.close()
             self.live.pop(live.response_id, None)
+            metrics.BACKGROUND.dec()
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncIterator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends.

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -13,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from opensupervisor.core.events import Event
 from opensupervisor.errors import InvalidRequest, NotFound, PayloadTooLarge
 from opensupervisor.identity import Principal
+from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.server.app import AppState, JSONResponse
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.sse import sse_stream
@@ -140,6 +142,11 @@ async def ai_gateway_endpoints(request: Request) -> Response:
     return JSONResponse({"endpoints": []})
 
 
+async def metrics_text(request: Request) -> Response:
+    # Operational counters only (no prompts, no ids): readable without a token, like /healthz.
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "time": int(time.time())})
 
@@ -149,6 +156,7 @@ def routes() -> list[BaseRoute]:
         Route("/.well-known/databricks-config", databricks_config, methods=["GET"]),
         Route("/api/ai-gateway/v2/endpoints", ai_gateway_endpoints, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
     ]
     for prefix in PREFIXES:
         out += [
