@@ -173,3 +173,28 @@ def test_non_retryable_errors_do_not_fall_back(client: openai.OpenAI) -> None:
     response = client.responses.create(model="broken", input="hello")
     assert response.status == "failed"
     assert response.error is not None and response.error.code == "invalid_prompt"
+
+
+def test_tool_choice_can_name_a_hosted_tool(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=MODEL, input="anything", tools=[CALC],
+                                       tool_choice={"type": "function", "name": "add"})
+    assert [i.type for i in response.output][:2] == ["function_call", "function_call_output"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=MODEL, input="anything", tools=[CALC],
+                                tool_choice={"type": "function", "name": "nope"})
+    assert info.value.body["param"] == "tool_choice.name"
+
+
+def test_a_response_cut_after_a_hosted_call_can_be_continued(client: openai.OpenAI) -> None:
+    cut = client.responses.create(model=MODEL, input="cut after tool", tools=[CALC])
+    assert cut.status == "incomplete"
+    assert [i.type for i in cut.output] == ["function_call", "function_call_output"]
+    assert cut.output[1].output.startswith("Error: this call did not run")
+    follow = client.responses.create(model=MODEL, input="go on", previous_response_id=cut.id, tools=[CALC])
+    assert follow.status == "completed"
+
+
+def test_a_schema_with_an_empty_enum_still_gets_an_answer(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=MODEL, input="x", text={"format": {
+        "type": "json_schema", "name": "odd", "schema": {"enum": []}}})
+    assert response.status == "completed" and response.output_text == "{}"

@@ -50,3 +50,38 @@ def test_cancel_from_another_process_is_never_overwritten(twin_servers: tuple[Se
     wait_until(lambda: second.client().responses.retrieve(created.id).status == "in_progress", what="pickup")
     assert second.client().responses.cancel(created.id).status == "cancelled"
     assert first.client().responses.retrieve(created.id).status == "cancelled"
+
+
+def test_concurrent_cancels_agree_and_end_the_stream(server: Server) -> None:
+    import concurrent.futures
+
+    client = server.client()
+    created = client.responses.create(model=MODEL, input="take your time", background=True, stream=True)
+    first = next(iter(created))
+    response_id = first.response.id
+    wait_until(lambda: client.responses.retrieve(response_id).status == "in_progress", what="pickup")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        statuses = list(pool.map(lambda _: server.client().responses.cancel(response_id).status, range(3)))
+    assert statuses == ["cancelled"] * 3
+    assert client.responses.retrieve(response_id).status == "cancelled"
+    resumed = list(client.responses.retrieve(response_id, stream=True, starting_after=0))
+    assert resumed[-1].type == "response.failed" and resumed[-1].response.status == "cancelled"
+
+
+def test_cancel_from_another_process_stops_the_run(twin_servers: tuple[Server, Server]) -> None:
+    first, second = twin_servers
+    created = first.client().responses.create(model=MODEL, input="slow loop", tools=[CALC], background=True,
+                                              stream=True)
+    response_id = next(iter(created)).response.id
+    wait_until(lambda: second.client().responses.retrieve(response_id).status == "in_progress", what="pickup")
+    assert second.client().responses.cancel(response_id).status == "cancelled"
+    log = list(second.client().responses.retrieve(response_id, stream=True, starting_after=-1))
+    types = [e.type for e in log]
+    assert [e.sequence_number for e in log] == list(range(len(log)))
+    assert types[-1] == "response.failed" and log[-1].response.status == "cancelled"
+    assert "response.completed" not in types and "response.incomplete" not in types
+    final = first.client().responses.retrieve(response_id)
+    assert final.status == "cancelled"
+    calls = [i.call_id for i in final.output if i.type == "function_call"]
+    outputs = [i.call_id for i in final.output if i.type == "function_call_output"]
+    assert calls == outputs  # every call is answered, so the response can be continued

@@ -87,8 +87,8 @@ def test_store_writes_in_batches_and_reads_back(store_url: str) -> None:
         await store.append(rid, output={0: item}, new_events=[
             Event({"type": "response.output_item.done", "sequence_number": 1})])
         response["status"] = "completed"
-        await store.finish(response, output={}, new_events=[Event({"type": "response.completed",
-                                                                     "sequence_number": 2})])
+        assert await store.append(rid, output={}, response=response, guard=True, new_events=[
+            Event({"type": "response.completed", "sequence_number": 2})])
         got = await store.get(rid, "u1")
         assert got is not None and got["status"] == "completed" and got["output"] == [item]
         assert await store.get(rid, "someone-else") is None

@@ -114,6 +114,8 @@ CASES: list[tuple[str, Any, int, str | None, str]] = [
      "previous_response_id", "not found"),
     ("input larger than the context window", {"model": "small-window", "input": "x" * 2000}, 400, "input",
      "context window"),
+    ("item id too long", {"model": MODEL, "input": [{"role": "user", "content": "x", "id": "m" * 65}]}, 400,
+     "input[0].id", "Invalid value"),
     ("item reference unknown", {"model": MODEL, "input": [{"type": "item_reference", "id": "msg_nope"}]}, 400,
      "input[0].id", "not found"),
 ]

@@ -5,13 +5,12 @@
     ├── APIError                    something a client sent or asked for; becomes an HTTP error body
     │   ├── InvalidRequest          400 invalid_request_error
     │   ├── Unauthorized            401
-    │   ├── Forbidden               403
     │   ├── NotFound                404
-    │   ├── PayloadTooLarge         413
-    │   └── Conflict                409
+    │   └── PayloadTooLarge         413
     ├── ModelError                  a model or its upstream failed; the response fails with it
     │   └── ModelTimeout
-    └── ToolError                   a hosted tool failed; the model reads the message as the tool output
+    ├── ToolError                   a hosted tool failed; the model reads the message as the tool output
+    └── RunCancelled                the stored response was cancelled (maybe by another process)
 
 Library errors are translated into these at the edge where they happen (provider adapters,
 toolsets, the store), always with ``raise ... from exc``.
@@ -64,11 +63,6 @@ class Unauthorized(APIError):
         super().__init__(message, param=param, code=code)
 
 
-class Forbidden(APIError):
-    status_code = 403
-    error_type = "permission_error"
-
-
 class NotFound(APIError):
     status_code = 404
 
@@ -81,10 +75,6 @@ class PayloadTooLarge(APIError):
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = "request_too_large") -> None:
         super().__init__(message, param=param, code=code)
-
-
-class Conflict(APIError):
-    status_code = 409
 
 
 class ModelError(OpenSupervisorError):
@@ -104,3 +94,14 @@ class ModelTimeout(ModelError):
 
 class ToolError(OpenSupervisorError):
     """A hosted tool failed in a way its caller should read (the text becomes the tool output)."""
+
+
+class RunCancelled(OpenSupervisorError):
+    """A run found its response cancelled in the store at a step boundary and must stop.
+
+    ``rewind_to`` is the sequence number of a terminal event that was not written because of it.
+    """
+
+    def __init__(self, rewind_to: int | None) -> None:
+        super().__init__("the response was cancelled")
+        self.rewind_to = rewind_to

@@ -11,6 +11,7 @@ from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.response import Response, usage
 
 Item = dict[str, Any]
+TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 
 class Event:
@@ -133,6 +134,19 @@ class Emitter:
         item: Item = {"id": new_id("function_call_output"), "type": "function_call_output", "call_id": call_id,
                       "output": output, "status": "completed"}
         return [self.item_added(item), self.item_done(item)]
+
+    def close_open_items(self) -> list[Event]:
+        """End every item still streaming as ``incomplete``, with its closing events."""
+        events: list[Event] = []
+        for item in self.response["output"]:
+            if item.get("status") != "in_progress":
+                continue
+            if item["type"] == "message":
+                events += self.finish_message(item, "incomplete")
+            else:
+                item["status"] = "incomplete"
+                events.append(self.item_done(item))
+        return events
 
     # -- usage and terminal events -----------------------------------------------------------
 

@@ -17,7 +17,7 @@ from opensupervisor.core.contracts import Item, Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
-from opensupervisor.core.turn import Answered, Outcome, Truncated, TurnBuilder, copy_item
+from opensupervisor.core.turn import Answered, CalledTools, Truncated, TurnBuilder, copy_item
 from opensupervisor.errors import ModelError
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
@@ -58,22 +58,36 @@ async def run_loop(run: Run) -> AsyncIterator[Event]:
         async for event in _turns(run):
             yield event
     except ModelError as exc:
-        for event in _fail(em, exc.code, exc.message):
+        for event in _fail(run, exc.code, exc.message):
             yield event
     except ContextOverflow as exc:
-        for event in _fail(em, "context_length_exceeded", str(exc)):
+        for event in _fail(run, "context_length_exceeded", str(exc)):
             yield event
     except Exception:  # the loop's outer boundary: anything unexpected fails this response, not the server
         log.exception("run %s failed", run.ctx.response_id)
-        for event in _fail(em, "server_error", "The server had an error while processing this response."):
+        for event in _fail(run, "server_error", "The server had an error while processing this response."):
             yield event
 
 
-def _fail(em: Emitter, code: str, message: str) -> list[Event]:
-    for item in em.response["output"]:
-        if item.get("status") == "in_progress":
-            item["status"] = "incomplete"
-    return [em.error_event(code, message), em.finish("failed", error={"code": code, "message": message})]
+def _fail(run: Run, code: str, message: str) -> list[Event]:
+    em = run.emitter
+    return [*settle(run, "the response failed"), em.error_event(code, message),
+            em.finish("failed", error={"code": code, "message": message})]
+
+
+def settle(run: Run, why: str) -> list[Event]:
+    """Leave the output continuable before a run ends early: items still streaming end
+    ``incomplete``, and hosted calls that never ran get an error output (a continuation needs every
+    call paired, and the client cannot answer a hosted call)."""
+    em = run.emitter
+    events = em.close_open_items()
+    answered = {i["call_id"] for i in em.response["output"] if i["type"] == "function_call_output"}
+    for item in list(em.response["output"]):
+        if item["type"] == "function_call" and item["call_id"] not in answered and _is_hosted(run, item):
+            done = em.call_output(item["call_id"], f"Error: this call did not run: {why}.")
+            run.history.append(copy_item(done[-1].data["item"]))
+            events += done
+    return events
 
 
 async def _turns(run: Run) -> AsyncIterator[Event]:
@@ -83,17 +97,20 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         if turn >= run.limits.max_turns:
             yield em.finish("incomplete", reason="max_turns")
             return
-        box: list[Outcome] = []
-        async for event in _model_turn(run, _model_request(run, turn), box):
+        builder = TurnBuilder(em, run.history)
+        async for event in _model_turn(run, _model_request(run, turn), builder):
             yield event
         turn += 1
-        outcome = box[0]
+        outcome = builder.outcome
         if isinstance(outcome, Truncated):
+            for event in settle(run, f"the response ended early ({outcome.reason})"):
+                yield event
             yield em.finish("incomplete", reason=outcome.reason)
             return
         if isinstance(outcome, Answered):
             yield em.finish("completed")
             return
+        assert isinstance(outcome, CalledTools)
         async for event in _tool_step(run, outcome.calls):
             yield event
         if any(not _is_hosted(run, c) for c in outcome.calls):
@@ -146,16 +163,13 @@ def _tool_choice(run: Run, turn: int) -> str:
     return str(choice)
 
 
-async def _model_turn(run: Run, request: ModelRequest, box: list[Outcome]) -> AsyncIterator[Event]:
-    """Stream one model call into output items; report the outcome through ``box``."""
-    turn = TurnBuilder(run.emitter, run.history)
+async def _model_turn(run: Run, request: ModelRequest, turn: TurnBuilder) -> AsyncIterator[Event]:
+    """Stream one model call into output items; ``turn.outcome`` tells what happened."""
     async for event in run.model.request_stream(request):
         for e in turn.on(event):
             yield e
-    events, outcome = turn.end()
-    for e in events:
+    for e in turn.end():
         yield e
-    box.append(outcome)
 
 
 async def _tool_step(run: Run, calls: list[Item]) -> AsyncIterator[Event]:

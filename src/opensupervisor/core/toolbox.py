@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
-from opensupervisor.wire.request import AllowedToolsChoice
+from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,16 @@ class ToolBox:
 
 def _allowed_names(ctx: RunContext, entries: dict[str, _Entry]) -> set[str] | None:
     choice = ctx.request.body.tool_choice
+    if isinstance(choice, FunctionToolChoice) and choice.name not in entries:
+        raise InvalidRequest(f"Tool choice '{choice.name}' is not one of the tools of this request.",
+                             param="tool_choice.name", code="invalid_value")
     if isinstance(choice, AllowedToolsChoice):
         names: set[str] = set()
-        for ref in choice.tools:
+        for i, ref in enumerate(choice.tools):
             if ref.type == "function":
+                if ref.name not in entries:
+                    raise InvalidRequest(f"Allowed tool '{ref.name}' is not one of the tools of this request.",
+                                         param=f"tool_choice.tools[{i}].name", code="invalid_value")
                 names.add(str(ref.name))
             else:
                 names.update(n for n, e in entries.items() if e.type == ref.type and (ref.name in (None, n)))

@@ -45,6 +45,7 @@ class TurnBuilder:
     call: Item | None = None
     calls: list[Item] = field(default_factory=list)
     finish: FinishReason = "stop"
+    outcome: Outcome | None = None
 
     def on(self, event: ModelEvent) -> list[Event]:
         if isinstance(event, TextDelta):
@@ -83,8 +84,8 @@ class TurnBuilder:
         self.history.append(copy_item(message))
         return events
 
-    def end(self) -> tuple[list[Event], Outcome]:
-        """Close what is open (an empty answer still becomes a message) and name the outcome."""
+    def end(self) -> list[Event]:
+        """Close what is open (an empty answer still becomes a message) and set ``outcome``."""
         out = self._close_call()
         if self.message is None and not self.calls:
             self.message, started = self.em.start_message()
@@ -92,13 +93,15 @@ class TurnBuilder:
         out += self._close_message()
         self.history.extend(copy_item(c) for c in self.calls)
         if self.finish in ("length", "content_filter"):
-            return out, Truncated("max_output_tokens" if self.finish == "length" else "content_filter")
-        return out, CalledTools(self.calls) if self.calls else Answered()
+            self.outcome = Truncated("max_output_tokens" if self.finish == "length" else "content_filter")
+        else:
+            self.outcome = CalledTools(self.calls) if self.calls else Answered()
+        return out
 
 
-def copy_item(item: Item) -> Item:
+def copy_item(item: Item, **changes: object) -> Item:
     """A copy for the history, so later changes to the streamed item cannot reach what the model saw."""
-    out = dict(item)
+    out = dict(item, **changes)
     if out["type"] == "message":
         out["content"] = [dict(p) for p in out["content"]]
     return out

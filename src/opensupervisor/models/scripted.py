@@ -67,10 +67,8 @@ class ScriptedModel(Model):
         self.name = name
         self.rules = rules or []
         self.chunk_words = chunk_words
-        self.calls: list[ModelRequest] = []
 
     async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        self.calls.append(request)
         turn = self._turn(request)
         if turn.delay_s:
             await asyncio.sleep(turn.delay_s)
@@ -143,10 +141,13 @@ def _estimate_tokens(request: ModelRequest) -> int:
 
 def _example(schema: dict[str, Any]) -> Any:
     """A small instance of a JSON Schema: required properties only, first enum value, zero values."""
-    if "enum" in schema:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key) and isinstance(schema[key][0], dict):
+            return _example(schema[key][0])
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")

@@ -20,6 +20,7 @@ class LiveRun:
         self.events: list[Event] = []
         self.done = False
         self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
         self._changed = asyncio.Condition()
 
     async def publish(self, event: Event) -> None:

@@ -1,12 +1,13 @@
 """Persisting a run's event stream: batched writes at item boundaries, never per chunk.
 
 A response whose id the client can already see (streamed or background) is written when it is
-created, at every finished output item and at its terminal event, so a ``GET`` at any moment finds
-it with the items finished so far. A plain JSON request is written once, at its terminal event,
-before the HTTP answer leaves: nobody can ask for it earlier, and read-after-write still holds.
+created, when a background run starts, at every finished output item and at its terminal event,
+so a ``GET`` at any moment finds it with the items finished so far. A plain JSON request is
+written once, at its terminal event, before the HTTP answer leaves: nobody can ask for it earlier,
+and read-after-write still holds.
 
-The event log is kept for background responses, the only ones that can be re-streamed
-(``GET …?stream=true&starting_after=N``); other responses keep their items, not their events.
+The event log is kept for streamed and background responses, the ones whose events a client saw
+or can re-stream; a plain JSON response keeps its items, not its events.
 """
 
 from __future__ import annotations
@@ -14,46 +15,58 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from opensupervisor.core.events import Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
+from opensupervisor.errors import RunCancelled
 from opensupervisor.store import Store
 
 Item = dict[str, Any]
-TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+BOUNDARIES = frozenset({"response.created", "response.output_item.done"})
 
 
 class Recorder:
     def __init__(self, store: Store | None, *, response_id: str, owner: str, request: dict[str, Any],
-                 stream: bool, input_items: list[Item], live: bool, keep_events: bool) -> None:
+                 stream: bool, background: bool, input_items: list[Item]) -> None:
         self.store = store
         self.response_id = response_id
         self.owner = owner
         self.request = request
         self.stream = stream
+        self.background = background
         self.input_items = input_items
-        self.live = live
-        self.keep_events = keep_events
+        self.live = stream or background
+        # Background runs check at each write whether they were cancelled elsewhere, until they
+        # record their own cancellation.
+        self.guard = background
         self._pending: list[Event] = []
         self._created = False
         self.finished = False
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        """Pass ``events`` through, writing them as they cross item and terminal boundaries."""
+        """Pass ``events`` through, writing them as they cross item and terminal boundaries.
+
+        Raises ``RunCancelled`` when a background response turns out to be cancelled in the store.
+        """
         async for event in events:
-            await self.add(event)
+            try:
+                await self.add(event)
+            except RunCancelled as exc:
+                if exc.rewind_to is None:
+                    yield event  # it was written; followers must not miss it
+                raise
             yield event
 
     async def add(self, event: Event) -> None:
         kind = event.type
-        if kind in TERMINAL_EVENTS:
+        terminal = kind in TERMINAL_EVENTS
+        if terminal:
             self.finished = True
         if self.store is None:
             return
-        if self.keep_events or kind == "response.output_item.done":
+        if self.live or kind == "response.output_item.done":
             self._pending.append(event)
-        if kind in TERMINAL_EVENTS:
+        if terminal:
             await self._flush(event.data["response"], terminal=True)
-        elif self.live and (kind in ("response.created", "response.output_item.done") or (
-                kind == "response.in_progress" and event.data["response"]["background"])):
+        elif self.live and (kind in BOUNDARIES or (kind == "response.in_progress" and self.background)):
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
@@ -61,17 +74,17 @@ class Recorder:
         assert self.store is not None
         pending, self._pending = self._pending, []
         done = {e.data["output_index"]: e.data["item"] for e in pending if e.type == "response.output_item.done"}
-        if not self.keep_events:
-            pending = []  # only the finished items were collected
+        events = pending if self.live else []
         if not self._created:
             assert response is not None
             self._created = True
             output = list(response["output"]) if terminal else []
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
-                                    input_items=self.input_items, output=output, new_events=pending)
+                                    input_items=self.input_items, output=output, new_events=events)
             return
-        if terminal:
-            assert response is not None
-            await self.store.finish(response, output=done, new_events=pending)
-        else:
-            await self.store.append(self.response_id, output=done, new_events=pending, response=response)
+        if await self.store.append(self.response_id, output=done, new_events=events, response=response,
+                                   guard=self.guard):
+            return
+        self.finished = False
+        rejected = next((e.sequence_number for e in events if e.type in TERMINAL_EVENTS), None)
+        raise RunCancelled(rewind_to=rejected)

@@ -10,18 +10,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model
-from opensupervisor.core.events import Emitter, Event
-from opensupervisor.core.loop import LoopLimits, Run, run_loop
+from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
+from opensupervisor.core.loop import LoopLimits, Run, run_loop, settle
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
-from opensupervisor.errors import InvalidRequest, NotFound
+from opensupervisor.errors import InvalidRequest, NotFound, RunCancelled
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs import metrics
@@ -35,9 +35,10 @@ from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
 log = logging.getLogger(__name__)
-TERMINAL_EVENT_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete"})
 # How often a follower of a run in another process looks for new events in the log.
 STORED_FOLLOW_INTERVAL_S = 0.05
+# How long a follower waits for a terminal event once the log goes quiet, before checking the status.
+STORED_FOLLOW_GRACE_S = 2.0
 _ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
                  "function_call_output": "function_call_output", "reasoning": "reasoning",
                  "mcp_approval_response": "mcp_approval_response"}
@@ -47,8 +48,8 @@ _ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
 class Prepared:
     run: Run
     recorder: Recorder
-    # The terminal event written when the run was abandoned or cancelled midway.
-    cancelled: Event | None = None
+    # The closing events written when the run was abandoned or cancelled midway.
+    cancelled: list[Event] = field(default_factory=list)
 
     @property
     def response(self) -> Response:
@@ -89,8 +90,7 @@ class ResponseService:
         if echo_history and body.background:
             run.echo = [_echo(item) for item in input_items if _is_history(item)]
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
-                            request=raw, stream=body.stream, input_items=input_items,
-                            live=body.stream or body.background, keep_events=body.background)
+                            request=raw, stream=body.stream, background=body.background, input_items=input_items)
         return Prepared(run, recorder)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[InputItem]:
@@ -120,29 +120,34 @@ class ResponseService:
         """The run's events, recorded as they pass. A run abandoned midway is recorded as cancelled."""
         recorder = prepared.recorder
         started = time.perf_counter()
+        rewind_to: int | None = None
         try:
             async for event in recorder.record(run_loop(prepared.run)):
                 yield event
+        except RunCancelled as exc:
+            log.info("response %s was cancelled while running", prepared.response["id"])
+            rewind_to = exc.rewind_to
         finally:
             if not recorder.finished:
                 with anyio.CancelScope(shield=True):
-                    await self._record_cancel(prepared)
+                    await self._record_cancel(prepared, rewind_to)
             body = prepared.run.ctx.request.body
             mode = "background" if body.background else "stream" if body.stream else "json"
             metrics.record_response(prepared.response, mode, time.perf_counter() - started)
 
-    async def _record_cancel(self, prepared: Prepared) -> None:
+    async def _record_cancel(self, prepared: Prepared, rewind_to: int | None) -> None:
         em = prepared.run.emitter
-        for item in em.response["output"]:
-            if item.get("status") == "in_progress":
-                item["status"] = "incomplete"
-        prepared.cancelled = em.finish("cancelled")
-        await prepared.recorder.add(prepared.cancelled)
+        prepared.recorder.guard = False
+        if rewind_to is not None:
+            em.seq = rewind_to  # that terminal event was neither written nor shown to anyone
+        prepared.cancelled = [*settle(prepared.run, "the response was cancelled"), em.finish("cancelled")]
+        for event in prepared.cancelled:
+            await prepared.recorder.add(event)
 
     async def run_to_end(self, prepared: Prepared) -> Response:
         final: Response | None = None
         async for event in self.events(prepared):
-            if event.type in TERMINAL_EVENT_TYPES:
+            if event.type in TERMINAL_EVENTS:
                 final = event.data["response"]
         assert final is not None
         return final
@@ -166,8 +171,8 @@ class ResponseService:
         finally:
             with anyio.CancelScope(shield=True):
                 await events.aclose()  # runs the generator's cleanup, which records a cancellation
-                if prepared.cancelled is not None:
-                    await live.publish(prepared.cancelled)
+                for event in prepared.cancelled:
+                    await live.publish(event)
                 await live.close()
             self.live.pop(live.response_id, None)
             metrics.BACKGROUND.dec()
@@ -200,12 +205,26 @@ class ResponseService:
         return live.follow(after) if live is not None else self._follow_stored(response_id, after)
 
     async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
+        """Poll the event log of a run in another process until its terminal event.
+
+        Ends as well when the response is deleted, or is terminal in the store with no terminal event
+        coming (a run its process never finished): a follower never hangs on a run nobody executes.
+        """
+        quiet_since = time.monotonic()
         while True:
-            for event in await self.store.events_after(response_id, after):
+            events = await self.store.events_after(response_id, after)
+            for event in events:
                 after = event.sequence_number
                 yield event
-                if event.type in TERMINAL_EVENT_TYPES:
+                if event.type in TERMINAL_EVENTS:
                     return
+            if events:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > STORED_FOLLOW_GRACE_S:
+                meta = await self.store.meta(response_id, None)
+                if meta is None or meta[0]["status"] in TERMINAL_STATUSES:
+                    return
+                quiet_since = time.monotonic()
             await asyncio.sleep(STORED_FOLLOW_INTERVAL_S)
 
     # -- stored responses ------------------------------------------------------------------------
@@ -230,8 +249,10 @@ class ResponseService:
             raise InvalidRequest("Cannot cancel a response in terminal state.", param="response_id")
         live = self.live.get(response_id)
         if live is not None and live.task is not None:
-            live.task.cancel()
-            await asyncio.gather(live.task, return_exceptions=True)
+            if not live.cancel_requested:  # one cancellation per run; later callers wait for the same end
+                live.cancel_requested = True
+                live.task.cancel()
+            await asyncio.gather(asyncio.shield(live.task), return_exceptions=True)
         elif status != "cancelled":
             response["status"] = "cancelled"
             await self.store.set_status(response)

@@ -7,10 +7,12 @@ protocol fixes the framing (``\\n`` line endings, ``event:`` equal to ``type``, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from opensupervisor.core.events import Event
 
+log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 
 
@@ -19,6 +21,13 @@ def encode(event: Event) -> bytes:
 
 
 async def sse_stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield encode(event)
+    last = -1
+    try:
+        async for event in events:
+            last = event.sequence_number
+            yield encode(event)
+    except Exception:  # the stream's outer boundary: the client gets an error event, never a cut stream
+        log.exception("stream failed after event %d", last)
+        yield encode(Event({"type": "error", "sequence_number": last + 1, "code": "server_error",
+                            "message": "The server had an error while streaming this response.", "param": None}))
     yield DONE

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, and_, create_engine, delete, event, insert, s
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from opensupervisor.core.events import Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import ConfigError
 from opensupervisor.store.schema import events, items, responses
 
@@ -70,7 +70,18 @@ class Store:
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, lambda: fn(*args, **kwargs))
+        """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
+        waits for it before the cancellation goes on, so nothing is half-recorded or lost."""
+        future = asyncio.get_running_loop().run_in_executor(self._threads, lambda: fn(*args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                try:
+                    await asyncio.wait([future])
+                except asyncio.CancelledError:
+                    continue  # cancel scopes re-deliver; the write still has to land first
+            raise
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (serialized across processes on PostgreSQL)."""
@@ -113,24 +124,30 @@ class Store:
         await self._run(write)
 
     async def append(self, response_id: str, *, output: dict[int, Item], new_events: list[Event],
-                     response: dict[str, Any] | None = None) -> None:
+                     response: dict[str, Any] | None = None, guard: bool = False) -> bool:
         """Add finished output items (by output index) and the events so far, in one transaction.
 
-        ``response``, when given, replaces the stored response object (a status change).
+        ``response``, when given, replaces the stored response object (a status change). With
+        ``guard``, a response that was cancelled meanwhile (perhaps by another process) keeps its
+        status and gets no terminal event: the items and other events are written, and the answer
+        is False, so the run stops and records its cancellation.
         """
         rows = _item_rows(response_id, "output", output)
         event_rows = _event_rows(response_id, new_events)
+        cancelling = response is not None and response["status"] == "cancelled"
 
-        def write() -> None:
+        def write() -> bool:
             with self.engine.begin() as conn:
+                if guard and not cancelling and _status(conn, response_id) == "cancelled":
+                    kept = [r for r, e in zip(event_rows, new_events, strict=True) if e.type not in TERMINAL_EVENTS]
+                    _insert(conn, rows, kept)
+                    return False
                 if response is not None:
                     _update_response(conn, response)
                 _insert(conn, rows, event_rows)
+                return True
 
-        await self._run(write)
-
-    async def finish(self, response: dict[str, Any], *, output: dict[int, Item], new_events: list[Event]) -> None:
-        await self.append(response["id"], output=output, new_events=new_events, response=response)
+        return await self._run(write)
 
     async def set_status(self, response: dict[str, Any]) -> None:
         def write() -> None:
@@ -253,6 +270,11 @@ def _update_response(conn: Connection, response: dict[str, Any]) -> None:
     # A cancelled response stays cancelled, whatever a run still going elsewhere reports later.
     conn.execute(update(responses).where(responses.c.id == response["id"], responses.c.status != "cancelled")
                  .values(status=response["status"], response=_dumps(_without_output(response))))
+
+
+def _status(conn: Connection, response_id: str) -> str | None:
+    status: str | None = conn.execute(select(responses.c.status).where(responses.c.id == response_id)).scalar()
+    return status
 
 
 def _owned(conn: Connection, response_id: str, owner: str | None) -> Any:

@@ -7,9 +7,9 @@ accepts nulls for optional ones; what is kept is rebuilt into one canonical shap
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.wire.validation import raise_validation
@@ -20,6 +20,10 @@ ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 class _Item(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+# Item ids are at most 64 characters everywhere (databricks-openai cuts longer ones).
+ItemId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Part(_Item):
@@ -39,7 +43,7 @@ class _Part(_Item):
 
 class _Message(_Item):
     type: Literal["message"] = "message"
-    id: str | None = None
+    id: ItemId | None = None
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[_Part]
     status: ItemStatus | None = None
@@ -48,7 +52,7 @@ class _Message(_Item):
 
 class _FunctionCall(_Item):
     type: Literal["function_call"]
-    id: str | None = None
+    id: ItemId | None = None
     call_id: str
     name: str
     arguments: str
@@ -57,7 +61,7 @@ class _FunctionCall(_Item):
 
 class _FunctionCallOutput(_Item):
     type: Literal["function_call_output"]
-    id: str | None = None
+    id: ItemId | None = None
     call_id: str
     output: str | list[_Part]
     status: ItemStatus | None = None
@@ -65,12 +69,12 @@ class _FunctionCallOutput(_Item):
 
 class _ItemReference(_Item):
     type: Literal["item_reference"]
-    id: str
+    id: ItemId
 
 
 class _Reasoning(_Item):
     type: Literal["reasoning"]
-    id: str | None = None
+    id: ItemId | None = None
     summary: list[dict[str, Any]]
     content: list[dict[str, Any]] | None = None
     encrypted_content: str | None = None
@@ -78,7 +82,7 @@ class _Reasoning(_Item):
 
 class _McpApprovalRequest(_Item):
     type: Literal["mcp_approval_request"]
-    id: str
+    id: ItemId
     server_label: str
     name: str
     arguments: str
@@ -86,7 +90,7 @@ class _McpApprovalRequest(_Item):
 
 class _McpApprovalResponse(_Item):
     type: Literal["mcp_approval_response"]
-    id: str | None = None
+    id: ItemId | None = None
     approval_request_id: str
     approve: bool
     reason: str | None = None
@@ -94,7 +98,7 @@ class _McpApprovalResponse(_Item):
 
 class _McpCall(_Item):
     type: Literal["mcp_call"]
-    id: str
+    id: ItemId
     server_label: str
     name: str
     arguments: str
@@ -106,7 +110,7 @@ class _McpCall(_Item):
 
 class _McpListTools(_Item):
     type: Literal["mcp_list_tools"]
-    id: str
+    id: ItemId
     server_label: str
     tools: list[dict[str, Any]]
     error: Any = None

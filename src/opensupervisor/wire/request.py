@@ -305,14 +305,16 @@ def _check_trace_destination(dest: TraceDestination) -> None:
 
 
 def _check_tool_choice(choice: Any, tools: list[ToolSpec]) -> None:
+    """Names can be checked here only without hosted tools; with them the run's toolbox checks."""
     function_names = {t.config["name"] for t in tools if t.type == "function"}
-    if isinstance(choice, FunctionToolChoice):
+    hosted = any(t.type != "function" for t in tools)
+    if isinstance(choice, FunctionToolChoice) and not hosted:
         if choice.name not in function_names:
             raise InvalidRequest(f"Tool choice '{choice.name}' is not one of the function tools in 'tools'.",
                                  param="tool_choice.name", code="invalid_value")
     elif isinstance(choice, AllowedToolsChoice):
         for i, ref in enumerate(choice.tools):
-            if ref.type == "function" and ref.name not in function_names:
+            if ref.type == "function" and ref.name not in function_names and not hosted:
                 raise InvalidRequest(f"Allowed tool '{ref.name}' is not one of the function tools in 'tools'.",
                                      param=f"tool_choice.tools[{i}].name", code="invalid_value")
             if ref.type != "function" and not any(t.type == ref.type for t in tools):
