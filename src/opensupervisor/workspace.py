@@ -10,7 +10,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opensupervisor.errors import ConfigError
-from opensupervisor.models.scripted import ScriptRule
 from opensupervisor.wire.validation import param_path
 
 Provider = Literal["embedded", "openai-chat", "openai-responses", "anthropic", "scripted"]
@@ -30,7 +29,8 @@ class ModelEntry(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     context_window: int | None = Field(default=None, ge=16)
-    script: list[ScriptRule] = Field(default_factory=list)
+    # The scripted provider's rules, validated by that adapter.
+    script: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Limits(_Section):

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from opensupervisor.wire.items import Item
+
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
 
-Item = dict[str, Any]
 FinishReason = Literal["stop", "tool_calls", "length", "content_filter"]
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from opensupervisor.wire.ids import new_id
+from opensupervisor.wire.items import Item
 from opensupervisor.wire.response import Response, usage
 
-Item = dict[str, Any]
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 

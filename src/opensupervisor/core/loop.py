@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.core.context import RunContext
-from opensupervisor.core.contracts import Item, Model, ModelRequest
+from opensupervisor.core.contracts import Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.core.turn import Answered, CalledTools, Truncated, TurnBuilder, copy_item
 from opensupervisor.errors import ModelError
+from opensupervisor.wire.items import Item
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
 log = logging.getLogger(__name__)

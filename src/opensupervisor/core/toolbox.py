@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -25,23 +24,6 @@ class BoundToolset:
     index: int
     type: str
     toolset: Toolset
-
-
-class ClientFunctions(Toolset):
-    """Client-side ``function`` tools: offered to the model, never run here; a call ends the turn."""
-
-    def __init__(self, definitions: list[dict[str, Any]]) -> None:
-        self.definitions = definitions
-
-    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
-        return [
-            ToolDef(name=d["name"], description=d.get("description"),
-                    parameters=d.get("parameters") or {"type": "object", "properties": {}}, hosted=False)
-            for d in self.definitions
-        ]
-
-    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        raise ToolError(f"'{name}' is a client-side function; the client runs it")
 
 
 @dataclass(slots=True)

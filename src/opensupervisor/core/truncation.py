@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import orjson
 
-from opensupervisor.core.contracts import Item
+from opensupervisor.wire.items import Item
 
 CHARS_PER_TOKEN = 4
 

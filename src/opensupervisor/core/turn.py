@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from opensupervisor.core.contracts import (
     Finish,
     FinishReason,
-    Item,
     ModelEvent,
     TextDelta,
     ToolCallDelta,
@@ -15,6 +14,7 @@ from opensupervisor.core.contracts import (
     Usage,
 )
 from opensupervisor.core.events import Emitter, Event
+from opensupervisor.wire.items import Item
 
 
 @dataclass(slots=True)

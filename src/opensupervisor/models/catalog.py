@@ -6,7 +6,7 @@ from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, InvalidRequest
 from opensupervisor.models.fallback import FallbackModel
 from opensupervisor.models.openai_chat import OpenAIChatModel
-from opensupervisor.models.scripted import ScriptedModel
+from opensupervisor.models.scripted import ScriptedModel, parse_script
 from opensupervisor.workspace import ModelEntry, Workspace
 
 
@@ -18,7 +18,7 @@ def build_model(name: str, entry: ModelEntry) -> Model:
 
 def _build(name: str, entry: ModelEntry) -> Model:
     if entry.provider == "scripted":
-        return ScriptedModel(name, entry.script)
+        return ScriptedModel(name, parse_script(name, entry.script))
     if entry.provider == "openai-chat":
         if not entry.base_url or not entry.upstream_model:
             raise ConfigError(f"model '{name}': provider openai-chat needs base_url and upstream_model")
@@ -44,9 +44,6 @@ class ModelCatalog:
             raise InvalidRequest(f"The model '{name}' does not exist in this workspace.", param="model",
                                  code="model_not_found")
         return model
-
-    def names(self) -> list[str]:
-        return list(self._models)
 
     async def aclose(self) -> None:
         for model in self._plain.values():

@@ -19,7 +19,6 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from opensupervisor.core.contracts import (
     Finish,
     FinishReason,
-    Item,
     Model,
     ModelEvent,
     ModelRequest,
@@ -29,6 +28,7 @@ from opensupervisor.core.contracts import (
     Usage,
 )
 from opensupervisor.errors import ConfigError, ModelError, ModelTimeout
+from opensupervisor.wire.items import Item
 
 _FINISH: dict[str, FinishReason] = {"length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
                                     "content_filter": "content_filter"}

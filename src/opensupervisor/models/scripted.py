@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from opensupervisor.core.contracts import (
     Finish,
     FinishReason,
-    Item,
     Model,
     ModelEvent,
     ModelRequest,
@@ -31,9 +30,11 @@ from opensupervisor.core.contracts import (
     ToolCallStart,
     Usage,
 )
-from opensupervisor.errors import ModelError
+from opensupervisor.core.truncation import estimate_tokens
+from opensupervisor.errors import ConfigError, ModelError
 from opensupervisor.wire.ids import new_id
-from opensupervisor.wire.items import item_text
+from opensupervisor.wire.items import Item, item_text
+from opensupervisor.wire.validation import param_path
 
 
 class ScriptedCall(BaseModel):
@@ -62,6 +63,18 @@ class ScriptRule(BaseModel):
     repeat_last: bool = False
 
 
+_SCRIPT = TypeAdapter(list[ScriptRule])
+
+
+def parse_script(name: str, rules: list[dict[str, Any]]) -> list[ScriptRule]:
+    """Validate a workspace file's ``script`` tables for model ``name``."""
+    try:
+        return _SCRIPT.validate_python(rules)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ConfigError(f"models.{name}.script{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+
+
 class ScriptedModel(Model):
     def __init__(self, name: str, rules: list[ScriptRule] | None = None, *, chunk_words: int = 1) -> None:
         self.name = name
@@ -82,7 +95,8 @@ class ScriptedModel(Model):
             yield ToolCallStart(new_id("call"), call.name)
             yield ToolCallDelta(orjson.dumps(call.arguments).decode())
         out_chars = len(text) + sum(len(c.name) + 20 for c in turn.tool_calls)
-        yield Usage(input_tokens=_estimate_tokens(request), output_tokens=max(1, out_chars // 4))
+        yield Usage(input_tokens=estimate_tokens(request.instructions, request.items),
+                    output_tokens=max(1, out_chars // 4))
         yield Finish(turn.finish or ("tool_calls" if turn.tool_calls else "stop"))
 
     def _turn(self, request: ModelRequest) -> ScriptedTurn:
@@ -132,11 +146,6 @@ def _chunks(text: str, words: int) -> list[str]:
     parts = text.split(" ")
     return [" ".join(parts[i:i + words]) + (" " if i + words < len(parts) else "")
             for i in range(0, len(parts), words)] if text else []
-
-
-def _estimate_tokens(request: ModelRequest) -> int:
-    chars = len(request.instructions or "") + sum(len(orjson.dumps(i)) for i in request.items)
-    return max(1, chars // 4)
 
 
 def _example(schema: dict[str, Any]) -> Any:

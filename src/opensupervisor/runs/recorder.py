@@ -18,8 +18,8 @@ from typing import Any
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunCancelled
 from opensupervisor.store import Store
+from opensupervisor.wire.items import Item
 
-Item = dict[str, Any]
 BOUNDARIES = frozenset({"response.created", "response.output_item.done"})
 
 

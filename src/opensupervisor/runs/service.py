@@ -21,6 +21,7 @@ from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
 from opensupervisor.core.loop import LoopLimits, Run, run_loop, settle
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
+from opensupervisor.core.turn import copy_item
 from opensupervisor.errors import InvalidRequest, NotFound, RunCancelled
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
@@ -30,7 +31,7 @@ from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.wire.ids import new_id
-from opensupervisor.wire.items import InputItem, check_call_pairs
+from opensupervisor.wire.items import Item, check_call_pairs
 from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
@@ -88,12 +89,13 @@ class ResponseService:
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
                   emitter=Emitter(response), limits=self.limits)
         if echo_history and body.background:
-            run.echo = [_echo(item) for item in input_items if _is_history(item)]
+            # The echo keeps each input item's id, which is how the stored history skips it.
+            run.echo = [copy_item(item, status="completed") for item in input_items if _is_history(item)]
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                             request=raw, stream=body.stream, background=body.background, input_items=input_items)
         return Prepared(run, recorder)
 
-    async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[InputItem]:
+    async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
         if previous_id is None:
             return []
         meta = await self.store.meta(previous_id, _owner(principal))
@@ -105,7 +107,7 @@ class ResponseService:
                                  param="previous_response_id", code="previous_response_in_progress")
         return await self.store.history(previous_id, _owner(principal)) or []
 
-    async def _resolve(self, item: InputItem, index: int, principal: Principal) -> InputItem:
+    async def _resolve(self, item: Item, index: int, principal: Principal) -> Item:
         if item["type"] == "item_reference":
             found = await self.store.find_item(item["id"], _owner(principal))
             if found is None:
@@ -288,7 +290,7 @@ class ResponseService:
                 await asyncio.gather(live.task, return_exceptions=True)
 
 
-def _check_context(model: Model, body: CreateResponseRequest, items: list[InputItem]) -> None:
+def _check_context(model: Model, body: CreateResponseRequest, items: list[Item]) -> None:
     """With ``truncation: disabled`` an input that cannot fit is the client's mistake: a 400 up front."""
     try:
         fit(body.instructions, items, model.context_window, auto=body.truncation == "auto",
@@ -297,17 +299,11 @@ def _check_context(model: Model, body: CreateResponseRequest, items: list[InputI
         raise InvalidRequest(str(exc), param="input", code="context_length_exceeded") from exc
 
 
-def _is_history(item: InputItem) -> bool:
+def _is_history(item: Item) -> bool:
     kind = item["type"]
     return kind in ("function_call", "function_call_output") or (kind == "message" and item["role"] == "assistant")
 
 
-def _echo(item: InputItem) -> InputItem:
-    """A finished copy of an input item; it keeps the input item's id, which is how history skips it."""
-    out = dict(item, status="completed")
-    if out["type"] == "message":
-        out["content"] = [dict(p) for p in out["content"]]
-    return out
 
 
 def _owner(principal: Principal) -> str | None:

@@ -6,9 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -18,29 +16,14 @@ from opensupervisor.core.loop import LoopLimits
 from opensupervisor.errors import APIError
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
+from opensupervisor.server.routes import routes
+from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.store import Store
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.workspace import Workspace, load_workspace
 
 log = logging.getLogger(__name__)
-
-
-class JSONResponse(Response):
-    media_type = "application/json"
-
-    def render(self, content: object) -> bytes:
-        return orjson.dumps(content)
-
-
-@dataclass(slots=True)
-class AppState:
-    settings: Settings
-    workspace: Workspace
-    admin_token: str
-    service: ResponseService
-    catalog: ModelCatalog
-    started_at: int
 
 
 def error_response(exc: APIError) -> JSONResponse:
@@ -78,8 +61,6 @@ ToolSetup = Callable[[ToolRegistry], None]
 def create_app(settings: Settings, *, workspace: Workspace | None = None,
                tool_setup: ToolSetup | None = None) -> Starlette:
     """The application for ``settings``. ``tool_setup`` registers extra hosted tool kinds."""
-    from opensupervisor.server.routes import routes
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ws = workspace or load_workspace(settings.config)

@@ -15,9 +15,9 @@ from opensupervisor.core.events import Event
 from opensupervisor.errors import InvalidRequest, NotFound, PayloadTooLarge
 from opensupervisor.identity import Principal
 from opensupervisor.runs.metrics import REGISTRY
-from opensupervisor.server.app import AppState, JSONResponse
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.sse import sse_stream
+from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")

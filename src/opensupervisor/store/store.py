@@ -23,8 +23,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import ConfigError
 from opensupervisor.store.schema import events, items, responses
+from opensupervisor.wire.items import Item
 
-Item = dict[str, Any]
 MIGRATIONS = Path(__file__).parent / "migrations"
 POOL_SIZE = 8
 P = ParamSpec("P")

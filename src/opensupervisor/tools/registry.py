@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from opensupervisor.core.contracts import Toolset
-from opensupervisor.core.toolbox import BoundToolset, ClientFunctions
+from opensupervisor.core.toolbox import BoundToolset
 from opensupervisor.errors import InvalidRequest
+from opensupervisor.tools.functions import ClientFunctions
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace
 

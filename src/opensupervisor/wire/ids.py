@@ -15,10 +15,7 @@ PREFIXES = {
     "function_call_output": "fco_",
     "call": "call_",
     "reasoning": "rs_",
-    "mcp_approval_request": "mcpr_",
     "mcp_approval_response": "mcpa_",
-    "mcp_call": "mcp_",
-    "mcp_list_tools": "mcpl_",
     "item": "item_",
 }
 

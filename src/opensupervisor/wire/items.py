@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.wire.validation import raise_validation
 
-InputItem = dict[str, Any]
+# A Responses item in canonical form (what the loop, the models and the store exchange).
+Item = dict[str, Any]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
@@ -129,7 +130,7 @@ _ITEM_MODELS: dict[str, type[_Item]] = {
 }
 
 
-def normalize_input(value: str | list[dict[str, Any]] | None) -> list[InputItem]:
+def normalize_input(value: str | list[dict[str, Any]] | None) -> list[Item]:
     """Validate ``input`` and return canonical items; errors name ``input[i].<field>``."""
     if value is None:
         return []
@@ -138,11 +139,11 @@ def normalize_input(value: str | list[dict[str, Any]] | None) -> list[InputItem]
     return [normalize_item(item, f"input[{i}]") for i, item in enumerate(value)]
 
 
-def user_message(text: str) -> InputItem:
+def user_message(text: str) -> Item:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
 
-def normalize_item(item: dict[str, Any], param: str) -> InputItem:
+def normalize_item(item: dict[str, Any], param: str) -> Item:
     """Validate one input item and rebuild it in canonical form."""
     kind = item.get("type", "message" if "role" in item else None)
     if not isinstance(kind, str):
@@ -166,13 +167,13 @@ def normalize_item(item: dict[str, Any], param: str) -> InputItem:
     return parsed.model_dump(exclude_none=True)
 
 
-def _canonical_message(msg: _Message, param: str) -> InputItem:
+def _canonical_message(msg: _Message, param: str) -> Item:
     if isinstance(msg.content, str):
         part_type = "output_text" if msg.role == "assistant" else "input_text"
         content = [_canonical_part(_Part.model_validate({"type": part_type, "text": msg.content}), param)]
     else:
         content = [_canonical_part(p, f"{param}.content[{i}]") for i, p in enumerate(msg.content)]
-    out: InputItem = {"type": "message", "role": msg.role, "content": content}
+    out: Item = {"type": "message", "role": msg.role, "content": content}
     if msg.id is not None:
         out["id"] = msg.id
     if msg.status is not None:
@@ -201,14 +202,14 @@ def _canonical_part(part: _Part, param: str) -> dict[str, Any]:
     return part.model_dump(exclude_none=True)
 
 
-def item_text(item: InputItem) -> str:
+def item_text(item: Item) -> str:
     """The plain text of a message item (text parts joined), or ``""`` for other items."""
     if item.get("type") != "message":
         return ""
     return "".join(p.get("text") or p.get("refusal") or "" for p in item.get("content", []))
 
 
-def check_call_pairs(history: list[InputItem], input_start: int) -> None:
+def check_call_pairs(history: list[Item], input_start: int) -> None:
     """Every ``function_call`` needs an output and every output a call (the Supervisor's rule).
 
     ``history`` is the prior context followed by the new input, which starts at ``input_start``;

@@ -11,7 +11,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opensupervisor.errors import InvalidRequest
-from opensupervisor.wire.items import InputItem, normalize_input
+from opensupervisor.wire.items import Item, normalize_input
 from opensupervisor.wire.validation import raise_validation
 
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -30,8 +30,6 @@ INCLUDE_VALUES = frozenset(
         "computer_call_output.output.image_url",
     }
 )
-# Accepted for compatibility with clients that always send them; they change nothing here.
-IGNORED_KEYS = ("user", "prompt_cache_retention", "prompt_cache_options", "context_management", "moderation")
 
 
 class _Strict(BaseModel):
@@ -148,12 +146,8 @@ class ParsedRequest(BaseModel):
     """A validated create request: the body plus its normalized input items and tool specs."""
 
     body: CreateResponseRequest
-    input_items: list[InputItem]
+    input_items: list[Item]
     tools: list[ToolSpec]
-
-    @property
-    def hosted_tools(self) -> list[ToolSpec]:
-        return [t for t in self.tools if t.type != "function"]
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:

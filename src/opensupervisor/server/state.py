@@ -1,0 +1,30 @@
+"""What the routes share: the application state and the JSON response class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from starlette.responses import Response
+
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs.service import ResponseService
+from opensupervisor.settings import Settings
+from opensupervisor.workspace import Workspace
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    workspace: Workspace
+    admin_token: str
+    service: ResponseService
+    catalog: ModelCatalog
+    started_at: int
