@@ -163,3 +163,17 @@ def test_truncation_auto_drops_the_oldest_items_that_do_not_fit(chat_server: Ser
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="upstream-small", input=history)
     assert info.value.body["param"] == "input" and info.value.body["code"] == "context_length_exceeded"
+
+
+def test_sse_reader_handles_the_framing_variants() -> None:
+    from opensupervisor.models.openai_chat import sse_data
+
+    async def lines() -> Any:
+        for line in [b": keep-alive\n", b"\n", b"data: {\"a\":1}\r\n", b"\r\n", b"event: x\n", b"data:{\"b\":\n",
+                     b"data: 2}\n", b"\n", b"data: [DONE]"]:
+            yield line
+
+    async def collect() -> list[bytes]:
+        return [d async for d in sse_data(lines())]
+
+    assert asyncio.run(collect()) == [b'{"a":1}', b'{"b":\n2}', b"[DONE]"]

@@ -1,19 +1,19 @@
 """Any OpenAI-compatible Chat Completions server (vLLM, Ollama, llama.cpp server, LiteLLM, OpenAI).
 
-Spoken with httpx directly rather than through the openai SDK: the SDK's request transformation
-and per-chunk model construction cost more than the rest of a loop turn, and this adapter needs
-only one route. Retries (before any output) use tenacity.
+Spoken with aiohttp directly, not through the openai SDK or httpx: measured on these machines, the
+SDK's request transformation and per-chunk models, and httpx's connection pool, each cost more than
+the rest of a loop turn, and this adapter needs only one route. The SSE reader is a few lines of
+our own because no maintained aiohttp SSE client exists. Retries (before any output) use tenacity.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
-from httpx_sse import EventSource, SSEError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.contracts import (
@@ -40,19 +40,26 @@ class OpenAIChatModel(Model):
         self.name = name
         self.upstream_model = upstream_model
         self.max_retries = max_retries
-        headers = {"Content-Type": "application/json"}
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if api_key_env:
             api_key = os.environ.get(api_key_env, "")
             if not api_key:
                 raise ConfigError(f"model '{name}': environment variable {api_key_env} is not set")
-            headers["Authorization"] = f"Bearer {api_key}"
-        self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/", headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use: a session belongs to the event loop that runs the requests.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self.headers, timeout=self.timeout,
+                                                  connector=aiohttp.TCPConnector(limit=512))
+        return self._session
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         body = orjson.dumps(self._params(request))
@@ -60,11 +67,11 @@ class OpenAIChatModel(Model):
         calls: dict[int, list[str]] = {}
         finish: FinishReason = "stop"
         try:
-            async for sse in EventSource(response).aiter_sse():
-                if sse.data == "[DONE]":
+            async for data in sse_data(response.content):
+                if data == b"[DONE]":
                     break
                 try:
-                    chunk = orjson.loads(sse.data)
+                    chunk = orjson.loads(data)
                 except orjson.JSONDecodeError as exc:
                     raise ModelError(f"model '{self.name}': upstream sent a chunk that is not JSON") from exc
                 for event in _chunk_events(chunk, calls):
@@ -72,19 +79,19 @@ class OpenAIChatModel(Model):
                 choices = chunk.get("choices") or []
                 if choices and choices[0].get("finish_reason"):
                     finish = _FINISH.get(choices[0]["finish_reason"], "stop")
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:
             raise ModelTimeout(f"model '{self.name}' timed out while streaming") from exc
-        except (httpx.TransportError, SSEError) as exc:
+        except aiohttp.ClientError as exc:
             raise ModelError(f"model '{self.name}': the upstream stream broke ({type(exc).__name__})") from exc
         finally:
-            await response.aclose()
+            response.release()
         # Tool calls are collected whole: compatible servers may interleave parallel calls by index.
         for call_id, name, *args in calls.values():
             yield ToolCallStart(call_id, name)
             yield ToolCallDelta("".join(args))
         yield Finish(finish)
 
-    async def _open(self, body: bytes) -> httpx.Response:
+    async def _open(self, body: bytes) -> aiohttp.ClientResponse:
         """POST the request; retry rate limits, 5xx and connection failures before any output."""
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), reraise=True,
                                  wait=wait_exponential_jitter(initial=0.5, max=8),
@@ -94,20 +101,19 @@ class OpenAIChatModel(Model):
                 return await self._send(body)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _send(self, body: bytes) -> httpx.Response:
+    async def _send(self, body: bytes) -> aiohttp.ClientResponse:
         try:
-            response = await self.http.send(self.http.build_request("POST", "chat/completions", content=body),
-                                            stream=True)
-        except httpx.TimeoutException as exc:
+            response = await self._client().post(self.url, data=body)
+        except TimeoutError as exc:
             raise ModelTimeout(f"model '{self.name}' timed out") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise ModelError(f"model '{self.name}': upstream is unreachable ({type(exc).__name__})",
                              retryable=True) from exc
-        if response.status_code == 200:
+        if response.status == 200:
             return response
-        detail = (await response.aread())[:500].decode(errors="replace")
-        await response.aclose()
-        status = response.status_code
+        detail = (await response.read())[:500].decode(errors="replace")
+        response.release()
+        status = response.status
         code = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_prompt"
         raise ModelError(f"model '{self.name}': upstream returned HTTP {status}: {detail}", code=code,
                          retryable=status == 429 or status >= 500)
@@ -135,6 +141,22 @@ class OpenAIChatModel(Model):
             params["max_tokens"] = request.max_output_tokens
         params.update(request.settings)
         return params
+
+
+async def sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event (multi-line data joined by newlines; other fields,
+    comments and keep-alives are skipped, as Chat Completions streams carry nothing else)."""
+    data: list[bytes] = []
+    async for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            if data:
+                yield b"\n".join(data)
+                data = []
+        elif line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+    if data:
+        yield b"\n".join(data)
 
 
 def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[ModelEvent]:
