@@ -121,6 +121,20 @@ async def latencies(url: str, body: dict[str, Any], n: int) -> list[float]:
         return [await timed(client, url, body) for _ in range(n)]
 
 
+async def first_bytes(url: str, body: dict[str, Any], n: int) -> list[float]:
+    """Time from sending a streamed request to its first byte of body."""
+    out: list[float] = []
+    async with session(1) as client:
+        for i in range(n + 20):
+            start = time.perf_counter()
+            async with client.post(url, data=orjson.dumps(body)) as resp:
+                await resp.content.readany()
+                if i >= 20:  # the first ones warm up
+                    out.append(time.perf_counter() - start)
+                await resp.read()
+    return out
+
+
 async def throughput(url: str, body: dict[str, Any], n: int, concurrency: int) -> float:
     async with session(concurrency) as client:
         queue = list(range(n))
@@ -179,6 +193,11 @@ async def measure(base: str, upstream: str, n: int, store: bool) -> None:
           f"p99 {pct(served, .99) - up99:6.2f}")
     print(f"  added per streamed text response                  p50 {pct(streamed, .5) - up50:6.2f}  "
           f"p99 {pct(streamed, .99) - up99:6.2f}")
+    up_ttfb = await first_bytes(f"{upstream}/v1/chat/completions",
+                                {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True}, n)
+    ttfb = await first_bytes(f"{base}/v1/responses", dict(text, stream=True), n)
+    print(f"  streaming time to first byte over the upstream's   p50 {pct(ttfb, .5) - pct(up_ttfb, .5):6.2f}  "
+          f"p99 {pct(ttfb, .99) - pct(up_ttfb, .99):6.2f}")
     extra = [b - a for a, b in zip(sorted(t1), sorted(t2), strict=True)]
     print(f"  added per extra loop turn (hosted tool, minus one upstream call)  "
           f"p50 {statistics.median(extra) * 1000 - up50:6.2f}")
