@@ -80,3 +80,10 @@ def test_model_request_folds_the_stream() -> None:
     assert response.text == "Calling now"
     assert [(c.name, c.arguments) for c in response.tool_calls] == [("f", '{"x":1}')]
     assert response.finish_reason == "tool_calls" and response.usage is not None
+
+
+def test_serve_never_prints_the_database_password(tmp_path: Path) -> None:
+    from opensupervisor.cli import _without_password
+
+    assert _without_password("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert "s3cret" not in _without_password("postgresql://app:s3cret@db/x")

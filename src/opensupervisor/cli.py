@@ -8,6 +8,8 @@ import os
 import click
 import uvicorn
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.settings import Settings, ensure_admin_token
@@ -44,7 +46,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
     if generated:
         console.print(f"[bold]Admin token[/bold] (shown once, saved in {settings.data_dir}/admin_token): {token}")
     console.print(f"Workspace [bold]{workspace.name}[/bold]: {len(workspace.models)} models; "
-                  f"state in {settings.database_url}")
+                  f"state in {_without_password(settings.database_url)}")
     console.print(f"Listening on http://{settings.host}:{settings.port}  (Ctrl+C to stop)")
     # Worker processes rebuild the app from the environment, so pass the resolved settings on.
     os.environ.update({
@@ -57,3 +59,10 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
     uvicorn.run("opensupervisor.server.app:create_app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=workers, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5)
+
+
+def _without_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
