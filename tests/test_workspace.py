@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,10 @@ def test_serve_refuses_a_broken_workspace_file(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "opensupervisor", "serve", "--config", "nope.toml"],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
     assert missing.returncode != 0 and "nope.toml" in missing.stderr
+    bad_db = subprocess.run([sys.executable, "-m", "opensupervisor", "serve"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, check=False,
+                            env={**os.environ, "OPENSUPERVISOR_DATABASE_URL": "mysql://x@y/z"})
+    assert bad_db.returncode != 0 and "unsupported database 'mysql'" in bad_db.stderr
 
 
 def test_cli_help() -> None:

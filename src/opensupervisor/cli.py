@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.settings import Settings, ensure_admin_token
+from opensupervisor.store import engine_url
 from opensupervisor.workspace import load_workspace
 
 console = Console(stderr=True)
@@ -40,6 +41,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
                                    port=port or settings.port)
     try:
         workspace = load_workspace(settings.config)
+        engine_url(settings.database_url)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     token, generated = ensure_admin_token(settings)
