@@ -46,10 +46,14 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
         raise click.ClickException(str(exc)) from exc
     token, generated = ensure_admin_token(settings)
     if generated:
-        console.print(f"[bold]Admin token[/bold] (shown once, saved in {settings.data_dir}/admin_token): {token}")
+        console.print(f"[bold]Admin token[/bold] (shown once, saved in {settings.data_dir}/admin_token): {token}",
+                      soft_wrap=True)
     console.print(f"Workspace [bold]{workspace.name}[/bold]: {len(workspace.models)} models; "
                   f"state in {_without_password(settings.database_url)}")
-    console.print(f"Listening on http://{settings.host}:{settings.port}  (Ctrl+C to stop)")
+    base = f"http://{settings.host}:{settings.port}"
+    console.print(f"Listening on {base}  (Ctrl+C to stop)")
+    console.print(f"Clients: DATABRICKS_HOST={base} DATABRICKS_TOKEN=<admin token>, or the OpenAI SDK with "
+                  f"base_url={base}/v1", soft_wrap=True)
     # Worker processes rebuild the app from the environment, so pass the resolved settings on.
     os.environ.update({
         "OPENSUPERVISOR_HOST": settings.host, "OPENSUPERVISOR_PORT": str(settings.port),
