@@ -122,7 +122,8 @@ def test_upstream_errors_fail_the_response_after_retries(chat_server: Server, up
     assert response.status == "failed"
     assert response.error is not None and response.error.code == code
     assert upstream.app.calls - before == calls  # max_retries = 1: one retry for 429/5xx only
-    assert KEY not in response.error.message
+    assert response.error.message.endswith(f"upstream returned HTTP {trigger[-3:]}")
+    assert KEY not in response.error.message  # the upstream echoed it; the client never sees it
 
 
 def test_unreachable_primary_falls_back(chat_server: Server) -> None:
@@ -177,3 +178,13 @@ def test_sse_reader_handles_the_framing_variants() -> None:
         return [d async for d in sse_data(lines())]
 
     assert asyncio.run(collect()) == [b'{"a":1}', b'{"b":\n2}', b"[DONE]"]
+
+
+@pytest.mark.parametrize("trigger", ["upstream breaks", "upstream cut"])
+def test_a_broken_upstream_stream_fails_the_response(chat_server: Server, trigger: str) -> None:
+    events = list(chat_server.client().responses.create(model="upstream", input=trigger, stream=True))
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    failed = events[-1].response
+    assert failed.status == "failed"
+    message = failed.output[0]
+    assert message.status == "incomplete" and message.content[0].text == "partial "

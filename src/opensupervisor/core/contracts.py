@@ -7,7 +7,7 @@ cross-cutting concerns (timeouts, fallbacks, tracing, durability, approval) wrap
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,7 +101,7 @@ class Model(ABC):
     context_window: int | None = None
 
     @abstractmethod
-    def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         """Yield normalized events: text deltas, tool calls (start then argument deltas), usage, finish."""
 
     async def request(self, request: ModelRequest) -> ModelResponse:

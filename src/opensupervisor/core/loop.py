@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,9 +167,11 @@ def _tool_choice(run: Run, turn: int) -> str:
 
 async def _model_turn(run: Run, request: ModelRequest, turn: TurnBuilder) -> AsyncIterator[Event]:
     """Stream one model call into output items; ``turn.outcome`` tells what happened."""
-    async for event in run.model.request_stream(request):
-        for e in turn.on(event):
-            yield e
+    # aclosing: a run that stops early (cancel, disconnect) releases the model's connection at once.
+    async with aclosing(run.model.request_stream(request)) as stream:
+        async for event in stream:
+            for e in turn.on(event):
+                yield e
     for e in turn.end():
         yield e
 

@@ -6,7 +6,8 @@ Once a model has streamed output the run is committed to it; switching midway wo
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest
 from opensupervisor.errors import ModelError
@@ -20,13 +21,14 @@ class FallbackModel(Model):
         self.context_window = primary.context_window
         self.chain = [primary, *fallbacks]
 
-    async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         for position, model in enumerate(self.chain):
             produced = False
             try:
-                async for event in model.request_stream(request):
-                    produced = True
-                    yield event
+                async with aclosing(model.request_stream(request)) as stream:
+                    async for event in stream:
+                        produced = True
+                        yield event
                 return
             except ModelError as exc:
                 if produced or not exc.retryable or position == len(self.chain) - 1:

@@ -8,8 +8,9 @@ our own because no maintained aiohttp SSE client exists. Retries (before any out
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,8 +29,10 @@ from opensupervisor.core.contracts import (
     Usage,
 )
 from opensupervisor.errors import ConfigError, ModelError, ModelTimeout
+from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item
 
+log = logging.getLogger(__name__)
 _FINISH: dict[str, FinishReason] = {"length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
                                     "content_filter": "content_filter"}
 
@@ -47,7 +50,9 @@ class OpenAIChatModel(Model):
             if not api_key:
                 raise ConfigError(f"model '{name}': environment variable {api_key_env} is not set")
             self.headers["Authorization"] = f"Bearer {api_key}"
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(10.0, timeout_s))
+        # A limit per read, not per response: a long answer may stream for longer than timeout_s.
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, connect=min(10.0, timeout_s))
+        self._secret = self.headers.get("Authorization", "").removeprefix("Bearer ")
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -61,24 +66,26 @@ class OpenAIChatModel(Model):
         if self._session is not None:
             await self._session.close()
 
-    async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         body = orjson.dumps(self._params(request))
         response = await self._open(body)
         calls: dict[int, list[str]] = {}
-        finish: FinishReason = "stop"
+        finish: FinishReason | None = None
+        done = False
         try:
             async for data in sse_data(response.content):
                 if data == b"[DONE]":
+                    done = True
                     break
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    raise ModelError(f"model '{self.name}': upstream sent a chunk that is not JSON") from exc
+                chunk = self._decode(data)
                 for event in _chunk_events(chunk, calls):
                     yield event
                 choices = chunk.get("choices") or []
                 if choices and choices[0].get("finish_reason"):
                     finish = _FINISH.get(choices[0]["finish_reason"], "stop")
+            if finish is None and not done:
+                raise ModelError(f"model '{self.name}': the upstream stream ended before the answer did",
+                                 retryable=False)
         except TimeoutError as exc:
             raise ModelTimeout(f"model '{self.name}' timed out while streaming") from exc
         except aiohttp.ClientError as exc:
@@ -89,7 +96,23 @@ class OpenAIChatModel(Model):
         for call_id, name, *args in calls.values():
             yield ToolCallStart(call_id, name)
             yield ToolCallDelta("".join(args))
-        yield Finish(finish)
+        yield Finish(finish or "stop")
+
+    def _decode(self, data: bytes) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ModelError(f"model '{self.name}': upstream sent a chunk that is not JSON") from exc
+        if not isinstance(chunk, dict):
+            raise ModelError(f"model '{self.name}': upstream sent a chunk that is not a JSON object")
+        if chunk.get("error"):
+            # vLLM and others report failures inside the stream once it has started.
+            log.warning("model %s: upstream error mid-stream: %s", self.name, self._scrub(str(chunk["error"])))
+            raise ModelError(f"model '{self.name}': the upstream reported an error while streaming")
+        return chunk
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
 
     async def _open(self, body: bytes) -> aiohttp.ClientResponse:
         """POST the request; retry rate limits, 5xx and connection failures before any output."""
@@ -111,11 +134,18 @@ class OpenAIChatModel(Model):
                              retryable=True) from exc
         if response.status == 200:
             return response
-        detail = (await response.read())[:500].decode(errors="replace")
-        response.release()
         status = response.status
-        code = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_prompt"
-        raise ModelError(f"model '{self.name}': upstream returned HTTP {status}: {detail}", code=code,
+        try:
+            detail = self._scrub((await response.read())[:1000].decode(errors="replace"))
+        except (aiohttp.ClientError, TimeoutError):
+            detail = ""
+        finally:
+            response.release()
+        # The body stays in the server log: upstreams may echo request headers, keys included.
+        log.warning("model %s: upstream returned HTTP %d: %s", self.name, status, detail)
+        code = ("rate_limit_exceeded" if status == 429 else "invalid_prompt" if status in (400, 413, 422)
+                else "server_error")
+        raise ModelError(f"model '{self.name}': upstream returned HTTP {status}", code=code,
                          retryable=status == 429 or status >= 500)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
@@ -175,7 +205,7 @@ def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[Mo
     for tc in delta.get("tool_calls") or []:
         index = tc.get("index", 0)
         function = tc.get("function") or {}
-        entry = calls.setdefault(index, [tc.get("id") or f"call_{index}", ""])
+        entry = calls.setdefault(index, [tc.get("id") or new_id("call"), ""])
         if function.get("name"):
             entry[1] = function["name"]
         if function.get("arguments"):

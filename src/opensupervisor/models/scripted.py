@@ -13,7 +13,7 @@ in plain text.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -81,7 +81,7 @@ class ScriptedModel(Model):
         self.rules = rules or []
         self.chunk_words = chunk_words
 
-    async def request_stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         turn = self._turn(request)
         if turn.delay_s:
             await asyncio.sleep(turn.delay_s)

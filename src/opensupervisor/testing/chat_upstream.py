@@ -5,7 +5,10 @@ answers at once, so tests and benchmarks can exercise the ``openai-chat`` provid
 model. What it says depends on the last message:
 
 - the last message is the user's and tools are offered: a call of the first tool with ``{}``;
-- the user's text contains ``upstream 429`` / ``upstream 500`` / ``upstream 400``: that HTTP error;
+- the user's text contains ``upstream 429`` / ``upstream 500`` / ``upstream 400``: that HTTP error
+  (its body echoes the request's Authorization header, as careless upstreams do);
+- ``upstream breaks``: one text chunk, then an error object inside the stream;
+- ``upstream cut``: one text chunk, then the stream ends without a finish or ``[DONE]``;
 - the user's text contains ``echo roles``: the roles of all messages, joined by spaces;
 - otherwise ``Hello there.``, or after a tool result, ``Tool said: <result>``.
 
@@ -28,6 +31,10 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
     body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+def _error_chunk() -> bytes:
+    return b"data: " + orjson.dumps({"error": {"message": "upstream fell over", "code": 500}}) + b"\n\n"
 
 
 def _usage_chunk() -> bytes:
@@ -55,6 +62,9 @@ def reply(req: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
         name = req["tools"][0]["function"]["name"]
         return 200, {"index": 0, "id": "call_fake_1", "type": "function",
                      "function": {"name": name, "arguments": "{}"}}, ""
+    for broken in ("upstream breaks", "upstream cut"):
+        if broken in user_text:
+            return 200, None, broken
     if "echo roles" in user_text:
         return 200, None, " ".join(m["role"] for m in messages)
     if last.get("role") == "tool":
@@ -89,7 +99,14 @@ class ChatUpstream:
         self.last_request = req
         status, call, text = reply(req)
         if status != 200:
-            await _json(send, status, {"error": {"message": f"fake upstream error {status}", "type": "error"}})
+            echoed = headers.get(b"authorization", b"").decode()
+            await _json(send, status, {"error": {"message": f"fake upstream error {status} for {echoed}",
+                                                 "type": "error"}})
+        elif req.get("stream") and text in ("upstream breaks", "upstream cut"):
+            tail = _error_chunk() if text == "upstream breaks" else b""
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": _chunk({"content": "partial "}) + tail})
         elif req.get("stream"):
             await _stream(send, call, text)
         else:
