@@ -85,3 +85,44 @@ def test_cancel_from_another_process_stops_the_run(twin_servers: tuple[Server, S
     calls = [i.call_id for i in final.output if i.type == "function_call"]
     outputs = [i.call_id for i in final.output if i.type == "function_call_output"]
     assert calls == outputs  # every call is answered, so the response can be continued
+
+
+def test_cancel_from_another_process_interrupts_a_long_model_call(twin_servers: tuple[Server, Server]) -> None:
+    first, second = twin_servers
+    created = first.client().responses.create(model=MODEL, input="take your time", background=True, stream=True)
+    response_id = next(iter(created)).response.id
+    wait_until(lambda: second.client().responses.retrieve(response_id).status == "in_progress", what="pickup")
+    assert second.client().responses.cancel(response_id).status == "cancelled"
+    # The model call would take a minute; the run notices the cancel within a heartbeat and ends.
+    log = list(second.client().responses.retrieve(response_id, stream=True, starting_after=-1))
+    assert log[-1].type == "response.failed" and log[-1].response.status == "cancelled"
+    assert [e.sequence_number for e in log] == list(range(len(log)))
+
+
+def test_a_running_response_cannot_be_deleted_from_any_process(twin_servers: tuple[Server, Server]) -> None:
+    first, second = twin_servers
+    created = first.client().responses.create(model=MODEL, input="take your time", background=True)
+    with second.http() as http:
+        refused = http.delete(f"/v1/responses/{created.id}")
+    assert refused.status_code == 400 and refused.json()["error"]["message"] == "Cannot delete an in-flight response."
+    first.client().responses.cancel(created.id)
+    second.client().responses.delete(created.id)
+
+
+def test_a_store_failure_mid_run_ends_the_stream_with_an_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "fragile.db"
+    with ThreadServer(f"sqlite:///{db}") as srv:
+        stream = srv.client().responses.create(model=MODEL, input="slow loop", tools=[CALC], background=True,
+                                               stream=True)
+        events = iter(stream)
+        first = next(events)
+        with sqlite3.connect(db) as conn:  # the items table disappears under the running server
+            conn.execute("ALTER TABLE os_response_items RENAME TO os_items_away")
+        rest = list(events)
+        with sqlite3.connect(db) as conn:
+            conn.execute("ALTER TABLE os_items_away RENAME TO os_response_items")
+    assert first.type == "response.created"
+    assert [e.type for e in rest[-2:]] == ["error", "response.failed"]
+    assert rest[-1].response.error.code == "server_error"

@@ -100,3 +100,74 @@ def test_store_writes_in_batches_and_reads_back(store_url: str) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_cancel_and_run_writes_never_overlap(store_url: str) -> None:
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+
+        async def running(rid: str) -> dict[str, Any]:
+            response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
+                        "created_at": 1, "previous_response_id": None, "output": []}
+            await store.create(response, owner="u", request={}, stream=True, input_items=[], output=[],
+                               new_events=[Event({"type": "response.created", "sequence_number": 0})])
+            return response
+
+        tag = orjson.dumps(id(store)).decode()
+        # Cancelled first: the run's terminal write is refused and leaves no terminal event behind.
+        first = await running(f"resp_guard_a_{tag}")
+        assert await store.cancel(first["id"], "u") is True
+        done = dict(first, status="completed")
+        assert await store.append(first["id"], output={}, response=done, guard=True, new_events=[
+            Event({"type": "response.output_text.delta", "sequence_number": 1}),
+            Event({"type": "response.completed", "sequence_number": 2})]) is False
+        assert [e.type for e in await store.events_after(first["id"], -1)] == [
+            "response.created", "response.output_text.delta"]
+        stored = await store.meta(first["id"], None)
+        assert stored is not None and stored.response["status"] == "cancelled"
+        # The run then records its own cancellation, which is allowed.
+        assert await store.append(first["id"], output={}, response=dict(first, status="cancelled"), guard=False,
+                                  new_events=[Event({"type": "response.failed", "sequence_number": 2})])
+        # Completed first: a late cancel changes nothing.
+        second = await running(f"resp_guard_b_{tag}")
+        assert await store.append(second["id"], output={}, response=dict(second, status="completed"), guard=True,
+                                  new_events=[Event({"type": "response.completed", "sequence_number": 1})])
+        assert await store.cancel(second["id"], "u") is False
+        stored = await store.meta(second["id"], None)
+        assert stored is not None and stored.response["status"] == "completed"
+        # Deleted meanwhile: nothing more is written for it.
+        third = await running(f"resp_guard_c_{tag}")
+        assert await store.delete(third["id"], "u")
+        assert await store.append(third["id"], output={0: {"id": "x", "type": "message"}}, new_events=[
+            Event({"type": "response.output_item.done", "sequence_number": 1})]) is False
+        assert await store.events_after(third["id"], -1) == []
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_abandoned_runs_are_failed_at_start_up(store_url: str) -> None:
+    async def scenario() -> None:
+        from sqlalchemy import update
+
+        from opensupervisor.store.schema import responses
+
+        store = Store(store_url)
+        await store.migrate()
+        rid = "resp_abandoned_" + orjson.dumps(id(store)).decode()
+        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
+                    "created_at": 1, "previous_response_id": None, "output": []}
+        await store.create(response, owner="u", request={}, stream=True, input_items=[], output=[],
+                           new_events=[Event({"type": "response.created", "sequence_number": 0})])
+        with store.engine.begin() as conn:
+            conn.execute(update(responses).where(responses.c.id == rid).values(heartbeat_at=0))
+        assert await store.fail_abandoned(10_000, "gone") >= 1
+        got = await store.get(rid, None)
+        assert got is not None and got["status"] == "failed" and got["error"]["message"] == "gone"
+        log = await store.events_after(rid, -1)
+        assert [e.type for e in log] == ["response.created", "response.failed"]
+        assert [e.sequence_number for e in log] == [0, 1]
+        await store.close()
+
+    asyncio.run(scenario())

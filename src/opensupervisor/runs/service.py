@@ -6,7 +6,6 @@ events differs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -26,6 +25,7 @@ from opensupervisor.errors import InvalidRequest, NotFound, RunCancelled
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs import metrics
+from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
@@ -36,10 +36,6 @@ from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
 log = logging.getLogger(__name__)
-# How often a follower of a run in another process looks for new events in the log.
-STORED_FOLLOW_INTERVAL_S = 0.05
-# How long a follower waits for a terminal event once the log goes quiet, before checking the status.
-STORED_FOLLOW_GRACE_S = 2.0
 _ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
                  "function_call_output": "function_call_output", "reasoning": "reasoning",
                  "mcp_approval_response": "mcp_approval_response"}
@@ -49,8 +45,8 @@ _ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
 class Prepared:
     run: Run
     recorder: Recorder
-    # The closing events written when the run was abandoned or cancelled midway.
-    cancelled: list[Event] = field(default_factory=list)
+    # The ending recorded for a run abandoned midway, when it could no longer be yielded.
+    closing: list[Event] = field(default_factory=list)
 
     @property
     def response(self) -> Response:
@@ -63,7 +59,7 @@ class ResponseService:
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
-        self.live: dict[str, LiveRun] = {}
+        self.background = BackgroundRuns(store)
 
     # -- create ----------------------------------------------------------------------------------
 
@@ -98,12 +94,12 @@ class ResponseService:
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
         if previous_id is None:
             return []
-        meta = await self.store.meta(previous_id, _owner(principal))
-        if meta is None:
+        stored = await self.store.meta(previous_id, _owner(principal))
+        if stored is None:
             raise InvalidRequest(f"Previous response with id '{previous_id}' not found.",
                                  param="previous_response_id", code="previous_response_not_found")
-        if meta[0]["status"] not in TERMINAL_STATUSES:
-            raise InvalidRequest(f"Previous response with id '{previous_id}' is still {meta[0]['status']}.",
+        if stored.response["status"] not in TERMINAL_STATUSES:
+            raise InvalidRequest(f"Previous response with id '{previous_id}' is still {stored.response['status']}.",
                                  param="previous_response_id", code="previous_response_in_progress")
         return await self.store.history(previous_id, _owner(principal)) or []
 
@@ -119,32 +115,53 @@ class ResponseService:
         return item
 
     async def events(self, prepared: Prepared) -> AsyncGenerator[Event]:
-        """The run's events, recorded as they pass. A run abandoned midway is recorded as cancelled."""
+        """The run's events, recorded as they pass.
+
+        A run that ends early is recorded as such: ``cancelled`` when it was cancelled (here or in
+        another process) or abandoned by its reader, ``failed`` when recording it failed.
+        """
         recorder = prepared.recorder
         started = time.perf_counter()
-        rewind_to: int | None = None
         try:
             async for event in recorder.record(run_loop(prepared.run)):
                 yield event
         except RunCancelled as exc:
             log.info("response %s was cancelled while running", prepared.response["id"])
-            rewind_to = exc.rewind_to
+            for event in await self._record_end(prepared, "cancelled", exc.rewind_to):
+                yield event
+        except Exception:  # the loop never raises; this is the store failing under the recorder
+            log.exception("recording response %s failed", prepared.response["id"])
+            if not recorder.finished:
+                for event in await self._record_end(prepared, "failed"):
+                    yield event
         finally:
             if not recorder.finished:
                 with anyio.CancelScope(shield=True):
-                    await self._record_cancel(prepared, rewind_to)
+                    prepared.closing = await self._record_end(prepared, "cancelled")
             body = prepared.run.ctx.request.body
             mode = "background" if body.background else "stream" if body.stream else "json"
             metrics.record_response(prepared.response, mode, time.perf_counter() - started)
 
-    async def _record_cancel(self, prepared: Prepared, rewind_to: int | None) -> None:
-        em = prepared.run.emitter
+    async def _record_end(self, prepared: Prepared, status: str, rewind_to: int | None = None) -> list[Event]:
+        """Close the output and write the ending of a run that stops early."""
+        run = prepared.run
+        em = run.emitter
         prepared.recorder.guard = False
         if rewind_to is not None:
             em.seq = rewind_to  # that terminal event was neither written nor shown to anyone
-        prepared.cancelled = [*settle(prepared.run, "the response was cancelled"), em.finish("cancelled")]
-        for event in prepared.cancelled:
-            await prepared.recorder.add(event)
+        if status == "failed":
+            message = "The server could not record this response."
+            ending = [*settle(run, "the response failed"), em.error_event("server_error", message),
+                      em.finish("failed", error={"code": "server_error", "message": message})]
+        else:
+            ending = [*settle(run, "the response was cancelled"), em.finish("cancelled")]
+        prepared.recorder.finished = True  # there is an ending now, even if writing it fails below
+        try:
+            for event in ending:
+                await prepared.recorder.add(event)
+        except Exception:  # nothing more can be done for this response; the server goes on
+            log.exception("could not record how response %s ended", em.response["id"])
+        return ending
 
     async def run_to_end(self, prepared: Prepared) -> Response:
         final: Response | None = None
@@ -156,78 +173,31 @@ class ResponseService:
 
     async def start_background(self, prepared: Prepared) -> LiveRun:
         """Record the queued response, then run the rest in a task; followers read the live log."""
-        live = LiveRun(prepared.response["id"])
-        events = self.events(prepared)
-        await live.publish(await anext(events))  # response.created, written before we answer
-        self.live[live.response_id] = live
-        metrics.BACKGROUND.inc()
-        live.task = asyncio.create_task(self._drive(live, prepared, events))
-        return live
-
-    async def _drive(self, live: LiveRun, prepared: Prepared, events: AsyncGenerator[Event]) -> None:
-        try:
-            async for event in events:
-                await live.publish(event)
-        except asyncio.CancelledError:
-            log.info("background response %s cancelled", live.response_id)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await events.aclose()  # runs the generator's cleanup, which records a cancellation
-                for event in prepared.cancelled:
-                    await live.publish(event)
-                await live.close()
-            self.live.pop(live.response_id, None)
-            metrics.BACKGROUND.dec()
+        return await self.background.start(prepared.response["id"], self.events(prepared), prepared.recorder,
+                                           lambda: prepared.closing)
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncIterator[Event]:
-        """Events of a background+stream response after ``after``, then live ones until it ends.
-
-        A run going on in this process is followed in memory; one running elsewhere is followed
-        through its stored event log.
-        """
-        meta = await self.store.meta(response_id, _owner(principal))
-        if meta is None:
+        """Events of a background+stream response after ``after``, then live ones until it ends."""
+        stored = await self.store.meta(response_id, _owner(principal))
+        if stored is None:
             raise _not_found(response_id)
-        response, streamed = meta
+        response = stored.response
         if not response["background"]:
             raise InvalidRequest(
                 "This response cannot be streamed because it was not created with background=true.", param="stream")
-        if not streamed:
+        if not stored.stream:
             raise InvalidRequest(
                 "This response cannot be streamed because it was not created with stream=true.", param="stream")
-        live = self.live.get(response_id)
+        live = self.background.live.get(response_id)
         if live is not None:
             last = live.events[-1].sequence_number
         else:
-            stored = await self.store.events_after(response_id, -1)
-            last = stored[-1].sequence_number if stored else -1
+            logged = await self.store.events_after(response_id, -1)
+            last = logged[-1].sequence_number if logged else -1
         if after > last and (live is None or live.done) and response["status"] in TERMINAL_STATUSES:
             raise InvalidRequest(f"starting_after={after} is past the end of the event log (last is {last}).",
                                  param="starting_after")
-        return live.follow(after) if live is not None else self._follow_stored(response_id, after)
-
-    async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
-        """Poll the event log of a run in another process until its terminal event.
-
-        Ends as well when the response is deleted, or is terminal in the store with no terminal event
-        coming (a run its process never finished): a follower never hangs on a run nobody executes.
-        """
-        quiet_since = time.monotonic()
-        while True:
-            events = await self.store.events_after(response_id, after)
-            for event in events:
-                after = event.sequence_number
-                yield event
-                if event.type in TERMINAL_EVENTS:
-                    return
-            if events:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > STORED_FOLLOW_GRACE_S:
-                meta = await self.store.meta(response_id, None)
-                if meta is None or meta[0]["status"] in TERMINAL_STATUSES:
-                    return
-                quiet_since = time.monotonic()
-            await asyncio.sleep(STORED_FOLLOW_INTERVAL_S)
+        return self.background.follow(response_id, after)
 
     # -- stored responses ------------------------------------------------------------------------
 
@@ -238,30 +208,25 @@ class ResponseService:
         return response
 
     async def cancel(self, response_id: str, principal: Principal) -> Response:
-        meta = await self.store.meta(response_id, _owner(principal))
-        if meta is None:
+        stored = await self.store.meta(response_id, _owner(principal))
+        if stored is None:
             raise _not_found(response_id)
-        response = meta[0]
-        if not response["background"]:
+        if not stored.response["background"]:
             raise InvalidRequest("Cannot cancel a synchronous response.", param="response_id")
-        status = response["status"]
-        if status in ("completed", "failed"):
-            raise InvalidRequest(f"Cannot cancel a {status} response.", param="response_id")
-        if status == "incomplete":
-            raise InvalidRequest("Cannot cancel a response in terminal state.", param="response_id")
-        live = self.live.get(response_id)
-        if live is not None and live.task is not None:
-            if not live.cancel_requested:  # one cancellation per run; later callers wait for the same end
-                live.cancel_requested = True
-                live.task.cancel()
-            await asyncio.gather(asyncio.shield(live.task), return_exceptions=True)
-        elif status != "cancelled":
-            response["status"] = "cancelled"
-            await self.store.set_status(response)
-        return await self.get(response_id, principal)
+        live = self.background.live.get(response_id)
+        if live is not None:
+            self.background.cancel(live)
+            await self.background.wait(live)
+        elif not await self.store.cancel(response_id, _owner(principal)):
+            _refuse_cancel(await self.get(response_id, principal))
+        response = await self.get(response_id, principal)
+        if response["status"] != "cancelled":
+            _refuse_cancel(response)  # it finished before the cancel reached it
+        return response
 
     async def delete(self, response_id: str, principal: Principal) -> dict[str, Any]:
-        if response_id in self.live:
+        stored = await self.store.meta(response_id, _owner(principal))
+        if stored is not None and self.background.running(stored):
             raise InvalidRequest("Cannot delete an in-flight response.", param="response_id")
         if not await self.store.delete(response_id, _owner(principal)):
             raise _not_found(response_id)
@@ -284,10 +249,7 @@ class ResponseService:
                 "last_id": page[-1].get("id") if page else None, "has_more": len(data) > limit}
 
     async def aclose(self) -> None:
-        for live in list(self.live.values()):
-            if live.task is not None:
-                live.task.cancel()
-                await asyncio.gather(live.task, return_exceptions=True)
+        await self.background.aclose()
 
 
 def _check_context(model: Model, body: CreateResponseRequest, items: list[Item]) -> None:
@@ -304,6 +266,15 @@ def _is_history(item: Item) -> bool:
     return kind in ("function_call", "function_call_output") or (kind == "message" and item["role"] == "assistant")
 
 
+
+
+def _refuse_cancel(response: Response) -> None:
+    """OpenAI's answers to cancelling a response that is not running (a cancelled one is fine)."""
+    status = response["status"]
+    if status in ("completed", "failed"):
+        raise InvalidRequest(f"Cannot cancel a {status} response.", param="response_id")
+    if status != "cancelled":
+        raise InvalidRequest("Cannot cancel a response in terminal state.", param="response_id")
 
 
 def _owner(principal: Principal) -> str | None:

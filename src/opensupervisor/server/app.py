@@ -15,6 +15,7 @@ from starlette.responses import Response
 from opensupervisor.core.loop import LoopLimits
 from opensupervisor.errors import APIError
 from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs.background import ABANDONED, STALE_MS
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.server.routes import routes
 from opensupervisor.server.state import AppState, JSONResponse
@@ -67,6 +68,9 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
         token, _ = ensure_admin_token(settings)
         store = Store(settings.database_url)
         await store.migrate()
+        abandoned = await store.fail_abandoned(STALE_MS, ABANDONED)
+        if abandoned:
+            log.warning("%d background responses were left running by a stopped process; marked failed", abandoned)
         catalog = ModelCatalog(ws)
         registry = ToolRegistry(ws)
         if tool_setup is not None:

@@ -1,5 +1,5 @@
 """Persistence of responses, items and event logs (SQLite by default, PostgreSQL by URL)."""
 
-from opensupervisor.store.store import Store, engine_url
+from opensupervisor.store.store import Store, Stored, engine_url
 
-__all__ = ["Store", "engine_url"]
+__all__ = ["Store", "Stored", "engine_url"]

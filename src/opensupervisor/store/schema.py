@@ -16,6 +16,8 @@ responses = Table(
     Column("stream", Boolean, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("previous_response_id", String(64), nullable=True),
+    # Epoch milliseconds of the last sign of life of the process running a background response.
+    Column("heartbeat_at", BigInteger, nullable=True),
     # The Response object without ``output`` (output items live in os_response_items).
     Column("response", Text, nullable=False),
     # The create request as received, for background runs and audits.

@@ -8,17 +8,21 @@ of what the asyncio drivers cost, where every statement crosses threads or green
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, and_, create_engine, delete, event, insert, select, text, update
+from sqlalchemy import Connection, and_, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import ConfigError
@@ -27,6 +31,7 @@ from opensupervisor.wire.items import Item
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 POOL_SIZE = 8
+RUNNING = frozenset({"queued", "in_progress"})
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -53,6 +58,12 @@ def _without_output(response: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in response.items() if k != "output"}
 
 
+class Stored(NamedTuple):
+    response: dict[str, Any]
+    stream: bool
+    heartbeat_at: int | None
+
+
 class Store:
     """All reads and writes of stored responses. Callers pass the owner; other owners' rows are invisible."""
 
@@ -68,6 +79,7 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
+        self._insert_ignore = sqlite_insert if self.is_sqlite else postgresql_insert
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
@@ -82,6 +94,16 @@ class Store:
                 except asyncio.CancelledError:
                     continue  # cancel scopes re-deliver; the write still has to land first
             raise
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        """Run a write, retrying transient database errors (a locked SQLite file, a dropped
+        connection). Every write is idempotent: inserts ignore rows already there."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(initial=0.05, max=1),
+                                 retry=retry_if_exception_type(OperationalError), reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await self._run(fn)
+        raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (serialized across processes on PostgreSQL)."""
@@ -110,7 +132,7 @@ class Store:
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
-            "previous_response_id": response["previous_response_id"],
+            "previous_response_id": response["previous_response_id"], "heartbeat_at": _now_ms(),
             "response": _dumps(_without_output(response)), "request": _dumps(request),
         }
         rows = _item_rows(response["id"], "input", dict(enumerate(input_items)))
@@ -119,42 +141,92 @@ class Store:
         def write() -> None:
             with self.engine.begin() as conn:
                 conn.execute(insert(responses), [row])
-                _insert(conn, rows, _event_rows(response["id"], new_events))
+                self._insert(conn, rows, _event_rows(response["id"], new_events))
 
-        await self._run(write)
+        await self._write(write)
 
     async def append(self, response_id: str, *, output: dict[int, Item], new_events: list[Event],
                      response: dict[str, Any] | None = None, guard: bool = False) -> bool:
         """Add finished output items (by output index) and the events so far, in one transaction.
 
-        ``response``, when given, replaces the stored response object (a status change). With
-        ``guard``, a response that was cancelled meanwhile (perhaps by another process) keeps its
-        status and gets no terminal event: the items and other events are written, and the answer
-        is False, so the run stops and records its cancellation.
+        ``response``, when given, replaces the stored response object (a status change); only a
+        running response changes, so a finished or cancelled one never flips back. With ``guard``
+        (a background run's own writes) the answer is False when the response stopped running
+        meanwhile, cancelled or deleted, perhaps by another process: then its items and non-terminal
+        events are still written, its status and terminal event are not, and the run must stop.
         """
         rows = _item_rows(response_id, "output", output)
         event_rows = _event_rows(response_id, new_events)
-        cancelling = response is not None and response["status"] == "cancelled"
+        from_statuses = RUNNING | ({"cancelled"} if response and response["status"] == "cancelled" else set())
 
         def write() -> bool:
             with self.engine.begin() as conn:
-                if guard and not cancelling and _status(conn, response_id) == "cancelled":
-                    kept = [r for r, e in zip(event_rows, new_events, strict=True) if e.type not in TERMINAL_EVENTS]
-                    _insert(conn, rows, kept)
-                    return False
+                # The UPDATE comes first: it locks the row (PostgreSQL) or the database (SQLite), so a
+                # concurrent cancel is either wholly before this write or wholly after it.
+                values: dict[str, Any] = {"heartbeat_at": _now_ms()}
                 if response is not None:
-                    _update_response(conn, response)
-                _insert(conn, rows, event_rows)
+                    values.update(status=response["status"], response=_dumps(_without_output(response)))
+                changed = conn.execute(update(responses).where(
+                    responses.c.id == response_id, responses.c.status.in_(from_statuses)).values(values)).rowcount
+                if not changed:
+                    if _status(conn, response_id) is None:
+                        return False  # deleted meanwhile: nothing of it is written any more
+                    if guard:
+                        event_rows[:] = [r for r, e in zip(event_rows, new_events, strict=True)
+                                         if e.type not in TERMINAL_EVENTS]
+                self._insert(conn, rows, event_rows)
+                return bool(changed) or not guard
+
+        return await self._write(write)
+
+    async def cancel(self, response_id: str, owner: str | None) -> bool:
+        """Mark a running response cancelled; False when it was not running (or is not there)."""
+        def write() -> bool:
+            with self.engine.begin() as conn:
+                changed = conn.execute(update(responses).where(
+                    responses.c.id == response_id, responses.c.status.in_(RUNNING),
+                    *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")).rowcount
+                if not changed:
+                    return False
+                stored = orjson.loads(conn.execute(select(responses.c.response).where(
+                    responses.c.id == response_id)).scalar_one())
+                conn.execute(update(responses).where(responses.c.id == response_id).values(
+                    response=_dumps(dict(stored, status="cancelled"))))
                 return True
 
-        return await self._run(write)
+        return await self._write(write)
 
-    async def set_status(self, response: dict[str, Any]) -> None:
-        def write() -> None:
+    async def heartbeat(self, response_id: str) -> bool:
+        """Note that the run of a response is alive; False when it should stop (no longer running)."""
+        def write() -> bool:
             with self.engine.begin() as conn:
-                _update_response(conn, response)
+                return bool(conn.execute(update(responses).where(
+                    responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(
+                        heartbeat_at=_now_ms())).rowcount)
 
-        await self._run(write)
+        return await self._write(write)
+
+    async def fail_abandoned(self, stale_ms: int, message: str) -> int:
+        """End background responses whose runner went quiet ``stale_ms`` ago (a process that died):
+        status failed, and a terminal event so that followers finish. Returns how many."""
+        def write() -> int:
+            with self.engine.begin() as conn:
+                rows = conn.execute(select(responses.c.id, responses.c.response).where(
+                    responses.c.background.is_(True), responses.c.status.in_(RUNNING),
+                    responses.c.heartbeat_at < _now_ms() - stale_ms)).all()
+                for row in rows:
+                    response = dict(orjson.loads(row.response), status="failed",
+                                    error={"code": "server_error", "message": message})
+                    last = conn.execute(select(func.max(events.c.sequence_number)).where(
+                        events.c.response_id == row.id)).scalar()
+                    ending = Event({"type": "response.failed", "sequence_number": (last or 0) + 1,
+                                    "response": dict(response, output=_items(conn, row.id, "output"))})
+                    conn.execute(update(responses).where(responses.c.id == row.id).values(
+                        status="failed", response=_dumps(response)))
+                    self._insert(conn, [], _event_rows(row.id, [ending]))
+                return len(rows)
+
+        return await self._write(write)
 
     async def delete(self, response_id: str, owner: str | None) -> bool:
         def write() -> bool:
@@ -167,6 +239,12 @@ class Store:
                 return True
 
         return await self._run(write)
+
+    def _insert(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
+        # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
+        for table, rows in ((items, item_rows), (events, event_rows)):
+            if rows:
+                conn.execute(self._insert_ignore(table).on_conflict_do_nothing(), rows)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -183,12 +261,12 @@ class Store:
 
         return await self._run(read)
 
-    async def meta(self, response_id: str, owner: str | None) -> tuple[dict[str, Any], bool] | None:
-        """The stored response without output, and whether it was created with ``stream``."""
-        def read() -> tuple[dict[str, Any], bool] | None:
+    async def meta(self, response_id: str, owner: str | None) -> Stored | None:
+        """The stored response without output, whether it was streamed, and its run's heartbeat."""
+        def read() -> Stored | None:
             with self.engine.connect() as conn:
                 row = _owned(conn, response_id, owner)
-                return None if row is None else (orjson.loads(row.response), bool(row.stream))
+                return None if row is None else Stored(orjson.loads(row.response), bool(row.stream), row.heartbeat_at)
 
         return await self._run(read)
 
@@ -259,17 +337,8 @@ def _event_rows(response_id: str, new: list[Event]) -> list[dict[str, Any]]:
             for e in new]
 
 
-def _insert(conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
-    if item_rows:
-        conn.execute(insert(items), item_rows)
-    if event_rows:
-        conn.execute(insert(events), event_rows)
-
-
-def _update_response(conn: Connection, response: dict[str, Any]) -> None:
-    # A cancelled response stays cancelled, whatever a run still going elsewhere reports later.
-    conn.execute(update(responses).where(responses.c.id == response["id"], responses.c.status != "cancelled")
-                 .values(status=response["status"], response=_dumps(_without_output(response))))
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _status(conn: Connection, response_id: str) -> str | None:
@@ -278,7 +347,8 @@ def _status(conn: Connection, response_id: str) -> str | None:
 
 
 def _owned(conn: Connection, response_id: str, owner: str | None) -> Any:
-    query = select(responses.c.response, responses.c.owner, responses.c.stream).where(responses.c.id == response_id)
+    query = select(responses.c.response, responses.c.owner, responses.c.stream, responses.c.heartbeat_at).where(
+        responses.c.id == response_id)
     if owner is not None:
         query = query.where(responses.c.owner == owner)
     return conn.execute(query).first()

@@ -1,0 +1,151 @@
+"""Background runs in this process, and following runs wherever they execute.
+
+A background run is a task that drains the run's event stream into a ``LiveRun`` (its in-memory
+log, which local followers read). While it runs it beats a heartbeat in the store once a second;
+a heartbeat refused because the stored response stopped running (cancelled or deleted by another
+process) cancels the task. Followers of a run in another process poll its stored event log, and
+use the heartbeat to tell a slow run from one whose process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Protocol
+
+import anyio
+
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
+from opensupervisor.runs import metrics
+from opensupervisor.runs.live import LiveRun
+from opensupervisor.store import Store, Stored
+from opensupervisor.wire.response import TERMINAL_STATUSES
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 1.0
+# A run whose heartbeat is this old has no process any more.
+STALE_MS = 10_000
+# How often a follower of a run in another process looks for new events in the log.
+FOLLOW_INTERVAL_S = 0.05
+# How long the log may stay quiet before a follower checks whether anyone still runs the response.
+FOLLOW_GRACE_S = 2.0
+ABANDONED = "The server process running this response stopped before it finished."
+
+
+class Ended(Protocol):
+    """What a background run needs to know about its recording."""
+
+    @property
+    def finished(self) -> bool: ...
+
+
+class BackgroundRuns:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.live: dict[str, LiveRun] = {}
+
+    async def start(self, response_id: str, events: AsyncGenerator[Event], recording: Ended,
+                    closing: Callable[[], list[Event]]) -> LiveRun:
+        """Publish the first event (already written), then drive the rest in a task.
+
+        ``closing`` gives the events a cancelled run recorded while it could no longer yield them.
+        """
+        live = LiveRun(response_id)
+        await live.publish(await anext(events))
+        self.live[response_id] = live
+        metrics.BACKGROUND.inc()
+        live.task = asyncio.create_task(self._drive(live, events, recording, closing))
+        return live
+
+    async def _drive(self, live: LiveRun, events: AsyncGenerator[Event], recording: Ended,
+                     closing: Callable[[], list[Event]]) -> None:
+        watcher = asyncio.create_task(self._watch(live, recording))
+        try:
+            async for event in events:
+                await live.publish(event)
+        except asyncio.CancelledError:
+            log.info("background response %s cancelled", live.response_id)
+        finally:
+            watcher.cancel()
+            with anyio.CancelScope(shield=True):
+                await events.aclose()  # runs the stream's cleanup, which records a cancellation
+                for event in closing():
+                    await live.publish(event)
+                await live.close()
+            self.live.pop(live.response_id, None)
+            metrics.BACKGROUND.dec()
+
+    async def _watch(self, live: LiveRun, recording: Ended) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if recording.finished:
+                return
+            if not await self.store.heartbeat(live.response_id) and not recording.finished:
+                log.info("response %s stopped running elsewhere; stopping its run", live.response_id)
+                self.cancel(live)
+                return
+
+    @staticmethod
+    def running(stored: Stored) -> bool:
+        """Whether some process still runs this stored response (its heartbeat is fresh)."""
+        return stored.response["status"] not in TERMINAL_STATUSES and not _stale(stored)
+
+    def cancel(self, live: LiveRun) -> None:
+        """Cancel a run once; later cancels wait for the same end."""
+        if live.task is not None and not live.cancel_requested:
+            live.cancel_requested = True
+            live.task.cancel()
+
+    async def wait(self, live: LiveRun) -> None:
+        if live.task is not None:
+            await asyncio.gather(asyncio.shield(live.task), return_exceptions=True)
+
+    def follow(self, response_id: str, after: int) -> AsyncIterator[Event]:
+        live = self.live.get(response_id)
+        return live.follow(after) if live is not None else self._follow_stored(response_id, after)
+
+    async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
+        """Poll the stored log of a run in another process until its terminal event.
+
+        If the log goes quiet and the run's heartbeat is stale, nobody runs it any more: the
+        follower gets an ending that says how the response stands, and never hangs.
+        """
+        quiet_since = time.monotonic()
+        while True:
+            batch = await self.store.events_after(response_id, after)
+            for event in batch:
+                after = event.sequence_number
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
+            if batch:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > FOLLOW_GRACE_S:
+                stored = await self.store.meta(response_id, None)
+                if stored is None:
+                    return  # deleted
+                if _stale(stored):
+                    yield await self._ending(response_id, stored.response, after + 1)
+                    return
+                quiet_since = time.monotonic()
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+
+    async def _ending(self, response_id: str, response: dict[str, Any], seq: int) -> Event:
+        if response["status"] not in TERMINAL_STATUSES:
+            return Event({"type": "error", "sequence_number": seq, "code": "server_error", "message": ABANDONED,
+                          "param": None})
+        full = await self.store.get(response_id, None) or response
+        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
+            response["status"], "response.failed")
+        return Event({"type": kind, "sequence_number": seq, "response": full})
+
+    async def aclose(self) -> None:
+        for live in list(self.live.values()):
+            self.cancel(live)
+            await self.wait(live)
+
+
+def _stale(stored: Stored) -> bool:
+    return time.time() * 1000 - (stored.heartbeat_at or 0) > STALE_MS
