@@ -139,7 +139,7 @@ def test_cancel_and_run_writes_never_overlap(store_url: str) -> None:
         # Deleted meanwhile: nothing more is written for it.
         third = await running(f"resp_guard_c_{tag}")
         assert await store.delete(third["id"], "u")
-        assert await store.append(third["id"], output={0: {"id": "x", "type": "message"}}, new_events=[
+        assert await store.append(third["id"], output={0: {"id": "x", "type": "message"}}, guard=True, new_events=[
             Event({"type": "response.output_item.done", "sequence_number": 1})]) is False
         assert await store.events_after(third["id"], -1) == []
         await store.close()

@@ -161,6 +161,9 @@ class Store:
 
         def write() -> bool:
             with self.engine.begin() as conn:
+                if response is None and not guard:  # items of a run nobody else can stop
+                    self._insert(conn, rows, event_rows)
+                    return True
                 # The UPDATE comes first: it locks the row (PostgreSQL) or the database (SQLite), so a
                 # concurrent cancel is either wholly before this write or wholly after it.
                 values: dict[str, Any] = {"heartbeat_at": _now_ms()}
