@@ -30,15 +30,13 @@ from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
 from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.wire.ids import PREFIXES as ID_PREFIXES
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item, check_call_pairs
 from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
 log = logging.getLogger(__name__)
-_ITEM_ID_KIND = {"message": "message", "function_call": "function_call",
-                 "function_call_output": "function_call_output", "reasoning": "reasoning",
-                 "mcp_approval_response": "mcp_approval_response"}
 
 
 @dataclass(slots=True)
@@ -110,8 +108,8 @@ class ResponseService:
                 raise InvalidRequest(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id",
                                      code="item_not_found")
             return found
-        if "id" not in item and item["type"] in _ITEM_ID_KIND:
-            return {"id": new_id(_ITEM_ID_KIND[item["type"]]), **item}
+        if "id" not in item and item["type"] in ID_PREFIXES:  # ids let input_items paginate and items be referenced
+            return {"id": new_id(item["type"]), **item}
         return item
 
     async def events(self, prepared: Prepared) -> AsyncGenerator[Event]:
