@@ -19,7 +19,7 @@ USER = {"role": "user", "content": "hi"}
 CASES: list[tuple[str, Any, int, str | None, str]] = [
     ("missing model", {"input": "hi"}, 400, "model", "Missing required parameter"),
     ("model wrong type", {"model": 5, "input": "hi"}, 400, "model", "Invalid value"),
-    ("unknown model", {"model": "nope", "input": "hi"}, 400, "model", "does not exist"),
+    ("unknown model", {"model": "nope", "input": "hi"}, 404, "model", "does not exist"),
     ("unknown parameter", {"model": MODEL, "input": "hi", "foo": 1}, 400, "foo", "Unknown parameter"),
     ("input wrong type", {"model": MODEL, "input": 5}, 400, "input", "Invalid value"),
     ("unknown item type", {"model": MODEL, "input": [{"type": "banana"}]}, 400, "input[0].type", "banana"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from opensupervisor.core.contracts import Model
-from opensupervisor.errors import ConfigError, InvalidRequest
+from opensupervisor.errors import ConfigError, NotFound
 from opensupervisor.models.fallback import FallbackModel
 from opensupervisor.models.openai_chat import OpenAIChatModel
 from opensupervisor.models.scripted import ScriptedModel, parse_script
@@ -41,8 +41,8 @@ class ModelCatalog:
     def get(self, name: str) -> Model:
         model = self._models.get(name)
         if model is None:
-            raise InvalidRequest(f"The model '{name}' does not exist in this workspace.", param="model",
-                                 code="model_not_found")
+            raise NotFound(f"The model '{name}' does not exist in this workspace.", param="model",
+                           code="model_not_found")
         return model
 
     async def aclose(self) -> None:
