@@ -58,6 +58,13 @@ upstream_model = "fake-model"
 api_key_env = "OS_TEST_UPSTREAM_KEY"
 max_retries = 1
 
+[models.upstream-tuned]
+provider = "openai-chat"
+base_url = "{base}"
+upstream_model = "fake-model"
+api_key_env = "OS_TEST_UPSTREAM_KEY"
+defaults = {{ temperature = 0.2, top_p = 0.9, max_output_tokens = 300 }}
+
 [models.upstream-small]
 provider = "openai-chat"
 base_url = "{base}"
@@ -188,3 +195,13 @@ def test_a_broken_upstream_stream_fails_the_response(chat_server: Server, trigge
     assert failed.status == "failed"
     message = failed.output[0]
     assert message.status == "incomplete" and message.content[0].text == "partial "
+
+
+def test_per_model_defaults_apply_unless_the_request_sets_them(chat_server: Server, upstream: Upstream) -> None:
+    client = chat_server.client()
+    client.responses.create(model="upstream-tuned", input="hi")
+    sent = upstream.app.last_request
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.2, 0.9, 300)
+    client.responses.create(model="upstream-tuned", input="hi", temperature=0.7, max_output_tokens=50)
+    sent = upstream.app.last_request
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.7, 0.9, 50)

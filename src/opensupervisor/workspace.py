@@ -19,6 +19,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class InferenceDefaults(_Section):
+    """Sampling settings a model uses when a request does not set them."""
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+
+
 class ModelEntry(_Section):
     provider: Provider
     description: str | None = None
@@ -29,6 +39,7 @@ class ModelEntry(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     context_window: int | None = Field(default=None, ge=16)
+    defaults: InferenceDefaults = Field(default_factory=InferenceDefaults)
     # The scripted provider's rules, validated by that adapter.
     script: list[dict[str, Any]] = Field(default_factory=list)
 

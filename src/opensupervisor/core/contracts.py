@@ -99,6 +99,8 @@ class Model(ABC):
     name: str = "model"
     # Tokens the model can read at once, when known; ``truncation`` works against it.
     context_window: int | None = None
+    # Settings (temperature, top_p, …, max_output_tokens) used when a request does not set them.
+    defaults: dict[str, Any] = {}
 
     @abstractmethod
     def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:

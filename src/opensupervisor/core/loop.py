@@ -132,19 +132,20 @@ def _model_request(run: Run, turn: int) -> ModelRequest:
     choice = _tool_choice(run, turn)
     if choice == "none":
         tools = []
-    settings = {
-        k: getattr(body, k) for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-        if getattr(body, k) is not None
-    }
+    settings = dict(run.model.defaults)
+    max_output_tokens = body.max_output_tokens or settings.pop("max_output_tokens", None)
+    settings.pop("max_output_tokens", None)
+    settings.update({k: getattr(body, k) for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+                     if getattr(body, k) is not None})
     items = fit(body.instructions, run.history, run.model.context_window, auto=body.truncation == "auto",
-                reserve=body.max_output_tokens or 0)
+                reserve=max_output_tokens or 0)
     return ModelRequest(
         instructions=body.instructions,
         items=items,
         tools=tools,
         tool_choice=choice if tools else "none",
         text_format=run.emitter.response["text"]["format"],
-        max_output_tokens=body.max_output_tokens,
+        max_output_tokens=max_output_tokens,
         parallel_tool_calls=body.parallel_tool_calls,
         settings=settings,
         reasoning=run.emitter.response["reasoning"],

@@ -13,6 +13,7 @@ from opensupervisor.workspace import ModelEntry, Workspace
 def build_model(name: str, entry: ModelEntry) -> Model:
     model = _build(name, entry)
     model.context_window = entry.context_window
+    model.defaults = entry.defaults.model_dump(exclude_none=True)
     return model
 
 

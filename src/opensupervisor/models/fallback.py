@@ -19,6 +19,7 @@ class FallbackModel(Model):
     def __init__(self, primary: Model, fallbacks: list[Model]) -> None:
         self.name = primary.name
         self.context_window = primary.context_window
+        self.defaults = primary.defaults
         self.chain = [primary, *fallbacks]
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
