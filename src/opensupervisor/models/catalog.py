@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, NotFound
 from opensupervisor.models.fallback import FallbackModel
@@ -10,14 +12,20 @@ from opensupervisor.models.scripted import ScriptedModel, parse_script
 from opensupervisor.workspace import ModelEntry, Workspace
 
 
-def build_model(name: str, entry: ModelEntry) -> Model:
-    model = _build(name, entry)
-    model.context_window = entry.context_window
+def build_model(name: str, entry: ModelEntry, base_dir: Path) -> Model:
+    model = _build(name, entry, base_dir)
+    model.context_window = entry.context_window or model.context_window
     model.defaults = entry.defaults.model_dump(exclude_none=True)
     return model
 
 
-def _build(name: str, entry: ModelEntry) -> Model:
+def _build(name: str, entry: ModelEntry, base_dir: Path) -> Model:
+    if entry.provider == "embedded":
+        # Imported here: loading llama.cpp is only worth it when a workspace uses it.
+        from opensupervisor.models.embedded import EmbeddedModel
+
+        path = str(base_dir / entry.model_path) if entry.model_path else None
+        return EmbeddedModel(name, model_path=path, context_window=entry.context_window, threads=entry.threads)
     if entry.provider == "scripted":
         return ScriptedModel(name, parse_script(name, entry.script))
     if entry.provider == "openai-chat":
@@ -32,7 +40,7 @@ def _build(name: str, entry: ModelEntry) -> Model:
 class ModelCatalog:
     def __init__(self, workspace: Workspace) -> None:
         self.entries = workspace.models
-        self._plain = {name: build_model(name, entry) for name, entry in workspace.models.items()}
+        self._plain = {name: build_model(name, entry, workspace.base_dir) for name, entry in workspace.models.items()}
         self._models: dict[str, Model] = {
             name: FallbackModel(model, [self._plain[f] for f in self.entries[name].fallbacks])
             if self.entries[name].fallbacks else model
