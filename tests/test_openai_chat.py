@@ -65,6 +65,14 @@ upstream_model = "fake-model"
 api_key_env = "OS_TEST_UPSTREAM_KEY"
 defaults = {{ temperature = 0.2, top_p = 0.9, max_output_tokens = 300 }}
 
+[models.upstream-impatient]
+provider = "openai-chat"
+base_url = "{base}"
+upstream_model = "fake-model"
+api_key_env = "OS_TEST_UPSTREAM_KEY"
+timeout_s = 0.5
+max_retries = 0
+
 [models.upstream-small]
 provider = "openai-chat"
 base_url = "{base}"
@@ -187,7 +195,7 @@ def test_sse_reader_handles_the_framing_variants() -> None:
     assert asyncio.run(collect()) == [b'{"a":1}', b'{"b":\n2}', b"[DONE]"]
 
 
-@pytest.mark.parametrize("trigger", ["upstream breaks", "upstream cut"])
+@pytest.mark.parametrize("trigger", ["upstream breaks", "upstream cut", "upstream garbage"])
 def test_a_broken_upstream_stream_fails_the_response(chat_server: Server, trigger: str) -> None:
     events = list(chat_server.client().responses.create(model="upstream", input=trigger, stream=True))
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
@@ -205,3 +213,9 @@ def test_per_model_defaults_apply_unless_the_request_sets_them(chat_server: Serv
     client.responses.create(model="upstream-tuned", input="hi", temperature=0.7, max_output_tokens=50)
     sent = upstream.app.last_request
     assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.7, 0.9, 50)
+
+
+def test_a_slow_upstream_times_out_into_a_failed_response(chat_server: Server) -> None:
+    response = chat_server.client().responses.create(model="upstream-impatient", input="upstream slow")
+    assert response.status == "failed"
+    assert response.error is not None and response.error.code == "model_timeout"

@@ -9,6 +9,8 @@ model. What it says depends on the last message:
   (its body echoes the request's Authorization header, as careless upstreams do);
 - ``upstream breaks``: one text chunk, then an error object inside the stream;
 - ``upstream cut``: one text chunk, then the stream ends without a finish or ``[DONE]``;
+- ``upstream garbage``: one text chunk, then a chunk that is not JSON;
+- ``upstream slow``: the answer starts after two seconds (for timeouts);
 - the user's text contains ``echo roles``: the roles of all messages, joined by spaces;
 - otherwise ``Hello there.``, or after a tool result, ``Tool said: <result>``.
 
@@ -17,6 +19,7 @@ model. What it says depends on the last message:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,7 +65,7 @@ def reply(req: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
         name = req["tools"][0]["function"]["name"]
         return 200, {"index": 0, "id": "call_fake_1", "type": "function",
                      "function": {"name": name, "arguments": "{}"}}, ""
-    for broken in ("upstream breaks", "upstream cut"):
+    for broken in ("upstream breaks", "upstream cut", "upstream garbage", "upstream slow"):
         if broken in user_text:
             return 200, None, broken
     if "echo roles" in user_text:
@@ -102,12 +105,14 @@ class ChatUpstream:
             echoed = headers.get(b"authorization", b"").decode()
             await _json(send, status, {"error": {"message": f"fake upstream error {status} for {echoed}",
                                                  "type": "error"}})
-        elif req.get("stream") and text in ("upstream breaks", "upstream cut"):
-            tail = _error_chunk() if text == "upstream breaks" else b""
+        elif req.get("stream") and text in ("upstream breaks", "upstream cut", "upstream garbage"):
+            tail = {"upstream breaks": _error_chunk(), "upstream garbage": b"data: {not json\n\n"}.get(text, b"")
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream")]})
             await send({"type": "http.response.body", "body": _chunk({"content": "partial "}) + tail})
         elif req.get("stream"):
+            if text == "upstream slow":
+                await asyncio.sleep(2)
             await _stream(send, call, text)
         else:
             answer: dict[str, Any] = {"role": "assistant", "content": text or None}
