@@ -45,7 +45,7 @@ def test_bad_workspace_files_name_the_key(text: str, message: str) -> None:
 def test_bad_scripts_and_unavailable_providers_fail_at_start() -> None:
     with pytest.raises(ConfigError, match=r"models\.m\.script\[0\]\.turns\[0\]\.texts"):
         parse_script("m", [{"turns": [{"texts": "typo"}]}])
-    workspace = parse_workspace('[models.e]\nprovider = "anthropic"', source="w", base_dir=Path.cwd())
+    workspace = parse_workspace('[models.e]\nprovider = "openai-responses"', source="w", base_dir=Path.cwd())
     with pytest.raises(ConfigError, match="not available"):
         ModelCatalog(workspace)
     with pytest.raises(ConfigError, match="base_url"):

@@ -26,6 +26,13 @@ def _build(name: str, entry: ModelEntry, base_dir: Path) -> Model:
 
         path = str(base_dir / entry.model_path) if entry.model_path else None
         return EmbeddedModel(name, model_path=path, context_window=entry.context_window, threads=entry.threads)
+    if entry.provider == "anthropic":
+        from opensupervisor.models.anthropic import AnthropicModel
+
+        if not entry.upstream_model:
+            raise ConfigError(f"model '{name}': provider anthropic needs upstream_model (e.g. claude-sonnet-4-5)")
+        return AnthropicModel(name, upstream_model=entry.upstream_model, api_key_env=entry.api_key_env,
+                              base_url=entry.base_url, timeout_s=entry.timeout_s, max_retries=entry.max_retries)
     if entry.provider == "scripted":
         return ScriptedModel(name, parse_script(name, entry.script))
     if entry.provider == "openai-chat":
