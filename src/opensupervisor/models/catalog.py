@@ -8,6 +8,7 @@ from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, NotFound
 from opensupervisor.models.fallback import FallbackModel
 from opensupervisor.models.openai_chat import OpenAIChatModel
+from opensupervisor.models.openai_responses import OpenAIResponsesModel
 from opensupervisor.models.scripted import ScriptedModel, parse_script
 from opensupervisor.workspace import ModelEntry, Workspace
 
@@ -26,6 +27,12 @@ def _build(name: str, entry: ModelEntry, base_dir: Path) -> Model:
 
         path = str(base_dir / entry.model_path) if entry.model_path else None
         return EmbeddedModel(name, model_path=path, context_window=entry.context_window, threads=entry.threads)
+    if entry.provider == "openai-responses":
+        if not entry.base_url or not entry.upstream_model:
+            raise ConfigError(f"model '{name}': provider openai-responses needs base_url and upstream_model")
+        return OpenAIResponsesModel(name, base_url=entry.base_url, upstream_model=entry.upstream_model,
+                                    api_key_env=entry.api_key_env, timeout_s=entry.timeout_s,
+                                    max_retries=entry.max_retries)
     if entry.provider == "anthropic":
         from opensupervisor.models.anthropic import AnthropicModel
 
