@@ -42,12 +42,15 @@ def test_bad_workspace_files_name_the_key(text: str, message: str) -> None:
         parse_workspace(text, source="w.toml", base_dir=Path.cwd())
 
 
-def test_bad_scripts_and_unavailable_providers_fail_at_start() -> None:
+def test_bad_scripts_and_incomplete_providers_fail_at_start() -> None:
     with pytest.raises(ConfigError, match=r"models\.m\.script\[0\]\.turns\[0\]\.texts"):
         parse_script("m", [{"turns": [{"texts": "typo"}]}])
     workspace = parse_workspace('[models.e]\nprovider = "openai-responses"', source="w", base_dir=Path.cwd())
-    with pytest.raises(ConfigError, match="not available"):
+    with pytest.raises(ConfigError, match="base_url and upstream_model"):
         ModelCatalog(workspace)
+    with pytest.raises(ConfigError, match="upstream_model"):
+        ModelCatalog(parse_workspace('[models.a]\nprovider = "anthropic"\napi_key_env = "PATH"', source="w",
+                                     base_dir=Path.cwd()))
     with pytest.raises(ConfigError, match="base_url"):
         ModelCatalog(parse_workspace('[models.c]\nprovider = "openai-chat"', source="w", base_dir=Path.cwd()))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import assert_never
 
 from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, NotFound
@@ -21,34 +22,29 @@ def build_model(name: str, entry: ModelEntry, base_dir: Path) -> Model:
 
 
 def _build(name: str, entry: ModelEntry, base_dir: Path) -> Model:
-    if entry.provider == "embedded":
+    provider = entry.provider
+    if provider == "embedded":
         # Imported here: loading llama.cpp is only worth it when a workspace uses it.
         from opensupervisor.models.embedded import EmbeddedModel
 
         path = str(base_dir / entry.model_path) if entry.model_path else None
         return EmbeddedModel(name, model_path=path, context_window=entry.context_window, threads=entry.threads)
-    if entry.provider == "openai-responses":
-        if not entry.base_url or not entry.upstream_model:
-            raise ConfigError(f"model '{name}': provider openai-responses needs base_url and upstream_model")
-        return OpenAIResponsesModel(name, base_url=entry.base_url, upstream_model=entry.upstream_model,
-                                    api_key_env=entry.api_key_env, timeout_s=entry.timeout_s,
-                                    max_retries=entry.max_retries)
-    if entry.provider == "anthropic":
+    if provider == "scripted":
+        return ScriptedModel(name, parse_script(name, entry.script))
+    if provider == "anthropic":
         from opensupervisor.models.anthropic import AnthropicModel
 
         if not entry.upstream_model:
             raise ConfigError(f"model '{name}': provider anthropic needs upstream_model (e.g. claude-sonnet-4-5)")
         return AnthropicModel(name, upstream_model=entry.upstream_model, api_key_env=entry.api_key_env,
                               base_url=entry.base_url, timeout_s=entry.timeout_s, max_retries=entry.max_retries)
-    if entry.provider == "scripted":
-        return ScriptedModel(name, parse_script(name, entry.script))
-    if entry.provider == "openai-chat":
+    if provider == "openai-chat" or provider == "openai-responses":  # == (not "in"): mypy narrows it
         if not entry.base_url or not entry.upstream_model:
-            raise ConfigError(f"model '{name}': provider openai-chat needs base_url and upstream_model")
-        return OpenAIChatModel(name, base_url=entry.base_url, upstream_model=entry.upstream_model,
-                               api_key_env=entry.api_key_env, timeout_s=entry.timeout_s,
-                               max_retries=entry.max_retries)
-    raise ConfigError(f"model '{name}': provider '{entry.provider}' is not available in this release")
+            raise ConfigError(f"model '{name}': provider {provider} needs base_url and upstream_model")
+        adapter = OpenAIChatModel if provider == "openai-chat" else OpenAIResponsesModel
+        return adapter(name, base_url=entry.base_url, upstream_model=entry.upstream_model,
+                       api_key_env=entry.api_key_env, timeout_s=entry.timeout_s, max_retries=entry.max_retries)
+    assert_never(provider)
 
 
 class ModelCatalog:
