@@ -182,7 +182,7 @@ def test_truncation_auto_drops_the_oldest_items_that_do_not_fit(chat_server: Ser
 
 
 def test_sse_reader_handles_the_framing_variants() -> None:
-    from opensupervisor.models.openai_chat import sse_data
+    from opensupervisor.models.http_upstream import sse_data
 
     async def lines() -> Any:
         for line in [b": keep-alive\n", b"\n", b"data: {\"a\":1}\r\n", b"\r\n", b"event: x\n", b"data:{\"b\":\n",

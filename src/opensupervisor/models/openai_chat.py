@@ -1,21 +1,15 @@
 """Any OpenAI-compatible Chat Completions server (vLLM, Ollama, llama.cpp server, LiteLLM, OpenAI).
 
-Spoken with aiohttp directly, not through the openai SDK or httpx: measured on these machines, the
-SDK's request transformation and per-chunk models, and httpx's connection pool, each cost more than
-the rest of a loop turn, and this adapter needs only one route. The SSE reader is a few lines of
-our own because no maintained aiohttp SSE client exists. Retries (before any output) use tenacity.
+The HTTP side (aiohttp, retries, errors) is ``models.http_upstream``; this module is the wire
+translation: Responses items to chat messages, and chat chunks to model events.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
-
-import aiohttp
-import orjson
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.contracts import (
     Finish,
@@ -28,7 +22,8 @@ from opensupervisor.core.contracts import (
     ToolCallStart,
     Usage,
 )
-from opensupervisor.errors import ConfigError, ModelError, ModelTimeout
+from opensupervisor.errors import ModelError
+from opensupervisor.models.http_upstream import HTTPUpstream
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item
 
@@ -42,111 +37,38 @@ class OpenAIChatModel(Model):
                  timeout_s: float = 120.0, max_retries: int = 2) -> None:
         self.name = name
         self.upstream_model = upstream_model
-        self.max_retries = max_retries
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if api_key_env:
-            api_key = os.environ.get(api_key_env, "")
-            if not api_key:
-                raise ConfigError(f"model '{name}': environment variable {api_key_env} is not set")
-            self.headers["Authorization"] = f"Bearer {api_key}"
-        # A limit per read, not per response: a long answer may stream for longer than timeout_s.
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s, connect=min(10.0, timeout_s))
-        self._secret = self.headers.get("Authorization", "").removeprefix("Bearer ")
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Made on first use: a session belongs to the event loop that runs the requests.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self.headers, timeout=self.timeout,
-                                                  connector=aiohttp.TCPConnector(limit=512))
-        return self._session
+        self.http = HTTPUpstream(name, base_url.rstrip("/") + "/chat/completions", api_key_env=api_key_env,
+                                 timeout_s=timeout_s, max_retries=max_retries)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.http.aclose()
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
-        body = orjson.dumps(self._params(request))
-        response = await self._open(body)
         calls: dict[int, list[str]] = {}
         finish: FinishReason | None = None
         done = False
-        try:
-            async for data in sse_data(response.content):
-                if data == b"[DONE]":
+        async with aclosing(self.http.stream_json(self._params(request))) as chunks:
+            async for chunk in chunks:
+                if chunk is None:
                     done = True
                     break
-                chunk = self._decode(data)
+                if chunk.get("error"):
+                    # vLLM and others report failures inside the stream once it has started.
+                    log.warning("model %s: upstream error mid-stream: %s", self.name,
+                                self.http.scrub(str(chunk["error"])))
+                    raise ModelError(f"model '{self.name}': the upstream reported an error while streaming")
                 for event in _chunk_events(chunk, calls):
                     yield event
                 choices = chunk.get("choices") or []
                 if choices and choices[0].get("finish_reason"):
                     finish = _FINISH.get(choices[0]["finish_reason"], "stop")
-            if finish is None and not done:
-                raise ModelError(f"model '{self.name}': the upstream stream ended before the answer did",
-                                 retryable=False)
-        except TimeoutError as exc:
-            raise ModelTimeout(f"model '{self.name}' timed out while streaming") from exc
-        except aiohttp.ClientError as exc:
-            raise ModelError(f"model '{self.name}': the upstream stream broke ({type(exc).__name__})") from exc
-        finally:
-            response.release()
+        if finish is None and not done:
+            raise ModelError(f"model '{self.name}': the upstream stream ended before the answer did")
         # Tool calls are collected whole: compatible servers may interleave parallel calls by index.
         for call_id, name, *args in calls.values():
             yield ToolCallStart(call_id, name)
             yield ToolCallDelta("".join(args))
         yield Finish(finish or "stop")
-
-    def _decode(self, data: bytes) -> dict[str, Any]:
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ModelError(f"model '{self.name}': upstream sent a chunk that is not JSON") from exc
-        if not isinstance(chunk, dict):
-            raise ModelError(f"model '{self.name}': upstream sent a chunk that is not a JSON object")
-        if chunk.get("error"):
-            # vLLM and others report failures inside the stream once it has started.
-            log.warning("model %s: upstream error mid-stream: %s", self.name, self._scrub(str(chunk["error"])))
-            raise ModelError(f"model '{self.name}': the upstream reported an error while streaming")
-        return chunk
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
-
-    async def _open(self, body: bytes) -> aiohttp.ClientResponse:
-        """POST the request; retry rate limits, 5xx and connection failures before any output."""
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), reraise=True,
-                                 wait=wait_exponential_jitter(initial=0.5, max=8),
-                                 retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable))
-        async for attempt in retrying:
-            with attempt:
-                return await self._send(body)
-        raise AssertionError("unreachable: tenacity reraises the last error")
-
-    async def _send(self, body: bytes) -> aiohttp.ClientResponse:
-        try:
-            response = await self._client().post(self.url, data=body)
-        except TimeoutError as exc:
-            raise ModelTimeout(f"model '{self.name}' timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise ModelError(f"model '{self.name}': upstream is unreachable ({type(exc).__name__})",
-                             retryable=True) from exc
-        if response.status == 200:
-            return response
-        status = response.status
-        try:
-            detail = self._scrub((await response.read())[:1000].decode(errors="replace"))
-        except (aiohttp.ClientError, TimeoutError):
-            detail = ""
-        finally:
-            response.release()
-        # The body stays in the server log: upstreams may echo request headers, keys included.
-        log.warning("model %s: upstream returned HTTP %d: %s", self.name, status, detail)
-        code = ("rate_limit_exceeded" if status == 429 else "invalid_prompt" if status in (400, 413, 422)
-                else "server_error")
-        raise ModelError(f"model '{self.name}': upstream returned HTTP {status}", code=code,
-                         retryable=status == 429 or status >= 500)
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {"model": self.upstream_model, "messages": to_chat_messages(request),
@@ -171,22 +93,6 @@ class OpenAIChatModel(Model):
             params["max_tokens"] = request.max_output_tokens
         params.update(request.settings)
         return params
-
-
-async def sse_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The ``data`` of each server-sent event (multi-line data joined by newlines; other fields,
-    comments and keep-alives are skipped, as Chat Completions streams carry nothing else)."""
-    data: list[bytes] = []
-    async for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield b"\n".join(data)
-                data = []
-        elif line.startswith(b"data:"):
-            data.append(line[6:] if line[5:6] == b" " else line[5:])
-    if data:
-        yield b"\n".join(data)
 
 
 def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[ModelEvent]:

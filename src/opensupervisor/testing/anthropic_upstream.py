@@ -19,7 +19,6 @@ else 401. ``last_request`` keeps the body.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -41,8 +40,8 @@ from anthropic.types import (
 from anthropic.types.raw_message_delta_event import Delta
 from pydantic import BaseModel
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+from opensupervisor.testing.asgi import Receive, Send, lifespan, read_body, send_json, send_sse
+
 ERRORS = (429, 500, 529, 400)
 OVERLOADED = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
 GARBAGE = b"event: content_block_delta\ndata: {not json\n\n"
@@ -114,28 +113,22 @@ class AnthropicUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         self.calls += 1
         headers = dict(scope.get("headers") or [])
         keys = {headers.get(b"x-api-key"), headers.get(b"authorization", b"").removeprefix(b"Bearer ")}
         if self.required_key and self.required_key.encode() not in keys:
-            await _json(send, 401, {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}})
+            await send_json(send, 401, {"type": "error",
+                                        "error": {"type": "authentication_error", "message": "bad key"}})
             return
         req = orjson.loads(raw) if raw else {}
         self.last_request = req
         said = " ".join(b.get("text", "") for b in _last_user_blocks(req))
         for status in ERRORS:
             if f"upstream {status}" in said:
-                await _json(send, status, {"type": "error", "error": {"type": "api_error", "message": "fake"}})
+                await send_json(send, status, {"type": "error", "error": {"type": "api_error", "message": "fake"}})
                 return
         if "upstream slow" in said:
             await asyncio.sleep(2)
@@ -143,10 +136,5 @@ class AnthropicUpstream:
         events = _events(text, tool, req.get("model", "claude"))
         if "upstream breaks" in said or "upstream garbage" in said:
             events = [*events[:3], OVERLOADED if "breaks" in said else GARBAGE]
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        await send({"type": "http.response.body", "body": b"".join(events)})
+        await send_sse(send, b"".join(events))
 
-
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})

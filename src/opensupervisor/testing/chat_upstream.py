@@ -20,13 +20,12 @@ model. What it says depends on the last message:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+from opensupervisor.testing.asgi import Receive, Send, lifespan, read_body, send_json, send_sse
+
 USAGE = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
 
 
@@ -85,31 +84,24 @@ class ChatUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         self.calls += 1
         headers = dict(scope.get("headers") or [])
         if self.required_key and headers.get(b"authorization") != f"Bearer {self.required_key}".encode():
-            await _json(send, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            await send_json(send, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
             return
         req = orjson.loads(raw) if raw else {}
         self.last_request = req
         status, call, text = reply(req)
         if status != 200:
             echoed = headers.get(b"authorization", b"").decode()
-            await _json(send, status, {"error": {"message": f"fake upstream error {status} for {echoed}",
+            await send_json(send, status, {"error": {"message": f"fake upstream error {status} for {echoed}",
                                                  "type": "error"}})
         elif req.get("stream") and text in ("upstream breaks", "upstream cut", "upstream garbage"):
             tail = {"upstream breaks": _error_chunk(), "upstream garbage": b"data: {not json\n\n"}.get(text, b"")
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream")]})
-            await send({"type": "http.response.body", "body": _chunk({"content": "partial "}) + tail})
+            await send_sse(send, _chunk({"content": "partial "}) + tail)
         elif req.get("stream"):
             if text == "upstream slow":
                 await asyncio.sleep(2)
@@ -118,7 +110,7 @@ class ChatUpstream:
             answer: dict[str, Any] = {"role": "assistant", "content": text or None}
             if call is not None:
                 answer["tool_calls"] = [{k: v for k, v in call.items() if k != "index"}]
-            await _json(send, 200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
+            await send_json(send, 200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
                                     "model": "fake", "usage": USAGE, "choices": [
                                         {"index": 0, "message": answer,
                                          "finish_reason": "tool_calls" if call else "stop"}]})
@@ -133,20 +125,6 @@ async def _stream(send: Send, call: dict[str, Any] | None, text: str) -> None:
         chunks += [_chunk({"content": w + (" " if i < len(words) - 1 else "")}) for i, w in enumerate(words)]
         chunks.append(_chunk({}, "stop"))
     chunks += [_usage_chunk(), b"data: [DONE]\n\n"]
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    await send({"type": "http.response.body", "body": b"".join(chunks)})
+    await send_sse(send, b"".join(chunks))
 
 
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        else:
-            await send({"type": "lifespan.shutdown.complete"})
-            return
