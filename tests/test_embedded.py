@@ -101,3 +101,19 @@ def test_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
 def test_unknown_model_is_404(embedded: Server) -> None:
     with pytest.raises(openai.NotFoundError):
         embedded.client().responses.create(model="huge", input="hi")
+
+
+def test_the_turn_parser_streams_text_across_newlines_and_split_escapes() -> None:
+    from opensupervisor.core.contracts import TextDelta, ToolCallStart
+    from opensupervisor.models.embedded import TurnParser
+
+    parser = TurnParser()
+    pieces = ['{"action": "ans', 'wer", "text": "Line one.\n', 'Line \\u00', 'e9 two \\"q', '\\""}']
+    deltas = [e.text for p in pieces for e in parser.feed(p) if isinstance(e, TextDelta)]
+    assert "".join(deltas) == 'Line one.\nLine \u00e9 two "q"'
+    assert parser.end(truncated=False) == []
+    call = TurnParser()
+    for piece in ['{"action": "call", "tool": "add", ', '"arguments": {"a": 1, "b": 2}}']:
+        assert call.feed(piece) == []
+    start, args = call.end(truncated=False)
+    assert isinstance(start, ToolCallStart) and start.name == "add" and args.arguments == '{"a": 1, "b": 2}'

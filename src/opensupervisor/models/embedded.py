@@ -117,7 +117,7 @@ class EmbeddedModel(Model):
         tools = request.tools if request.tool_choice != "none" else []
         schema = _turn_schema(tools, request.tool_choice) if tools else _format_schema(request.text_format)
         messages = to_prompt(request, tools)
-        parser = _TurnParser() if tools else None
+        parser = TurnParser() if tools else None
         completion = 0
         finish: FinishReason = "stop"
         async with self.loaded.slot:
@@ -248,7 +248,7 @@ def _message(item: Item, names: dict[str, str]) -> Iterator[dict[str, str]]:
         yield {"role": "user", "content": f"Result of {names.get(item['call_id'], 'the tool')}: {output}"}
 
 
-class _TurnParser:
+class TurnParser:
     """Reads the constrained JSON as it streams: answer text goes out as it is decoded, a call whole."""
 
     def __init__(self) -> None:
@@ -284,7 +284,7 @@ class _TurnParser:
         if self.action != "call" or truncated:
             return []
         try:
-            parsed = json.loads(self.buffer)
+            parsed = json.loads(self.buffer, strict=False)
         except json.JSONDecodeError:
             return []
         self.call = parsed
@@ -307,7 +307,8 @@ def _decode_prefix(raw: str) -> str:
     """Decode a JSON string body that may end inside an escape (``\\`` or ``\\u00``)."""
     for cut in range(6):
         try:
-            return str(json.loads(f'"{raw[:len(raw) - cut]}"'))
+            # strict=False: llama.cpp's JSON grammar lets raw newlines into strings, and models use them.
+            return str(json.loads(f'"{raw[:len(raw) - cut]}"', strict=False))
         except json.JSONDecodeError:
             continue
     return ""
