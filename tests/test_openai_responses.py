@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TOKEN, Server, ThreadServer
+from tests.conftest import TOKEN, Server, ThreadServer, free_port
 
 CALC: Any = {"type": "test_calculator"}
 
@@ -24,6 +24,21 @@ base_url = "{upstream.v1}"
 upstream_model = "test-model"
 api_key_env = "OS_TEST_RESPONSES_KEY"
 max_retries = 0
+
+[models.relay-impatient]
+provider = "openai-responses"
+base_url = "{upstream.v1}"
+upstream_model = "test-model"
+api_key_env = "OS_TEST_RESPONSES_KEY"
+timeout_s = 0.5
+max_retries = 0
+
+[models.relay-down]
+provider = "openai-responses"
+base_url = "http://127.0.0.1:{free_port()}/v1"
+upstream_model = "test-model"
+max_retries = 0
+fallbacks = ["relay"]
 
 [models.relay-missing]
 provider = "openai-responses"
@@ -68,3 +83,15 @@ def test_an_upstream_failure_mid_stream_fails_the_response(chained: tuple[Server
     events = list(downstream.client().responses.create(model="relay", input="model failure", stream=True))
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
     assert events[-1].response.error.message == "model 'relay': the upstream response failed"
+
+
+def test_a_slow_upstream_times_out(chained: tuple[Server, Server]) -> None:
+    _, downstream = chained
+    response = downstream.client().responses.create(model="relay-impatient", input="take your time")
+    assert response.status == "failed" and response.error is not None and response.error.code == "model_timeout"
+
+
+def test_an_unreachable_upstream_falls_back(chained: tuple[Server, Server]) -> None:
+    _, downstream = chained
+    response = downstream.client().responses.create(model="relay-down", input="hello")
+    assert response.status == "completed" and response.output_text == "test-model (scripted) received: hello"
