@@ -40,7 +40,7 @@ from anthropic.types import (
 from anthropic.types.raw_message_delta_event import Delta
 from pydantic import BaseModel
 
-from opensupervisor.testing.asgi import Receive, Send, lifespan, read_body, send_json, send_sse
+from opensupervisor.testing.asgi import FakeUpstream, Send, send_json, send_sse
 
 ERRORS = (429, 500, 529, 400)
 OVERLOADED = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
@@ -105,26 +105,14 @@ def _events(text: str, tool: dict[str, Any] | None, model: str) -> list[bytes]:
     return out
 
 
-class AnthropicUpstream:
-    def __init__(self, required_key: str | None = None) -> None:
-        self.required_key = required_key
-        self.calls = 0
-        self.last_request: dict[str, Any] = {}
+class AnthropicUpstream(FakeUpstream):
+    def keys(self, headers: dict[bytes, bytes]) -> set[bytes]:
+        return {headers.get(b"x-api-key", b""), *super().keys(headers)}
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        raw = await read_body(receive)
-        self.calls += 1
-        headers = dict(scope.get("headers") or [])
-        keys = {headers.get(b"x-api-key"), headers.get(b"authorization", b"").removeprefix(b"Bearer ")}
-        if self.required_key and self.required_key.encode() not in keys:
-            await send_json(send, 401, {"type": "error",
-                                        "error": {"type": "authentication_error", "message": "bad key"}})
-            return
-        req = orjson.loads(raw) if raw else {}
-        self.last_request = req
+    def refusal(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": "authentication_error", "message": "bad key"}}
+
+    async def answer(self, req: dict[str, Any], headers: dict[bytes, bytes], send: Send) -> None:
         said = " ".join(b.get("text", "") for b in _last_user_blocks(req))
         for status in ERRORS:
             if f"upstream {status}" in said:

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from opensupervisor.testing.asgi import Receive, Send, lifespan, read_body, send_json, send_sse
+from opensupervisor.testing.asgi import FakeUpstream, Send, send_json, send_sse
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
 
@@ -74,26 +74,13 @@ def reply(req: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
     return 200, None, "Hello there."
 
 
-class ChatUpstream:
-    """The ASGI app. Counts requests in ``calls`` and keeps the last body in ``last_request``."""
+class ChatUpstream(FakeUpstream):
+    """The ASGI app (see ``FakeUpstream`` for ``calls`` and ``last_request``)."""
 
-    def __init__(self, required_key: str | None = None) -> None:
-        self.required_key = required_key
-        self.calls = 0
-        self.last_request: dict[str, Any] = {}
+    def refusal(self) -> dict[str, Any]:
+        return {"error": {"message": "bad key", "type": "invalid_request_error"}}
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        raw = await read_body(receive)
-        self.calls += 1
-        headers = dict(scope.get("headers") or [])
-        if self.required_key and headers.get(b"authorization") != f"Bearer {self.required_key}".encode():
-            await send_json(send, 401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
-            return
-        req = orjson.loads(raw) if raw else {}
-        self.last_request = req
+    async def answer(self, req: dict[str, Any], headers: dict[bytes, bytes], send: Send) -> None:
         status, call, text = reply(req)
         if status != 200:
             echoed = headers.get(b"authorization", b"").decode()
