@@ -83,6 +83,7 @@ def test_text_streams_with_usage_and_the_request_is_translated(claude: Server, u
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text == "hello there "
     assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (12, 7)
+    assert final.to_dict()["served_by"] == ["claude"]
     sent = upstream.last_request
     assert sent["model"] == "claude-sonnet-4-5" and sent["stream"] is True and sent["max_tokens"] == 4096
     assert sent["system"] == "Be brief.\n\nNo jokes."
@@ -140,3 +141,5 @@ def test_a_rate_limit_falls_back(claude: Server) -> None:
     response = claude.client().responses.create(model="claude-with-backup", input="upstream 429")
     assert response.status == "completed"
     assert response.output_text == "backup (scripted) received: upstream 429"
+    assert response.model == "claude-with-backup"
+    assert response.to_dict()["served_by"] == ["backup"]

@@ -95,3 +95,4 @@ def test_an_unreachable_upstream_falls_back(chained: tuple[Server, Server]) -> N
     _, downstream = chained
     response = downstream.client().responses.create(model="relay-down", input="hello")
     assert response.status == "completed" and response.output_text == "test-model (scripted) received: hello"
+    assert response.to_dict()["served_by"] == ["relay"]

@@ -75,7 +75,14 @@ class Finish:
     reason: FinishReason
 
 
-ModelEvent = TextDelta | ToolCallStart | ToolCallDelta | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Which catalog model produced the events that follow (sent by wrappers that choose, like fallbacks)."""
+
+    model: str
+
+
+ModelEvent = TextDelta | ToolCallStart | ToolCallDelta | Usage | Finish | Served
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +133,7 @@ class Model(ABC):
                 args.append(event.arguments)
             elif isinstance(event, Usage):
                 out.usage = event
-            else:
+            elif isinstance(event, Finish):
                 out.finish_reason = event.reason
         close_call()
         out.text = "".join(text)

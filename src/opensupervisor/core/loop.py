@@ -99,7 +99,7 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         if turn >= run.limits.max_turns:
             yield em.finish("incomplete", reason="max_turns")
             return
-        builder = TurnBuilder(em, run.history)
+        builder = TurnBuilder(em, run.history, served=run.model.name)
         async for event in _model_turn(run, _model_request(run, turn), builder):
             yield event
         turn += 1

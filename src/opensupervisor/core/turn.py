@@ -8,6 +8,7 @@ from opensupervisor.core.contracts import (
     Finish,
     FinishReason,
     ModelEvent,
+    Served,
     TextDelta,
     ToolCallDelta,
     ToolCallStart,
@@ -46,6 +47,8 @@ class TurnBuilder:
     calls: list[Item] = field(default_factory=list)
     finish: FinishReason = "stop"
     outcome: Outcome | None = None
+    # The catalog model that answered this turn: the requested one unless a fallback took over.
+    served: str = ""
 
     def on(self, event: ModelEvent) -> list[Event]:
         if isinstance(event, TextDelta):
@@ -61,6 +64,8 @@ class TurnBuilder:
             self.em.add_usage(event.input_tokens, event.output_tokens, event.cached_tokens, event.reasoning_tokens)
         elif isinstance(event, Finish):
             self.finish = event.reason
+        elif isinstance(event, Served):
+            self.served = event.model
         return []
 
     def _text(self, delta: str) -> list[Event]:
@@ -92,6 +97,9 @@ class TurnBuilder:
             out += started
         out += self._close_message()
         self.history.extend(copy_item(c) for c in self.calls)
+        served_by = self.em.response["served_by"]
+        if self.served and self.served not in served_by:
+            served_by.append(self.served)
         if self.finish in ("length", "content_filter"):
             self.outcome = Truncated("max_output_tokens" if self.finish == "length" else "content_filter")
         else:

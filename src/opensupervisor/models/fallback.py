@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest
+from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest, Served
 from opensupervisor.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ class FallbackModel(Model):
             try:
                 async with aclosing(model.request_stream(request)) as stream:
                     async for event in stream:
+                        if not produced and position > 0:
+                            yield Served(model.name)
                         produced = True
                         yield event
                 return

@@ -47,6 +47,8 @@ def new_response(response_id: str, parsed: ParsedRequest, *, model: str, created
         "usage": None,
         "user": body.user,
         "metadata": body.metadata or {},
+        # Extension: the catalog models that answered, in order (more than one when a fallback served).
+        "served_by": [],
     }
 
 
