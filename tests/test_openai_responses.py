@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
 
-from tests.conftest import TOKEN, Server, ThreadServer, free_port
+from opensupervisor.testing.chat_upstream import ChatUpstream
+from tests.conftest import TOKEN, Server, ThreadServer, free_port, wait_until
 
 CALC: Any = {"type": "test_calculator"}
 
 
 @pytest.fixture(scope="module")
-def chained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+def failing() -> Iterator[str]:
+    """A local upstream that fails on demand (see ``ChatUpstream``), as a Responses base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(ChatUpstream(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, what="the failing upstream")
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory: pytest.TempPathFactory, failing: str) -> Iterator[tuple[Server, Server]]:
     folder = tmp_path_factory.mktemp("responses")
     with ThreadServer(f"sqlite:///{folder}/upstream.db") as upstream:
         workspace = folder / "workspace.toml"
@@ -39,6 +56,19 @@ base_url = "http://127.0.0.1:{free_port()}/v1"
 upstream_model = "test-model"
 max_retries = 0
 fallbacks = ["relay"]
+
+[models.flaky]
+provider = "openai-responses"
+base_url = "{failing}"
+upstream_model = "x"
+max_retries = 1
+fallbacks = ["relay"]
+
+[models.flaky-alone]
+provider = "openai-responses"
+base_url = "{failing}"
+upstream_model = "x"
+max_retries = 0
 
 [models.relay-missing]
 provider = "openai-responses"
@@ -96,3 +126,18 @@ def test_an_unreachable_upstream_falls_back(chained: tuple[Server, Server]) -> N
     response = downstream.client().responses.create(model="relay-down", input="hello")
     assert response.status == "completed" and response.output_text == "test-model (scripted) received: hello"
     assert response.to_dict()["served_by"] == ["relay"]
+
+
+def test_a_rate_limited_upstream_falls_back(chained: tuple[Server, Server]) -> None:
+    _, downstream = chained
+    response = downstream.client().responses.create(model="flaky", input="upstream 429 please")
+    assert response.status == "completed"
+    assert response.to_dict()["served_by"] == ["relay"]
+
+
+@pytest.mark.parametrize(("trigger", "code"), [("upstream 500", "server_error"), ("upstream garbage", "server_error")])
+def test_upstream_failures_fail_the_response(chained: tuple[Server, Server], trigger: str, code: str) -> None:
+    _, downstream = chained
+    events = list(downstream.client().responses.create(model="flaky-alone", input=trigger, stream=True))
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-1].response.error.code == code

@@ -14,6 +14,9 @@ model. What it says depends on the last message:
 - the user's text contains ``echo roles``: the roles of all messages, joined by spaces;
 - otherwise ``Hello there.``, or after a tool result, ``Tool said: <result>``.
 
+A Responses-style body (``input`` instead of ``messages``) gets the same failures (HTTP errors,
+slowness, a chunk that is not JSON), which is what tests of Responses clients need from it.
+
 ``required_key``, when set, must arrive as ``Authorization: Bearer <key>`` (else 401).
 """
 
@@ -52,9 +55,17 @@ def _text_of(message: dict[str, Any]) -> str:
     return str(content)
 
 
+def _as_messages(value: Any) -> list[dict[str, Any]]:
+    """A Responses ``input`` read as chat messages, so the failure triggers work on that route too."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    messages = [m for m in value or [] if isinstance(m, dict) and m.get("role")]
+    return messages or [{"role": "user", "content": ""}]
+
+
 def reply(req: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str]:
     """(HTTP status, tool call or None, text) for a request body."""
-    messages = req.get("messages") or [{"role": "user", "content": ""}]
+    messages = req.get("messages") or _as_messages(req.get("input"))
     last = messages[-1]
     user_text = next((_text_of(m) for m in reversed(messages) if m.get("role") == "user"), "")
     for status in (429, 500, 400):
