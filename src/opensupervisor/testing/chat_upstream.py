@@ -17,7 +17,8 @@ model. What it says depends on the last message:
 A Responses-style body (``input`` instead of ``messages``) gets the same failures (HTTP errors,
 slowness, a chunk that is not JSON), which is what tests of Responses clients need from it.
 
-``required_key``, when set, must arrive as ``Authorization: Bearer <key>`` (else 401).
+``required_key``, when set, must arrive as ``Authorization: Bearer <key>`` (else 401). Chunks and
+completions go through the openai SDK's types (a development dependency, like this module's users).
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ import asyncio
 from typing import Any
 
 import orjson
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from opensupervisor.testing.asgi import FakeUpstream, Send, send_json, send_sse
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
 
 
+def _sse_chunk(body: dict[str, Any]) -> bytes:
+    # Passed through the openai SDK's own type: what goes out is a chunk the SDK itself would accept.
+    return b"data: " + ChatCompletionChunk.model_validate(body).model_dump_json(exclude_unset=True).encode() + b"\n\n"
+
+
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return _sse_chunk({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
 
 def _error_chunk() -> bytes:
@@ -43,9 +49,8 @@ def _error_chunk() -> bytes:
 
 
 def _usage_chunk() -> bytes:
-    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-            "choices": [], "usage": USAGE}
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    return _sse_chunk({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                       "choices": [], "usage": USAGE})
 
 
 def _text_of(message: dict[str, Any]) -> str:
@@ -108,10 +113,10 @@ class ChatUpstream(FakeUpstream):
             answer: dict[str, Any] = {"role": "assistant", "content": text or None}
             if call is not None:
                 answer["tool_calls"] = [{k: v for k, v in call.items() if k != "index"}]
-            await send_json(send, 200, {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0,
-                                    "model": "fake", "usage": USAGE, "choices": [
-                                        {"index": 0, "message": answer,
-                                         "finish_reason": "tool_calls" if call else "stop"}]})
+            completion = ChatCompletion.model_validate({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake", "usage": USAGE,
+                "choices": [{"index": 0, "message": answer, "finish_reason": "tool_calls" if call else "stop"}]})
+            await send_json(send, 200, completion.model_dump(exclude_unset=True))
 
 
 async def _stream(send: Send, call: dict[str, Any] | None, text: str) -> None:
