@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -65,28 +66,39 @@ class Server:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
 
 
-class ThreadServer:
-    """The real app under uvicorn on a loopback port, in a thread of this process."""
+class ASGIThread:
+    """Any ASGI app under uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, database_url: str, workspace: Path = WORKSPACE) -> None:
+    def __init__(self, app: Any) -> None:
         self.port = free_port()
-        settings = Settings(port=self.port, database_url=database_url, config=str(workspace), admin_token=TOKEN)
-        app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
+        self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
 
-    def _run(self) -> None:
-        asyncio.run(self.server.serve())
-
-    def __enter__(self) -> Server:
+    def __enter__(self) -> str:
         self.thread.start()
-        wait_until(lambda: self.server.started, what="the test server to start")
-        return Server(f"http://127.0.0.1:{self.port}")
+        wait_until(lambda: self.server.started, what="a loopback server to start")
+        return self.url
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+class ThreadServer:
+    """The real app on a loopback port, in a thread of this process."""
+
+    def __init__(self, database_url: str, workspace: Path = WORKSPACE) -> None:
+        settings = Settings(database_url=database_url, config=str(workspace), admin_token=TOKEN)
+        app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
+        self.loopback = ASGIThread(app)
+
+    def __enter__(self) -> Server:
+        return Server(self.loopback.__enter__())
+
+    def __exit__(self, *exc: object) -> None:
+        self.loopback.__exit__(*exc)
 
 
 def require_postgres() -> str:

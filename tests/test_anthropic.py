@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from opensupervisor.testing.anthropic_upstream import AnthropicUpstream
-from tests.conftest import Server, ThreadServer, free_port, wait_until
+from tests.conftest import ASGIThread, Server, ThreadServer
 
 KEY = "sk-ant-test-secret"
 CALC: Any = {"type": "test_calculator"}
@@ -22,26 +19,19 @@ WEATHER: Any = {
 
 
 @pytest.fixture(scope="module")
-def port() -> int:
-    return free_port()
+def upstream() -> AnthropicUpstream:
+    return AnthropicUpstream(required_key=KEY)
 
 
 @pytest.fixture(scope="module")
-def upstream(port: int) -> Iterator[AnthropicUpstream]:
-    app = AnthropicUpstream(required_key=KEY)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, what="the fake Anthropic API")
-    yield app
-    server.should_exit = True
-    thread.join(timeout=10)
+def base(upstream: AnthropicUpstream) -> Iterator[str]:
+    with ASGIThread(upstream) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def claude(upstream: AnthropicUpstream, port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def claude(base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("anthropic")
-    base = f"http://127.0.0.1:{port}"
     workspace = folder / "workspace.toml"
     workspace.write_text(f"""
 [models.claude]

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.testing.chat_upstream import ChatUpstream
 from opensupervisor.workspace import load_workspace
-from tests.conftest import Server, ThreadServer, free_port, wait_until
+from tests.conftest import ASGIThread, Server, ThreadServer, free_port
 
 KEY = "sk-upstream-secret-123"
 CALC: Any = {"type": "test_calculator"}
@@ -24,19 +22,15 @@ CALC: Any = {"type": "test_calculator"}
 class Upstream:
     def __init__(self) -> None:
         self.app = ChatUpstream(required_key=KEY)
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.loopback = ASGIThread(self.app)
+        self.port = self.loopback.port
 
     def __enter__(self) -> Upstream:
-        self.thread.start()
-        wait_until(lambda: self.server.started, what="the fake upstream")
+        self.loopback.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.loopback.__exit__(*exc)
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from opensupervisor.testing.chat_upstream import ChatUpstream
-from tests.conftest import TOKEN, Server, ThreadServer, free_port, wait_until
+from tests.conftest import TOKEN, ASGIThread, Server, ThreadServer, free_port
 
 CALC: Any = {"type": "test_calculator"}
 
@@ -19,14 +16,8 @@ CALC: Any = {"type": "test_calculator"}
 @pytest.fixture(scope="module")
 def failing() -> Iterator[str]:
     """A local upstream that fails on demand (see ``ChatUpstream``), as a Responses base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(ChatUpstream(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, what="the failing upstream")
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with ASGIThread(ChatUpstream()) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture(scope="module")
