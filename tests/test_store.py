@@ -147,7 +147,7 @@ def test_cancel_and_run_writes_never_overlap(store_url: str) -> None:
     asyncio.run(scenario())
 
 
-def test_abandoned_runs_are_failed_at_start_up(store_url: str) -> None:
+def test_quiet_runs_are_found_and_can_be_failed(store_url: str) -> None:
     async def scenario() -> None:
         from sqlalchemy import update
 
@@ -162,7 +162,9 @@ def test_abandoned_runs_are_failed_at_start_up(store_url: str) -> None:
                            new_events=[Event({"type": "response.created", "sequence_number": 0})])
         with store.engine.begin() as conn:
             conn.execute(update(responses).where(responses.c.id == rid).values(heartbeat_at=0))
-        assert await store.fail_abandoned(10_000, "gone") >= 1
+        assert (rid, "in_progress") in await store.quiet_runs(10_000)
+        assert await store.fail([rid], "gone") == 1
+        assert await store.fail([rid], "gone again") == 0  # only a running response is failed
         got = await store.get(rid, None)
         assert got is not None and got["status"] == "failed" and got["error"]["message"] == "gone"
         log = await store.events_after(rid, -1)

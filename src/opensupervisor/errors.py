@@ -34,6 +34,7 @@ class APIError(OpenSupervisorError):
 
     status_code = 400
     error_type = "invalid_request_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -75,6 +76,17 @@ class PayloadTooLarge(APIError):
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = "request_too_large") -> None:
         super().__init__(message, param=param, code=code)
+
+
+class QueueFull(APIError):
+    """The bounded queue of background responses is full; the client should retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    headers = {"Retry-After": "1"}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param=None, code="queue_full")
 
 
 class ModelError(OpenSupervisorError):

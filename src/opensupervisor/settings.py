@@ -18,6 +18,11 @@ class Settings:
     config: str | None = None
     admin_token: str = ""
     data_dir: Path = DATA_DIR
+    # DBOS's system database for background runs (default: beside the store) and its schema.
+    system_database_url: str | None = None
+    system_schema: str = "dbos"
+    # Overrides the workspace's background.worker_concurrency for this process.
+    worker_concurrency: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -30,6 +35,10 @@ class Settings:
             config=env.get("OPENSUPERVISOR_CONFIG") or None,
             admin_token=env.get("OPENSUPERVISOR_ADMIN_TOKEN", ""),
             data_dir=data_dir,
+            system_database_url=env.get("OPENSUPERVISOR_SYSTEM_DATABASE_URL") or None,
+            system_schema=env.get("OPENSUPERVISOR_SYSTEM_SCHEMA", "dbos"),
+            worker_concurrency=int(env["OPENSUPERVISOR_WORKER_CONCURRENCY"])
+            if env.get("OPENSUPERVISOR_WORKER_CONCURRENCY") else None,
         )
 
 

@@ -53,10 +53,29 @@ class Limits(_Section):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
+class Background(_Section):
+    """Background runs: bounds, retention and how each process takes part."""
+
+    # Runs at once per process (0: the process only accepts runs; workers run them).
+    worker_concurrency: int = Field(default=16, ge=0, le=10_000)
+    # Queued (not yet started) runs beyond which a create answers 429.
+    max_queued: int = Field(default=1000, ge=1)
+    max_run_time_s: float = Field(default=1800.0, gt=0)
+    retention_days: float = Field(default=30.0, gt=0)
+    purge_interval_s: float = Field(default=3600.0, gt=0)
+    # How often each worker looks for queued runs.
+    poll_interval_s: float = Field(default=0.05, gt=0, le=60)
+    # An executor silent this long is dead and its runs are recovered by another.
+    executor_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Workspace(_Section):
     name: str = "default"
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
+    background: Background = Field(default_factory=Background)
+    # Python modules with a ``register(registry)`` function that adds hosted tool kinds.
+    plugins: list[str] = Field(default_factory=list)
     # Hosted tool sections; each tool kind validates its own entries when it is registered.
     genie_spaces: dict[str, dict[str, Any]] = Field(default_factory=dict)
     functions: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from opensupervisor.wire.ids import new_id
+from opensupervisor.wire.ids import derived_id
 from opensupervisor.wire.items import Item
 from opensupervisor.wire.response import Response, usage
 
@@ -83,8 +83,11 @@ class Emitter:
                 return i
         raise ValueError("item is not in this response's output")
 
+    def _next_id(self, kind: str) -> str:
+        return derived_id(kind, self.response["id"], len(self.response["output"]))
+
     def start_message(self) -> tuple[Item, list[Event]]:
-        item: Item = {"id": new_id("message"), "type": "message", "status": "in_progress", "role": "assistant",
+        item: Item = {"id": self._next_id("message"), "type": "message", "status": "in_progress", "role": "assistant",
                       "content": []}
         added = self.item_added(item)
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -112,7 +115,7 @@ class Emitter:
         ]
 
     def start_call(self, call_id: str, name: str) -> tuple[Item, Event]:
-        item: Item = {"id": new_id("function_call"), "type": "function_call", "status": "in_progress",
+        item: Item = {"id": self._next_id("function_call"), "type": "function_call", "status": "in_progress",
                       "call_id": call_id, "name": name, "arguments": ""}
         return item, self.item_added(item)
 
@@ -131,7 +134,7 @@ class Emitter:
         ]
 
     def call_output(self, call_id: str, output: str) -> list[Event]:
-        item: Item = {"id": new_id("function_call_output"), "type": "function_call_output", "call_id": call_id,
+        item: Item = {"id": self._next_id("function_call_output"), "type": "function_call_output", "call_id": call_id,
                       "output": output, "status": "completed"}
         return [self.item_added(item), self.item_done(item)]
 

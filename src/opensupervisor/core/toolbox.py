@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -15,6 +17,19 @@ from opensupervisor.errors import InvalidRequest, ToolError
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Steps(Protocol):
+    """Runs one named unit of a run's work. Durable runs checkpoint each one (``runs.durable``), so a
+    resumed run gets the recorded result instead of doing the work again."""
+
+    def __call__(self, name: str, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
+
+
+async def direct(name: str, fn: Callable[[], Awaitable[T]]) -> T:
+    """Steps that just run."""
+    return await fn()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +52,30 @@ class _Entry:
 class ToolBox:
     """Every tool of a run by name, with the request's ``tool_choice`` applied."""
 
-    def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float) -> None:
+    def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float,
+                 steps: Steps = direct) -> None:
         self._entries = entries
         self._allowed = allowed
         self.timeout_s = timeout_s
+        self.steps = steps
 
     @classmethod
-    async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0) -> ToolBox:
+    async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0,
+                    steps: Steps = direct) -> ToolBox:
+        """List every toolset's tools (each listing one step: a tool server may change its list)."""
         entries: dict[str, _Entry] = {}
         for b in bound:
-            for tool in await b.toolset.list_tools(ctx):
+            toolset = b.toolset
+
+            async def listing(toolset: Toolset = toolset) -> list[ToolDef]:
+                return await toolset.list_tools(ctx)
+
+            for tool in await steps(f"list_tools:{b.type}", listing):
                 if tool.name in entries:
                     raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
                                          param=f"tools[{b.index}]", code="invalid_value")
                 entries[tool.name] = _Entry(tool, b.toolset, b.type, Draft202012Validator(tool.parameters))
-        return cls(entries, _allowed_names(ctx, entries), timeout_s)
+        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps)
 
     def offered(self, *, hosted: bool = True) -> list[ToolDef]:
         """The tools the model may call now (``allowed_tools`` is a hard filter, not a hint)."""
@@ -70,10 +94,17 @@ class ToolBox:
         """Run hosted calls ``(name, arguments JSON)`` and return their outputs in call order.
 
         Independent calls run concurrently; a failing call becomes an error text the model can read.
+        Each call is one step, validation and timeout included, so its outcome is recorded whole.
         """
         if parallel:
-            return list(await asyncio.gather(*(self._run_one(ctx, n, a) for n, a in calls)))
-        return [await self._run_one(ctx, n, a) for n, a in calls]
+            return list(await asyncio.gather(*(self._step(ctx, n, a) for n, a in calls)))
+        return [await self._step(ctx, n, a) for n, a in calls]
+
+    async def _step(self, ctx: RunContext, name: str, arguments: str) -> str:
+        async def call() -> str:
+            return await self._run_one(ctx, name, arguments)
+
+        return await self.steps(f"tool:{name}", call)
 
     async def _run_one(self, ctx: RunContext, name: str, arguments: str) -> str:
         entry = self._entries[name]

@@ -1,10 +1,11 @@
 """Background runs in this process, and following runs wherever they execute.
 
-A background run is a task that drains the run's event stream into a ``LiveRun`` (its in-memory
-log, which local followers read). While it runs it beats a heartbeat in the store once a second;
-a heartbeat refused because the stored response stopped running (cancelled or deleted by another
-process) cancels the task. Followers of a run in another process poll its stored event log, and
-use the heartbeat to tell a slow run from one whose process is gone.
+A background run drains the run's event stream into a ``LiveRun`` (its in-memory log, which local
+followers read), inside the DBOS workflow task that runs it (``runs.durable``). While it runs it
+beats a heartbeat in the store once a second; a heartbeat refused because the stored response
+stopped running (cancelled or deleted by another process) cancels the task. Followers of a run in
+another process poll its stored event log; when the log goes quiet and the heartbeat is stale, the
+run's workflow tells whether it will go on (queued, or being recovered) or is gone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -41,40 +42,50 @@ class Ended(Protocol):
     def finished(self) -> bool: ...
 
 
+# Whether a run's workflow will still run: its DBOS status, or None when it has none.
+WorkflowState = Callable[[str], Awaitable[str | None]]
+WILL_RUN = frozenset({"PENDING", "ENQUEUED", "DELAYED"})
+
+
 class BackgroundRuns:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, workflow_state: WorkflowState) -> None:
         self.store = store
+        self.workflow_state = workflow_state
         self.live: dict[str, LiveRun] = {}
 
-    async def start(self, response_id: str, events: AsyncGenerator[Event], recording: Ended,
-                    closing: Callable[[], list[Event]]) -> LiveRun:
-        """Publish the first event (already written), then drive the rest in a task.
+    def adopt(self, response_id: str) -> LiveRun:
+        """The live log of a run about to start here (made early, so that its creator can follow it)."""
+        live = self.live.get(response_id)
+        if live is None or live.done:
+            live = self.live[response_id] = LiveRun(response_id)
+        return live
+
+    async def drive(self, live: LiveRun, events: AsyncGenerator[Event], recording: Ended,
+                    closing: Callable[[], list[Event]]) -> None:
+        """Drain a run into its live log, in the calling task (which ``cancel`` then stops).
 
         ``closing`` gives the events a cancelled run recorded while it could no longer yield them.
         """
-        live = LiveRun(response_id)
-        await live.publish(await anext(events))
-        self.live[response_id] = live
+        live.task = asyncio.current_task()
         metrics.BACKGROUND.inc()
-        live.task = asyncio.create_task(self._drive(live, events, recording, closing))
-        return live
-
-    async def _drive(self, live: LiveRun, events: AsyncGenerator[Event], recording: Ended,
-                     closing: Callable[[], list[Event]]) -> None:
         watcher = asyncio.create_task(self._watch(live, recording))
         try:
             async for event in events:
                 await live.publish(event)
         except asyncio.CancelledError:
-            log.info("background response %s cancelled", live.response_id)
+            log.info("background response %s stopped (%s)", live.response_id,
+                     "shutdown" if live.shutting_down else live.stop_reason or "cancelled")
+            if live.shutting_down:
+                raise  # the workflow stays unfinished, for recovery
         finally:
             watcher.cancel()
             with anyio.CancelScope(shield=True):
-                await events.aclose()  # runs the stream's cleanup, which records a cancellation
+                await events.aclose()  # runs the stream's cleanup, which records how it ended
                 for event in closing():
                     await live.publish(event)
                 await live.close()
-            self.live.pop(live.response_id, None)
+            if self.live.get(live.response_id) is live:
+                del self.live[live.response_id]
             metrics.BACKGROUND.dec()
 
     async def _watch(self, live: LiveRun, recording: Ended) -> None:
@@ -99,8 +110,8 @@ class BackgroundRuns:
             live.task.cancel()
 
     async def wait(self, live: LiveRun) -> None:
-        if live.task is not None:
-            await asyncio.gather(asyncio.shield(live.task), return_exceptions=True)
+        """Until the run has recorded its end (its task goes on to finish the workflow)."""
+        await live.ended()
 
     def follow(self, response_id: str, after: int) -> AsyncIterator[Event]:
         live = self.live.get(response_id)
@@ -109,8 +120,9 @@ class BackgroundRuns:
     async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
         """Poll the stored log of a run in another process until its terminal event.
 
-        If the log goes quiet and the run's heartbeat is stale, nobody runs it any more: the
-        follower gets an ending that says how the response stands, and never hangs.
+        If the log goes quiet and the run's heartbeat is stale, its workflow says whether it is
+        waiting in the queue or for recovery (the follower waits too) or will never run again (the
+        follower gets an ending that says how the response stands, and never hangs).
         """
         quiet_since = time.monotonic()
         while True:
@@ -126,7 +138,8 @@ class BackgroundRuns:
                 stored = await self.store.meta(response_id, None)
                 if stored is None:
                     return  # deleted
-                if _stale(stored):
+                if _stale(stored) and (stored.response["status"] in TERMINAL_STATUSES
+                                       or await self.workflow_state(response_id) not in WILL_RUN):
                     yield await self._ending(response_id, stored.response, after + 1)
                     return
                 quiet_since = time.monotonic()
@@ -142,7 +155,10 @@ class BackgroundRuns:
         return Event({"type": kind, "sequence_number": seq, "response": full})
 
     async def aclose(self) -> None:
+        """Stop the runs of this process without recording an end: another process (or this one,
+        restarted) recovers them from their last step."""
         for live in list(self.live.values()):
+            live.shutting_down = True
             self.cancel(live)
             await self.wait(live)
 

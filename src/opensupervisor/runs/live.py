@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from opensupervisor.core.events import Event
 
@@ -19,8 +20,12 @@ class LiveRun:
         self.response_id = response_id
         self.events: list[Event] = []
         self.done = False
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[Any] | None = None
         self.cancel_requested = False
+        # Why the run is being stopped early, when it is not a cancel: "max_run_time".
+        self.stop_reason: str | None = None
+        # The process is stopping: the run ends here unrecorded and resumes elsewhere.
+        self.shutting_down = False
         self._changed = asyncio.Condition()
 
     async def publish(self, event: Event) -> None:
@@ -32,6 +37,10 @@ class LiveRun:
         async with self._changed:
             self.done = True
             self._changed.notify_all()
+
+    async def ended(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.done)
 
     async def follow(self, after: int = -1) -> AsyncIterator[Event]:
         """Events with ``sequence_number > after``, then live ones until the run ends."""

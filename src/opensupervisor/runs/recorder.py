@@ -8,11 +8,16 @@ and read-after-write still holds.
 
 The event log is kept for streamed and background responses, the ones whose events a client saw
 or can re-stream; a plain JSON response keeps its items, not its events.
+
+A durable run (``runs.durable``) writes only what a finished step made final: while a model call is
+in flight (``hold``) its items wait for the call's checkpoint, because a run resumed after a crash
+asks the model again and may get another answer. A resumed run replays events that are already in
+the log (``resume_after``); they are not written twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
@@ -25,7 +30,9 @@ BOUNDARIES = frozenset({"response.created", "response.output_item.done"})
 
 class Recorder:
     def __init__(self, store: Store | None, *, response_id: str, owner: str, request: dict[str, Any],
-                 stream: bool, background: bool, input_items: list[Item]) -> None:
+                 stream: bool, background: bool, input_items: list[Item],
+                 options: dict[str, Any] | None = None, created: bool = False,
+                 resume_after: int = -1, hold: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.response_id = response_id
         self.owner = owner
@@ -33,12 +40,15 @@ class Recorder:
         self.stream = stream
         self.background = background
         self.input_items = input_items
+        self.options = options
         self.live = stream or background
         # Background runs check at each write whether they were cancelled elsewhere, until they
         # record their own cancellation.
         self.guard = background
         self._pending: list[Event] = []
-        self._created = False
+        self._created = created
+        self.resume_after = resume_after
+        self.hold = hold
         self.finished = False
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -60,13 +70,14 @@ class Recorder:
         terminal = kind in TERMINAL_EVENTS
         if terminal:
             self.finished = True
-        if self.store is None:
+        if self.store is None or event.sequence_number <= self.resume_after:
             return
         if self.live or kind == "response.output_item.done":
             self._pending.append(event)
         if terminal:
             await self._flush(event.data["response"], terminal=True)
-        elif self.live and (kind in BOUNDARIES or (kind == "response.in_progress" and self.background)):
+        elif self.live and (kind in BOUNDARIES or (kind == "response.in_progress" and self.background)) and (
+                self.hold is None or not self.hold()):
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
@@ -80,7 +91,8 @@ class Recorder:
             self._created = True
             output = list(response["output"]) if terminal else []
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
-                                    input_items=self.input_items, output=output, new_events=events)
+                                    input_items=self.input_items, output=output, new_events=events,
+                                    options=self.options)
             return
         if await self.store.append(self.response_id, output=done, new_events=events, response=response,
                                    guard=self.guard):

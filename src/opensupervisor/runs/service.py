@@ -6,6 +6,7 @@ events differs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -21,22 +22,34 @@ from opensupervisor.core.loop import LoopLimits, Run, run_loop, settle
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.core.turn import copy_item
-from opensupervisor.errors import InvalidRequest, NotFound, RunCancelled
-from opensupervisor.identity import Principal
+from opensupervisor.errors import APIError, InvalidRequest, NotFound, QueueFull, RunCancelled
+from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs import metrics
 from opensupervisor.runs.background import BackgroundRuns
+from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
+from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.wire.ids import PREFIXES as ID_PREFIXES
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item, check_call_pairs
-from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
+from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest, parse_create_request
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundLimits:
+    """How background runs are bounded (the workspace file's ``[background]``)."""
+
+    max_queued: int = 1000
+    max_run_time_s: float = 1800.0
+    # Runs at once in this process; 0 = this process only accepts runs, workers run them.
+    worker_concurrency: int = 16
 
 
 @dataclass(slots=True)
@@ -45,6 +58,8 @@ class Prepared:
     recorder: Recorder
     # The ending recorded for a run abandoned midway, when it could no longer be yielded.
     closing: list[Event] = field(default_factory=list)
+    # The live log of a background run, which also says why the run is being stopped.
+    live: LiveRun | None = None
 
     @property
     def response(self) -> Response:
@@ -52,12 +67,15 @@ class Prepared:
 
 
 class ResponseService:
-    def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits) -> None:
+    def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits,
+                 engine: DurableEngine, background_limits: BackgroundLimits | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
-        self.background = BackgroundRuns(store)
+        self.engine = engine
+        self.background_limits = background_limits or BackgroundLimits()
+        self.background = BackgroundRuns(store, engine.state)
 
     # -- create ----------------------------------------------------------------------------------
 
@@ -86,7 +104,8 @@ class ResponseService:
             # The echo keeps each input item's id, which is how the stored history skips it.
             run.echo = [copy_item(item, status="completed") for item in input_items if _is_history(item)]
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
-                            request=raw, stream=body.stream, background=body.background, input_items=input_items)
+                            request=raw, stream=body.stream, background=body.background, input_items=input_items,
+                            options={"echo_history": True} if run.echo else None)
         return Prepared(run, recorder)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
@@ -133,14 +152,18 @@ class ResponseService:
                 for event in await self._record_end(prepared, "failed"):
                     yield event
         finally:
-            if not recorder.finished:
+            live = prepared.live
+            if not recorder.finished and not (live is not None and live.shutting_down):
+                reason = live.stop_reason if live is not None else None
                 with anyio.CancelScope(shield=True):
-                    prepared.closing = await self._record_end(prepared, "cancelled")
+                    prepared.closing = await self._record_end(prepared, "incomplete" if reason else "cancelled",
+                                                              reason=reason)
             body = prepared.run.ctx.request.body
             mode = "background" if body.background else "stream" if body.stream else "json"
             metrics.record_response(prepared.response, mode, time.perf_counter() - started)
 
-    async def _record_end(self, prepared: Prepared, status: str, rewind_to: int | None = None) -> list[Event]:
+    async def _record_end(self, prepared: Prepared, status: str, rewind_to: int | None = None, *,
+                          reason: str | None = None) -> list[Event]:
         """Close the output and write the ending of a run that stops early."""
         run = prepared.run
         em = run.emitter
@@ -151,6 +174,8 @@ class ResponseService:
             message = "The server could not record this response."
             ending = [*settle(run, "the response failed"), em.error_event("server_error", message),
                       em.finish("failed", error={"code": "server_error", "message": message})]
+        elif status == "incomplete":
+            ending = [*settle(run, f"the response ended early ({reason})"), em.finish("incomplete", reason=reason)]
         else:
             ending = [*settle(run, "the response was cancelled"), em.finish("cancelled")]
         prepared.recorder.finished = True  # there is an ending now, even if writing it fails below
@@ -169,10 +194,82 @@ class ResponseService:
         assert final is not None
         return final
 
-    async def start_background(self, prepared: Prepared) -> LiveRun:
-        """Record the queued response, then run the rest in a task; followers read the live log."""
-        return await self.background.start(prepared.response["id"], self.events(prepared), prepared.recorder,
-                                           lambda: prepared.closing)
+    async def start_background(self, prepared: Prepared) -> tuple[Response, AsyncIterator[Event]]:
+        """Record the response as queued and start its durable run: here when this process has room
+        (no queue wait, and its creator streams it token by token), else on the queue for any worker.
+
+        Returns the queued response and a follower of the run's events.
+        """
+        limits = self.background_limits
+        if await self.store.count_queued() >= limits.max_queued:
+            raise QueueFull(f"Too many background responses are queued ({limits.max_queued}); retry later.")
+        created = prepared.run.emitter.lifecycle("response.created")  # the run's first event, replayed there
+        await prepared.recorder.add(created)
+        response_id = prepared.response["id"]
+        here = len(self.background.live) < limits.worker_concurrency
+        if here:
+            self.background.adopt(response_id)
+        try:
+            await self.engine.start(response_id, here=here)
+        except Exception:
+            self.background.live.pop(response_id, None)
+            raise
+        return created.data["response"], self.background.follow(response_id, -1)
+
+    async def run_durable(self, response_id: str) -> bool:
+        """Run (or resume) a stored background response to its end; the body of its workflow.
+
+        False when the response is not in this app's store.
+        """
+        record = await self.store.load_run(response_id)
+        if record is None:
+            return False
+        if record.response["status"] not in ("queued", "in_progress"):
+            return True  # it ended (or was cancelled while queued); nothing left to do
+        try:
+            prepared = await self._restore(record)
+        except APIError as exc:  # the workspace changed under it: a model or tool it names is gone
+            await self.store.fail([response_id], f"The response could not be resumed: {exc.message}")
+            return True
+        live = prepared.live = self.background.adopt(response_id)
+        remaining = record.response["created_at"] + self.background_limits.max_run_time_s - time.time()
+        timer = asyncio.get_running_loop().call_later(max(remaining, 0), self._expire, live)
+        try:
+            await self.background.drive(live, self.events(prepared), prepared.recorder, lambda: prepared.closing)
+        finally:
+            timer.cancel()
+        return True
+
+    def _expire(self, live: LiveRun) -> None:
+        if not live.done:
+            live.stop_reason = "max_run_time"
+            self.background.cancel(live)
+
+    async def _restore(self, record: RunRecord) -> Prepared:
+        """Rebuild a stored response's run inside its workflow. What may differ from the first time
+        (the history of an earlier response, each tool listing, each model and tool call) is a step."""
+        parsed = parse_create_request(record.request)
+        body = parsed.body
+        response_id = record.response["id"]
+        owner = record.owner
+        principal = ADMIN if owner == ADMIN.id else Principal(id=owner, name=owner)
+        ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        model = DurableModel(self.catalog.get(body.model), dbos_steps)
+        toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
+                                      steps=dbos_steps)
+
+        async def history() -> list[Item]:
+            return await self._prior_history(body.previous_response_id, principal)
+
+        prior = await dbos_steps("history", history)
+        run = Run(ctx=ctx, model=model, toolbox=toolbox, history=prior + record.input_items,
+                  emitter=Emitter(record.response), limits=self.limits)
+        if record.options.get("echo_history"):
+            run.echo = [copy_item(item, status="completed") for item in record.input_items if _is_history(item)]
+        recorder = Recorder(self.store, response_id=response_id, owner=owner, request=record.request,
+                            stream=record.stream, background=True, input_items=record.input_items, created=True,
+                            resume_after=record.last_sequence, hold=model.holding)
+        return Prepared(run, recorder)
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncIterator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends."""
@@ -212,10 +309,12 @@ class ResponseService:
         if not stored.response["background"]:
             raise InvalidRequest("Cannot cancel a synchronous response.", param="response_id")
         live = self.background.live.get(response_id)
-        if live is not None:
+        if live is not None and live.task is not None:
             self.background.cancel(live)
             await self.background.wait(live)
-        elif not await self.store.cancel(response_id, _owner(principal)):
+        elif await self.store.cancel(response_id, _owner(principal)):
+            await self.engine.cancel(response_id)  # a queued run never starts; a running one stops
+        else:
             _refuse_cancel(await self.get(response_id, principal))
         response = await self.get(response_id, principal)
         if response["status"] != "cancelled":

@@ -61,10 +61,10 @@ async def create_response(request: Request) -> Response:
     prepared = await service.prepare(parsed, principal, raw, echo_history=databricks_path)
     body = parsed.body
     if body.background:
-        live = await service.start_background(prepared)
+        queued, events = await service.start_background(prepared)
         if body.stream:
-            return _sse(live.follow())
-        return JSONResponse(live.events[0].data["response"])
+            return _sse(events)
+        return JSONResponse(queued)
     if body.stream:
         return _sse(service.events(prepared))
     return JSONResponse(await service.run_to_end(prepared))

@@ -22,7 +22,10 @@ responses = Table(
     Column("response", Text, nullable=False),
     # The create request as received, for background runs and audits.
     Column("request", Text, nullable=False),
+    # How the server runs it, beyond the request (JSON: e.g. whether the output echoes the history).
+    Column("options", Text, nullable=True),
     Index("ix_os_responses_owner_created", "owner", "created_at"),
+    Index("ix_os_responses_status", "status", "background"),
 )
 
 items = Table(
@@ -43,4 +46,17 @@ events = Table(
     Column("response_id", String(64), primary_key=True),
     Column("sequence_number", Integer, primary_key=True),
     Column("event", Text, nullable=False),
+)
+
+# Processes that run background responses (DBOS executors), so that a live one can tell when
+# another died and recover its runs. ``pool`` names the DBOS system database they share.
+executors = Table(
+    "os_executors",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("pool", String(64), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),
 )

@@ -64,6 +64,19 @@ class Stored(NamedTuple):
     heartbeat_at: int | None
 
 
+class RunRecord(NamedTuple):
+    """What a worker needs to run (or resume) a stored background response."""
+
+    response: dict[str, Any]
+    request: dict[str, Any]
+    owner: str
+    stream: bool
+    options: dict[str, Any]
+    input_items: list[Item]
+    # The sequence number of the last event in the log (-1 when there is none).
+    last_sequence: int
+
+
 class Store:
     """All reads and writes of stored responses. Callers pass the owner; other owners' rows are invisible."""
 
@@ -81,7 +94,7 @@ class Store:
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
         self._insert_ignore = sqlite_insert if self.is_sqlite else postgresql_insert
 
-    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
         waits for it before the cancellation goes on, so nothing is half-recorded or lost."""
         future = asyncio.get_running_loop().run_in_executor(self._threads, lambda: fn(*args, **kwargs))
@@ -95,19 +108,19 @@ class Store:
                     continue  # cancel scopes re-deliver; the write still has to land first
             raise
 
-    async def _write(self, fn: Callable[[], T]) -> T:
+    async def write(self, fn: Callable[[], T]) -> T:
         """Run a write, retrying transient database errors (a locked SQLite file, a dropped
         connection). Every write is idempotent: inserts ignore rows already there."""
         retrying = AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(initial=0.05, max=1),
                                  retry=retry_if_exception_type(OperationalError), reraise=True)
         async for attempt in retrying:
             with attempt:
-                return await self._run(fn)
+                return await self.run(fn)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (serialized across processes on PostgreSQL)."""
-        await self._run(self._migrate)
+        await self.run(self._migrate)
 
     def _migrate(self) -> None:
         try:
@@ -128,12 +141,14 @@ class Store:
     # -- writes --------------------------------------------------------------------------------
 
     async def create(self, response: dict[str, Any], *, owner: str, request: dict[str, Any], stream: bool,
-                     input_items: list[Item], output: list[Item], new_events: list[Event]) -> None:
+                     input_items: list[Item], output: list[Item], new_events: list[Event],
+                     options: dict[str, Any] | None = None) -> None:
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
-            "previous_response_id": response["previous_response_id"], "heartbeat_at": _now_ms(),
+            "previous_response_id": response["previous_response_id"], "heartbeat_at": now_ms(),
             "response": _dumps(_without_output(response)), "request": _dumps(request),
+            "options": _dumps(options) if options else None,
         }
         rows = _item_rows(response["id"], "input", dict(enumerate(input_items)))
         rows += _item_rows(response["id"], "output", dict(enumerate(output)))
@@ -143,7 +158,7 @@ class Store:
                 conn.execute(insert(responses), [row])
                 self._insert(conn, rows, _event_rows(response["id"], new_events))
 
-        await self._write(write)
+        await self.write(write)
 
     async def append(self, response_id: str, *, output: dict[int, Item], new_events: list[Event],
                      response: dict[str, Any] | None = None, guard: bool = False) -> bool:
@@ -166,7 +181,7 @@ class Store:
                     return True
                 # The UPDATE comes first: it locks the row (PostgreSQL) or the database (SQLite), so a
                 # concurrent cancel is either wholly before this write or wholly after it.
-                values: dict[str, Any] = {"heartbeat_at": _now_ms()}
+                values: dict[str, Any] = {"heartbeat_at": now_ms()}
                 if response is not None:
                     values.update(status=response["status"], response=_dumps(_without_output(response)))
                 changed = conn.execute(update(responses).where(
@@ -180,7 +195,7 @@ class Store:
                 self._insert(conn, rows, event_rows)
                 return bool(changed) or not guard
 
-        return await self._write(write)
+        return await self.write(write)
 
     async def cancel(self, response_id: str, owner: str | None) -> bool:
         """Mark a running response cancelled; False when it was not running (or is not there)."""
@@ -197,7 +212,7 @@ class Store:
                     response=_dumps(dict(stored, status="cancelled"))))
                 return True
 
-        return await self._write(write)
+        return await self.write(write)
 
     async def heartbeat(self, response_id: str) -> bool:
         """Note that the run of a response is alive; False when it should stop (no longer running)."""
@@ -205,18 +220,16 @@ class Store:
             with self.engine.begin() as conn:
                 return bool(conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(
-                        heartbeat_at=_now_ms())).rowcount)
+                        heartbeat_at=now_ms())).rowcount)
 
-        return await self._write(write)
+        return await self.write(write)
 
-    async def fail_abandoned(self, stale_ms: int, message: str) -> int:
-        """End background responses whose runner went quiet ``stale_ms`` ago (a process that died):
-        status failed, and a terminal event so that followers finish. Returns how many."""
+    async def fail(self, response_ids: list[str], message: str) -> int:
+        """End running responses as failed, with a terminal event so that followers finish."""
         def write() -> int:
             with self.engine.begin() as conn:
                 rows = conn.execute(select(responses.c.id, responses.c.response).where(
-                    responses.c.background.is_(True), responses.c.status.in_(RUNNING),
-                    responses.c.heartbeat_at < _now_ms() - stale_ms)).all()
+                    responses.c.id.in_(response_ids), responses.c.status.in_(RUNNING))).all()
                 for row in rows:
                     response = dict(orjson.loads(row.response), status="failed",
                                     error={"code": "server_error", "message": message})
@@ -229,7 +242,24 @@ class Store:
                     self._insert(conn, [], _event_rows(row.id, [ending]))
                 return len(rows)
 
-        return await self._write(write)
+        return await self.write(write)
+
+    async def purge(self, created_before: int, *, batch: int = 500) -> int:
+        """Delete finished background responses created before ``created_before`` (epoch seconds)."""
+        def write() -> int:
+            with self.engine.begin() as conn:
+                ids = list(conn.execute(select(responses.c.id).where(
+                    responses.c.background.is_(True), responses.c.created_at < created_before,
+                    responses.c.status.not_in(RUNNING)).limit(batch)).scalars())
+                for table in (events, items):
+                    conn.execute(delete(table).where(table.c.response_id.in_(ids)))
+                conn.execute(delete(responses).where(responses.c.id.in_(ids)))
+                return len(ids)
+
+        total = 0
+        while (done := await self.write(write)) > 0:
+            total += done
+        return total
 
     async def delete(self, response_id: str, owner: str | None) -> bool:
         def write() -> bool:
@@ -241,7 +271,7 @@ class Store:
                 conn.execute(delete(responses).where(responses.c.id == response_id))
                 return True
 
-        return await self._run(write)
+        return await self.run(write)
 
     def _insert(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
@@ -262,7 +292,7 @@ class Store:
                 response["output"] = _items(conn, response_id, "output")
                 return response
 
-        return await self._run(read)
+        return await self.run(read)
 
     async def meta(self, response_id: str, owner: str | None) -> Stored | None:
         """The stored response without output, whether it was streamed, and its run's heartbeat."""
@@ -271,7 +301,43 @@ class Store:
                 row = _owned(conn, response_id, owner)
                 return None if row is None else Stored(orjson.loads(row.response), bool(row.stream), row.heartbeat_at)
 
-        return await self._run(read)
+        return await self.run(read)
+
+    async def load_run(self, response_id: str) -> RunRecord | None:
+        def read() -> RunRecord | None:
+            with self.engine.connect() as conn:
+                row = conn.execute(select(responses.c.response, responses.c.request, responses.c.owner,
+                                          responses.c.stream, responses.c.options).where(
+                    responses.c.id == response_id)).first()
+                if row is None:
+                    return None
+                last = conn.execute(select(func.max(events.c.sequence_number)).where(
+                    events.c.response_id == response_id)).scalar()
+                response = orjson.loads(row.response)
+                response["output"] = []
+                return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
+                                 orjson.loads(row.options) if row.options else {},
+                                 _items(conn, response_id, "input"), -1 if last is None else int(last))
+
+        return await self.run(read)
+
+    async def count_queued(self) -> int:
+        def read() -> int:
+            with self.engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(responses).where(
+                    responses.c.status == "queued", responses.c.background.is_(True))).scalar_one())
+
+        return await self.run(read)
+
+    async def quiet_runs(self, quiet_ms: int) -> list[tuple[str, str]]:
+        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status)."""
+        def read() -> list[tuple[str, str]]:
+            with self.engine.connect() as conn:
+                return [(r.id, r.status) for r in conn.execute(select(responses.c.id, responses.c.status).where(
+                    responses.c.background.is_(True), responses.c.status.in_(RUNNING),
+                    responses.c.heartbeat_at < now_ms() - quiet_ms))]
+
+        return await self.run(read)
 
     async def input_items(self, response_id: str, owner: str | None) -> list[Item] | None:
         def read() -> list[Item] | None:
@@ -280,11 +346,11 @@ class Store:
                     return None
                 return _items(conn, response_id, "input")
 
-        return await self._run(read)
+        return await self.run(read)
 
     async def history(self, response_id: str, owner: str | None) -> list[Item] | None:
         """Everything a continuation sees: the chain's inputs and outputs, oldest first."""
-        return await self._run(self._history, response_id, owner)
+        return await self.run(self._history, response_id, owner)
 
     def _history(self, response_id: str, owner: str | None) -> list[Item] | None:
         chain: list[list[Item]] = []
@@ -316,7 +382,7 @@ class Store:
                 row = conn.execute(query).first()
             return None if row is None else dict(orjson.loads(row.item))
 
-        return await self._run(read)
+        return await self.run(read)
 
     async def events_after(self, response_id: str, after: int) -> list[Event]:
         query = select(events.c.event).where(
@@ -327,7 +393,7 @@ class Store:
             with self.engine.connect() as conn:
                 return [Event.from_json(r.event.encode()) for r in conn.execute(query)]
 
-        return await self._run(read)
+        return await self.run(read)
 
 
 def _item_rows(response_id: str, kind: str, new: dict[int, Item]) -> list[dict[str, Any]]:
@@ -340,7 +406,7 @@ def _event_rows(response_id: str, new: list[Event]) -> list[dict[str, Any]]:
             for e in new]
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 

@@ -5,11 +5,12 @@ Adding a tool kind means adding a module that registers a factory; the loop neve
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from opensupervisor.core.contracts import Toolset
 from opensupervisor.core.toolbox import BoundToolset
-from opensupervisor.errors import InvalidRequest
+from opensupervisor.errors import ConfigError, InvalidRequest
 from opensupervisor.tools.functions import ClientFunctions
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace
@@ -47,3 +48,16 @@ class ToolRegistry:
                     f"server (supported: {known}).", param=f"{spec.param}.type", code="unsupported_tool_type")
             bound.append(BoundToolset(spec.index, spec.type, factory(spec, self.workspace)))
         return bound
+
+
+def load_plugins(registry: ToolRegistry, modules: list[str]) -> None:
+    """Import each plugin module and let its ``register(registry)`` add hosted tool kinds."""
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import {name!r}: {exc}") from exc
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ConfigError(f"plugins: {name!r} has no register(registry) function")
+        register(registry)

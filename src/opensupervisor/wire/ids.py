@@ -6,6 +6,7 @@ Ids stay well under 64 characters: databricks-openai cuts longer ids to 64, whic
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 PREFIXES = {
@@ -23,3 +24,13 @@ PREFIXES = {
 def new_id(kind: str) -> str:
     """A fresh random id with the OpenAI-style prefix of ``kind`` (24 random bytes, hex)."""
     return PREFIXES.get(kind, "item_") + os.urandom(24).hex()
+
+
+def derived_id(kind: str, parent: str, position: int) -> str:
+    """The id of the item at ``position`` of ``parent``'s output: the same every time it is made.
+
+    A durable run that resumes after a crash rebuilds its items; deriving their ids keeps them equal
+    to the ones already stored and streamed. Unique because response ids are.
+    """
+    digest = hashlib.blake2b(f"{parent}:{position}".encode(), digest_size=24).hexdigest()
+    return PREFIXES.get(kind, "item_") + digest

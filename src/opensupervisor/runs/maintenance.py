@@ -1,0 +1,121 @@
+"""Housekeeping of background runs, in every process that serves or runs them.
+
+- Executors: this process beats its heartbeat; when another executor of the same pool died (its
+  heartbeat went quiet, or on this host its process is gone) its unfinished runs are handed to DBOS
+  recovery, which re-queues them for whichever live process takes them first.
+- Reconciliation: a response whose run has no workflow (the process died between storing it and
+  queueing it) is queued; one whose workflow will never run again (it ended without recording the
+  response's end, or another release started it) is failed with a reason.
+- Retention: finished background responses older than the retention period are purged, and the
+  workflow records of finished runs soon after they end (the response keeps everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from opensupervisor.runs.background import WILL_RUN
+from opensupervisor.runs.durable import DurableEngine
+from opensupervisor.store import Store
+from opensupervisor.store.executors import Executor, Executors
+
+log = logging.getLogger(__name__)
+BEAT_S = 1.0
+RECONCILE_S = 10.0
+# Workflow records are only needed while a run may resume; keep them an hour for inspection.
+KEEP_WORKFLOWS_S = 3600.0
+LOST = "The run of this response stopped and cannot be resumed."
+OTHER_RELEASE = "The run of this response was started by another release of the server and cannot be resumed."
+
+
+@dataclass(frozen=True, slots=True)
+class Housekeeping:
+    executor_timeout_s: float = 10.0
+    retention_s: float = 30 * 86400.0
+    purge_interval_s: float = 3600.0
+
+
+class Maintenance:
+    def __init__(self, store: Store, engine: DurableEngine, config: Housekeeping) -> None:
+        self.store = store
+        self.engine = engine
+        self.config = config
+        self.executors = Executors(store, engine.pool)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.executors.register(self.engine.executor_id, self.engine.host, self.engine.pid)
+        await self.recover_dead()
+        await self.reconcile()
+        self._tasks = [asyncio.create_task(self._every(BEAT_S, self._beat)),
+                       asyncio.create_task(self._every(RECONCILE_S, self.reconcile)),
+                       asyncio.create_task(self._every(self.config.purge_interval_s, self.purge))]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _every(self, interval_s: float, job: object) -> None:
+        assert callable(job)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception:  # housekeeping must outlive a database hiccup
+                log.exception("background housekeeping failed; retrying in %.0f s", interval_s)
+
+    async def _beat(self) -> None:
+        await self.executors.beat(self.engine.executor_id)
+        await self.recover_dead()
+
+    async def recover_dead(self) -> int:
+        """Recover the runs of executors that died; returns how many runs were handed over."""
+        recovered = 0
+        for executor in await self.executors.others(self.engine.executor_id):
+            if not self._dead(executor):
+                continue
+            count = await self.engine.recover(executor.id)
+            if count:
+                log.warning("executor %s stopped; %d of its background runs resume elsewhere", executor.id, count)
+            await self.executors.remove(executor.id)
+            recovered += count
+        return recovered
+
+    def _dead(self, executor: Executor) -> bool:
+        if time.time() * 1000 - executor.heartbeat_at > self.config.executor_timeout_s * 1000:
+            return True
+        return executor.host == self.engine.host and executor.pid != self.engine.pid and not _alive(executor.pid)
+
+    async def reconcile(self) -> None:
+        for response_id, status in await self.store.quiet_runs(int(self.config.executor_timeout_s * 1000)):
+            state = await self.engine.state(response_id)
+            if state in WILL_RUN:
+                continue
+            if state is None and status == "queued":
+                log.warning("background response %s was never queued; queueing it", response_id)
+                await self.engine.start(response_id, here=False)
+            else:
+                await self.store.fail([response_id], OTHER_RELEASE if state == "OTHER_RELEASE" else LOST)
+
+    async def purge(self) -> None:
+        now = time.time()
+        purged = await self.store.purge(int(now - self.config.retention_s))
+        forgotten = await self.engine.forget_finished(
+            int((now - min(self.config.retention_s, KEEP_WORKFLOWS_S)) * 1000))
+        if purged or forgotten:
+            log.info("retention: purged %d background responses and %d finished run records", purged, forgotten)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user
+    return True
