@@ -142,28 +142,38 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def process_env(config: Path | None, database_url: str | None, extra: dict[str, str] | None) -> dict[str, str]:
+    """The environment of an ``opensupervisor`` child process (tests' plugin modules importable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSUPERVISOR_")}
+    env.update(OPENSUPERVISOR_ADMIN_TOKEN=TOKEN, PYTHONPATH=str(TESTS.parent))
+    if config is not None:
+        env["OPENSUPERVISOR_CONFIG"] = str(config)
+    if database_url is not None:
+        env["OPENSUPERVISOR_DATABASE_URL"] = database_url
+    env.update(extra or {})
+    return env
+
+
 class ProcessServer:
     """``opensupervisor serve`` as a separate process, as a user starts it."""
 
-    def __init__(self, workdir: Path, *, config: Path | None = None, database_url: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, config: Path | None = None, database_url: str | None = None,
+                 env: dict[str, str] | None = None, log_name: str = "server.log") -> None:
         self.port = free_port()
         self.workdir = workdir
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSUPERVISOR_")}
-        env.update(OPENSUPERVISOR_PORT=str(self.port), OPENSUPERVISOR_ADMIN_TOKEN=TOKEN)
-        if config is not None:
-            env["OPENSUPERVISOR_CONFIG"] = str(config)
-        if database_url is not None:
-            env["OPENSUPERVISOR_DATABASE_URL"] = database_url
-        self.log = (workdir / "server.log").open("wb")
+        full_env = process_env(config, database_url, env)
+        full_env["OPENSUPERVISOR_PORT"] = str(self.port)
+        self.log_path = workdir / log_name
+        self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "opensupervisor", "serve", "--log-level", "warning"],
-                                     cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                     cwd=workdir, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> Server:
         url = f"http://127.0.0.1:{self.port}"
 
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {(self.workdir / 'server.log').read_text()}")
+                raise AssertionError(f"server exited: {self.log_path.read_text()}")
             try:
                 return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
@@ -173,12 +183,46 @@ class ProcessServer:
         return Server(url)
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
         self.log.close()
+
+    def kill(self) -> None:
+        """kill -9: the process gets no chance to record anything."""
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+class ProcessWorker:
+    """``opensupervisor worker``: runs background responses, no HTTP."""
+
+    def __init__(self, workdir: Path, *, config: Path, database_url: str, env: dict[str, str] | None = None,
+                 log_name: str = "worker.log") -> None:
+        self.log_path = workdir / log_name
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "opensupervisor", "worker", "--log-level", "warning"],
+                                     cwd=workdir, env=process_env(config, database_url, env), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> ProcessWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop(self.proc)
+        self.log.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 from typing import Any
 
 from opensupervisor.core.context import RunContext
@@ -46,6 +48,33 @@ class Exploding(Toolset):
         raise RuntimeError("kaboom")
 
 
+class Ledger(Toolset):
+    """``record`` writes each execution to a SQLite file (``$OPENSUPERVISOR_TEST_LEDGER``), so a test
+    can count how many times a call really ran, across processes and crashes."""
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+        return [ToolDef("record", "Records a label in the ledger", schema)]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        await asyncio.to_thread(record, ctx.response_id, arguments["label"])
+        return f"recorded {arguments['label']}"
+
+
+def record(response_id: str, label: str) -> None:
+    with sqlite3.connect(os.environ["OPENSUPERVISOR_TEST_LEDGER"], timeout=30) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ledger (response_id TEXT, label TEXT, pid INTEGER)")
+        conn.execute("INSERT INTO ledger VALUES (?, ?, ?)", (response_id, label, os.getpid()))
+
+
+def ledger(path: str, response_id: str) -> list[str]:
+    """The labels recorded for a response, in order."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ledger (response_id TEXT, label TEXT, pid INTEGER)")
+        return [r[0] for r in conn.execute("SELECT label FROM ledger WHERE response_id = ? ORDER BY rowid",
+                                           (response_id,))]
+
+
 def register(registry: ToolRegistry) -> None:
     def factory(cls: type[Toolset]) -> Any:
         def make(spec: ToolSpec, workspace: Workspace) -> Toolset:
@@ -55,3 +84,4 @@ def register(registry: ToolRegistry) -> None:
     registry.register("test_calculator", factory(Calculator))
     registry.register("test_rendezvous", factory(Rendezvous))
     registry.register("test_exploding", factory(Exploding))
+    registry.register("test_ledger", factory(Ledger))

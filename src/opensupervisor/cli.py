@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
+import signal
 
 import click
 import uvicorn
@@ -12,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.errors import ConfigError
+from opensupervisor.runtime import running
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.store import engine_url
 from opensupervisor.workspace import load_workspace
@@ -65,6 +70,42 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
     uvicorn.run("opensupervisor.server.app:create_app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=workers, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5)
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Workspace file (TOML). Default: $OPENSUPERVISOR_CONFIG, else the demo workspace.")
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=None,
+              help="Background runs at once in this process. Default: the workspace's background.worker_concurrency.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def worker(config: str | None, concurrency: int | None, log_level: str) -> None:
+    """Run background responses (no HTTP). Start any number beside the servers, on one PostgreSQL."""
+    settings = Settings.from_env()
+    settings = dataclasses.replace(settings, config=config or settings.config,
+                                   worker_concurrency=concurrency or settings.worker_concurrency)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        workspace = load_workspace(settings.config)
+        engine_url(settings.database_url)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"Worker for workspace [bold]{workspace.name}[/bold]; state in "
+                  f"{_without_password(settings.database_url)}  (Ctrl+C to stop)")
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with running(settings, workspace):
+            await stop.wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            asyncio.run(work())
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 def _without_password(url: str) -> str:

@@ -1,0 +1,80 @@
+"""Assembling a running instance from settings and a workspace: what ``serve`` and ``worker`` share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from opensupervisor.core.loop import LoopLimits
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
+from opensupervisor.runs.maintenance import Housekeeping, Maintenance
+from opensupervisor.runs.service import BackgroundLimits, ResponseService
+from opensupervisor.settings import Settings
+from opensupervisor.store import Store
+from opensupervisor.tools.registry import ToolRegistry, load_plugins
+from opensupervisor.workspace import Workspace
+
+ToolSetup = Callable[[ToolRegistry], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    workspace: Workspace
+    store: Store
+    catalog: ModelCatalog
+    service: ResponseService
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | None = None) -> AsyncIterator[Runtime]:
+    """Migrate the store, build the catalog and tools, join durable execution; undo it all on exit."""
+    store = Store(settings.database_url)
+    await store.migrate()
+    catalog = ModelCatalog(ws)
+    registry = ToolRegistry(ws)
+    load_plugins(registry, ws.plugins)
+    if tool_setup is not None:
+        tool_setup(registry)
+    concurrency = ws.background.worker_concurrency if settings.worker_concurrency is None \
+        else settings.worker_concurrency
+    service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, _background_limits(ws, concurrency))
+    try:
+        await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
+        maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
+        try:
+            await maintenance.start()
+            try:
+                yield Runtime(settings, ws, store, catalog, service)
+            finally:
+                await maintenance.stop()
+                await service.aclose()
+        finally:
+            await ENGINE.detach(service)
+    finally:
+        await catalog.aclose()
+        await store.close()
+
+
+def _loop_limits(ws: Workspace) -> LoopLimits:
+    return LoopLimits(max_turns=ws.limits.max_turns, tool_timeout_s=ws.limits.tool_timeout_s)
+
+
+def _background_limits(ws: Workspace, concurrency: int) -> BackgroundLimits:
+    bg = ws.background
+    return BackgroundLimits(max_queued=bg.max_queued, max_run_time_s=bg.max_run_time_s,
+                            worker_concurrency=concurrency)
+
+
+def _engine_config(settings: Settings, ws: Workspace, concurrency: int) -> EngineConfig:
+    return EngineConfig(system_database_url(settings.database_url, settings.system_database_url),
+                        schema=settings.system_schema, poll_interval_s=ws.background.poll_interval_s,
+                        worker_concurrency=concurrency)
+
+
+def _housekeeping(ws: Workspace) -> Housekeeping:
+    bg = ws.background
+    return Housekeeping(executor_timeout_s=bg.executor_timeout_s, retention_s=bg.retention_days * 86400,
+                        purge_interval_s=bg.purge_interval_s)
