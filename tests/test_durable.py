@@ -92,13 +92,18 @@ def check_exactly_once(rig: Rig, server: Server, response_id: str, before: list[
         assert log[-1]["response"]["output"] == http.get(f"/v1/responses/{response_id}").json()["output"]
 
 
-def test_a_run_survives_kill_9_of_its_server(rig: Rig, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["kill -9", "graceful stop"])
+def test_a_run_survives_its_server_stopping(rig: Rig, tmp_path: Path, stop: str) -> None:
     process = ProcessServer(tmp_path, config=rig.workspace, env=rig.env)
     with process as first:
         client = first.client()
         response_id = create(client)
         before = until_answer_is_requested(rig, client, response_id)
-        process.kill()
+        if stop == "kill -9":
+            process.kill()
+        else:  # SIGTERM: the server stops its runs unrecorded, to resume from their last step
+            process.proc.terminate()
+            process.proc.wait(timeout=30)
     with ProcessServer(tmp_path, config=rig.workspace, env=rig.env, log_name="restarted.log") as second:
         check_exactly_once(rig, second, response_id, before)
 

@@ -1,0 +1,115 @@
+"""Background mode's guarantees and bounds: resume after a disconnect, cancel in every state, the
+run-time cap, retention, and the bounded queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.conftest import MODEL, WORKSPACE, ProcessServer, ProcessWorker, Server, ThreadServer, wait_until
+
+CALC: Any = {"type": "test_calculator"}
+
+
+def workspace_with(tmp_path: Path, background: str) -> Path:
+    """The test workspace (its tool kinds as a plugin, for child processes) with a ``[background]`` section."""
+    path = tmp_path / "workspace.toml"
+    path.write_text('plugins = ["tests.toolkinds"]\n' + WORKSPACE.read_text() + f"\n[background]\n{background}\n")
+    return path
+
+
+def sse(http: httpx.Client, response_id: str, after: int) -> list[dict[str, Any]]:
+    with http.stream("GET", f"/v1/responses/{response_id}", params={"stream": "true",
+                                                                    "starting_after": str(after)}) as resp:
+        assert resp.status_code == 200
+        return [orjson.loads(line[6:]) for line in resp.iter_lines()
+                if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_a_disconnected_stream_resumes_where_it_stopped(server: Server, k: int) -> None:
+    body = {"model": MODEL, "input": "background tools", "tools": [CALC], "background": True, "stream": True}
+    with server.http() as http:
+        with http.stream("POST", "/v1/responses", json=body) as resp:
+            lines = (line for line in resp.iter_lines() if line.startswith("data: "))
+            seen = [orjson.loads(next(lines)[6:]) for _ in range(k)]  # then the client goes away
+        response_id = seen[0]["response"]["id"]
+        rest = sse(http, response_id, seen[-1]["sequence_number"])
+        assert rest[-1]["type"] == "response.completed"
+        whole = sse(http, response_id, -1)  # the log of the uninterrupted run
+    assert seen + rest == whole
+    assert [e["sequence_number"] for e in whole] == list(range(len(whole)))
+
+
+@pytest.fixture(scope="module")
+def accepting_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path, str]]:
+    """A server that queues background runs but runs none itself (no worker yet), two at most."""
+    folder = tmp_path_factory.mktemp("queue")
+    config = workspace_with(folder, "max_queued = 2")
+    database_url = f"sqlite:///{folder}/state.db"
+    with ProcessServer(folder, config=config, database_url=database_url,
+                       env={"OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as srv:
+        yield srv, config, database_url
+
+
+def test_a_full_queue_answers_429_and_a_queued_cancel_is_final(accepting_only: tuple[Server, Path, str]) -> None:
+    server, config, database_url = accepting_only
+    client = server.client()
+    first = client.responses.create(model=MODEL, input="background tools", tools=[CALC], background=True)
+    second = client.responses.create(model=MODEL, input="background tools", tools=[CALC], background=True)
+    assert (first.status, second.status) == ("queued", "queued")
+    with server.http() as http:
+        full = http.post("/v1/responses", json={"model": MODEL, "input": "one more", "background": True})
+    assert full.status_code == 429 and full.headers["retry-after"] == "1"
+    assert full.json()["error"] == {"message": "Too many background responses are queued (2); retry later.",
+                                    "type": "rate_limit_error", "param": None, "code": "queue_full"}
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model=MODEL, input="one more", background=True)
+
+    cancelled = client.responses.cancel(first.id)  # queued: cancelled at once
+    assert cancelled.status == "cancelled" and cancelled.output == []
+    # A worker now drains the queue: the cancelled run never starts, the other one completes.
+    with ProcessWorker(config.parent, config=config, database_url=database_url):
+        wait_until(lambda: client.responses.retrieve(second.id).status == "completed", timeout=60,
+                   what="the worker to run the queued response")
+    assert client.responses.retrieve(first.id).status == "cancelled"
+    assert client.responses.retrieve(first.id).output == []
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(second.id)  # completed: refused, as OpenAI does
+
+
+def test_a_run_past_its_time_cap_ends_incomplete(tmp_path: Path) -> None:
+    config = workspace_with(tmp_path, "max_run_time_s = 1")
+    with ThreadServer(f"sqlite:///{tmp_path}/state.db", config) as server:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="take your time", background=True)
+        wait_until(lambda: client.responses.retrieve(created.id).status not in ("queued", "in_progress"),
+                   timeout=20, what="the time cap")
+        ended = client.responses.retrieve(created.id)
+        assert ended.status == "incomplete"
+        assert ended.incomplete_details is not None and ended.incomplete_details.reason == "max_run_time"
+        assert [(item.type, item.status) for item in ended.output] in ([], [("message", "incomplete")])
+
+
+def test_retention_purges_finished_background_responses(tmp_path: Path) -> None:
+    config = workspace_with(tmp_path, "retention_days = 0.00001\npurge_interval_s = 0.2")
+    with ThreadServer(f"sqlite:///{tmp_path}/state.db", config) as server:
+        client = server.client()
+        kept = client.responses.create(model=MODEL, input="quick")  # not background: kept
+        created = client.responses.create(model=MODEL, input="quick", background=True)
+
+        def purged() -> bool:
+            try:
+                client.responses.retrieve(created.id)
+            except openai.NotFoundError:
+                return True
+            return False
+
+        wait_until(purged, timeout=20, what="the retention purge")
+        assert client.responses.retrieve(kept.id).status == "completed"
