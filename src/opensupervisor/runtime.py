@@ -71,7 +71,7 @@ def _background_limits(ws: Workspace, concurrency: int) -> BackgroundLimits:
 def _engine_config(settings: Settings, ws: Workspace, concurrency: int) -> EngineConfig:
     return EngineConfig(system_database_url(settings.database_url, settings.system_database_url),
                         schema=settings.system_schema, poll_interval_s=ws.background.poll_interval_s,
-                        worker_concurrency=concurrency)
+                        worker_concurrency=concurrency, synchronous_commit=ws.background.synchronous_commit)
 
 
 def _housekeeping(ws: Workspace) -> Housekeeping:

@@ -67,6 +67,9 @@ class Background(_Section):
     poll_interval_s: float = Field(default=0.05, gt=0, le=60)
     # An executor silent this long is dead and its runs are recovered by another.
     executor_timeout_s: float = Field(default=10.0, gt=0)
+    # PostgreSQL: step checkpoints wait for the disk. false: faster, but a crash of PostgreSQL itself
+    # (not of a worker) may run again the steps that finished in its last fraction of a second.
+    synchronous_commit: bool = True
 
 
 class Workspace(_Section):

@@ -146,6 +146,11 @@ class Model(ABC):
 class Toolset(ABC):
     """A group of tools of one hosted kind (a Genie space, a connection, client functions …)."""
 
+    # Whether ``list_tools`` may answer differently over time for the same request (a remote tool
+    # server's list can change): a durable run then records the listing, so a resumed run sees the
+    # tools it saw before.
+    listing_may_change: bool = False
+
     @abstractmethod
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         """The tools this toolset offers for this run."""

@@ -50,9 +50,8 @@ class Run:
 async def run_loop(run: Run) -> AsyncIterator[Event]:
     """Drive a run from ``response.created`` to its terminal event; model failures end it ``failed``."""
     em = run.emitter
-    yield em.lifecycle("response.created")
-    em.set_status("in_progress")
-    yield em.lifecycle("response.in_progress")
+    for event in opening(em):
+        yield event
     for item in run.echo:
         yield em.item_added(item)
         yield em.item_done(item)
@@ -69,6 +68,14 @@ async def run_loop(run: Run) -> AsyncIterator[Event]:
         log.exception("run %s failed", run.ctx.response_id)
         for event in _fail(run, "server_error", "The server had an error while processing this response."):
             yield event
+
+
+def opening(em: Emitter) -> list[Event]:
+    """The first events of every run: ``response.created`` (the response as stored), then
+    ``response.in_progress``. A durable run publishes them as soon as it is picked up."""
+    created = em.lifecycle("response.created")
+    em.set_status("in_progress")
+    return [created, em.lifecycle("response.in_progress")]
 
 
 def _fail(run: Run, code: str, message: str) -> list[Event]:

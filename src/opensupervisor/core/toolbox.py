@@ -62,7 +62,7 @@ class ToolBox:
     @classmethod
     async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0,
                     steps: Steps = direct) -> ToolBox:
-        """List every toolset's tools (each listing one step: a tool server may change its list)."""
+        """List every toolset's tools (a listing that may change is one step)."""
         entries: dict[str, _Entry] = {}
         for b in bound:
             toolset = b.toolset
@@ -70,7 +70,8 @@ class ToolBox:
             async def listing(toolset: Toolset = toolset) -> list[ToolDef]:
                 return await toolset.list_tools(ctx)
 
-            for tool in await steps(f"list_tools:{b.type}", listing):
+            tools = await (steps if toolset.listing_may_change else direct)(f"list_tools:{b.type}", listing)
+            for tool in tools:
                 if tool.name in entries:
                     raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
                                          param=f"tools[{b.index}]", code="invalid_value")

@@ -38,6 +38,8 @@ WORKFLOW = "opensupervisor.background_response"
 # DBOS only recovers a workflow with the application version that started it. Runs survive a
 # restart or redeploy of the same release; a new release does not replay an older one's runs.
 APP_VERSION = f"opensupervisor-{__version__}"
+# Connections per process to DBOS's database (its default of 20 exhausts PostgreSQL's 100 at five processes).
+SYSTEM_POOL_SIZE = 6
 
 
 async def dbos_steps(name: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -127,6 +129,8 @@ class EngineConfig:
     schema: str = "dbos"
     poll_interval_s: float = 0.05
     worker_concurrency: int = 16
+    # PostgreSQL: whether step checkpoints wait for the disk (see the README's guarantees).
+    synchronous_commit: bool = True
 
 
 class DurableEngine:
@@ -162,10 +166,12 @@ class DurableEngine:
         dbos_config: DBOSConfig = {
             "name": "opensupervisor", "system_database_url": config.system_database_url,
             "application_version": APP_VERSION, "executor_id": self.executor_id, "log_level": "WARNING",
-            "dbos_system_schema": config.schema,
+            "dbos_system_schema": config.schema, "sys_db_pool_size": SYSTEM_POOL_SIZE,
         }
         if config.system_database_url.startswith("sqlite"):
             dbos_config["system_database_engine"] = _sqlite_engine(config.system_database_url)
+        elif not config.synchronous_commit:
+            dbos_config["db_engine_kwargs"] = {"connect_args": {"options": "-c synchronous_commit=off"}}
         try:
             DBOS(config=dbos_config)
             if config.worker_concurrency <= 0:

@@ -18,7 +18,7 @@ import anyio
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model
 from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
-from opensupervisor.core.loop import LoopLimits, Run, run_loop, settle
+from opensupervisor.core.loop import LoopLimits, Run, opening, run_loop, settle
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.core.turn import copy_item
@@ -226,6 +226,10 @@ class ResponseService:
             return False
         if record.response["status"] not in ("queued", "in_progress"):
             return True  # it ended (or was cancelled while queued); nothing left to do
+        if record.last_sequence < 1:
+            if not await self._pick_up(record):
+                return True  # cancelled or deleted just now
+            record = record._replace(last_sequence=1)
         try:
             prepared = await self._restore(record)
         except APIError as exc:  # the workspace changed under it: a model or tool it names is gone
@@ -239,6 +243,13 @@ class ResponseService:
         finally:
             timer.cancel()
         return True
+
+    async def _pick_up(self, record: RunRecord) -> bool:
+        """Record ``in_progress`` before restoring the run: pollers see the pickup at once. The run
+        replays the same event (same response, same sequence number) and skips writing it."""
+        in_progress = opening(Emitter(dict(record.response, output=[])))[1]
+        return await self.store.append(record.response["id"], output={}, new_events=[in_progress],
+                                       response=in_progress.data["response"], guard=True)
 
     def _expire(self, live: LiveRun) -> None:
         if not live.done:
@@ -261,7 +272,7 @@ class ResponseService:
         async def history() -> list[Item]:
             return await self._prior_history(body.previous_response_id, principal)
 
-        prior = await dbos_steps("history", history)
+        prior = await dbos_steps("history", history) if body.previous_response_id else []
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=prior + record.input_items,
                   emitter=Emitter(record.response), limits=self.limits)
         if record.options.get("echo_history"):

@@ -40,6 +40,7 @@ class Executors:
     async def beat(self, executor_id: str) -> None:
         def write() -> None:
             with self.store.engine.begin() as conn:
+                self.store.no_wait_for_disk(conn)
                 conn.execute(update(executors).where(executors.c.id == executor_id).values(heartbeat_at=now_ms()))
 
         await self.store.write(write)

@@ -218,6 +218,7 @@ class Store:
         """Note that the run of a response is alive; False when it should stop (no longer running)."""
         def write() -> bool:
             with self.engine.begin() as conn:
+                self.no_wait_for_disk(conn)  # a heartbeat lost in a database crash is harmless
                 return bool(conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(
                         heartbeat_at=now_ms())).rowcount)
@@ -272,6 +273,12 @@ class Store:
                 return True
 
         return await self.run(write)
+
+    def no_wait_for_disk(self, conn: Connection) -> None:
+        """Let this transaction's commit return before it is on disk (PostgreSQL; SQLite's WAL mode
+        already does). For writes whose loss in a database crash does no harm."""
+        if not self.is_sqlite:
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
 
     def _insert(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
