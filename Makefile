@@ -47,6 +47,7 @@ test: lint typecheck pytest  ## install, lint, type check and run every test
 bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/background.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor

@@ -50,7 +50,7 @@ turns = [{ tool_calls = [{ name = "echo" }] }, { text = "done" }]
 
 [background]
 max_queued = 100000
-poll_interval_s = 0.01
+poll_interval_s = {poll}
 synchronous_commit = {sync}
 """
 BODY: dict[str, Any] = {"model": "bench", "input": "go", "tools": [{"type": "bench_echo"}], "background": True}
@@ -63,10 +63,12 @@ def free_port() -> int:
 
 
 class Processes:
-    def __init__(self, folder: Path, database_url: str, schema: str, *, synchronous_commit: bool = True) -> None:
+    def __init__(self, folder: Path, database_url: str, schema: str, *, synchronous_commit: bool = True,
+                 poll_interval_s: float = 0.05) -> None:
         self.folder = folder
         self.database_url = database_url
-        (folder / "workspace.toml").write_text(WORKSPACE.replace("{sync}", str(synchronous_commit).lower()))
+        text = WORKSPACE.replace("{sync}", str(synchronous_commit).lower()).replace("{poll}", str(poll_interval_s))
+        (folder / "workspace.toml").write_text(text)
         self.env = {**os.environ, "OPENSUPERVISOR_CONFIG": str(folder / "workspace.toml"),
                     "OPENSUPERVISOR_DATABASE_URL": database_url, "OPENSUPERVISOR_SYSTEM_SCHEMA": schema,
                     "OPENSUPERVISOR_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(HERE)}
@@ -180,45 +182,59 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--poll", type=float, default=0.05, help="background.poll_interval_s of the workers")
+    parser.add_argument("--only", choices=["pickup", "throughput"], default=None)
     args = parser.parse_args()
     schema = f"bench_dbos_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         stack.callback(_drop_schema, args.database_url, schema)
-        print(f"pickup, create to in_progress, p50 / p99 ({args.samples} runs one at a time):")
-        for sync in (True, False):
-            procs = Processes(Path(tmp), args.database_url, schema, synchronous_commit=sync)
-            stack.callback(procs.stop)
-            label = f"PostgreSQL, synchronous_commit={str(sync).lower()}"
-            for here in (True, False):
-                since = time.time()
-                url = procs.serve(runs_here=here)
-                if not here:
-                    procs.worker()
-                procs.wait_ready(since)
-                got = pickup(url, args.samples, args.database_url)
-                where = "run by the server that took it" if here else "queued for a worker"
-                print(f"  {label}, {where}: {statistics.median(got):6.1f} / {percentile(got, 0.99):6.1f} ms")
-                procs.stop()
-        sqlite = Processes(Path(tmp), f"sqlite:///{tmp}/state.db", "dbos")
-        stack.callback(sqlite.stop)
-        got = pickup(sqlite.serve(runs_here=True), args.samples, sqlite.database_url)
-        print(f"  SQLite (the default), run by the server that took it: {statistics.median(got):6.1f} / "
-              f"{percentile(got, 0.99):6.1f} ms")
-        sqlite.stop()
-        print(f"throughput on PostgreSQL ({args.runs} runs, 16 clients; the server only accepts, workers run):")
-        procs = Processes(Path(tmp), args.database_url, schema)
+        if args.only != "throughput":
+            pickups(args, Path(tmp), schema, stack)
+        if args.only != "pickup":
+            throughputs(args, Path(tmp), schema, stack)
+
+
+def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
+    print(f"pickup, create to in_progress, p50 / p99 ({args.samples} runs one at a time, "
+          f"workers poll every {args.poll * 1000:.0f} ms):")
+    for sync in (True, False):
+        procs = Processes(tmp, args.database_url, schema, synchronous_commit=sync, poll_interval_s=args.poll)
         stack.callback(procs.stop)
-        base = 0.0
-        for workers in (1, 2, 4):
+        label = f"PostgreSQL, synchronous_commit={str(sync).lower()}"
+        for here in (True, False):
             since = time.time()
-            url = procs.serve(runs_here=False)
-            for _ in range(workers):
+            url = procs.serve(runs_here=here)
+            if not here:
                 procs.worker()
             procs.wait_ready(since)
-            rate = asyncio.run(throughput(url, args.runs, args.database_url))
-            base = base or rate
-            print(f"  {workers} worker{'s' if workers > 1 else ' '}: {rate:7.1f} runs/s   ({rate / base:.2f}x one)")
+            got = pickup(url, args.samples, args.database_url)
+            where = "run by the server that took it" if here else "queued for a worker"
+            print(f"  {label}, {where}: {statistics.median(got):6.1f} / {percentile(got, 0.99):6.1f} ms")
             procs.stop()
+    sqlite = Processes(tmp, f"sqlite:///{tmp}/state.db", "dbos")
+    stack.callback(sqlite.stop)
+    got = pickup(sqlite.serve(runs_here=True), args.samples, sqlite.database_url)
+    print(f"  SQLite (the default), run by the server that took it: {statistics.median(got):6.1f} / "
+          f"{percentile(got, 0.99):6.1f} ms")
+    sqlite.stop()
+
+
+def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
+    print(f"throughput on PostgreSQL ({args.runs} runs, 16 clients; the server only accepts, workers run, "
+          f"polling every {args.poll * 1000:.0f} ms):")
+    procs = Processes(tmp, args.database_url, schema, poll_interval_s=args.poll)
+    stack.callback(procs.stop)
+    base = 0.0
+    for workers in (1, 2, 4):
+        since = time.time()
+        url = procs.serve(runs_here=False)
+        for _ in range(workers):
+            procs.worker()
+        procs.wait_ready(since)
+        rate = asyncio.run(throughput(url, args.runs, args.database_url))
+        base = base or rate
+        print(f"  {workers} worker{'s' if workers > 1 else ' '}: {rate:7.1f} runs/s   ({rate / base:.2f}x one)")
+        procs.stop()
 
 
 def _drop_schema(database_url: str, schema: str) -> None:

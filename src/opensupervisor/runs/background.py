@@ -159,6 +159,9 @@ class BackgroundRuns:
         restarted) recovers them from their last step."""
         for live in list(self.live.values()):
             live.shutting_down = True
+            if live.task is None:  # adopted, not started: its workflow starts elsewhere
+                await live.close()
+                continue
             self.cancel(live)
             await self.wait(live)
 

@@ -296,7 +296,7 @@ class ResponseService:
                 "This response cannot be streamed because it was not created with stream=true.", param="stream")
         live = self.background.live.get(response_id)
         if live is not None:
-            last = live.events[-1].sequence_number
+            last = live.events[-1].sequence_number if live.events else -1
         else:
             logged = await self.store.events_after(response_id, -1)
             last = logged[-1].sequence_number if logged else -1
