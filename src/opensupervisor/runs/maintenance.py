@@ -4,7 +4,7 @@
   heartbeat went quiet, or on this host its process is gone) its unfinished runs are handed to DBOS
   recovery, which re-queues them for whichever live process takes them first.
 - Reconciliation: a response whose run has no workflow (the process died between storing it and
-  queueing it) is queued; one whose workflow will never run again (it ended without recording the
+  starting or queueing it) is queued; one whose workflow will never run again (it ended without recording the
   response's end, or another release started it) is failed with a reason.
 - Retention: finished background responses older than the retention period are purged, and the
   workflow records of finished runs soon after they end (the response keeps everything).
@@ -96,8 +96,8 @@ class Maintenance:
             state = await self.engine.state(response_id)
             if state in WILL_RUN:
                 continue
-            if state is None and status == "queued":
-                log.warning("background response %s was never queued; queueing it", response_id)
+            if state is None:  # no workflow, so no step ever ran: start it afresh
+                log.warning("background response %s (%s) has no run; queueing it", response_id, status)
                 await self.engine.start(response_id, here=False)
             else:
                 await self.store.fail([response_id], OTHER_RELEASE if state == "OTHER_RELEASE" else LOST)

@@ -81,6 +81,11 @@ class Recorder:
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
+    async def open(self, events: list[Event]) -> None:
+        """Write a response's first events in the transaction that creates it."""
+        self._pending += events
+        await self._flush(events[-1].data["response"], terminal=False)
+
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
         assert self.store is not None
         pending, self._pending = self._pending, []

@@ -203,10 +203,12 @@ class ResponseService:
         limits = self.background_limits
         if await self.store.count_queued() >= limits.max_queued:
             raise QueueFull(f"Too many background responses are queued ({limits.max_queued}); retry later.")
-        created = prepared.run.emitter.lifecycle("response.created")  # the run's first event, replayed there
-        await prepared.recorder.add(created)
         response_id = prepared.response["id"]
         here = len(self.background.live) < limits.worker_concurrency
+        # The run's first events, replayed by its workflow. A run that starts here is in progress
+        # from the moment it is stored; a queued one when a worker picks it up.
+        first = opening(prepared.run.emitter) if here else [prepared.run.emitter.lifecycle("response.created")]
+        await prepared.recorder.open(first)
         if here:
             self.background.adopt(response_id)
         try:
@@ -214,7 +216,7 @@ class ResponseService:
         except Exception:
             self.background.live.pop(response_id, None)
             raise
-        return created.data["response"], self.background.follow(response_id, -1)
+        return first[0].data["response"], self.background.follow(response_id, -1)
 
     async def run_durable(self, response_id: str) -> bool:
         """Run (or resume) a stored background response to its end; the body of its workflow.
@@ -247,7 +249,7 @@ class ResponseService:
     async def _pick_up(self, record: RunRecord) -> bool:
         """Record ``in_progress`` before restoring the run: pollers see the pickup at once. The run
         replays the same event (same response, same sequence number) and skips writing it."""
-        in_progress = opening(Emitter(dict(record.response, output=[])))[1]
+        in_progress = opening(Emitter(_as_created(record.response)))[1]
         return await self.store.append(record.response["id"], output={}, new_events=[in_progress],
                                        response=in_progress.data["response"], guard=True)
 
@@ -274,7 +276,7 @@ class ResponseService:
 
         prior = await dbos_steps("history", history) if body.previous_response_id else []
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=prior + record.input_items,
-                  emitter=Emitter(record.response), limits=self.limits)
+                  emitter=Emitter(_as_created(record.response)), limits=self.limits)
         if record.options.get("echo_history"):
             run.echo = [copy_item(item, status="completed") for item in record.input_items if _is_history(item)]
         recorder = Recorder(self.store, response_id=response_id, owner=owner, request=record.request,
@@ -367,6 +369,12 @@ def _check_context(model: Model, body: CreateResponseRequest, items: list[Item])
             reserve=body.max_output_tokens or 0)
     except ContextOverflow as exc:
         raise InvalidRequest(str(exc), param="input", code="context_length_exceeded") from exc
+
+
+def _as_created(response: Response) -> Response:
+    """A stored background response as it was created (only its status moved since, until it ends):
+    what its run replays from, so that the replayed events equal the ones already recorded."""
+    return dict(response, status="queued", output=[])
 
 
 def _is_history(item: Item) -> bool:
