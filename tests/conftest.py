@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,9 @@ WORKSPACE = TESTS / "workspace.toml"
 TOKEN = "test-admin-token"
 PG_URL = os.environ.get("OPENSUPERVISOR_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MODEL = "test-model"
+# DBOS keeps one instance per process: the in-thread servers of a test process share this private
+# system database, whichever of them starts first (never PostgreSQL's, which other processes share).
+SYSTEM_DB = f"sqlite:///{tempfile.mkdtemp(prefix='opensupervisor-dbos-')}/dbos.db"
 
 
 def free_port() -> int:
@@ -90,7 +94,8 @@ class ThreadServer:
     """The real app on a loopback port, in a thread of this process."""
 
     def __init__(self, database_url: str, workspace: Path = WORKSPACE) -> None:
-        settings = Settings(database_url=database_url, config=str(workspace), admin_token=TOKEN)
+        settings = Settings(database_url=database_url, config=str(workspace), admin_token=TOKEN,
+                            system_database_url=SYSTEM_DB)
         app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
         self.loopback = ASGIThread(app)
 
