@@ -8,6 +8,8 @@ import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 import uvicorn
@@ -103,9 +105,19 @@ def worker(config: str | None, concurrency: int | None, log_level: str) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            asyncio.run(work())
+            _run(work())
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it exists (as uvicorn does for ``serve``): less overhead per I/O hop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _without_password(url: str) -> str:
