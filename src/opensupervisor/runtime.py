@@ -13,6 +13,7 @@ from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
+from opensupervisor.tools import genie
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.workspace import Workspace
 
@@ -35,6 +36,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     await store.migrate()
     catalog = ModelCatalog(ws)
     registry = ToolRegistry(ws)
+    spaces = genie.register(registry, ws, catalog)
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)
@@ -54,6 +56,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         finally:
             await ENGINE.detach(service)
     finally:
+        await spaces.aclose()
         await catalog.aclose()
         await store.close()
 

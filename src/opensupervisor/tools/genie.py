@@ -1,0 +1,234 @@
+"""``genie_space``: text-to-SQL spaces over real databases (SQLite, DuckDB, PostgreSQL).
+
+A space (the workspace file's ``[genie_spaces.<id>]``) names a database, the tables it may read,
+instructions, column descriptions and example question/SQL pairs. The loop's model sees one tool
+per space, ``genie_<id>``, taking a question. A call writes SQL with a model (constrained to a
+``{"sql", "description"}`` object), checks it (``tools.sql_guard``), runs it read-only and returns
+the SQL, its description and the result as a markdown table. A refused or failing query goes back
+to the model with the reason, a bounded number of times. A question close to an example question
+uses that example's trusted SQL without asking the model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tabulate import tabulate
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import Model, ModelRequest, ToolDef, Toolset
+from opensupervisor.errors import ConfigError, InvalidRequest, ModelError, ToolError
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tools.sql_engines import Column, ReadOnlyDatabase, Rows
+from opensupervisor.tools.sql_guard import check_query
+from opensupervisor.wire.request import ToolSpec
+from opensupervisor.wire.validation import param_path
+from opensupervisor.workspace import Workspace
+
+# How close (difflib ratio of the normalized texts) a question must be to an example's to reuse its SQL.
+EXAMPLE_MATCH = 0.9
+SQL_FORMAT = {"type": "json_schema", "name": "sql_query", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["sql", "description"],
+    "properties": {"sql": {"type": "string"}, "description": {"type": "string"}}}}
+QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
+                   "properties": {"question": {"type": "string", "description": "The question, in plain words"}}}
+
+
+class ExampleQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    sql: str
+
+
+class GenieSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    database_url: str
+    tables: list[str] = Field(min_length=1)
+    title: str | None = None
+    description: str | None = None
+    instructions: str = ""
+    # "table.column" -> what the column means
+    column_descriptions: dict[str, str] = Field(default_factory=dict)
+    example_queries: list[ExampleQuery] = Field(default_factory=list)
+    sample_questions: list[str] = Field(default_factory=list)
+    # The catalog model that writes the SQL; default: the model of the run calling the space.
+    model: str | None = None
+    max_rows: int = Field(default=1000, ge=1, le=100_000)
+    display_rows: int = Field(default=50, ge=1, le=10_000)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+
+def tool_name(space_id: str) -> str:
+    """``genie_<id>``, with characters outside ``[a-zA-Z0-9_-]`` replaced, at most 64 characters."""
+    return ("genie_" + re.sub(r"[^a-zA-Z0-9_-]", "_", space_id))[:64]
+
+
+class GenieSpaces:
+    """The workspace's spaces, validated at start-up; each database is opened on first use."""
+
+    def __init__(self, workspace: Workspace, catalog: ModelCatalog) -> None:
+        self.catalog = catalog
+        self.base_dir = workspace.base_dir
+        self.spaces: dict[str, GenieSpace] = {}
+        for space_id, raw in workspace.genie_spaces.items():
+            try:
+                self.spaces[space_id] = GenieSpace.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ConfigError(f"genie_spaces.{space_id}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            model = self.spaces[space_id].model
+            if model is not None and model not in workspace.models:
+                raise ConfigError(f"genie_spaces.{space_id}.model names unknown model '{model}'")
+        self._databases: dict[str, ReadOnlyDatabase] = {}
+        self._schemas: dict[str, dict[str, list[Column]]] = {}
+
+    def database(self, space_id: str) -> ReadOnlyDatabase:
+        db = self._databases.get(space_id)
+        if db is None:
+            space = self.spaces[space_id]
+            db = self._databases[space_id] = ReadOnlyDatabase(space.database_url, self.base_dir,
+                                                              timeout_s=space.timeout_s)
+        return db
+
+    async def schema(self, space_id: str) -> dict[str, list[Column]]:
+        if space_id not in self._schemas:
+            try:
+                self._schemas[space_id] = await self.database(space_id).describe(self.spaces[space_id].tables)
+            except ConfigError as exc:
+                raise ToolError(f"the space's database is not usable: {exc}") from exc
+        return self._schemas[space_id]
+
+    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        space_id = spec.config.get("id")
+        if not isinstance(space_id, str) or not space_id:
+            raise InvalidRequest(f"Missing required parameter: '{spec.param}.genie_space.id'.",
+                                 param=f"{spec.param}.genie_space.id", code="missing_required_parameter")
+        if space_id not in self.spaces:
+            raise InvalidRequest(f"Genie space '{space_id}' does not exist in this workspace.",
+                                 param=f"{spec.param}.genie_space.id", code="invalid_value")
+        description = spec.config.get("description")
+        return SpaceTools(self, space_id, description if isinstance(description, str) else None)
+
+    async def aclose(self) -> None:
+        for db in self._databases.values():
+            await db.aclose()
+
+
+class SpaceTools(Toolset):
+    def __init__(self, spaces: GenieSpaces, space_id: str, description: str | None) -> None:
+        self.spaces = spaces
+        self.space_id = space_id
+        self.space = spaces.spaces[space_id]
+        self.description = description
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        text = self.description or self.space.description or f"Answers questions about {', '.join(self.space.tables)}"
+        return [ToolDef(tool_name(self.space_id), f"{text} (asks a text-to-SQL space; pass a plain question)",
+                        QUESTION_SCHEMA)]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        question = str(arguments["question"]).strip()
+        db = self.spaces.database(self.space_id)
+        example = _matching_example(self.space, question)
+        if example is not None:
+            sql = check_query(example.sql, dialect=db.dialect, tables=set(self.space.tables),
+                              max_rows=self.space.max_rows)
+            rows = await db.query(sql, self.space.max_rows)
+            return _answer(example.sql, f"Trusted example query for: {example.question}", rows, self.space)
+        model = self.spaces.catalog.get(self.space.model or ctx.request.body.model)
+        return await self._text_to_sql(model, question, await self.spaces.schema(self.space_id), db)
+
+    async def _text_to_sql(self, model: Model, question: str, schema: dict[str, list[Column]],
+                           db: ReadOnlyDatabase) -> str:
+        items: list[dict[str, Any]] = [_message("user", question)]
+        problem = ""
+        for _ in range(self.space.max_attempts):
+            try:
+                reply = await model.request(ModelRequest(instructions=_prompt(self.space, schema, db.dialect),
+                                                         items=items, text_format=SQL_FORMAT, max_output_tokens=512))
+            except ModelError as exc:
+                raise ToolError(f"the model could not write SQL: {exc.message}") from exc
+            sql, description = _parse_reply(reply.text)
+            try:
+                checked = check_query(sql, dialect=db.dialect, tables=set(self.space.tables),
+                                      max_rows=self.space.max_rows)
+                return _answer(sql, description, await db.query(checked, self.space.max_rows), self.space)
+            except ToolError as exc:
+                problem = str(exc)
+                # The feedback comes from the server, not the user: the question stays the last user turn.
+                items += [_message("assistant", reply.text),
+                          _message("developer", f"That SQL cannot be used: {problem}. Write a corrected query.")]
+        raise ToolError(f"no usable SQL after {self.space.max_attempts} attempts; last problem: {problem}")
+
+
+def _message(role: str, text: str) -> dict[str, Any]:
+    kind = "output_text" if role == "assistant" else "input_text"  # user and developer turns are input
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
+def _normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+def _matching_example(space: GenieSpace, question: str) -> ExampleQuery | None:
+    wanted = _normalize(question)
+    best = max(space.example_queries, default=None,
+               key=lambda e: difflib.SequenceMatcher(None, wanted, _normalize(e.question)).ratio())
+    if best is None or difflib.SequenceMatcher(None, wanted, _normalize(best.question)).ratio() < EXAMPLE_MATCH:
+        return None
+    return best
+
+
+def _prompt(space: GenieSpace, schema: dict[str, list[Column]], dialect: str) -> str:
+    lines = [f"You write one read-only {dialect} SQL query that answers the user's question.",
+             'Reply with a JSON object: {"sql": "<the query>", "description": "<one line: what it computes>"}.',
+             "Use only these tables:"]
+    for table, columns in schema.items():
+        lines.append(f"- {table}(" + ", ".join(f"{c.name} {c.type}" for c in columns) + ")")
+    if space.column_descriptions:
+        lines.append("Column meanings:")
+        lines += [f"- {column}: {text}" for column, text in space.column_descriptions.items()]
+    if space.instructions:
+        lines.append(f"Instructions: {space.instructions}")
+    for example in space.example_queries:
+        lines.append(f"Example. Question: {example.question}\nSQL: {example.sql}")
+    return "\n".join(lines)
+
+
+def _parse_reply(text: str) -> tuple[str, str]:
+    """The SQL and description of a model's reply: the JSON object asked for, else a SQL code block."""
+    try:
+        data = orjson.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("sql"), str):
+            return data["sql"], str(data.get("description") or "")
+    except orjson.JSONDecodeError:
+        pass
+    block = re.search(r"```(?:sql)?\s*(.+?)```", text, re.S | re.I)
+    return (block.group(1) if block else text).strip(), ""
+
+
+def _answer(sql: str, description: str, rows: Rows, space: GenieSpace) -> str:
+    shown = rows.rows[:space.display_rows]
+    table = tabulate(shown, headers=rows.columns, tablefmt="github") if rows.columns else "(no columns)"
+    count = f"{len(rows.rows)}{'+' if rows.truncated else ''} rows"
+    notes = []
+    if len(rows.rows) > len(shown):
+        notes.append(f"Showing the first {len(shown)} of {count}.")
+    if rows.truncated:
+        notes.append(f"The result was cut at {space.max_rows} rows.")
+    parts = [f"SQL: {sql.strip()}", f"Description: {description or 'The query above.'}", table,
+             f"Row count: {count}", *notes]
+    return "\n\n".join(parts)
+
+
+def register(registry: ToolRegistry, workspace: Workspace, catalog: ModelCatalog) -> GenieSpaces:
+    """Add the ``genie_space`` kind; returns the spaces (the caller closes them)."""
+    spaces = GenieSpaces(workspace, catalog)
+    registry.register("genie_space", spaces.factory)
+    return spaces
