@@ -239,6 +239,14 @@ async def test_each_engine_is_read_only_even_past_the_guard(engine: str, tmp_pat
         assert capped.rows == [(1,), (2,), (3,)] and capped.truncated
     finally:
         await db.aclose()
+    slow = ReadOnlyDatabase(url, tmp_path, timeout_s=1)
+    endless = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+               if engine != "postgresql" else "SELECT pg_sleep(30)")
+    try:
+        with pytest.raises(ToolError, match="did not finish within 1 seconds"):
+            await slow.query(endless, 10)
+    finally:
+        await slow.aclose()
 
 
 def test_spaces_on_duckdb_and_postgresql_answer_through_the_api(tmp_path: Path,
