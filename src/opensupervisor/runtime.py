@@ -13,7 +13,7 @@ from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
-from opensupervisor.tools import genie
+from opensupervisor.tools import genie, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.workspace import Workspace
 
@@ -37,6 +37,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     catalog = ModelCatalog(ws)
     registry = ToolRegistry(ws)
     spaces = genie.register(registry, ws, catalog)
+    functions = uc_functions.register(registry, ws)
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)
@@ -57,6 +58,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
             await ENGINE.detach(service)
     finally:
         await spaces.aclose()
+        await functions.aclose()
         await catalog.aclose()
         await store.close()
 

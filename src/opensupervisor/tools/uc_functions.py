@@ -1,0 +1,242 @@
+"""``uc_function``: a catalog of governed functions, ``catalog.schema.function``, as hosted tools.
+
+Functions are declared in the workspace file's ``[functions."<catalog>.<schema>.<name>"]``:
+
+- Python: a source file defining a function of that name. Its tool schema is read from the source
+  with ``ast`` (type hints, defaults, the docstring's summary and ``Args:``), never by importing it
+  here; calls run in the sandbox subprocesses (``tools.sandbox``).
+- SQL: a SQL body with ``:named`` parameters, run with bound values on a named database.
+
+The tool name follows unitycatalog-ai: dots become ``__`` and the last 64 characters are kept.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import ToolDef, Toolset
+from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
+from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.wire.request import ToolSpec
+from opensupervisor.wire.validation import param_path
+from opensupervisor.workspace import Workspace
+
+JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
+              "dict": "object", "string": "string", "integer": "integer", "number": "number",
+              "boolean": "boolean", "array": "array", "object": "object"}
+
+
+class SqlParameter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    description: str | None = None
+    default: Any = None
+
+
+class FunctionEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    language: Literal["python", "sql"]
+    description: str | None = None
+    source: str | None = None  # python
+    database_url: str | None = None  # sql
+    sql: str | None = None
+    parameters: list[SqlParameter] = Field(default_factory=list)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+def tool_name(full_name: str) -> str:
+    return full_name.replace(".", "__")[-64:]
+
+
+class Function:
+    """One catalog function: its tool definition and how to run it."""
+
+    def __init__(self, full_name: str, entry: FunctionEntry, base_dir: Path) -> None:
+        self.full_name = full_name
+        self.entry = entry
+        parts = full_name.split(".")
+        if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+            raise ConfigError(f"functions.{full_name}: the name must be catalog.schema.function")
+        self.name = parts[-1]
+        if entry.language == "python":
+            if not entry.source:
+                raise ConfigError(f"functions.{full_name}: a python function needs source")
+            self.file = (base_dir / entry.source).resolve()
+            description, parameters = _python_signature(self.file, self.name, full_name)
+        else:
+            if not entry.sql or not entry.database_url:
+                raise ConfigError(f"functions.{full_name}: a sql function needs database_url and sql")
+            description, parameters = None, _sql_schema(entry.parameters)
+            url = sa.make_url(entry.database_url)
+            if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_absolute():
+                url = url.set(database=str(base_dir / url.database))
+            self.engine = sa.create_engine(url, poolclass=sa.NullPool) if url.get_backend_name() == "sqlite" \
+                else sa.create_engine(url.set(drivername="postgresql+psycopg"), pool_size=2, max_overflow=2)
+        self.tool = ToolDef(tool_name(full_name), entry.description or description or full_name, parameters)
+
+
+class FunctionCatalog:
+    def __init__(self, workspace: Workspace, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.functions: dict[str, Function] = {}
+        for full_name, raw in workspace.functions.items():
+            try:
+                entry = FunctionEntry.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ConfigError(f"functions.{full_name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            self.functions[full_name] = Function(full_name, entry, workspace.base_dir)
+
+    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        name = spec.config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"Missing required parameter: '{spec.param}.uc_function.name'.",
+                                 param=f"{spec.param}.uc_function.name", code="missing_required_parameter")
+        function = self.functions.get(name)
+        if function is None:
+            raise InvalidRequest(f"Function '{name}' does not exist in this workspace.",
+                                 param=f"{spec.param}.uc_function.name", code="invalid_value")
+        description = spec.config.get("description")
+        return FunctionTool(self, function, description if isinstance(description, str) else None)
+
+    async def aclose(self) -> None:
+        await self.sandbox.aclose()
+        for function in self.functions.values():
+            if function.entry.language == "sql":
+                function.engine.dispose()
+
+
+class FunctionTool(Toolset):
+    def __init__(self, catalog: FunctionCatalog, function: Function, description: str | None) -> None:
+        self.catalog = catalog
+        self.function = function
+        self.description = description
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        tool = self.function.tool
+        return [ToolDef(tool.name, self.description or tool.description, tool.parameters)]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        function = self.function
+        if function.entry.language == "python":
+            return await self.catalog.sandbox.call(function.file, function.name, arguments,
+                                                   timeout_s=function.entry.timeout_s)
+        values = {p.name: arguments.get(p.name, p.default) for p in function.entry.parameters}
+        return await asyncio.wait_for(asyncio.to_thread(_run_sql, function, values), function.entry.timeout_s)
+
+
+def _run_sql(function: Function, values: dict[str, Any]) -> str:
+    """Run the body with bound parameters (never interpolated): rows as JSON, or the rows affected."""
+    assert function.entry.sql is not None
+    try:
+        with function.engine.begin() as conn:
+            result = conn.execute(sa.text(function.entry.sql), values)
+            if result.returns_rows:
+                columns = list(result.keys())
+                rows = [list(r) for r in result.fetchmany(1000)]
+                return orjson.dumps({"columns": columns, "rows": rows}, default=str).decode()
+            return orjson.dumps({"rows_affected": result.rowcount}).decode()
+    except SQLAlchemyError as exc:
+        original = getattr(exc, "orig", None) or exc
+        raise ToolError(f"the database refused the call: {str(original).strip().splitlines()[0]}") from exc
+
+
+def _sql_schema(parameters: list[SqlParameter]) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for p in parameters:
+        prop: dict[str, Any] = {"type": p.type}
+        if p.description:
+            prop["description"] = p.description
+        if p.default is not None:
+            prop["default"] = p.default
+        properties[p.name] = prop
+    return {"type": "object", "properties": properties,
+            "required": [p.name for p in parameters if p.default is None], "additionalProperties": False}
+
+
+def _python_signature(file: Path, name: str, full_name: str) -> tuple[str | None, dict[str, Any]]:
+    """The description and JSON Schema of ``name`` in ``file``, read from its source."""
+    try:
+        tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
+    except (OSError, SyntaxError) as exc:
+        raise ConfigError(f"functions.{full_name}: cannot read {file}: {exc}") from exc
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if node is None:
+        raise ConfigError(f"functions.{full_name}: {file} defines no function {name}()")
+    summary, arg_docs = _docstring(ast.get_docstring(node) or "")
+    args = node.args.args
+    defaults = dict(zip([a.arg for a in args[len(args) - len(node.args.defaults):]], node.args.defaults, strict=True))
+    properties: dict[str, Any] = {}
+    for arg in args:
+        prop = _json_type(arg.annotation, full_name, arg.arg)
+        if arg.arg in arg_docs:
+            prop["description"] = arg_docs[arg.arg]
+        if arg.arg in defaults:
+            with contextlib.suppress(ValueError):  # a default that is not a literal is simply not shown
+                prop["default"] = ast.literal_eval(defaults[arg.arg])
+        properties[arg.arg] = prop
+    required = [a.arg for a in args if a.arg not in defaults]
+    return summary, {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def _json_type(annotation: ast.expr | None, full_name: str, arg: str) -> dict[str, Any]:
+    if annotation is None:
+        raise ConfigError(f"functions.{full_name}: parameter {arg} needs a type hint")
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):  # X | None
+        side = annotation.right if _is_none(annotation.left) else annotation.left
+        return _json_type(side, full_name, arg)
+    if isinstance(annotation, ast.Subscript) and isinstance(annotation.value, ast.Name):
+        outer = annotation.value.id.lower()
+        if outer == "optional":
+            return _json_type(annotation.slice, full_name, arg)
+        if outer == "list":
+            return {"type": "array", "items": _json_type(annotation.slice, full_name, arg)}
+        if outer == "dict":
+            return {"type": "object"}
+    if isinstance(annotation, ast.Name) and annotation.id in JSON_TYPES:
+        return {"type": JSON_TYPES[annotation.id]}
+    raise ConfigError(f"functions.{full_name}: parameter {arg} has an unsupported type {ast.unparse(annotation)} "
+                      "(use str, int, float, bool, list[...] or dict)")
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _docstring(text: str) -> tuple[str | None, dict[str, str]]:
+    """The summary paragraph and the ``Args:`` entries of a Google-style docstring."""
+    summary = text.split("\n\n", 1)[0].strip() or None
+    args: dict[str, str] = {}
+    in_args = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.lower() in ("args:", "arguments:", "parameters:"):
+            in_args = True
+            continue
+        if in_args:
+            match = re.match(r"(\w+)(?:\s*\([^)]*\))?\s*:\s*(.+)", stripped)
+            if match:
+                args[match.group(1)] = match.group(2)
+            elif not stripped or stripped.endswith(":"):  # the section ends
+                in_args = False
+    return summary, args
+
+
+def register(registry: ToolRegistry, workspace: Workspace) -> FunctionCatalog:
+    """Add the ``uc_function`` kind; returns the catalog (the caller closes it)."""
+    catalog = FunctionCatalog(workspace, Sandbox(Limits()))
+    registry.register("uc_function", catalog.factory)
+    return catalog

@@ -1,0 +1,201 @@
+"""``uc_function``: Python functions in sandbox subprocesses and SQL functions with bound parameters."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.tools.uc_functions import FunctionCatalog
+from opensupervisor.workspace import Workspace, load_workspace
+from tests.conftest import Server, ThreadServer
+
+FUNCTIONS = '''
+import os
+
+
+def flag_urgent(review_id: int, reason: str = "customer at risk") -> str:
+    """Flags a review as requiring urgent attention.
+
+    Args:
+        review_id: The review to flag.
+        reason: Why it is urgent.
+    """
+    return f"review {review_id} flagged: {reason}"
+
+
+def loop_forever() -> str:
+    while True:
+        pass
+
+
+def hog() -> str:
+    chunks = []
+    while True:
+        chunks.append(bytearray(50 * 1024 * 1024))
+
+
+def bail() -> str:
+    os._exit(3)
+
+
+def refuse(review_id: int) -> str:
+    raise ValueError(f"review {review_id} is locked")
+
+
+def scores(values: list[float], weights: dict | None = None) -> dict:
+    return {"total": sum(values), "n": len(values)}
+'''
+
+
+def workspace_text() -> str:
+    entries = []
+    for name in ("flag_urgent", "loop_forever", "hog", "bail", "refuse", "scores"):
+        entries.append(f'[functions."main.support.{name}"]\nlanguage = "python"\nsource = "functions.py"\n'
+                       'timeout_s = 2\n')
+    return "\n".join(entries) + '''
+[functions."main.support.count_reviews"]
+language = "sql"
+database_url = "sqlite:///reviews.db"
+description = "Counts reviews with a given body"
+sql = "SELECT count(*) AS n FROM reviews WHERE body = :body"
+parameters = [{ name = "body", type = "string", description = "Exact review text" }]
+
+[functions."main.support.mark"]
+language = "sql"
+database_url = "sqlite:///reviews.db"
+sql = "UPDATE reviews SET urgent = 1 WHERE id = :review_id"
+parameters = [{ name = "review_id", type = "integer" }]
+
+[models.fn]
+provider = "scripted"
+
+[[models.fn.script]]
+when = "flag review 7"
+turns = [
+  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 7 } }] },
+  { text = "Flagged." },
+]
+
+[[models.fn.script]]
+when = "misbehave"
+turns = [
+  { tool_calls = [{ name = "main__support__loop_forever" }, { name = "main__support__bail" },
+                  { name = "main__support__refuse", arguments = { review_id = 3 } },
+                  { name = "main__support__flag_urgent", arguments = { review_id = "seven" } }] },
+  { text = "Some tools failed." },
+]
+'''
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("functions")
+    (path / "functions.py").write_text(FUNCTIONS)
+    with sqlite3.connect(path / "reviews.db") as conn:
+        conn.execute("CREATE TABLE reviews (id INTEGER PRIMARY KEY, body TEXT, urgent INTEGER)")
+        conn.executemany("INSERT INTO reviews VALUES (?, ?, ?)", [(1, "Fine", 0), (2, "Broken", 0)])
+    (path / "workspace.toml").write_text(workspace_text())
+    return path
+
+
+@pytest.fixture(scope="module")
+def fn_server(folder: Path) -> Iterator[Server]:
+    with ThreadServer(f"sqlite:///{folder}/state.db", folder / "workspace.toml") as server:
+        yield server
+
+
+def uc(name: str) -> Any:
+    return {"type": "uc_function", "uc_function": {"name": name, "description": "A governed function"}}
+
+
+def test_the_tool_schema_is_read_from_the_source(folder: Path) -> None:
+    ws: Workspace = load_workspace(folder / "workspace.toml")
+    catalog = FunctionCatalog(ws, Sandbox(Limits()))
+    tool = catalog.functions["main.support.flag_urgent"].tool
+    assert tool.name == "main__support__flag_urgent"
+    assert tool.description == "Flags a review as requiring urgent attention."
+    assert tool.parameters == {
+        "type": "object", "additionalProperties": False, "required": ["review_id"],
+        "properties": {"review_id": {"type": "integer", "description": "The review to flag."},
+                       "reason": {"type": "string", "description": "Why it is urgent.", "default": "customer at risk"}}}
+    scores = catalog.functions["main.support.scores"].tool.parameters
+    assert scores["properties"] == {"values": {"type": "array", "items": {"type": "number"}},
+                                    "weights": {"type": "object", "default": None}}
+    assert catalog.functions["main.support.count_reviews"].tool.parameters["required"] == ["body"]
+    assert ModelCatalog(ws).get("fn").name == "fn"
+
+
+def test_a_python_function_runs_in_the_sandbox(fn_server: Server) -> None:
+    response = fn_server.client().responses.create(model="fn", input="flag review 7",
+                                                   tools=[uc("main.support.flag_urgent")])
+    call, output, answer = response.output
+    assert (call.type, call.name, call.status) == ("function_call", "main__support__flag_urgent", "completed")
+    assert output.output == "review 7 flagged: customer at risk"
+    assert answer.type == "message" and response.output_text == "Flagged."
+
+
+def test_misbehaving_functions_never_stop_the_run(fn_server: Server) -> None:
+    tools = [uc(f"main.support.{n}") for n in ("loop_forever", "bail", "refuse", "flag_urgent")]
+    started = time.monotonic()
+    response = fn_server.client().responses.create(model="fn", input="misbehave", tools=tools)
+    assert time.monotonic() - started < 15
+    outputs = [i.output for i in response.output if i.type == "function_call_output"]
+    assert outputs[0] == "Error: the function did not finish within 2 seconds"
+    assert outputs[1] == "Error: the function's process stopped (it exited, crashed or ran out of memory)"
+    assert outputs[2].startswith("Error: the function failed: ValueError: review 3 is locked (line ")
+    assert outputs[3].startswith("Error: invalid arguments for 'main__support__flag_urgent' at review_id:")
+    assert response.status == "completed" and response.output_text == "Some tools failed."
+
+
+@pytest.mark.anyio
+async def test_memory_is_limited_and_the_sandbox_recovers(folder: Path) -> None:
+    sandbox = Sandbox(Limits(timeout_s=20, memory_mb=256))
+    try:
+        with pytest.raises(Exception) as info:
+            await sandbox.call(folder / "functions.py", "hog", {})
+        assert "MemoryError" in str(info.value) or "stopped" in str(info.value)
+        assert await sandbox.call(folder / "functions.py", "flag_urgent", {"review_id": 1}) == \
+            "review 1 flagged: customer at risk"
+        assert await sandbox.call(folder / "functions.py", "scores", {"values": [1, 2.5]}) == \
+            '{"total": 3.5, "n": 2}'
+    finally:
+        await sandbox.aclose()
+
+
+@pytest.mark.anyio
+async def test_sql_functions_bind_their_parameters(folder: Path) -> None:
+    ws = load_workspace(folder / "workspace.toml")
+    catalog = FunctionCatalog(ws, Sandbox(Limits()))
+    ctx: Any = None
+    try:
+        count = catalog.factory(_spec("main.support.count_reviews"), ws)
+        assert await count.call_tool(ctx, "main__support__count_reviews", {"body": "Broken"}) == \
+            '{"columns":["n"],"rows":[[1]]}'
+        injected = await count.call_tool(ctx, "main__support__count_reviews", {"body": "x' OR '1'='1"})
+        assert injected == '{"columns":["n"],"rows":[[0]]}'
+        mark = catalog.factory(_spec("main.support.mark"), ws)
+        assert await mark.call_tool(ctx, "main__support__mark", {"review_id": 2}) == '{"rows_affected":1}'
+    finally:
+        await catalog.aclose()
+    with sqlite3.connect(folder / "reviews.db") as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone() == (2,)
+
+
+def test_an_unknown_function_is_a_400_naming_it(fn_server: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        fn_server.client().responses.create(model="fn", input="hi", tools=[uc("main.support.nope")])
+    assert info.value.body["param"] == "tools[0].uc_function.name"
+
+
+def _spec(name: str) -> Any:
+    from opensupervisor.wire.request import ToolSpec
+
+    return ToolSpec(index=0, type="uc_function", config={"name": name}, raw={})
