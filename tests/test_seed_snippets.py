@@ -4,11 +4,13 @@ the embedded local model) with only two variables set. The model's prose is not 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Server
+import opensupervisor
+from tests.conftest import ProcessServer, Server
 
 SNIPPETS = Path(__file__).parent / "snippets"
 
@@ -40,3 +42,35 @@ def test_background_snippet_polls_to_the_answer(process_server: Server) -> None:
     assert response_id.startswith("resp_")
     assert status in {"queued", "in_progress"}
     assert len("".join(answer).strip()) > 20
+
+
+def test_step2_snippet_with_the_demo_data_tools(tmp_path: Path) -> None:
+    """Step 2 with the two data tools of the demo workspace (its reviews space and flag_urgent), the
+    model scripted so that the calls are known."""
+    demo = Path(opensupervisor.__file__).parent / "demo"
+    for name in ("reviews.db", "support.py"):
+        shutil.copy(demo / name, tmp_path / name)
+    tools = (demo / "workspace.toml").read_text().split("# The seed's Step 2 tools")[1]
+    (tmp_path / "workspace.toml").write_text('''
+[models."databricks-claude-sonnet-4-5"]
+provider = "scripted"
+
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "flag any urgent issues"
+turns = [
+  { tool_calls = [{ name = "genie_reviews", arguments = { question = "Which reviews are urgent?" } }] },
+  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
+  { text = "Three reviews are urgent; review 8 is flagged." },
+]
+#''' + tools)
+    with ProcessServer(tmp_path, config=tmp_path / "workspace.toml") as server:
+        out = run_snippet("step2_data.py", server).splitlines()
+    done = [line for line in out if line.startswith("ResponseOutputItemDoneEvent(")]
+    assert len(done) == 5
+    assert "name='genie_reviews'" in done[0] and "status='completed'" in done[0]
+    assert "type='function_call_output'" in done[1] and "Blade came loose" in done[1]
+    assert "SQL: SELECT id, customer, product, body FROM reviews WHERE urgent = 1" in done[1]
+    assert "name='main__support__flag_urgent'" in done[2]
+    assert "Review 8 is flagged as urgent (billing)" in done[3]
+    assert "Three reviews are urgent" in done[4]
+    assert out[-1].startswith("ResponseCompletedEvent(")

@@ -95,8 +95,10 @@ DEMO_WORKSPACE = "demo/workspace.toml"
 def load_workspace(path: str | Path | None) -> Workspace:
     """Load a workspace file, or the demo workspace shipped in the package when ``path`` is empty."""
     if not path:
-        text = resources.files("opensupervisor").joinpath(DEMO_WORKSPACE).read_text(encoding="utf-8")
-        return parse_workspace(text, source="demo workspace", base_dir=Path.cwd())
+        demo = resources.files("opensupervisor").joinpath(DEMO_WORKSPACE)
+        # Its database and functions ship beside it, in the installed package.
+        return parse_workspace(demo.read_text(encoding="utf-8"), source="demo workspace",
+                               base_dir=Path(str(demo)).parent)
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
