@@ -64,6 +64,10 @@ class ModelCatalog:
                            code="model_not_found")
         return model
 
+    def names(self) -> list[str]:
+        """The catalog's model names, in the workspace file's order."""
+        return list(self._models)
+
     async def aclose(self) -> None:
         for model in self._plain.values():
             await model.aclose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -104,6 +105,27 @@ class GenieSpaces:
                 raise ToolError(f"the space's database is not usable: {exc}") from exc
         return self._schemas[space_id]
 
+    async def ask(self, space_id: str, question: str, run_model: str | None,
+                  earlier: list[tuple[str, str]] | None = None) -> Answer:
+        """Answer a question with one checked, read-only query. ``earlier``: the conversation's
+        previous (question, SQL) pairs, for follow-ups. Raises ``ToolError`` when no SQL works."""
+        space = self.spaces[space_id]
+        db = self.database(space_id)
+        earlier = earlier or []
+        example = _matching_example(space, question) if not earlier else None
+        if example is not None:
+            sql = check_query(example.sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows)
+            return Answer(example.sql, f"Trusted example query for: {example.question}",
+                          await db.query(sql, space.max_rows))
+        name = space.model or run_model or next(iter(self.catalog.names()), None)
+        if name is None:
+            raise ToolError("no model is configured to write SQL for this space")
+        items: list[dict[str, Any]] = []
+        for previous, previous_sql in earlier:
+            items += [_message("user", previous), _message("assistant", sql_reply(previous_sql, ""))]
+        items.append(_message("user", question))
+        return await _text_to_sql(self.catalog.get(name), space, items, await self.schema(space_id), db)
+
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         space_id = spec.config.get("id")
         if not isinstance(space_id, str) or not space_id:
@@ -133,38 +155,44 @@ class SpaceTools(Toolset):
                         QUESTION_SCHEMA)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        question = str(arguments["question"]).strip()
-        db = self.spaces.database(self.space_id)
-        example = _matching_example(self.space, question)
-        if example is not None:
-            sql = check_query(example.sql, dialect=db.dialect, tables=set(self.space.tables),
-                              max_rows=self.space.max_rows)
-            rows = await db.query(sql, self.space.max_rows)
-            return _answer(example.sql, f"Trusted example query for: {example.question}", rows, self.space)
-        model = self.spaces.catalog.get(self.space.model or ctx.request.body.model)
-        return await self._text_to_sql(model, question, await self.spaces.schema(self.space_id), db)
+        answer = await self.spaces.ask(self.space_id, str(arguments["question"]).strip(), ctx.request.body.model)
+        return answer.text(self.space)
 
-    async def _text_to_sql(self, model: Model, question: str, schema: dict[str, list[Column]],
-                           db: ReadOnlyDatabase) -> str:
-        items: list[dict[str, Any]] = [_message("user", question)]
-        problem = ""
-        for _ in range(self.space.max_attempts):
-            try:
-                reply = await model.request(ModelRequest(instructions=_prompt(self.space, schema, db.dialect),
-                                                         items=items, text_format=SQL_FORMAT, max_output_tokens=512))
-            except ModelError as exc:
-                raise ToolError(f"the model could not write SQL: {exc.message}") from exc
-            sql, description = _parse_reply(reply.text)
-            try:
-                checked = check_query(sql, dialect=db.dialect, tables=set(self.space.tables),
-                                      max_rows=self.space.max_rows)
-                return _answer(sql, description, await db.query(checked, self.space.max_rows), self.space)
-            except ToolError as exc:
-                problem = str(exc)
-                # The feedback comes from the server, not the user: the question stays the last user turn.
-                items += [_message("assistant", reply.text),
-                          _message("developer", f"That SQL cannot be used: {problem}. Write a corrected query.")]
-        raise ToolError(f"no usable SQL after {self.space.max_attempts} attempts; last problem: {problem}")
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    sql: str
+    description: str
+    rows: Rows
+
+    def text(self, space: GenieSpace) -> str:
+        """The tool output: the SQL, its description, a markdown table and the row count."""
+        return _answer(self.sql, self.description, self.rows, space)
+
+
+async def _text_to_sql(model: Model, space: GenieSpace, items: list[dict[str, Any]],
+                       schema: dict[str, list[Column]], db: ReadOnlyDatabase) -> Answer:
+    problem = ""
+    for _ in range(space.max_attempts):
+        try:
+            reply = await model.request(ModelRequest(instructions=_prompt(space, schema, db.dialect),
+                                                     items=items, text_format=SQL_FORMAT, max_output_tokens=512))
+        except ModelError as exc:
+            raise ToolError(f"the model could not write SQL: {exc.message}") from exc
+        sql, description = _parse_reply(reply.text)
+        try:
+            checked = check_query(sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows)
+            return Answer(sql, description, await db.query(checked, space.max_rows))
+        except ToolError as exc:
+            problem = str(exc)
+            # The feedback comes from the server, not the user: the question stays the last user turn.
+            items = [*items, _message("assistant", reply.text),
+                     _message("developer", f"That SQL cannot be used: {problem}. Write a corrected query.")]
+    raise ToolError(f"no usable SQL after {space.max_attempts} attempts; last problem: {problem}")
+
+
+def sql_reply(sql: str, description: str) -> str:
+    return orjson.dumps({"sql": sql, "description": description}).decode()
 
 
 def _message(role: str, text: str) -> dict[str, Any]:
