@@ -275,3 +275,37 @@ turns = [{{ text = {orjson.dumps(sql_reply(pg_sql)).decode()} }}]
         pg = client.responses.create(model="sql", input="count in postgres", tools=[genie("pg")])
         assert outputs(pg)[0].startswith(f"SQL: {pg_sql}") and "|        2 |" in outputs(pg)[0]
         assert pg.output_text == "Two."
+
+
+def test_the_genie_conversation_api_works_with_databricks_sdk(sqlite_space: tuple[Server, Path]) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.errors import NotFound
+    from databricks.sdk.service.dashboards import MessageStatus
+
+    server, db = sqlite_space
+    w = WorkspaceClient(host=server.url, token=server.token)
+    assert w.genie.get_space("reviews").description == "Customer reviews"
+    first = w.genie.start_conversation_and_wait("reviews", "How many urgent reviews are there?")
+    assert first.status == MessageStatus.COMPLETED and first.content == "How many urgent reviews are there?"
+    [query] = [a for a in first.attachments or [] if a.query]
+    assert query.query is not None and query.query.query == COUNT_SQL
+    assert query.query.description == "Counts urgent reviews"
+    result = w.genie.get_message_attachment_query_result("reviews", first.conversation_id, first.message_id,
+                                                          str(query.attachment_id)).statement_response
+    assert result is not None and result.result is not None and result.manifest is not None
+    assert result.result.data_array == [["2"]]
+    assert [(c.name, c.type_name.value if c.type_name else None)
+            for c in (result.manifest.schema.columns or [])] == [("urgent", "LONG")]
+
+    follow = w.genie.create_message_and_wait("reviews", first.conversation_id, "first try badly, then count")
+    assert follow.status == MessageStatus.COMPLETED and follow.conversation_id == first.conversation_id
+    # A destructive question fails its message (at once: no need to wait) and writes nothing.
+    failed: Any = w.genie.create_message("reviews", first.conversation_id, "wipe the reviews table").response
+    assert failed.status == MessageStatus.FAILED and failed.error is not None
+    assert "only SELECT queries are allowed" in str(failed.error.error)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM reviews").fetchone() == (4,)
+    again = w.genie.get_message("reviews", first.conversation_id, first.message_id)
+    assert again.status == MessageStatus.COMPLETED
+    with pytest.raises(NotFound):
+        w.genie.start_conversation_and_wait("nope", "hello")

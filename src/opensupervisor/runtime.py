@@ -27,6 +27,7 @@ class Runtime:
     store: Store
     catalog: ModelCatalog
     service: ResponseService
+    spaces: genie.GenieSpaces
 
 
 @contextlib.asynccontextmanager
@@ -50,7 +51,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         try:
             await maintenance.start()
             try:
-                yield Runtime(settings, ws, store, catalog, service)
+                yield Runtime(settings, ws, store, catalog, service, spaces)
             finally:
                 await maintenance.stop()
                 await service.aclose()

@@ -16,6 +16,7 @@ from opensupervisor.errors import InvalidRequest, NotFound, PayloadTooLarge
 from opensupervisor.identity import Principal
 from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.server.auth import authenticate
+from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
@@ -157,6 +158,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/ai-gateway/v2/endpoints", ai_gateway_endpoints, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
+        *genie_routes(),
     ]
     for prefix in PREFIXES:
         out += [

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
+from opensupervisor.tools.genie import GenieSpaces
 from opensupervisor.workspace import Workspace
 
 
@@ -27,4 +28,5 @@ class AppState:
     admin_token: str
     service: ResponseService
     catalog: ModelCatalog
+    spaces: GenieSpaces
     started_at: int

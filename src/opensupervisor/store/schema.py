@@ -60,3 +60,17 @@ executors = Table(
     Column("started_at", BigInteger, nullable=False),
     Column("heartbeat_at", BigInteger, nullable=False),
 )
+
+# Genie conversations: each message as the Genie REST API shows it, and its query result.
+genie_messages = Table(
+    "os_genie_messages",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("conversation_id", String(64), nullable=False),
+    Column("space_id", String(255), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("result", Text, nullable=True),
+    Index("ix_os_genie_messages_conversation", "conversation_id", "created_at"),
+)
