@@ -48,6 +48,7 @@ bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/background.py
+	$(BIN)/python bench/tools.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor

@@ -206,10 +206,14 @@ def _normalize(text: str) -> str:
 
 def _matching_example(space: GenieSpace, question: str) -> ExampleQuery | None:
     wanted = _normalize(question)
-    best = max(space.example_queries, default=None,
-               key=lambda e: difflib.SequenceMatcher(None, wanted, _normalize(e.question)).ratio())
-    if best is None or difflib.SequenceMatcher(None, wanted, _normalize(best.question)).ratio() < EXAMPLE_MATCH:
-        return None
+    best, best_ratio = None, EXAMPLE_MATCH
+    for example in space.example_queries:
+        matcher = difflib.SequenceMatcher(None, wanted, _normalize(example.question))
+        # The quick upper bounds skip most examples without the full comparison.
+        if matcher.real_quick_ratio() >= best_ratio and matcher.quick_ratio() >= best_ratio:
+            ratio = matcher.ratio()
+            if ratio >= best_ratio:
+                best, best_ratio = example, ratio
     return best
 
 

@@ -60,7 +60,9 @@ class ReadOnlyDatabase:
                 raise ConfigError("a space's SQLite or DuckDB database must be a file")
             path = path if path.is_absolute() else base_dir / path
         if self.backend == "sqlite":
-            engine = sa.create_engine(f"sqlite+pysqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.NullPool)
+            # Pooled: an idle SQLite reader blocks no writer. (DuckDB's is not pooled: it would.)
+            engine = sa.create_engine(f"sqlite+pysqlite:///file:{path}?mode=ro&uri=true", pool_size=4,
+                                      connect_args={"check_same_thread": False})
 
             @sa.event.listens_for(engine, "connect")
             def _read_only(dbapi_conn: Any, _record: Any) -> None:

@@ -7,6 +7,8 @@ no statement or function that writes, reads files or reaches outside, and only a
 
 from __future__ import annotations
 
+import functools
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
@@ -37,6 +39,12 @@ class UnsafeSQL(ToolError):
 
 def check_query(sql: str, *, dialect: str, tables: set[str], max_rows: int) -> str:
     """The query, checked and with a row limit (``max_rows + 1``, to tell a truncated result)."""
+    return _checked(sql, dialect, frozenset(tables), max_rows)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked(sql: str, dialect: str, tables: frozenset[str], max_rows: int) -> str:
+    """Cached: a space's example queries are checked once, not at every call."""
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as exc:
@@ -51,7 +59,7 @@ def check_query(sql: str, *, dialect: str, tables: set[str], max_rows: int) -> s
             raise UnsafeSQL(f"{node.key.upper()} is not allowed: the space is read-only")
         if isinstance(node, exp.Func) and _function_name(node) in _FORBIDDEN_FUNCTIONS:
             raise UnsafeSQL(f"the function {_function_name(node)}() is not allowed")
-    _check_tables(tree, {t.lower() for t in tables})
+    _check_tables(tree, {t.lower() for t in tables})  # (an UnsafeSQL raised here is not cached)
     return _limited(tree, max_rows + 1).sql(dialect=dialect)
 
 
