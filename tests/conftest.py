@@ -32,7 +32,8 @@ PG_URL = os.environ.get("OPENSUPERVISOR_TEST_PG_URL", "postgresql://postgres@127
 MODEL = "test-model"
 # DBOS keeps one instance per process: the in-thread servers of a test process share this private
 # system database, whichever of them starts first (never PostgreSQL's, which other processes share).
-SYSTEM_DB = f"sqlite:///{tempfile.mkdtemp(prefix='opensupervisor-dbos-')}/dbos.db"
+SCRATCH = Path(tempfile.mkdtemp(prefix="opensupervisor-tests-"))
+SYSTEM_DB = f"sqlite:///{SCRATCH}/dbos.db"
 
 
 def free_port() -> int:
@@ -95,7 +96,7 @@ class ThreadServer:
 
     def __init__(self, database_url: str, workspace: Path = WORKSPACE) -> None:
         settings = Settings(database_url=database_url, config=str(workspace), admin_token=TOKEN,
-                            system_database_url=SYSTEM_DB)
+                            system_database_url=SYSTEM_DB, data_dir=SCRATCH)
         app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
         self.loopback = ASGIThread(app)
 

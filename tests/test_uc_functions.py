@@ -15,7 +15,7 @@ from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.sandbox import Limits, Sandbox
 from opensupervisor.tools.uc_functions import FunctionCatalog
 from opensupervisor.workspace import Workspace, load_workspace
-from tests.conftest import Server, ThreadServer
+from tests.conftest import Server, ThreadServer, wait_until
 
 FUNCTIONS = '''
 import os
@@ -82,6 +82,20 @@ when = "flag review 7"
 turns = [
   { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 7 } }] },
   { text = "Flagged." },
+]
+
+[[models.fn.script]]
+when = "double 21"
+turns = [
+  { tool_calls = [{ name = "main__math__double", arguments = { x = 21 } }] },
+  { text = "Done." },
+]
+
+[[models.fn.script]]
+when = "triple 5"
+turns = [
+  { tool_calls = [{ name = "main__math__triple", arguments = { x = 5 } }] },
+  { text = "Done." },
 ]
 
 [[models.fn.script]]
@@ -199,3 +213,71 @@ def _spec(name: str) -> Any:
     from opensupervisor.wire.request import ToolSpec
 
     return ToolSpec(index=0, type="uc_function", config={"name": name}, raw={})
+
+
+DOUBLE = '''
+def double(x: int) -> int:
+    """Doubles a number.
+
+    Args:
+        x: The number.
+    """
+    return x * 2
+'''
+
+
+def test_functions_registered_through_the_admin_api(fn_server: Server) -> None:
+    client = fn_server.client()
+    with fn_server.http() as http:
+        put = http.put("/admin/v1/functions/main.math.double", json={"language": "python", "source_code": DOUBLE})
+        assert put.status_code == 200, put.text
+        assert put.json() == {"name": "main.math.double", "tool_name": "main__math__double", "language": "python",
+                              "description": "Doubles a number.", "origin": "registered", "parameters": {
+                                  "type": "object", "additionalProperties": False, "required": ["x"],
+                                  "properties": {"x": {"type": "integer", "description": "The number."}}}}
+        listed = {f["name"]: f["origin"] for f in http.get("/admin/v1/functions").json()["data"]}
+        assert listed["main.math.double"] == "registered" and listed["main.support.flag_urgent"] == "workspace"
+        response = client.responses.create(model="fn", input="double 21", tools=[uc("main.math.double")])
+        assert [i.output for i in response.output if i.type == "function_call_output"] == ["42"]
+
+        for name, body, param in [
+            ("main.math.bad", {"language": "python", "source_code": "def bad(x):\n    return x\n"}, "source_code"),
+            ("double", {"language": "python", "source_code": DOUBLE}, "name"),
+            ("main.support.flag_urgent", {"language": "python", "source_code": DOUBLE}, "name"),
+            ("main.math.file", {"language": "python", "source": "/etc/passwd"}, "source"),
+            ("main.math.nolang", {"source_code": DOUBLE}, "language"),
+        ]:
+            refused = http.put(f"/admin/v1/functions/{name}", json=body)
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+
+        assert http.delete("/admin/v1/functions/main.math.double").json() == {"name": "main.math.double",
+                                                                             "deleted": True}
+        assert http.delete("/admin/v1/functions/main.math.double").status_code == 404
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="fn", input="double 21", tools=[uc("main.math.double")])
+
+
+def test_functions_registered_with_the_cli_reach_a_running_server(fn_server: Server, folder: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (folder / "triple.py").write_text("def triple(x: int) -> int:\n    \"\"\"Triples.\"\"\"\n    return x * 3\n")
+    env = {**os.environ, "OPENSUPERVISOR_DATABASE_URL": f"sqlite:///{folder}/state.db",
+           "OPENSUPERVISOR_CONFIG": str(folder / "workspace.toml"), "OPENSUPERVISOR_DATA_DIR": str(folder / "data")}
+    added = subprocess.run([sys.executable, "-m", "opensupervisor", "functions", "add", "main.math.triple",
+                            "--python", str(folder / "triple.py")], env=env, capture_output=True, text=True,
+                           check=False)
+    assert added.returncode == 0, added.stderr
+    assert "main__math__triple" in added.stderr
+    listed = subprocess.run([sys.executable, "-m", "opensupervisor", "functions", "list"], env=env,
+                            capture_output=True, text=True, check=True)
+    assert listed.stdout.startswith("main.math.triple\tpython")
+    with fn_server.http() as http:
+        wait_until(lambda: http.get("/admin/v1/functions/main.math.triple").status_code == 200, timeout=15,
+                   what="the server to load the registered function")
+    response = fn_server.client().responses.create(model="fn", input="triple 5", tools=[uc("main.math.triple")])
+    assert [i.output for i in response.output if i.type == "function_call_output"] == ["15"]
+    removed = subprocess.run([sys.executable, "-m", "opensupervisor", "functions", "remove", "main.math.triple"],
+                             env=env, capture_output=True, text=True, check=False)
+    assert removed.returncode == 0, removed.stderr

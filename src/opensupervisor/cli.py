@@ -8,11 +8,12 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -20,10 +21,14 @@ from sqlalchemy.exc import ArgumentError
 from opensupervisor.errors import ConfigError
 from opensupervisor.runtime import running
 from opensupervisor.settings import Settings, ensure_admin_token
-from opensupervisor.store import engine_url
+from opensupervisor.store import Store, engine_url
+from opensupervisor.store.functions import RegisteredFunctions
+from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.tools.uc_functions import FunctionCatalog, FunctionEntry
 from opensupervisor.workspace import load_workspace
 
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,6 +113,95 @@ def worker(config: str | None, concurrency: int | None, log_level: str) -> None:
             _run(work())
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def functions() -> None:
+    """Register catalog functions at run time (they join the workspace file's; servers pick them up)."""
+
+
+@functions.command("add")
+@click.argument("name")
+@click.option("--python", "python_file", type=click.Path(exists=True, dir_okay=False),
+              help="A Python source file defining the function (its last name part).")
+@click.option("--sql", default=None, help="A SQL body with :named parameters.")
+@click.option("--database-url", default=None, help="Where the SQL runs (sqlite:/// or postgresql://).")
+@click.option("--param", "params", multiple=True, metavar="NAME:TYPE[:DESCRIPTION]",
+              help="A SQL parameter (type: string, integer, number, boolean). Repeat for each.")
+@click.option("--description", default=None)
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True)
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def functions_add(name: str, python_file: str | None, sql: str | None, database_url: str | None,
+                  params: tuple[str, ...], description: str | None, timeout_s: float, config: str | None) -> None:
+    """Register (or replace) function NAME, e.g. main.support.flag_urgent."""
+    if (python_file is None) == (sql is None):
+        raise click.UsageError("give either --python FILE or --sql BODY")
+    entry: dict[str, Any] = {"language": "python" if python_file else "sql", "timeout_s": timeout_s}
+    if description:
+        entry["description"] = description
+    source_code = None
+    if python_file:
+        with open(python_file, encoding="utf-8") as f:
+            source_code = f.read()
+    else:
+        entry.update(sql=sql, database_url=database_url, parameters=[_param(p) for p in params])
+    registered = _catalog_call(config, lambda catalog, table: _add(catalog, table, name, entry, source_code))
+    console.print(f"Registered [bold]{name}[/bold] as tool {registered}")
+
+
+@functions.command("list")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def functions_list(config: str | None) -> None:
+    """The registered functions (the workspace file's are in the file)."""
+    for name, entry, _, _ in _catalog_call(config, lambda catalog, table: table.all()):
+        click.echo(f"{name}\t{entry['language']}\t{entry.get('description', '')}")
+
+
+@functions.command("remove")
+@click.argument("name")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def functions_remove(name: str, config: str | None) -> None:
+    """Remove registered function NAME."""
+    if not _catalog_call(config, lambda catalog, table: table.remove(name)):
+        raise click.ClickException(f"no registered function {name}")
+    console.print(f"Removed {name}")
+
+
+def _param(text: str) -> dict[str, Any]:
+    name, _, rest = text.partition(":")
+    kind, _, description = rest.partition(":")
+    return {"name": name, "type": kind or "string", **({"description": description} if description else {})}
+
+
+async def _add(catalog: FunctionCatalog, table: RegisteredFunctions, name: str, entry: dict[str, Any],
+               source_code: str | None) -> str:
+    try:
+        function = catalog.build(name, FunctionEntry.model_validate(entry), source_code)
+    except ValidationError as exc:
+        raise ConfigError(str(exc.errors(include_url=False)[0]["msg"])) from exc
+    await table.put(name, entry, source_code)
+    return function.tool.name
+
+
+def _catalog_call(config: str | None, action: Callable[[FunctionCatalog, RegisteredFunctions], Awaitable[T]]) -> T:
+    """Run ``action`` with the workspace's function catalog and the store's registered functions."""
+    settings = Settings.from_env()
+
+    async def run() -> T:
+        store = Store(settings.database_url)
+        await store.migrate()
+        catalog = FunctionCatalog(load_workspace(config or settings.config), Sandbox(Limits()),
+                                  settings.data_dir / "functions")
+        try:
+            return await action(catalog, RegisteredFunctions(store))
+        finally:
+            await catalog.aclose()
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

@@ -64,6 +64,13 @@ class Unauthorized(APIError):
         super().__init__(message, param=param, code=code)
 
 
+class Forbidden(APIError):
+    status_code = 403
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "permission_denied") -> None:
+        super().__init__(message, param=param, code=code)
+
+
 class NotFound(APIError):
     status_code = 404
 

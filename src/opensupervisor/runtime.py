@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -13,11 +15,14 @@ from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
+from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.tools import genie, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.workspace import Workspace
 
+log = logging.getLogger(__name__)
 ToolSetup = Callable[[ToolRegistry], None]
+FUNCTIONS_REFRESH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,8 @@ class Runtime:
     catalog: ModelCatalog
     service: ResponseService
     spaces: genie.GenieSpaces
+    functions: uc_functions.FunctionCatalog
+    registered: RegisteredFunctions
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +45,9 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     catalog = ModelCatalog(ws)
     registry = ToolRegistry(ws)
     spaces = genie.register(registry, ws, catalog)
-    functions = uc_functions.register(registry, ws)
+    functions = uc_functions.register(registry, ws, settings.data_dir / "functions")
+    registered = RegisteredFunctions(store)
+    functions.load(await registered.all())
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)
@@ -51,7 +60,11 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         try:
             await maintenance.start()
             try:
-                yield Runtime(settings, ws, store, catalog, service, spaces)
+                watcher = asyncio.create_task(_watch_functions(functions, registered))
+                try:
+                    yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered)
+                finally:
+                    watcher.cancel()
             finally:
                 await maintenance.stop()
                 await service.aclose()
@@ -62,6 +75,16 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         await functions.aclose()
         await catalog.aclose()
         await store.close()
+
+
+async def _watch_functions(catalog: uc_functions.FunctionCatalog, registered: RegisteredFunctions) -> None:
+    """Functions registered through another process show up here within a few seconds."""
+    while True:
+        await asyncio.sleep(FUNCTIONS_REFRESH_S)
+        try:
+            catalog.load(await registered.all())
+        except Exception:  # a database hiccup: the next round retries
+            log.exception("reloading the registered functions failed")
 
 
 def _loop_limits(ws: Workspace) -> LoopLimits:

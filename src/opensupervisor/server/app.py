@@ -59,7 +59,8 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
         ws = workspace or load_workspace(settings.config)
         token, _ = ensure_admin_token(settings)
         async with running(settings, ws, tool_setup) as rt:
-            app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, int(time.time()))
+            app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
+                                    rt.registered, int(time.time()))
             yield
 
     return Starlette(

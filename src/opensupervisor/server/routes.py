@@ -15,6 +15,7 @@ from opensupervisor.core.events import Event
 from opensupervisor.errors import InvalidRequest, NotFound, PayloadTooLarge
 from opensupervisor.identity import Principal
 from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.sse import sse_stream
@@ -159,6 +160,7 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         *genie_routes(),
+        *admin_routes(),
     ]
     for prefix in PREFIXES:
         out += [

@@ -10,7 +10,9 @@ from starlette.responses import Response
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
+from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.tools.genie import GenieSpaces
+from opensupervisor.tools.uc_functions import FunctionCatalog
 from opensupervisor.workspace import Workspace
 
 
@@ -29,4 +31,6 @@ class AppState:
     service: ResponseService
     catalog: ModelCatalog
     spaces: GenieSpaces
+    functions: FunctionCatalog
+    registered: RegisteredFunctions
     started_at: int

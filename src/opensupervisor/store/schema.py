@@ -74,3 +74,14 @@ genie_messages = Table(
     Column("result", Text, nullable=True),
     Index("ix_os_genie_messages_conversation", "conversation_id", "created_at"),
 )
+
+# Catalog functions registered at run time: the entry as in the workspace file, and a Python
+# function's source. ``updated_at`` (epoch ms) tells processes which ones changed.
+functions = Table(
+    "os_functions",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("entry", Text, nullable=False),
+    Column("source_code", Text, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+)

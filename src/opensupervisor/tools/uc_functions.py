@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import hashlib
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +35,7 @@ from opensupervisor.wire.request import ToolSpec
 from opensupervisor.wire.validation import param_path
 from opensupervisor.workspace import Workspace
 
+log = logging.getLogger(__name__)
 JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
               "dict": "object", "string": "string", "integer": "integer", "number": "number",
               "boolean": "boolean", "array": "array", "object": "object"}
@@ -61,20 +64,32 @@ def tool_name(full_name: str) -> str:
     return full_name.replace(".", "__")[-64:]
 
 
+def check_name(full_name: str) -> None:
+    parts = full_name.split(".")
+    if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise ConfigError(f"functions.{full_name}: the name must be catalog.schema.function")
+
+
 class Function:
     """One catalog function: its tool definition and how to run it."""
 
-    def __init__(self, full_name: str, entry: FunctionEntry, base_dir: Path) -> None:
+    def __init__(self, full_name: str, entry: FunctionEntry, base_dir: Path, source_code: str | None = None) -> None:
+        """``source_code``: a Python function registered at run time, kept as a file under ``base_dir``."""
         self.full_name = full_name
         self.entry = entry
-        parts = full_name.split(".")
-        if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
-            raise ConfigError(f"functions.{full_name}: the name must be catalog.schema.function")
-        self.name = parts[-1]
+        check_name(full_name)
+        self.name = full_name.split(".")[-1]
         if entry.language == "python":
-            if not entry.source:
+            if source_code is not None:
+                digest = hashlib.sha256(source_code.encode()).hexdigest()[:32]
+                self.file = base_dir / f"{digest}.py"
+                if not self.file.exists():
+                    base_dir.mkdir(parents=True, exist_ok=True)
+                    self.file.write_text(source_code, encoding="utf-8")
+            elif entry.source:
+                self.file = (base_dir / entry.source).resolve()
+            else:
                 raise ConfigError(f"functions.{full_name}: a python function needs source")
-            self.file = (base_dir / entry.source).resolve()
             description, parameters = _python_signature(self.file, self.name, full_name)
         else:
             if not entry.sql or not entry.database_url:
@@ -89,8 +104,14 @@ class Function:
 
 
 class FunctionCatalog:
-    def __init__(self, workspace: Workspace, sandbox: Sandbox) -> None:
+    """The workspace file's functions, and those registered at run time (stored, shared by every
+    process, which reloads them every few seconds and at once after its own changes)."""
+
+    def __init__(self, workspace: Workspace, sandbox: Sandbox, registered_dir: Path | None = None) -> None:
         self.sandbox = sandbox
+        self.registered_dir = registered_dir or Path(".opensupervisor") / "functions"
+        self.registered: dict[str, Function] = {}
+        self._versions: dict[str, int] = {}
         self.functions: dict[str, Function] = {}
         for full_name, raw in workspace.functions.items():
             try:
@@ -105,16 +126,42 @@ class FunctionCatalog:
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"Missing required parameter: '{spec.param}.uc_function.name'.",
                                  param=f"{spec.param}.uc_function.name", code="missing_required_parameter")
-        function = self.functions.get(name)
+        function = self.lookup(name)
         if function is None:
             raise InvalidRequest(f"Function '{name}' does not exist in this workspace.",
                                  param=f"{spec.param}.uc_function.name", code="invalid_value")
         description = spec.config.get("description")
         return FunctionTool(self, function, description if isinstance(description, str) else None)
 
+    def lookup(self, name: str) -> Function | None:
+        return self.functions.get(name) or self.registered.get(name)
+
+    def build(self, name: str, entry: FunctionEntry, source_code: str | None) -> Function:
+        """A function to register: checked like the workspace file's (``ConfigError`` says what is wrong)."""
+        if name in self.functions:
+            raise ConfigError(f"functions.{name} is declared in the workspace file; change it there")
+        if entry.language == "python" and source_code is None:
+            raise ConfigError(f"functions.{name}: a python function needs source_code")
+        return Function(name, entry, self.registered_dir, source_code)
+
+    def load(self, rows: list[tuple[str, dict[str, Any], str | None, int]]) -> None:
+        """Replace the registered functions with ``rows`` (name, entry, source code, version)."""
+        current: dict[str, Function] = {}
+        for name, raw, source_code, version in rows:
+            known = self.registered.get(name)
+            if known is not None and self._versions.get(name) == version:
+                current[name] = known
+                continue
+            try:
+                current[name] = self.build(name, FunctionEntry.model_validate(raw), source_code)
+                self._versions[name] = version
+            except (ConfigError, ValidationError) as exc:  # a stored function that no longer loads
+                log.warning("registered function %s is skipped: %s", name, exc)
+        self.registered = current
+
     async def aclose(self) -> None:
         await self.sandbox.aclose()
-        for function in self.functions.values():
+        for function in [*self.functions.values(), *self.registered.values()]:
             if function.entry.language == "sql":
                 function.engine.dispose()
 
@@ -171,8 +218,8 @@ def _python_signature(file: Path, name: str, full_name: str) -> tuple[str | None
     """The description and JSON Schema of ``name`` in ``file``, read from its source."""
     try:
         tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
-    except (OSError, SyntaxError) as exc:
-        raise ConfigError(f"functions.{full_name}: cannot read {file}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ConfigError(f"functions.{full_name}: cannot read {file.name}: {exc}") from exc
     node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
     if node is None:
         raise ConfigError(f"functions.{full_name}: {file} defines no function {name}()")
@@ -235,8 +282,8 @@ def _docstring(text: str) -> tuple[str | None, dict[str, str]]:
     return summary, args
 
 
-def register(registry: ToolRegistry, workspace: Workspace) -> FunctionCatalog:
+def register(registry: ToolRegistry, workspace: Workspace, registered_dir: Path | None = None) -> FunctionCatalog:
     """Add the ``uc_function`` kind; returns the catalog (the caller closes it)."""
-    catalog = FunctionCatalog(workspace, Sandbox(Limits()))
+    catalog = FunctionCatalog(workspace, Sandbox(Limits()), registered_dir)
     registry.register("uc_function", catalog.factory)
     return catalog
