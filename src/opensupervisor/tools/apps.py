@@ -1,0 +1,140 @@
+"""``app``: an application endpoint as a tool. This release supports apps that are agents speaking the
+Responses protocol (sub-agents): the question goes to the app's ``POST {url}/responses`` and the
+app's answer text becomes the tool output. (Apps that are MCP servers need the MCP approval round
+trip of ``uc_connection`` and are refused at start-up for now.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import ToolDef, Toolset
+from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
+from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.wire.request import ToolSpec
+from opensupervisor.wire.validation import param_path
+from opensupervisor.workspace import Workspace
+
+QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
+                   "properties": {"question": {"type": "string", "description": "What to ask the app"}}}
+
+
+class AppEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str  # the Responses base URL, e.g. http://host:port/v1
+    protocol: Literal["responses", "mcp"] = "responses"
+    model: str = "default"  # the `model` the app is sent
+    api_key_env: str | None = None
+    instructions: str | None = None
+    description: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+def tool_name(app: str) -> str:
+    return ("app_" + re.sub(r"[^a-zA-Z0-9_-]", "_", app))[:64]
+
+
+class Apps:
+    def __init__(self, workspace: Workspace) -> None:
+        self.apps: dict[str, AppEntry] = {}
+        self._keys: dict[str, str] = {}
+        for name, raw in workspace.apps.items():
+            try:
+                entry = AppEntry.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ConfigError(f"apps.{name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            if entry.protocol == "mcp":
+                raise ConfigError(f"apps.{name}: apps speaking MCP are not supported yet (use protocol = "
+                                  '"responses" for an agent endpoint)')
+            if entry.api_key_env:
+                key = os.environ.get(entry.api_key_env, "")
+                if not key:
+                    raise ConfigError(f"apps.{name}: environment variable {entry.api_key_env} is not set")
+                self._keys[name] = key
+            self.apps[name] = entry
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use, on the loop that uses it
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        name = spec.config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"Missing required parameter: '{spec.param}.app.name'.",
+                                 param=f"{spec.param}.app.name", code="missing_required_parameter")
+        if name not in self.apps:
+            raise InvalidRequest(f"App '{name}' does not exist in this workspace.", param=f"{spec.param}.app.name",
+                                 code="invalid_value")
+        description = spec.config.get("description")
+        return AppTool(self, name, description if isinstance(description, str) else None)
+
+    async def ask(self, name: str, question: str) -> str:
+        """The app's answer text; a failure of any kind is a ``ToolError`` (never the app's key)."""
+        entry = self.apps[name]
+        body: dict[str, Any] = {"model": entry.model, "input": question, "stream": False}
+        if entry.instructions:
+            body["instructions"] = entry.instructions
+        headers = {"Content-Type": "application/json"}
+        if name in self._keys:
+            headers["Authorization"] = f"Bearer {self._keys[name]}"
+        try:
+            async with asyncio.timeout(entry.timeout_s), self.session().post(
+                    f"{entry.url.rstrip('/')}/responses", data=orjson.dumps(body), headers=headers) as resp:
+                raw = await resp.read()
+        except TimeoutError as exc:
+            raise ToolError(f"the app '{name}' did not answer within {entry.timeout_s:g} seconds") from exc
+        except aiohttp.ClientError as exc:
+            raise ToolError(f"the app '{name}' is unreachable ({type(exc).__name__})") from exc
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ToolError(f"the app '{name}' answered HTTP {resp.status} with a body that is not JSON") from exc
+        if resp.status != 200 or not isinstance(answer, dict):
+            message = answer.get("error", {}).get("message") if isinstance(answer, dict) else None
+            raise ToolError(f"the app '{name}' answered HTTP {resp.status}: {message or 'an error'}")
+        if answer.get("status") != "completed":
+            error = answer.get("error") or {}
+            raise ToolError(f"the app '{name}' ended its answer {answer.get('status')}: "
+                            f"{error.get('message', 'no reason given')}")
+        return _output_text(answer)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class AppTool(Toolset):
+    def __init__(self, apps: Apps, name: str, description: str | None) -> None:
+        self.apps = apps
+        self.name = name
+        self.description = description or apps.apps[name].description or f"Asks the {name} app"
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        return [ToolDef(tool_name(self.name), self.description, QUESTION_SCHEMA)]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        return await self.apps.ask(self.name, str(arguments["question"]))
+
+
+def _output_text(response: dict[str, Any]) -> str:
+    texts = [part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
+             for part in item.get("content", []) if part.get("type") == "output_text"]
+    return "".join(texts) or "(the app answered with no text)"
+
+
+def register(registry: ToolRegistry, workspace: Workspace) -> Apps:
+    """Add the ``app`` kind; returns the apps (the caller closes them)."""
+    apps = Apps(workspace)
+    registry.register("app", apps.factory)
+    return apps

@@ -1,0 +1,104 @@
+"""``app``: an agent endpoint speaking the Responses protocol as a tool (a sub-agent).
+
+The app is a real server on loopback: another OpenSupervisor with the test workspace's scripted model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from opensupervisor.errors import ConfigError
+from opensupervisor.workspace import parse_workspace
+from tests.conftest import TOKEN, Server, ThreadServer, free_port
+
+KEY_ENV = "OS_TEST_APP_KEY"
+
+
+def app(name: str) -> Any:
+    return {"type": "app", "app": {"name": name, "description": "Custom application endpoint"}}
+
+
+@pytest.fixture(scope="module")
+def helper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("helper")
+    with ThreadServer(f"sqlite:///{folder}/state.db") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def caller(helper: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("caller")
+    (folder / "workspace.toml").write_text(f"""
+[models.boss]
+provider = "scripted"
+
+[[models.boss.script]]
+when = "ask the helper"
+turns = [
+  {{ tool_calls = [{{ name = "app_helper", arguments = {{ question = "what is 2 + 2?" }} }}] }},
+  {{ text = "The helper answered." }},
+]
+
+[[models.boss.script]]
+when = "ask the broken ones"
+turns = [
+  {{ tool_calls = [{{ name = "app_gone", arguments = {{ question = "hello" }} }},
+                  {{ name = "app_failing", arguments = {{ question = "model failure please" }} }}] }},
+  {{ text = "They failed." }},
+]
+
+[apps.helper]
+url = "{helper.v1}"
+model = "test-model"
+api_key_env = "{KEY_ENV}"
+description = "A helper agent"
+
+[apps.gone]
+url = "http://127.0.0.1:{free_port()}/v1"
+
+[apps.failing]
+url = "{helper.v1}"
+model = "test-model"
+api_key_env = "{KEY_ENV}"
+""")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(KEY_ENV, TOKEN)
+        with ThreadServer(f"sqlite:///{folder}/state.db", folder / "workspace.toml") as server:
+            yield server
+
+
+def test_an_app_answers_as_a_sub_agent(caller: Server) -> None:
+    response = caller.client().responses.create(model="boss", input="ask the helper", tools=[app("helper")])
+    call, output, answer = response.output
+    assert (call.type, call.name) == ("function_call", "app_helper")
+    assert output.type == "function_call_output"
+    assert output.output == "test-model (scripted) received: what is 2 + 2?"
+    assert answer.type == "message" and response.output_text == "The helper answered."
+
+
+def test_a_down_or_failing_app_is_a_clear_tool_output(caller: Server) -> None:
+    response = caller.client().responses.create(model="boss", input="ask the broken ones",
+                                                tools=[app("gone"), app("failing")])
+    outputs = [i.output for i in response.output if i.type == "function_call_output"]
+    assert outputs[0] == "Error: the app 'gone' is unreachable (ClientConnectorError)"
+    assert outputs[1].startswith("Error: the app 'failing' ended its answer failed: ")
+    with caller.http() as http:  # the app's key appears nowhere in what the client can read
+        assert TOKEN not in http.get(f"/v1/responses/{response.id}").text
+    assert response.status == "completed"
+
+
+def test_an_unknown_app_is_a_400_and_mcp_apps_are_refused_at_start(caller: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        caller.client().responses.create(model="boss", input="hi", tools=[app("nope")])
+    assert info.value.body["param"] == "tools[0].app.name"
+    from opensupervisor.tools.apps import Apps
+
+    ws = parse_workspace('[apps.x]\nurl = "http://127.0.0.1:1/mcp"\nprotocol = "mcp"\n', source="t",
+                         base_dir=Path.cwd())
+    with pytest.raises(ConfigError, match="apps speaking MCP are not supported yet"):
+        Apps(ws)
