@@ -96,6 +96,17 @@ class QueueFull(APIError):
         super().__init__(message, param=None, code="queue_full")
 
 
+class UpstreamUnavailable(APIError):
+    """A hosted tool's server (an MCP server) cannot be reached to prepare the run."""
+
+    status_code = 502
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "tool_server_unavailable"
+                 ) -> None:
+        super().__init__(message, param=param, code=code)
+
+
 class ModelError(OpenSupervisorError):
     """A model call failed. ``code`` follows OpenAI's ResponseErrorCode where one fits."""
 

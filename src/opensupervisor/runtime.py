@@ -16,7 +16,7 @@ from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
 from opensupervisor.store.functions import RegisteredFunctions
-from opensupervisor.tools import apps, genie, uc_functions
+from opensupervisor.tools import apps, connections, genie, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.workspace import Workspace
 
@@ -47,6 +47,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     spaces = genie.register(registry, ws, catalog)
     functions = uc_functions.register(registry, ws, settings.data_dir / "functions")
     app_tools = apps.register(registry, ws)
+    connections.register(registry, ws)
     registered = RegisteredFunctions(store)
     functions.load(await registered.all())
     load_plugins(registry, ws.plugins)

@@ -1,0 +1,95 @@
+"""``uc_connection``: a named connection to an external MCP server, whose tools join the run.
+
+Connections are declared in the workspace file's ``[connections.<name>]``: the server's Streamable
+HTTP URL, a bearer token from an environment variable (never logged, returned or stored), extra
+headers, a timeout and an optional allow-list of tool names. The model sees the server's own tool
+names, as the Supervisor API shows them.
+
+In background mode the Supervisor API asks the user to approve every MCP call
+(``mcp_approval_request``); that round trip is not available yet, so a background request with a
+connection is refused with a clear 400 instead of calling without approval.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import ToolDef, Toolset
+from opensupervisor.errors import ConfigError, InvalidRequest, ToolError, UpstreamUnavailable
+from opensupervisor.tools.mcp_client import McpServer
+from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.wire.request import ToolSpec
+from opensupervisor.wire.validation import param_path
+from opensupervisor.workspace import Workspace
+
+
+class ConnectionEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    bearer_token_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=30.0, gt=0)
+    allowed_tools: list[str] | None = None
+    description: str | None = None
+
+
+class Connections:
+    def __init__(self, workspace: Workspace) -> None:
+        self.servers: dict[str, McpServer] = {}
+        for name, raw in workspace.connections.items():
+            try:
+                entry = ConnectionEntry.model_validate(raw)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                raise ConfigError(f"connections.{name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            headers = dict(entry.headers)
+            if entry.bearer_token_env:
+                token = os.environ.get(entry.bearer_token_env, "")
+                if not token:
+                    raise ConfigError(f"connections.{name}: environment variable {entry.bearer_token_env} is not set")
+                headers["Authorization"] = f"Bearer {token}"
+            self.servers[name] = McpServer(name, entry.url, headers=headers, timeout_s=entry.timeout_s,
+                                           allowed_tools=entry.allowed_tools)
+
+    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        name = spec.config.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"Missing required parameter: '{spec.param}.uc_connection.name'.",
+                                 param=f"{spec.param}.uc_connection.name", code="missing_required_parameter")
+        if name not in self.servers:
+            raise InvalidRequest(f"Connection '{name}' does not exist in this workspace.",
+                                 param=f"{spec.param}.uc_connection.name", code="invalid_value")
+        return ConnectionTools(self.servers[name], spec.param)
+
+
+class ConnectionTools(Toolset):
+    # The server's list may change between a run's first listing and its resumption.
+    listing_may_change = True
+
+    def __init__(self, server: McpServer, param: str) -> None:
+        self.server = server
+        self.param = param
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        if ctx.request.body.background:
+            raise InvalidRequest(
+                "Tools of a uc_connection in background mode need the MCP approval round trip "
+                "(mcp_approval_request), which this server does not support yet; send the request "
+                "without background.", param=self.param, code="unsupported_value")
+        try:
+            return await self.server.list_tools()
+        except ToolError as exc:
+            raise UpstreamUnavailable(f"Connection '{self.server.label}': {exc}", param=self.param) from exc
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        return await self.server.call(name, arguments)
+
+
+def register(registry: ToolRegistry, workspace: Workspace) -> Connections:
+    connections = Connections(workspace)
+    registry.register("uc_connection", connections.factory)
+    return connections
