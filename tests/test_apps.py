@@ -6,15 +6,13 @@ The app is a real server on loopback: another OpenSupervisor with the test works
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from opensupervisor.errors import ConfigError
-from opensupervisor.workspace import parse_workspace
-from tests.conftest import TOKEN, Server, ThreadServer, free_port
+from tests.conftest import TOKEN, ASGIThread, Server, ThreadServer, free_port
+from tests.mcp_servers import tools_server
 
 KEY_ENV = "OS_TEST_APP_KEY"
 
@@ -31,7 +29,13 @@ def helper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def caller(helper: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def mcp_app() -> Iterator[str]:
+    with ASGIThread(tools_server().streamable_http_app()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def caller(helper: Server, mcp_app: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("caller")
     (folder / "workspace.toml").write_text(f"""
 [models.boss]
@@ -51,6 +55,14 @@ turns = [
                   {{ name = "app_failing", arguments = {{ question = "model failure please" }} }}] }},
   {{ text = "They failed." }},
 ]
+
+[[models.boss.script]]
+when = "add through the mcp app"
+turns = [{{ tool_calls = [{{ name = "add", arguments = {{ a = 1, b = 2 }} }}] }}, {{ text = "Three." }}]
+
+[apps.calc]
+url = "{mcp_app}"
+protocol = "mcp"
 
 [apps.helper]
 url = "{helper.v1}"
@@ -92,13 +104,17 @@ def test_a_down_or_failing_app_is_a_clear_tool_output(caller: Server) -> None:
     assert response.status == "completed"
 
 
-def test_an_unknown_app_is_a_400_and_mcp_apps_are_refused_at_start(caller: Server) -> None:
+def test_an_app_that_is_an_mcp_server_offers_its_tools(caller: Server) -> None:
+    response = caller.client().responses.create(model="boss", input="add through the mcp app", tools=[app("calc")])
+    call, output, _ = response.output
+    assert (call.name, output.output, response.output_text) == ("add", "3", "Three.")
+    with pytest.raises(openai.BadRequestError) as info:  # MCP calls in background wait for approval
+        caller.client().responses.create(model="boss", input="add through the mcp app", tools=[app("calc")],
+                                         background=True)
+    assert info.value.body["param"] == "tools[0]"
+
+
+def test_an_unknown_app_is_a_400(caller: Server) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         caller.client().responses.create(model="boss", input="hi", tools=[app("nope")])
     assert info.value.body["param"] == "tools[0].app.name"
-    from opensupervisor.tools.apps import Apps
-
-    ws = parse_workspace('[apps.x]\nurl = "http://127.0.0.1:1/mcp"\nprotocol = "mcp"\n', source="t",
-                         base_dir=Path.cwd())
-    with pytest.raises(ConfigError, match="apps speaking MCP are not supported yet"):
-        Apps(ws)

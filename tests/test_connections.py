@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from mcp.server.fastmcp import FastMCP
 
 from opensupervisor.testing.asgi import Receive, Send, send_json
 from tests.conftest import ASGIThread, Server, ThreadServer, free_port
+from tests.mcp_servers import tools_server
 
 SECRET = "mcp-secret-token-93"
 TOKEN_ENV = "OS_TEST_MCP_TOKEN"
-
-
-def tools_server() -> FastMCP:
-    server = FastMCP("tools", stateless_http=True, log_level="WARNING")
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Adds two numbers."""
-        return a + b
-
-    @server.tool()
-    def shout(text: str) -> str:
-        """Upper-cases a text."""
-        return text.upper()
-
-    @server.tool()
-    def fail() -> str:
-        """Always fails."""
-        raise ValueError("the ledger is closed")
-
-    @server.tool()
-    async def slow() -> str:
-        """Takes far too long."""
-        await asyncio.sleep(30)
-        return "late"
-
-    return server
 
 
 class RequireBearer:
@@ -136,7 +108,7 @@ def test_an_unreachable_server_fails_the_request_clearly(mcp_server: Server, nam
     assert answer.status_code == 502
     error = answer.json()["error"]
     assert error["code"] == "tool_server_unavailable" and error["param"] == "tools[0]"
-    assert error["message"].startswith(f"Connection '{name}': the MCP server '{name}' is unavailable")
+    assert error["message"].startswith(f"'{name}': the MCP server '{name}' is unavailable")
     assert SECRET not in answer.text and "not-the-key" not in answer.text
 
 

@@ -1,7 +1,9 @@
-"""``app``: an application endpoint as a tool. This release supports apps that are agents speaking the
-Responses protocol (sub-agents): the question goes to the app's ``POST {url}/responses`` and the
-app's answer text becomes the tool output. (Apps that are MCP servers need the MCP approval round
-trip of ``uc_connection`` and are refused at start-up for now.)
+"""``app``: an application endpoint as a tool, declared as one of two kinds (``protocol``):
+
+- ``responses``: an agent speaking the Responses protocol (a sub-agent). The question goes to the
+  app's ``POST {url}/responses`` and the app's answer text becomes the tool output.
+- ``mcp``: an MCP server (the "custom MCP servers on Apps"), at ``{url}/mcp``: its tools join the
+  run exactly as a ``uc_connection``'s do (same client, same background rule).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
+from opensupervisor.tools.connections import ConnectionTools
+from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.wire.validation import param_path
@@ -29,7 +33,7 @@ QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": 
 
 class AppEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str  # the Responses base URL, e.g. http://host:port/v1
+    url: str  # responses: the Responses base URL (http://host:port/v1); mcp: the app's base URL
     protocol: Literal["responses", "mcp"] = "responses"
     model: str = "default"  # the `model` the app is sent
     api_key_env: str | None = None
@@ -45,6 +49,7 @@ def tool_name(app: str) -> str:
 class Apps:
     def __init__(self, workspace: Workspace) -> None:
         self.apps: dict[str, AppEntry] = {}
+        self.mcp: dict[str, McpServer] = {}
         self._keys: dict[str, str] = {}
         for name, raw in workspace.apps.items():
             try:
@@ -52,14 +57,15 @@ class Apps:
             except ValidationError as exc:
                 err = exc.errors(include_url=False)[0]
                 raise ConfigError(f"apps.{name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
-            if entry.protocol == "mcp":
-                raise ConfigError(f"apps.{name}: apps speaking MCP are not supported yet (use protocol = "
-                                  '"responses" for an agent endpoint)')
             if entry.api_key_env:
                 key = os.environ.get(entry.api_key_env, "")
                 if not key:
                     raise ConfigError(f"apps.{name}: environment variable {entry.api_key_env} is not set")
                 self._keys[name] = key
+            if entry.protocol == "mcp":
+                headers = {"Authorization": f"Bearer {self._keys[name]}"} if name in self._keys else {}
+                self.mcp[name] = McpServer(name, f"{entry.url.rstrip('/')}/mcp", headers=headers,
+                                           timeout_s=entry.timeout_s, allowed_tools=None)
             self.apps[name] = entry
         self._session: aiohttp.ClientSession | None = None
 
@@ -76,6 +82,8 @@ class Apps:
         if name not in self.apps:
             raise InvalidRequest(f"App '{name}' does not exist in this workspace.", param=f"{spec.param}.app.name",
                                  code="invalid_value")
+        if name in self.mcp:
+            return ConnectionTools(self.mcp[name], spec.param)
         description = spec.config.get("description")
         return AppTool(self, name, description if isinstance(description, str) else None)
 

@@ -77,13 +77,13 @@ class ConnectionTools(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         if ctx.request.body.background:
             raise InvalidRequest(
-                "Tools of a uc_connection in background mode need the MCP approval round trip "
-                "(mcp_approval_request), which this server does not support yet; send the request "
-                "without background.", param=self.param, code="unsupported_value")
+                "MCP tools in background mode need the MCP approval round trip (mcp_approval_request), "
+                "which this server does not support yet; send the request without background.",
+                param=self.param, code="unsupported_value")
         try:
             return await self.server.list_tools()
         except ToolError as exc:
-            raise UpstreamUnavailable(f"Connection '{self.server.label}': {exc}", param=self.param) from exc
+            raise UpstreamUnavailable(f"'{self.server.label}': {exc}", param=self.param) from exc
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         return await self.server.call(name, arguments)
