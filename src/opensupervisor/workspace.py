@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -90,6 +90,17 @@ class Workspace(_Section):
 
 
 DEMO_WORKSPACE = "demo/workspace.toml"
+Entry = TypeVar("Entry", bound=BaseModel)
+
+
+def section_entry(model: type[Entry], where: str, raw: Any) -> Entry:
+    """One entry of a hosted tool section (``genie_spaces.sales``…), validated by its tool kind;
+    a bad one is a ``ConfigError`` naming the key (``genie_spaces.sales.tables: …``)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ConfigError(f"{where}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
 
 
 def load_workspace(path: str | Path | None) -> Workspace:

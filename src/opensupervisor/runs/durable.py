@@ -13,6 +13,7 @@ DBOS keeps one instance per process. ``DurableEngine`` owns it and serves every 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
 import os
@@ -218,8 +219,6 @@ class DurableEngine:
 
     async def forget_finished(self, before_ms: int, *, limit: int = 500) -> int:
         """Delete the workflow records of runs that ended before ``before_ms`` (their responses keep everything)."""
-        import datetime
-
         cutoff = datetime.datetime.fromtimestamp(before_ms / 1000, tz=datetime.UTC).isoformat()
         done = await DBOS.list_workflows_async(status=["SUCCESS", "ERROR", "CANCELLED"], name=WORKFLOW,
                                                end_time=cutoff, limit=limit, load_input=False, load_output=False)

@@ -19,7 +19,7 @@ from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.tools.uc_functions import Function, FunctionEntry
 from opensupervisor.wire.request import parse_json_body
-from opensupervisor.wire.validation import param_path
+from opensupervisor.wire.validation import raise_validation
 
 BASE = "/admin/v1/functions"
 
@@ -68,9 +68,7 @@ async def put_function(request: Request) -> Response:
         entry = FunctionEntry.model_validate(body)
         function = state.functions.build(name, entry, source_code)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise InvalidRequest(f"Invalid value for '{param_path(tuple(err['loc']))}': {err['msg']}",
-                             param=param_path(tuple(err["loc"])), code="invalid_value") from exc
+        raise_validation(exc)
     except ConfigError as exc:
         message = str(exc).removeprefix(f"functions.{name}: ").removeprefix(f"functions.{name} ")
         raise InvalidRequest(message, param=_param_of(message), code="invalid_value") from exc

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from typing import Any, Literal
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
-from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
+from opensupervisor.errors import ConfigError, ToolError
 from opensupervisor.tools.connections import ConnectionTools
 from opensupervisor.tools.mcp_client import McpServer
-from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.wire.request import ToolSpec
-from opensupervisor.wire.validation import param_path
-from opensupervisor.workspace import Workspace
+from opensupervisor.workspace import Workspace, section_entry
 
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
                    "properties": {"question": {"type": "string", "description": "What to ask the app"}}}
@@ -43,7 +41,7 @@ class AppEntry(BaseModel):
 
 
 def tool_name(app: str) -> str:
-    return ("app_" + re.sub(r"[^a-zA-Z0-9_-]", "_", app))[:64]
+    return prefixed_tool_name("app_", app)
 
 
 class Apps:
@@ -52,11 +50,7 @@ class Apps:
         self.mcp: dict[str, McpServer] = {}
         self._keys: dict[str, str] = {}
         for name, raw in workspace.apps.items():
-            try:
-                entry = AppEntry.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                raise ConfigError(f"apps.{name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            entry = section_entry(AppEntry, f"apps.{name}", raw)
             if entry.api_key_env:
                 key = os.environ.get(entry.api_key_env, "")
                 if not key:
@@ -75,17 +69,10 @@ class Apps:
         return self._session
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        name = spec.config.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"Missing required parameter: '{spec.param}.app.name'.",
-                                 param=f"{spec.param}.app.name", code="missing_required_parameter")
-        if name not in self.apps:
-            raise InvalidRequest(f"App '{name}' does not exist in this workspace.", param=f"{spec.param}.app.name",
-                                 code="invalid_value")
+        name = config_name(spec, "name", self.apps, "App")
         if name in self.mcp:
             return ConnectionTools(self.mcp[name], spec.param)
-        description = spec.config.get("description")
-        return AppTool(self, name, description if isinstance(description, str) else None)
+        return AppTool(self, name, config_description(spec))
 
     async def ask(self, name: str, question: str) -> str:
         """The app's answer text; a failure of any kind is a ``ToolError`` (never the app's key)."""

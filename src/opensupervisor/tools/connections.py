@@ -15,16 +15,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, InvalidRequest, ToolError, UpstreamUnavailable
 from opensupervisor.tools.mcp_client import McpServer
-from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tools.registry import ToolRegistry, config_name
 from opensupervisor.wire.request import ToolSpec
-from opensupervisor.wire.validation import param_path
-from opensupervisor.workspace import Workspace
+from opensupervisor.workspace import Workspace, section_entry
 
 
 class ConnectionEntry(BaseModel):
@@ -41,11 +40,7 @@ class Connections:
     def __init__(self, workspace: Workspace) -> None:
         self.servers: dict[str, McpServer] = {}
         for name, raw in workspace.connections.items():
-            try:
-                entry = ConnectionEntry.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                raise ConfigError(f"connections.{name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            entry = section_entry(ConnectionEntry, f"connections.{name}", raw)
             headers = dict(entry.headers)
             if entry.bearer_token_env:
                 token = os.environ.get(entry.bearer_token_env, "")
@@ -56,14 +51,7 @@ class Connections:
                                            allowed_tools=entry.allowed_tools)
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        name = spec.config.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"Missing required parameter: '{spec.param}.uc_connection.name'.",
-                                 param=f"{spec.param}.uc_connection.name", code="missing_required_parameter")
-        if name not in self.servers:
-            raise InvalidRequest(f"Connection '{name}' does not exist in this workspace.",
-                                 param=f"{spec.param}.uc_connection.name", code="invalid_value")
-        return ConnectionTools(self.servers[name], spec.param)
+        return ConnectionTools(self.servers[config_name(spec, "name", self.servers, "Connection")], spec.param)
 
 
 class ConnectionTools(Toolset):

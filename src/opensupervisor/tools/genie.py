@@ -17,19 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from tabulate import tabulate
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest, ToolDef, Toolset
-from opensupervisor.errors import ConfigError, InvalidRequest, ModelError, ToolError
+from opensupervisor.errors import ConfigError, ModelError, ToolError
 from opensupervisor.models.catalog import ModelCatalog
-from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.tools.sql_engines import Column, ReadOnlyDatabase, Rows
 from opensupervisor.tools.sql_guard import check_query
 from opensupervisor.wire.request import ToolSpec
-from opensupervisor.wire.validation import param_path
-from opensupervisor.workspace import Workspace
+from opensupervisor.workspace import Workspace, section_entry
 
 # How close (difflib ratio of the normalized texts) a question must be to an example's to reuse its SQL.
 EXAMPLE_MATCH = 0.9
@@ -67,7 +66,7 @@ class GenieSpace(BaseModel):
 
 def tool_name(space_id: str) -> str:
     """``genie_<id>``, with characters outside ``[a-zA-Z0-9_-]`` replaced, at most 64 characters."""
-    return ("genie_" + re.sub(r"[^a-zA-Z0-9_-]", "_", space_id))[:64]
+    return prefixed_tool_name("genie_", space_id)
 
 
 class GenieSpaces:
@@ -78,11 +77,7 @@ class GenieSpaces:
         self.base_dir = workspace.base_dir
         self.spaces: dict[str, GenieSpace] = {}
         for space_id, raw in workspace.genie_spaces.items():
-            try:
-                self.spaces[space_id] = GenieSpace.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                raise ConfigError(f"genie_spaces.{space_id}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            self.spaces[space_id] = section_entry(GenieSpace, f"genie_spaces.{space_id}", raw)
             model = self.spaces[space_id].model
             if model is not None and model not in workspace.models:
                 raise ConfigError(f"genie_spaces.{space_id}.model names unknown model '{model}'")
@@ -127,15 +122,8 @@ class GenieSpaces:
         return await _text_to_sql(self.catalog.get(name), space, items, await self.schema(space_id), db)
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        space_id = spec.config.get("id")
-        if not isinstance(space_id, str) or not space_id:
-            raise InvalidRequest(f"Missing required parameter: '{spec.param}.genie_space.id'.",
-                                 param=f"{spec.param}.genie_space.id", code="missing_required_parameter")
-        if space_id not in self.spaces:
-            raise InvalidRequest(f"Genie space '{space_id}' does not exist in this workspace.",
-                                 param=f"{spec.param}.genie_space.id", code="invalid_value")
-        description = spec.config.get("description")
-        return SpaceTools(self, space_id, description if isinstance(description, str) else None)
+        space_id = config_name(spec, "id", self.spaces, "Genie space")
+        return SpaceTools(self, space_id, config_description(spec))
 
     async def aclose(self) -> None:
         for db in self._databases.values():

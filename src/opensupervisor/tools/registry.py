@@ -6,7 +6,8 @@ Adding a tool kind means adding a module that registers a factory; the loop neve
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Container
 
 from opensupervisor.core.contracts import Toolset
 from opensupervisor.core.toolbox import BoundToolset
@@ -48,6 +49,29 @@ class ToolRegistry:
                     f"server (supported: {known}).", param=f"{spec.param}.type", code="unsupported_tool_type")
             bound.append(BoundToolset(spec.index, spec.type, factory(spec, self.workspace)))
         return bound
+
+
+def config_name(spec: ToolSpec, key: str, known: Container[str], what: str) -> str:
+    """The name (or id) a hosted tool entry selects, e.g. ``{"type": "app", "app": {"name": …}}``;
+    missing or unknown is a 400 naming ``tools[i].<type>.<key>``."""
+    param = f"{spec.param}.{spec.type}.{key}"
+    value = spec.config.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if value not in known:
+        raise InvalidRequest(f"{what} '{value}' does not exist in this workspace.", param=param, code="invalid_value")
+    return value
+
+
+def config_description(spec: ToolSpec) -> str | None:
+    """The entry's own ``description``, which the model sees instead of the configured one."""
+    description = spec.config.get("description")
+    return description if isinstance(description, str) else None
+
+
+def prefixed_tool_name(prefix: str, name: str) -> str:
+    """``<prefix><name>`` with characters outside ``[a-zA-Z0-9_-]`` replaced, at most 64 characters."""
+    return (prefix + re.sub(r"[^a-zA-Z0-9_-]", "_", name))[:64]
 
 
 def load_plugins(registry: ToolRegistry, modules: list[str]) -> None:

@@ -125,7 +125,7 @@ class ReadOnlyDatabase:
         except SQLAlchemyError as exc:
             if time.monotonic() >= deadline or "timeout" in str(exc).lower() or "interrupt" in str(exc).lower():
                 raise ToolError(f"the query did not finish within {self.timeout_s:g} seconds") from exc
-            raise ToolError(f"the database refused the query: {_first_line(exc)}") from exc
+            raise ToolError(f"the database refused the query: {database_error(exc)}") from exc
         return Rows(columns, rows[:max_rows], len(rows) > max_rows)
 
     def _arm_timeout(self, raw: Any, deadline: float) -> threading.Timer | None:
@@ -144,6 +144,7 @@ class ReadOnlyDatabase:
         self.engine.dispose()
 
 
-def _first_line(exc: SQLAlchemyError) -> str:
+def database_error(exc: SQLAlchemyError) -> str:
+    """The first line of what the database said (not SQLAlchemy's wrapping)."""
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__

@@ -28,12 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
-from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
-from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.errors import ConfigError, ToolError
+from opensupervisor.tools.registry import ToolRegistry, config_description, config_name
 from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.tools.sql_engines import database_error
 from opensupervisor.wire.request import ToolSpec
-from opensupervisor.wire.validation import param_path
-from opensupervisor.workspace import Workspace
+from opensupervisor.workspace import Workspace, section_entry
 
 log = logging.getLogger(__name__)
 JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
@@ -114,24 +114,14 @@ class FunctionCatalog:
         self._versions: dict[str, int] = {}
         self.functions: dict[str, Function] = {}
         for full_name, raw in workspace.functions.items():
-            try:
-                entry = FunctionEntry.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors(include_url=False)[0]
-                raise ConfigError(f"functions.{full_name}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+            entry = section_entry(FunctionEntry, f"functions.{full_name}", raw)
             self.functions[full_name] = Function(full_name, entry, workspace.base_dir)
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        name = spec.config.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"Missing required parameter: '{spec.param}.uc_function.name'.",
-                                 param=f"{spec.param}.uc_function.name", code="missing_required_parameter")
+        name = config_name(spec, "name", self.functions.keys() | self.registered.keys(), "Function")
         function = self.lookup(name)
-        if function is None:
-            raise InvalidRequest(f"Function '{name}' does not exist in this workspace.",
-                                 param=f"{spec.param}.uc_function.name", code="invalid_value")
-        description = spec.config.get("description")
-        return FunctionTool(self, function, description if isinstance(description, str) else None)
+        assert function is not None
+        return FunctionTool(self, function, config_description(spec))
 
     def lookup(self, name: str) -> Function | None:
         return self.functions.get(name) or self.registered.get(name)
@@ -197,8 +187,7 @@ def _run_sql(function: Function, values: dict[str, Any]) -> str:
                 return orjson.dumps({"columns": columns, "rows": rows}, default=str).decode()
             return orjson.dumps({"rows_affected": result.rowcount}).decode()
     except SQLAlchemyError as exc:
-        original = getattr(exc, "orig", None) or exc
-        raise ToolError(f"the database refused the call: {str(original).strip().splitlines()[0]}") from exc
+        raise ToolError(f"the database refused the call: {database_error(exc)}") from exc
 
 
 def _sql_schema(parameters: list[SqlParameter]) -> dict[str, Any]:
