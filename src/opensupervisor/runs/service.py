@@ -101,8 +101,7 @@ class ResponseService:
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
                   emitter=Emitter(response), limits=self.limits)
         if echo_history and body.background:
-            # The echo keeps each input item's id, which is how the stored history skips it.
-            run.echo = [copy_item(item, status="completed") for item in input_items if _is_history(item)]
+            run.echo = _echo(input_items)
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                             request=raw, stream=body.stream, background=body.background, input_items=input_items,
                             options={"echo_history": True} if run.echo else None)
@@ -278,7 +277,7 @@ class ResponseService:
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=prior + record.input_items,
                   emitter=Emitter(_as_created(record.response)), limits=self.limits)
         if record.options.get("echo_history"):
-            run.echo = [copy_item(item, status="completed") for item in record.input_items if _is_history(item)]
+            run.echo = _echo(record.input_items)
         recorder = Recorder(self.store, response_id=response_id, owner=owner, request=record.request,
                             stream=record.stream, background=True, input_items=record.input_items, created=True,
                             resume_after=record.last_sequence, hold=model.holding)
@@ -375,6 +374,12 @@ def _as_created(response: Response) -> Response:
     """A stored background response as it was created (only its status moved since, until it ends):
     what its run replays from, so that the replayed events equal the ones already recorded."""
     return dict(response, status="queued", output=[])
+
+
+def _echo(input_items: list[Item]) -> list[Item]:
+    """The history items of an input, as a Databricks-path background response repeats them. Each
+    keeps its input id, which is how the stored history tells them apart from new output."""
+    return [copy_item(item, status="completed") for item in input_items if _is_history(item)]
 
 
 def _is_history(item: Item) -> bool:
