@@ -309,3 +309,14 @@ def test_the_genie_conversation_api_works_with_databricks_sdk(sqlite_space: tupl
     assert again.status == MessageStatus.COMPLETED
     with pytest.raises(NotFound):
         w.genie.start_conversation_and_wait("nope", "hello")
+
+
+def test_the_genie_api_names_what_is_wrong(sqlite_space: tuple[Server, Path]) -> None:
+    server, _ = sqlite_space
+    with server.http() as http:
+        empty = http.post("/api/2.0/genie/spaces/reviews/start-conversation", json={"content": ""})
+        assert empty.status_code == 400 and empty.json()["error"]["param"] == "content"
+        unknown = http.post("/api/2.0/genie/spaces/reviews/conversations/nope/messages", json={"content": "hi"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "conversation_id"
+        space = http.get("/api/2.0/genie/spaces/nope")
+        assert space.status_code == 404 and space.json()["error"]["param"] == "space_id"
