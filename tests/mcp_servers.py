@@ -5,12 +5,22 @@ from __future__ import annotations
 import asyncio
 
 from mcp.server.fastmcp import FastMCP
+from mcp.types import ToolAnnotations
+
+# What the ``note`` tool was asked to write down, so tests see which calls really ran.
+NOTES: list[str] = []
 
 
 def tools_server() -> FastMCP:
     server = FastMCP("tools", stateless_http=True, log_level="WARNING")
 
     @server.tool()
+    def note(text: str) -> str:
+        """Writes a note down (a call with an effect: it must not run without approval)."""
+        NOTES.append(text)
+        return f"noted: {text}"
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
     def add(a: int, b: int) -> int:
         """Adds two numbers."""
         return a + b

@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import TOKEN, ASGIThread, Server, ThreadServer, free_port
+from tests.conftest import TOKEN, ASGIThread, Server, ThreadServer, free_port, wait_until
 from tests.mcp_servers import tools_server
 
 KEY_ENV = "OS_TEST_APP_KEY"
@@ -108,10 +108,21 @@ def test_an_app_that_is_an_mcp_server_offers_its_tools(caller: Server) -> None:
     response = caller.client().responses.create(model="boss", input="add through the mcp app", tools=[app("calc")])
     call, output, _ = response.output
     assert (call.name, output.output, response.output_text) == ("add", "3", "Three.")
-    with pytest.raises(openai.BadRequestError) as info:  # MCP calls in background wait for approval
-        caller.client().responses.create(model="boss", input="add through the mcp app", tools=[app("calc")],
-                                         background=True)
-    assert info.value.body["param"] == "tools[0]"
+
+
+def test_in_background_an_app_call_waits_for_approval(caller: Server) -> None:
+    client = caller.client()
+    created = client.responses.create(model="boss", input="ask the helper", tools=[app("helper")], background=True)
+    wait_until(lambda: client.responses.retrieve(created.id).status == "completed", what="background run")
+    [request] = client.responses.retrieve(created.id).output
+    assert (request.type, request.name, request.server_label) == ("mcp_approval_request", "app_helper", "helper")
+    follow = client.responses.create(model="boss", previous_response_id=created.id, tools=[app("helper")],
+                                     background=True, input=[{"type": "mcp_approval_response", "approve": True,
+                                                              "approval_request_id": str(request.id)}])
+    wait_until(lambda: client.responses.retrieve(follow.id).status == "completed", what="background run")
+    done = client.responses.retrieve(follow.id)
+    assert done.output[1].output == "test-model (scripted) received: what is 2 + 2?"
+    assert done.output_text == "The helper answered."
 
 
 def test_an_unknown_app_is_a_400(caller: Server) -> None:

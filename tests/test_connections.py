@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -112,11 +111,7 @@ def test_an_unreachable_server_fails_the_request_clearly(mcp_server: Server, nam
     assert SECRET not in answer.text and "not-the-key" not in answer.text
 
 
-def test_background_connections_are_refused_until_approval_exists(mcp_server: Server, tmp_path: Path) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        mcp_server.client().responses.create(model="agent", input="add with mcp", tools=[conn("tools")],
-                                             background=True)
-    assert info.value.body["param"] == "tools[0]"
+def test_an_unknown_connection_is_a_400(mcp_server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as unknown:
         mcp_server.client().responses.create(model="agent", input="hi", tools=[conn("nope")])
     assert unknown.value.body["param"] == "tools[0].uc_connection.name"

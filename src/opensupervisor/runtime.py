@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
@@ -16,8 +17,10 @@ from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
 from opensupervisor.store.functions import RegisteredFunctions
-from opensupervisor.tools import apps, connections, genie, uc_functions
+from opensupervisor.store.keys import shared_key
+from opensupervisor.tools import apps, connections, genie, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
+from opensupervisor.vault import Vault
 from opensupervisor.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     spaces = genie.register(registry, ws, catalog)
     functions = uc_functions.register(registry, ws, settings.data_dir / "functions")
     app_tools = apps.register(registry, ws)
-    connections.register(registry, ws)
+    mcp_tool.register(registry, ws, connections.register(registry, ws))
     registered = RegisteredFunctions(store)
     functions.load(await registered.all())
     load_plugins(registry, ws.plugins)
@@ -55,7 +58,9 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         tool_setup(registry)
     concurrency = ws.background.worker_concurrency if settings.worker_concurrency is None \
         else settings.worker_concurrency
-    service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, _background_limits(ws, concurrency))
+    signer = ApprovalSigner(await shared_key(store, "mcp_approval"))
+    service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
+                              Vault.load(settings.data_dir), _background_limits(ws, concurrency))
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))

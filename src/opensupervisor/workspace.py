@@ -72,11 +72,20 @@ class Background(_Section):
     synchronous_commit: bool = True
 
 
+class RemoteMcp(_Section):
+    """OpenAI's ``mcp`` tool, whose server URL comes with the request."""
+
+    # Glob patterns (``fnmatch``) a ``server_url`` must match; empty: no request may name a server.
+    allowed_server_urls: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
 class Workspace(_Section):
     name: str = "default"
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     background: Background = Field(default_factory=Background)
+    mcp: RemoteMcp = Field(default_factory=RemoteMcp)
     # Python modules with a ``register(registry)`` function that adds hosted tool kinds.
     plugins: list[str] = Field(default_factory=list)
     # Hosted tool sections; each tool kind validates its own entries when it is registered.

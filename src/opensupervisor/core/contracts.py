@@ -21,13 +21,23 @@ FinishReason = Literal["stop", "tool_calls", "length", "content_filter"]
 
 @dataclass(frozen=True, slots=True)
 class ToolDef:
-    """A tool the model may call. ``hosted`` tools run here; client tools end the turn."""
+    """A tool the model may call. ``hosted`` tools run here; client tools end the turn.
+
+    MCP tools name their server (``server_label``); ``approval`` makes a call wait for the user's
+    ``mcp_approval_response``; ``items`` says how calls show in the output: ``function`` as a
+    ``function_call`` + ``function_call_output`` pair (the Supervisor API), ``mcp`` as one
+    ``mcp_call`` (OpenAI's ``mcp`` tool).
+    """
 
     name: str
     description: str | None
     parameters: dict[str, Any]
     hosted: bool = True
     kind: str = "function"
+    server_label: str | None = None
+    approval: bool = False
+    items: Literal["function", "mcp"] = "function"
+    annotations: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +160,9 @@ class Toolset(ABC):
     # server's list can change): a durable run then records the listing, so a resumed run sees the
     # tools it saw before.
     listing_may_change: bool = False
+    # Set by toolsets whose listing shows in the output as an ``mcp_list_tools`` item (OpenAI's
+    # ``mcp`` tool): the label of the server.
+    listing_label: str | None = None
 
     @abstractmethod
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:

@@ -138,6 +138,58 @@ class Emitter:
                       "output": output, "status": "completed"}
         return [self.item_added(item), self.item_done(item)]
 
+    def whole_item(self, item: Item) -> list[Event]:
+        """An item that is complete when it appears (an approval request, an executed call)."""
+        if "id" not in item:
+            item["id"] = self._next_id(item["type"])
+        return [self.item_added(item), self.item_done(item)]
+
+    def nonce(self) -> str:
+        """A value unique to the next output position, the same when a durable run replays it."""
+        return self._next_id("item")[-24:]
+
+    # -- OpenAI ``mcp`` tool items -----------------------------------------------------------
+
+    def start_mcp_call(self, server_label: str, name: str, arguments: str = "",
+                       approval_request_id: str | None = None) -> tuple[Item, list[Event]]:
+        item: Item = {"id": self._next_id("mcp_call"), "type": "mcp_call", "status": "in_progress",
+                      "server_label": server_label, "name": name, "arguments": arguments}
+        if approval_request_id is not None:
+            item["approval_request_id"] = approval_request_id
+        added = self.item_added(item)
+        index = added.data["output_index"]
+        return item, [added, self.event("response.mcp_call.in_progress", item_id=item["id"], output_index=index)]
+
+    def mcp_call_delta(self, item: Item, delta: str) -> Event:
+        item["arguments"] += delta
+        return self.event("response.mcp_call_arguments.delta", item_id=item["id"], output_index=self.index_of(item),
+                          delta=delta)
+
+    def mcp_call_arguments_done(self, item: Item) -> Event:
+        return self.event("response.mcp_call_arguments.done", item_id=item["id"], output_index=self.index_of(item),
+                          arguments=item["arguments"])
+
+    def finish_mcp_call(self, item: Item, output: str | None, error: str | None) -> list[Event]:
+        index = self.index_of(item)
+        if error is None:
+            item.update(status="completed", output=output, error=None)
+            kind = "response.mcp_call.completed"
+        else:
+            item.update(status="failed", output=None,
+                        error={"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": error}]})
+            kind = "response.mcp_call.failed"
+        return [self.event(kind, item_id=item["id"], output_index=index), self.item_done(item)]
+
+    def mcp_list_tools(self, server_label: str, tools: list[dict[str, Any]]) -> list[Event]:
+        item: Item = {"id": self._next_id("mcp_list_tools"), "type": "mcp_list_tools", "server_label": server_label,
+                      "tools": []}
+        added = self.item_added(item)
+        index = added.data["output_index"]
+        in_progress = self.event("response.mcp_list_tools.in_progress", item_id=item["id"], output_index=index)
+        completed = self.event("response.mcp_list_tools.completed", item_id=item["id"], output_index=index)
+        item["tools"] = tools
+        return [added, in_progress, completed, self.item_done(item)]
+
     def close_open_items(self) -> list[Event]:
         """End every item still streaming as ``incomplete``, with its closing events."""
         events: list[Event] = []

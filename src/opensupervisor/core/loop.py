@@ -13,6 +13,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from opensupervisor.core.approval import Answer, ApprovalSigner, denial_text, model_view
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
@@ -45,6 +46,10 @@ class Run:
     hosted_calls: int = 0
     # Items repeated at the start of ``output`` before the model runs (see ``runs.service``).
     echo: list[Item] = field(default_factory=list)
+    # Signs approval requests; without it no call waits for approval.
+    signer: ApprovalSigner | None = None
+    # The user's answers to earlier approval requests, acted on before the model runs.
+    answers: list[Answer] = field(default_factory=list)
 
 
 async def run_loop(run: Run) -> AsyncIterator[Event]:
@@ -101,12 +106,16 @@ def settle(run: Run, why: str) -> list[Event]:
 
 async def _turns(run: Run) -> AsyncIterator[Event]:
     em = run.emitter
+    for event in _listings(run):
+        yield event
+    async for event in _answer_approvals(run):
+        yield event
     turn = 0
     while True:
         if turn >= run.limits.max_turns:
             yield em.finish("incomplete", reason="max_turns")
             return
-        builder = TurnBuilder(em, run.history, served=run.model.name)
+        builder = TurnBuilder(em, run.history, served=run.model.name, tools=run.toolbox.lookup, signer=run.signer)
         async for event in _model_turn(run, _model_request(run, turn), builder):
             yield event
         turn += 1
@@ -122,14 +131,58 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         assert isinstance(outcome, CalledTools)
         async for event in _tool_step(run, outcome.calls):
             yield event
-        if any(not _is_hosted(run, c) for c in outcome.calls):
-            yield em.finish("completed")
+        if any(c["type"] == "mcp_approval_request" or not _is_hosted(run, c) for c in outcome.calls):
+            yield em.finish("completed")  # the client answers: its function calls, or the approvals
             return
 
 
 def _is_hosted(run: Run, call: Item) -> bool:
     tool = run.toolbox.lookup(call["name"])
     return tool is None or tool.hosted
+
+
+def _listings(run: Run) -> list[Event]:
+    """An ``mcp_list_tools`` item per ``mcp`` server the conversation has not listed yet."""
+    listed = {i["server_label"] for i in run.history if i["type"] == "mcp_list_tools"}
+    events: list[Event] = []
+    for label, tools in run.toolbox.listings:
+        if label in listed:
+            continue
+        entries = [{"name": t.name, "input_schema": t.parameters, "description": t.description,
+                    "annotations": t.annotations} for t in tools]
+        events += run.emitter.mcp_list_tools(label, entries)
+        run.history.append(copy_item(events[-1].data["item"]))
+    return events
+
+
+async def _answer_approvals(run: Run) -> AsyncIterator[Event]:
+    """Run the calls the user approved and tell the model about the ones they did not, in the
+    order they were asked."""
+    em = run.emitter
+    calls: list[Item] = []
+    denied: dict[str, str] = {}
+    for answer in run.answers:
+        request = answer.request
+        tool = run.toolbox.lookup(request["name"])
+        if tool is not None and tool.items == "mcp":
+            if not answer.approve:
+                continue  # no mcp_call: the model reads the denial off the history (``model_view``)
+            call, events = em.start_mcp_call(request["server_label"], request["name"], request["arguments"],
+                                             approval_request_id=request["id"])
+            events.append(em.mcp_call_arguments_done(call))
+        else:
+            call = {"type": "function_call", "status": "completed", "call_id": request["id"],
+                    "name": request["name"], "arguments": request["arguments"]}
+            events = em.whole_item(call)
+            run.history.append(copy_item(call))
+        calls.append(call)
+        if not answer.approve:
+            denied[_key(call)] = denial_text(answer.reason)
+        for e in events:
+            yield e
+    if calls:
+        async for e in _tool_step(run, calls, given=denied):
+            yield e
 
 
 def _model_request(run: Run, turn: int) -> ModelRequest:
@@ -144,7 +197,7 @@ def _model_request(run: Run, turn: int) -> ModelRequest:
     settings.pop("max_output_tokens", None)
     settings.update({k: getattr(body, k) for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
                      if getattr(body, k) is not None})
-    items = fit(body.instructions, run.history, run.model.context_window, auto=body.truncation == "auto",
+    items = fit(body.instructions, model_view(run.history), run.model.context_window, auto=body.truncation == "auto",
                 reserve=max_output_tokens or 0)
     return ModelRequest(
         instructions=body.instructions,
@@ -184,34 +237,51 @@ async def _model_turn(run: Run, request: ModelRequest, turn: TurnBuilder) -> Asy
         yield e
 
 
-async def _tool_step(run: Run, calls: list[Item]) -> AsyncIterator[Event]:
+async def _tool_step(run: Run, calls: list[Item], given: dict[str, str] | None = None) -> AsyncIterator[Event]:
     """Run the hosted calls of a turn concurrently and emit their outputs in call order.
 
-    Client calls stay pending (the caller ends the run); unknown or disallowed tools and calls past
-    ``max_tool_calls`` get an error output so the model can recover.
+    Client calls and approval requests stay pending (the caller ends the run); unknown or
+    disallowed tools and calls past ``max_tool_calls`` get an error output so the model can recover.
+    ``given`` holds outputs already decided (denied approvals).
     """
     body = run.ctx.request.body
-    hosted: list[tuple[Item, str]] = []
-    outputs: dict[str, str] = {}
+    hosted: list[Item] = []
+    outputs: dict[str, str] = dict(given or {})
     for call in calls:
+        if call["type"] == "mcp_approval_request" or _key(call) in outputs:
+            continue
         tool = run.toolbox.lookup(call["name"])
         if tool is None:
-            outputs[call["call_id"]] = f"Error: there is no tool named '{call['name']}' available."
+            outputs[_key(call)] = f"Error: there is no tool named '{call['name']}' available."
         elif not tool.hosted:
             continue
         elif body.max_tool_calls is not None and run.hosted_calls >= body.max_tool_calls:
-            outputs[call["call_id"]] = f"Error: the tool call limit ({body.max_tool_calls}) was reached."
+            outputs[_key(call)] = f"Error: the tool call limit ({body.max_tool_calls}) was reached."
         else:
             run.hosted_calls += 1
-            hosted.append((call, call["name"]))
-    results = await run.toolbox.run(run.ctx, [(name, c["arguments"]) for c, name in hosted],
+            hosted.append(call)
+    results = await run.toolbox.run(run.ctx, [(c["name"], c["arguments"]) for c in hosted],
                                     parallel=body.parallel_tool_calls)
-    outputs.update({c["call_id"]: r for (c, _), r in zip(hosted, results, strict=True)})
+    outputs.update({_key(c): r for c, r in zip(hosted, results, strict=True)})
     for call in calls:
-        output = outputs.get(call["call_id"])
-        if output is None:
-            continue
-        events = run.emitter.call_output(call["call_id"], output)
-        for e in events:
-            yield e
-        run.history.append(copy_item(events[-1].data["item"]))
+        output = outputs.get(_key(call))
+        if output is not None:
+            for e in _output(run, call, output):
+                yield e
+
+
+def _key(call: Item) -> str:
+    return str(call["call_id"] if call["type"] == "function_call" else call["id"])
+
+
+def _output(run: Run, call: Item, output: str) -> list[Event]:
+    """A call's result: a ``function_call_output`` item, or the ``mcp_call`` itself completed."""
+    if call["type"] == "mcp_call":
+        failed = output.startswith("Error: ")
+        events = run.emitter.finish_mcp_call(call, None if failed else output,
+                                             output.removeprefix("Error: ") if failed else None)
+        run.history.append(copy_item(call))
+        return events
+    events = run.emitter.call_output(call["call_id"], output)
+    run.history.append(copy_item(events[-1].data["item"]))
+    return events

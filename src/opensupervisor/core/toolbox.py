@@ -53,17 +53,20 @@ class ToolBox:
     """Every tool of a run by name, with the request's ``tool_choice`` applied."""
 
     def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float,
-                 steps: Steps = direct) -> None:
+                 steps: Steps = direct, listings: list[tuple[str, list[ToolDef]]] | None = None) -> None:
         self._entries = entries
         self._allowed = allowed
         self.timeout_s = timeout_s
         self.steps = steps
+        # (server label, tools) of each toolset whose listing shows as an ``mcp_list_tools`` item.
+        self.listings = listings or []
 
     @classmethod
     async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0,
                     steps: Steps = direct) -> ToolBox:
         """List every toolset's tools (a listing that may change is one step)."""
         entries: dict[str, _Entry] = {}
+        listings: list[tuple[str, list[ToolDef]]] = []
         for b in bound:
             toolset = b.toolset
 
@@ -71,12 +74,14 @@ class ToolBox:
                 return await toolset.list_tools(ctx)
 
             tools = await (steps if toolset.listing_may_change else direct)(f"list_tools:{b.type}", listing)
+            if toolset.listing_label is not None:
+                listings.append((toolset.listing_label, tools))
             for tool in tools:
                 if tool.name in entries:
                     raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
                                          param=f"tools[{b.index}]", code="invalid_value")
                 entries[tool.name] = _Entry(tool, b.toolset, b.type, Draft202012Validator(tool.parameters))
-        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps)
+        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps, listings)
 
     def offered(self, *, hosted: bool = True) -> list[ToolDef]:
         """The tools the model may call now (``allowed_tools`` is a hard filter, not a hint)."""

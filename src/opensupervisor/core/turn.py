@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.contracts import (
     Finish,
     FinishReason,
@@ -12,6 +14,7 @@ from opensupervisor.core.contracts import (
     TextDelta,
     ToolCallDelta,
     ToolCallStart,
+    ToolDef,
     Usage,
 )
 from opensupervisor.core.events import Emitter, Event
@@ -25,6 +28,9 @@ class Answered:
 
 @dataclass(slots=True)
 class CalledTools:
+    """The turn's calls: ``function_call`` and ``mcp_call`` items to run, ``mcp_approval_request``
+    items that wait for the user."""
+
     calls: list[Item]
 
 
@@ -38,10 +44,17 @@ Outcome = Answered | CalledTools | Truncated
 
 @dataclass(slots=True)
 class TurnBuilder:
-    """Feeds a model's normalized events into the emitter; finished items are appended to ``history``."""
+    """Feeds a model's normalized events into the emitter; finished items are appended to ``history``.
+
+    A call shows as the tool asks (``ToolDef.items``): a ``function_call`` or an ``mcp_call``
+    streamed as the model writes it, or, when it needs approval, one ``mcp_approval_request`` once
+    its arguments are complete.
+    """
 
     em: Emitter
     history: list[Item]
+    tools: Callable[[str], ToolDef | None] = lambda name: None
+    signer: ApprovalSigner | None = None
     message: Item | None = None
     call: Item | None = None
     calls: list[Item] = field(default_factory=list)
@@ -55,11 +68,9 @@ class TurnBuilder:
             return self._text(event.text)
         if isinstance(event, ToolCallStart):
             out = self._close_message() + self._close_call()
-            self.call, added = self.em.start_call(event.call_id, event.name)
-            self.calls.append(self.call)
-            return [*out, added]
+            return out + self._start_call(event)
         if isinstance(event, ToolCallDelta):
-            return [self.em.call_delta(self.call, event.arguments)] if self.call is not None else []
+            return self._call_delta(event.arguments)
         if isinstance(event, Usage):
             self.em.add_usage(event.input_tokens, event.output_tokens, event.cached_tokens, event.reasoning_tokens)
         elif isinstance(event, Finish):
@@ -75,10 +86,44 @@ class TurnBuilder:
             out += started
         return [*out, self.em.text_delta(self.message, delta)]
 
+    def _start_call(self, event: ToolCallStart) -> list[Event]:
+        tool = self.tools(event.name)
+        label = tool.server_label if tool is not None else None
+        if tool is not None and tool.approval and label is not None and self.signer is not None:
+            # Shown whole once its arguments are known: the request's id signs them.
+            self.call = {"type": "mcp_approval_request", "server_label": label, "name": event.name, "arguments": ""}
+            self.calls.append(self.call)
+            return []
+        if tool is not None and tool.items == "mcp" and label is not None:
+            self.call, events = self.em.start_mcp_call(label, event.name)
+            self.calls.append(self.call)
+            return events
+        self.call, added = self.em.start_call(event.call_id, event.name)
+        self.calls.append(self.call)
+        return [added]
+
+    def _call_delta(self, delta: str) -> list[Event]:
+        call = self.call
+        if call is None:
+            return []
+        if call["type"] == "mcp_approval_request":
+            call["arguments"] += delta
+            return []
+        if call["type"] == "mcp_call":
+            return [self.em.mcp_call_delta(call, delta)]
+        return [self.em.call_delta(call, delta)]
+
     def _close_call(self) -> list[Event]:
         if self.call is None:
             return []
         call, self.call = self.call, None
+        if call["type"] == "mcp_approval_request":
+            assert self.signer is not None
+            call["id"] = self.signer.request_id(self.em.nonce(), call["server_label"], call["name"], call["arguments"])
+            call["status"] = "completed"
+            return self.em.whole_item(call)
+        if call["type"] == "mcp_call":
+            return [self.em.mcp_call_arguments_done(call)]  # it stays in progress until it has run
         return self.em.finish_call(call)
 
     def _close_message(self) -> list[Event]:
@@ -96,7 +141,8 @@ class TurnBuilder:
             self.message, started = self.em.start_message()
             out += started
         out += self._close_message()
-        self.history.extend(copy_item(c) for c in self.calls)
+        # An mcp_call joins the history once it has run (the loop adds it with its output).
+        self.history.extend(copy_item(c) for c in self.calls if c["type"] != "mcp_call")
         served_by = self.em.response["served_by"]
         if self.served and self.served not in served_by:
             served_by.append(self.served)

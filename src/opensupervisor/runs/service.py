@@ -15,6 +15,8 @@ from typing import Any
 
 import anyio
 
+from opensupervisor.core import approval
+from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model
 from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
@@ -33,6 +35,7 @@ from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.vault import Vault
 from opensupervisor.wire.ids import PREFIXES as ID_PREFIXES
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item, check_call_pairs
@@ -68,8 +71,11 @@ class Prepared:
 
 class ResponseService:
     def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits,
-                 engine: DurableEngine, background_limits: BackgroundLimits | None = None) -> None:
+                 engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
+                 background_limits: BackgroundLimits | None = None) -> None:
         self.store = store
+        self.signer = signer
+        self.vault = vault
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
@@ -99,11 +105,13 @@ class ResponseService:
         _check_context(model, body, history + input_items)
         response = new_response(response_id, parsed, model=body.model)
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
-                  emitter=Emitter(response), limits=self.limits)
+                  emitter=Emitter(response), limits=self.limits, signer=self.signer,
+                  answers=approval.answers(history + input_items, len(history), self.signer, toolbox.lookup))
         if echo_history and body.background:
             run.echo = _echo(input_items)
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
-                            request=raw, stream=body.stream, background=body.background, input_items=input_items,
+                            request=self.vault.seal_request(raw), stream=body.stream, background=body.background,
+                            input_items=input_items,
                             options={"echo_history": True} if run.echo else None)
         return Prepared(run, recorder)
 
@@ -260,7 +268,7 @@ class ResponseService:
     async def _restore(self, record: RunRecord) -> Prepared:
         """Rebuild a stored response's run inside its workflow. What may differ from the first time
         (the history of an earlier response, each tool listing, each model and tool call) is a step."""
-        parsed = parse_create_request(record.request)
+        parsed = parse_create_request(self.vault.open_request(record.request))
         body = parsed.body
         response_id = record.response["id"]
         owner = record.owner
@@ -274,8 +282,10 @@ class ResponseService:
             return await self._prior_history(body.previous_response_id, principal)
 
         prior = await dbos_steps("history", history) if body.previous_response_id else []
-        run = Run(ctx=ctx, model=model, toolbox=toolbox, history=prior + record.input_items,
-                  emitter=Emitter(_as_created(record.response)), limits=self.limits)
+        items = prior + record.input_items
+        run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
+                  emitter=Emitter(_as_created(record.response)), limits=self.limits, signer=self.signer,
+                  answers=approval.answers(items, len(prior), self.signer, toolbox.lookup))
         if record.options.get("echo_history"):
             run.echo = _echo(record.input_items)
         recorder = Recorder(self.store, response_id=response_id, owner=owner, request=record.request,

@@ -85,3 +85,22 @@ functions = Table(
     Column("source_code", Text, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
 )
+
+# Keys the server makes for itself and every process sharing the store uses (never user secrets).
+keys = Table(
+    "os_keys",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Connections registered at run time: the entry without secrets, and the secrets sealed with the
+# server's secret key (``opensupervisor.vault``).
+connections = Table(
+    "os_connections",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("entry", Text, nullable=False),
+    Column("sealed", Text, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+)

@@ -3,7 +3,10 @@
 - ``responses``: an agent speaking the Responses protocol (a sub-agent). The question goes to the
   app's ``POST {url}/responses`` and the app's answer text becomes the tool output.
 - ``mcp``: an MCP server (the "custom MCP servers on Apps"), at ``{url}/mcp``: its tools join the
-  run exactly as a ``uc_connection``'s do (same client, same background rule).
+  run exactly as a ``uc_connection``'s do (same client).
+
+Either kind follows the app's ``require_approval`` policy, as connections do (default
+``background``: in background runs each call waits for the user's approval).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError
-from opensupervisor.tools.connections import ConnectionTools
+from opensupervisor.tools.connections import ApprovalPolicy, ConnectionTools, asks_approval
 from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.wire.request import ToolSpec
@@ -38,6 +41,7 @@ class AppEntry(BaseModel):
     instructions: str | None = None
     description: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+    require_approval: ApprovalPolicy = "background"
 
 
 def tool_name(app: str) -> str:
@@ -71,7 +75,7 @@ class Apps:
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, "name", self.apps, "App")
         if name in self.mcp:
-            return ConnectionTools(self.mcp[name], spec.param)
+            return ConnectionTools(self.mcp[name], spec.param, self.apps[name].require_approval)
         return AppTool(self, name, config_description(spec))
 
     async def ask(self, name: str, question: str) -> str:
@@ -116,7 +120,8 @@ class AppTool(Toolset):
         self.description = description or apps.apps[name].description or f"Asks the {name} app"
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
-        return [ToolDef(tool_name(self.name), self.description, QUESTION_SCHEMA)]
+        ask = asks_approval(self.apps.apps[self.name].require_approval, ctx)
+        return [ToolDef(tool_name(self.name), self.description, QUESTION_SCHEMA, server_label=self.name, approval=ask)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         return await self.apps.ask(self.name, str(arguments["question"]))

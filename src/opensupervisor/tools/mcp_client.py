@@ -53,7 +53,8 @@ class McpServer:
                                 f"{self.timeout_s:g} seconds") from exc
             except Exception as exc:  # connection refused, HTTP 401, a broken stream …: all mean "down"
                 raise ToolError(f"the MCP server '{self.label}' is unavailable ({_reason(exc)})") from exc
-            self._tools = [ToolDef(t.name, t.description, dict(t.inputSchema), kind="mcp")
+            self._tools = [ToolDef(t.name, t.description, dict(t.inputSchema), kind="mcp", server_label=self.label,
+                                   annotations=t.annotations.model_dump(exclude_none=True) if t.annotations else None)
                            for t in listed.tools if self.allowed is None or t.name in self.allowed]
             self._listed_at = time.monotonic()
             return self._tools

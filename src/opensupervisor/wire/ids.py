@@ -17,6 +17,9 @@ PREFIXES = {
     "call": "call_",
     "reasoning": "rs_",
     "mcp_approval_response": "mcpa_",
+    "mcp_approval_request": "mcpr_",
+    "mcp_call": "mcp_",
+    "mcp_list_tools": "mcpl_",
     "item": "item_",
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from opensupervisor.vault import redact_tool
 from opensupervisor.wire.request import AllowedToolsChoice, CreateResponseRequest, FunctionToolChoice, ParsedRequest
 
 Response = dict[str, Any]
@@ -38,7 +39,7 @@ def new_response(response_id: str, parsed: ParsedRequest, *, model: str, created
         "temperature": body.temperature if body.temperature is not None else 1.0,
         "text": _text(body),
         "tool_choice": tool_choice_wire(body),
-        "tools": [t.config if t.type == "function" else t.raw for t in parsed.tools],
+        "tools": [t.config if t.type == "function" else redact_tool(t.raw) for t in parsed.tools],
         "top_logprobs": body.top_logprobs or 0,
         "top_p": body.top_p if body.top_p is not None else 1.0,
         "presence_penalty": body.presence_penalty or 0.0,
