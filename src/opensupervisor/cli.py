@@ -8,23 +8,28 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
 import uvicorn
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.errors import ConfigError
-from opensupervisor.runtime import running
+from opensupervisor.runtime import connection_rows, running
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.store import Store, engine_url
+from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
+from opensupervisor.tools.connections import ConnectionEntry, Connections, build_server
 from opensupervisor.tools.sandbox import Limits, Sandbox
 from opensupervisor.tools.uc_functions import FunctionCatalog, FunctionEntry
+from opensupervisor.vault import Vault
 from opensupervisor.workspace import load_workspace
 
 console = Console(stderr=True)
@@ -165,6 +170,121 @@ def functions_remove(name: str, config: str | None) -> None:
     if not _catalog_call(config, lambda catalog, table: table.remove(name)):
         raise click.ClickException(f"no registered function {name}")
     console.print(f"Removed {name}")
+
+
+@main.group()
+def connections() -> None:
+    """Store connections to MCP servers (they join the workspace file's; servers pick them up).
+
+    Secrets are read from standard input (never from the command line) and sealed with the
+    server's key ($OPENSUPERVISOR_SECRET_KEY, else <data dir>/secret_key)."""
+
+
+@connections.command("add")
+@click.argument("name")
+@click.option("--url", required=True, help="The MCP server's URL.")
+@click.option("--transport", type=click.Choice(["auto", "streamable_http", "sse"]), default="auto", show_default=True)
+@click.option("--bearer-token-env", default=None, help="Environment variable holding a bearer token.")
+@click.option("--bearer-token-stdin", is_flag=True, help="Read a bearer token from standard input and store it.")
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE", help="An extra header (stored sealed).")
+@click.option("--oauth-token-url", default=None, help="OAuth client credentials: the token endpoint.")
+@click.option("--oauth-client-id", default=None)
+@click.option("--oauth-client-secret-env", default=None, help="Environment variable holding the client secret.")
+@click.option("--oauth-client-secret-stdin", is_flag=True, help="Read the client secret from standard input.")
+@click.option("--oauth-scope", default=None)
+@click.option("--allowed-tool", "allowed", multiple=True, help="Offer only these tools. Repeat for each.")
+@click.option("--require-approval", type=click.Choice(["background", "always", "never"]), default="background",
+              show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True)
+@click.option("--description", default=None)
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def connections_add(name: str, url: str, transport: str, bearer_token_env: str | None, bearer_token_stdin: bool,
+                    headers: tuple[str, ...], oauth_token_url: str | None, oauth_client_id: str | None,
+                    oauth_client_secret_env: str | None, oauth_client_secret_stdin: bool, oauth_scope: str | None,
+                    allowed: tuple[str, ...], require_approval: str, timeout_s: float, description: str | None,
+                    config: str | None) -> None:
+    """Store (or replace) connection NAME."""
+    if bearer_token_stdin and oauth_client_secret_stdin:
+        raise click.UsageError("only one secret can come from standard input")
+    secret = _read_secret() if bearer_token_stdin or oauth_client_secret_stdin else None
+    data: dict[str, Any] = {"url": url, "transport": transport, "require_approval": require_approval,
+                            "timeout_s": timeout_s, "headers": dict(h.partition("=")[::2] for h in headers)}
+    data.update({k: v for k, v in (("bearer_token_env", bearer_token_env), ("description", description)) if v})
+    if bearer_token_stdin:
+        data["bearer_token"] = secret
+    if allowed:
+        data["allowed_tools"] = list(allowed)
+    if oauth_token_url or oauth_client_id:
+        data["oauth"] = {"token_url": oauth_token_url, "client_id": oauth_client_id, "scope": oauth_scope,
+                         "client_secret_env": oauth_client_secret_env,
+                         "client_secret": secret if oauth_client_secret_stdin else None}
+    _connections_call(config, lambda conns, stored: _put_connection(conns, stored, name, data))
+    console.print(f"Stored connection [bold]{name}[/bold]")
+
+
+@connections.command("list")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def connections_list(config: str | None) -> None:
+    """Every connection (the workspace file's and the stored ones), without secrets."""
+
+    async def names(conns: Connections, stored: StoredConnections) -> list[str]:
+        return [f"{n}\t{'workspace' if n in conns.in_file else 'stored'}\t{conns.entries[n].url}\t"
+                f"{conns.entries[n].public()['auth']}" for n in sorted(conns.entries)]
+
+    for line in _connections_call(config, names):
+        click.echo(line)
+
+
+@connections.command("remove")
+@click.argument("name")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def connections_remove(name: str, config: str | None) -> None:
+    """Remove stored connection NAME."""
+    if not _connections_call(config, lambda conns, stored: stored.remove(name)):
+        raise click.ClickException(f"no stored connection {name}")
+    console.print(f"Removed {name}")
+
+
+def _read_secret() -> str:
+    return sys.stdin.readline().strip()
+
+
+@main.command("secret-key")
+def secret_key() -> None:
+    """Print a new key for $OPENSUPERVISOR_SECRET_KEY (share one across the hosts of a deployment)."""
+    click.echo(Fernet.generate_key().decode())
+
+
+async def _put_connection(conns: Connections, stored: StoredConnections, name: str, data: dict[str, Any]) -> None:
+    if name in conns.in_file:
+        raise ConfigError(f"connection {name} is declared in the workspace file; change it there")
+    try:
+        entry = ConnectionEntry.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise ConfigError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
+    build_server(name, entry)
+    await stored.put(name, entry.without_secrets(), entry.secrets())
+
+
+def _connections_call(config: str | None, action: Callable[[Connections, StoredConnections], Awaitable[T]]) -> T:
+    settings = Settings.from_env()
+
+    async def run() -> T:
+        store = Store(settings.database_url)
+        await store.migrate()
+        try:
+            stored = StoredConnections(store, Vault.load(settings.data_dir))
+            conns = Connections(load_workspace(config or settings.config))
+            conns.load(connection_rows(await stored.all()))
+            return await action(conns, stored)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _param(text: str) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
+from opensupervisor.store.connections import Row as StoredRow
+from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.keys import shared_key
 from opensupervisor.tools import apps, connections, genie, mcp_tool, uc_functions
@@ -25,7 +27,7 @@ from opensupervisor.workspace import Workspace
 
 log = logging.getLogger(__name__)
 ToolSetup = Callable[[ToolRegistry], None]
-FUNCTIONS_REFRESH_S = 5.0
+REFRESH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class Runtime:
     spaces: genie.GenieSpaces
     functions: uc_functions.FunctionCatalog
     registered: RegisteredFunctions
+    connections: connections.Connections
+    stored_connections: StoredConnections
 
 
 @contextlib.asynccontextmanager
@@ -50,9 +54,13 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     spaces = genie.register(registry, ws, catalog)
     functions = uc_functions.register(registry, ws, settings.data_dir / "functions")
     app_tools = apps.register(registry, ws)
-    mcp_tool.register(registry, ws, connections.register(registry, ws))
+    conns = connections.register(registry, ws)
+    mcp_tool.register(registry, ws, conns)
     registered = RegisteredFunctions(store)
     functions.load(await registered.all())
+    vault = Vault.load(settings.data_dir)
+    stored_connections = StoredConnections(store, vault)
+    conns.load(connection_rows(await stored_connections.all()))
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)
@@ -60,16 +68,17 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         else settings.worker_concurrency
     signer = ApprovalSigner(await shared_key(store, "mcp_approval"))
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
-                              Vault.load(settings.data_dir), _background_limits(ws, concurrency))
+                              vault, _background_limits(ws, concurrency))
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
         try:
             await maintenance.start()
             try:
-                watcher = asyncio.create_task(_watch_functions(functions, registered))
+                watcher = asyncio.create_task(_watch_registered(functions, registered, conns, stored_connections))
                 try:
-                    yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered)
+                    yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
+                                  stored_connections)
                 finally:
                     watcher.cancel()
             finally:
@@ -85,14 +94,20 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         await store.close()
 
 
-async def _watch_functions(catalog: uc_functions.FunctionCatalog, registered: RegisteredFunctions) -> None:
-    """Functions registered through another process show up here within a few seconds."""
+async def _watch_registered(catalog: uc_functions.FunctionCatalog, registered: RegisteredFunctions,
+                            conns: connections.Connections, stored: StoredConnections) -> None:
+    """Functions and connections registered through another process show up here within seconds."""
     while True:
-        await asyncio.sleep(FUNCTIONS_REFRESH_S)
+        await asyncio.sleep(REFRESH_S)
         try:
             catalog.load(await registered.all())
+            conns.load(connection_rows(await stored.all()))
         except Exception:  # a database hiccup: the next round retries
-            log.exception("reloading the registered functions failed")
+            log.exception("reloading the registered functions and connections failed")
+
+
+def connection_rows(rows: list[StoredRow]) -> list[tuple[str, connections.ConnectionEntry, int]]:
+    return [(name, connections.with_secrets(entry, secrets), updated) for name, entry, secrets, updated in rows]
 
 
 def _loop_limits(ws: Workspace) -> LoopLimits:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,3 +18,16 @@ class RunContext:
     request: ParsedRequest
     # Free slots for toolsets and wrappers (per-run caches, conversation ids …), never for the loop.
     state: dict[str, Any] = field(default_factory=dict)
+    # What to release when the run ends (sessions a toolset kept open for the run's calls).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self.closers.append(closer)
+
+    async def close(self) -> None:
+        closers, self.closers = self.closers, []
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except Exception:  # one failing release must not keep the others
+                logging.getLogger(__name__).exception("releasing a resource of run %s failed", self.response_id)

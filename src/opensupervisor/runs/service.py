@@ -159,6 +159,8 @@ class ResponseService:
                 for event in await self._record_end(prepared, "failed"):
                     yield event
         finally:
+            with anyio.CancelScope(shield=True):
+                await prepared.run.ctx.close()
             live = prepared.live
             if not recorder.finished and not (live is not None and live.shutting_down):
                 reason = live.stop_reason if live is not None else None

@@ -24,10 +24,10 @@ from opensupervisor.wire.validation import raise_validation
 BASE = "/admin/v1/functions"
 
 
-def _admin(request: Request) -> AppState:
+def admin_state(request: Request, what: str = "the function catalog") -> AppState:
     state: AppState = request.app.state.os
     if not authenticate(request, state.admin_token).is_admin:
-        raise Forbidden("Only an admin may manage the function catalog.")
+        raise Forbidden(f"Only an admin may manage {what}.")
     return state
 
 
@@ -37,7 +37,7 @@ def _describe(function: Function, origin: str) -> dict[str, Any]:
 
 
 async def list_functions(request: Request) -> Response:
-    state = _admin(request)
+    state = admin_state(request)
     catalog = state.functions
     data = [_describe(f, "workspace") for f in catalog.functions.values()]
     data += [_describe(f, "registered") for f in catalog.registered.values()]
@@ -45,7 +45,7 @@ async def list_functions(request: Request) -> Response:
 
 
 async def get_function(request: Request) -> Response:
-    state = _admin(request)
+    state = admin_state(request)
     name = request.path_params["name"]
     function = state.functions.lookup(name)
     if function is None:
@@ -54,7 +54,7 @@ async def get_function(request: Request) -> Response:
 
 
 async def put_function(request: Request) -> Response:
-    state = _admin(request)
+    state = admin_state(request)
     name = request.path_params["name"]
     body = parse_json_body(await request.body())
     source_code = body.pop("source_code", None)
@@ -78,7 +78,7 @@ async def put_function(request: Request) -> Response:
 
 
 async def delete_function(request: Request) -> Response:
-    state = _admin(request)
+    state = admin_state(request)
     name = request.path_params["name"]
     if name in state.functions.functions:
         raise InvalidRequest(f"Function '{name}' is declared in the workspace file; remove it there.",

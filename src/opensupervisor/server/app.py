@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
         token, _ = ensure_admin_token(settings)
         async with running(settings, ws, tool_setup) as rt:
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
-                                    rt.registered, int(time.time()))
+                                    rt.registered, rt.connections, rt.stored_connections, int(time.time()))
             yield
 
     return Starlette(

@@ -17,6 +17,7 @@ from opensupervisor.identity import Principal
 from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
+from opensupervisor.server.connections_api import connection_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
@@ -161,6 +162,7 @@ def routes() -> list[BaseRoute]:
         Route("/metrics", metrics_text, methods=["GET"]),
         *genie_routes(),
         *admin_routes(),
+        *connection_routes(),
     ]
     for prefix in PREFIXES:
         out += [

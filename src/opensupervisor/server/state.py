@@ -10,7 +10,9 @@ from starlette.responses import Response
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
+from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
+from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.genie import GenieSpaces
 from opensupervisor.tools.uc_functions import FunctionCatalog
 from opensupervisor.workspace import Workspace
@@ -33,4 +35,6 @@ class AppState:
     spaces: GenieSpaces
     functions: FunctionCatalog
     registered: RegisteredFunctions
+    connections: Connections
+    stored_connections: StoredConnections
     started_at: int

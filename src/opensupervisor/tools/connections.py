@@ -1,9 +1,11 @@
 """``uc_connection``: a named connection to an external MCP server, whose tools join the run.
 
-Connections are declared in the workspace file's ``[connections.<name>]``: the server's Streamable
-HTTP URL, a bearer token from an environment variable (never logged, returned or stored), extra
-headers, a timeout and an optional allow-list of tool names. The model sees the server's own tool
-names, as the Supervisor API shows them.
+Connections come from the workspace file's ``[connections.<name>]`` and from the admin API / CLI
+(stored, their secrets sealed with the server's key). Each names the server's URL and transport,
+its credentials (a bearer token, from an environment variable or stored; or OAuth client
+credentials), extra headers, a timeout and an optional allow-list of tool names. The model sees
+the server's own tool names, as the Supervisor API shows them. Secrets are never logged, returned
+or stored in the clear; a workspace file names environment variables instead of holding them.
 
 Approval (``require_approval``): ``background`` (the default, as the Supervisor API) makes every call
 of a background run wait for the user's ``mcp_approval_response``; ``always`` asks in every run;
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,48 +24,133 @@ from pydantic import BaseModel, ConfigDict, Field
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError, UpstreamUnavailable
-from opensupervisor.tools.mcp_client import McpServer
+from opensupervisor.tools.mcp_client import McpServer, Transport
+from opensupervisor.tools.oauth import ClientCredentials
 from opensupervisor.tools.registry import ToolRegistry, config_name
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
 ApprovalPolicy = Literal["background", "always", "never"]
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 
 
 def asks_approval(policy: ApprovalPolicy, ctx: RunContext) -> bool:
     return policy == "always" or (policy == "background" and ctx.request.body.background)
 
 
+class OAuthEntry(BaseModel):
+    """OAuth 2.0 client credentials: a token from ``token_url``, renewed before it expires."""
+
+    model_config = ConfigDict(extra="forbid")
+    token_url: str
+    client_id: str
+    client_secret_env: str | None = None
+    client_secret: str | None = None  # stored connections only (sealed)
+    scope: str | None = None
+
+
 class ConnectionEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str
+    transport: Transport = "auto"
     bearer_token_env: str | None = None
+    bearer_token: str | None = None  # stored connections only (sealed)
+    oauth: OAuthEntry | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=30.0, gt=0)
     allowed_tools: list[str] | None = None
     description: str | None = None
     require_approval: ApprovalPolicy = "background"
 
+    def secrets(self) -> dict[str, Any]:
+        """What a stored connection seals: its token, client secret and headers."""
+        return {"bearer_token": self.bearer_token, "headers": self.headers,
+                "client_secret": self.oauth.client_secret if self.oauth else None}
+
+    def without_secrets(self) -> dict[str, Any]:
+        data = self.model_dump(exclude_defaults=True, exclude={"bearer_token", "headers"})
+        if self.oauth is not None:
+            data["oauth"] = self.oauth.model_dump(exclude_defaults=True, exclude={"client_secret"})
+        return data
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows: everything but secret values (header names only)."""
+        auth = "oauth" if self.oauth else "bearer" if self.bearer_token or self.bearer_token_env else "none"
+        return {**self.without_secrets(), "auth": auth, "headers": sorted(self.headers),
+                "transport": self.transport, "require_approval": self.require_approval, "timeout_s": self.timeout_s}
+
+
+def with_secrets(entry: dict[str, Any], secrets: dict[str, Any]) -> ConnectionEntry:
+    """A stored connection: its entry with the unsealed secrets put back."""
+    data = dict(entry, headers=secrets.get("headers") or {})
+    if secrets.get("bearer_token"):
+        data["bearer_token"] = secrets["bearer_token"]
+    if data.get("oauth") and secrets.get("client_secret"):
+        data["oauth"] = dict(data["oauth"], client_secret=secrets["client_secret"])
+    return ConnectionEntry.model_validate(data)
+
+
+def build_server(name: str, entry: ConnectionEntry) -> McpServer:
+    """The client for one connection; a missing credential is a ``ConfigError`` naming it."""
+    headers = dict(entry.headers)
+    token = entry.bearer_token or _env(name, entry.bearer_token_env, "bearer_token_env")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    auth = None
+    if entry.oauth is not None:
+        secret = entry.oauth.client_secret or _env(name, entry.oauth.client_secret_env, "oauth.client_secret_env")
+        if not secret:
+            raise ConfigError(f"connections.{name}.oauth: client_secret_env (or a stored client secret) is required")
+        auth = ClientCredentials(entry.oauth.token_url, entry.oauth.client_id, secret, entry.oauth.scope,
+                                 timeout_s=entry.timeout_s)
+    return McpServer(name, entry.url, headers=headers, timeout_s=entry.timeout_s, allowed_tools=entry.allowed_tools,
+                     transport=entry.transport, auth=auth)
+
+
+def _env(name: str, variable: str | None, field: str) -> str | None:
+    if variable is None:
+        return None
+    value = os.environ.get(variable, "")
+    if not value:
+        raise ConfigError(f"connections.{name}: environment variable {variable} ({field}) is not set")
+    return value
+
 
 class Connections:
+    """The workspace file's connections and the stored ones (which may not reuse a file's name)."""
+
     def __init__(self, workspace: Workspace) -> None:
+        self.entries: dict[str, ConnectionEntry] = {}
         self.servers: dict[str, McpServer] = {}
-        self.policies: dict[str, ApprovalPolicy] = {}
+        self.stored: dict[str, tuple[int, ConnectionEntry]] = {}
         for name, raw in workspace.connections.items():
             entry = section_entry(ConnectionEntry, f"connections.{name}", raw)
-            headers = dict(entry.headers)
-            if entry.bearer_token_env:
-                token = os.environ.get(entry.bearer_token_env, "")
-                if not token:
-                    raise ConfigError(f"connections.{name}: environment variable {entry.bearer_token_env} is not set")
-                headers["Authorization"] = f"Bearer {token}"
-            self.servers[name] = McpServer(name, entry.url, headers=headers, timeout_s=entry.timeout_s,
-                                           allowed_tools=entry.allowed_tools)
-            self.policies[name] = entry.require_approval
+            if entry.bearer_token or (entry.oauth and entry.oauth.client_secret):
+                raise ConfigError(f"connections.{name}: a workspace file names environment variables for secrets "
+                                  "(bearer_token_env, oauth.client_secret_env); store secrets with the admin API")
+            self.entries[name] = entry
+            self.servers[name] = build_server(name, entry)
+        self.in_file = frozenset(self.entries)
+
+    def load(self, rows: list[tuple[str, ConnectionEntry, int]]) -> None:
+        """Take the stored connections as they are now (new, changed and removed ones)."""
+        seen = set()
+        for name, entry, updated_at in rows:
+            seen.add(name)
+            if name in self.in_file or self.stored.get(name, (None,))[0] == updated_at:
+                continue
+            try:
+                server = build_server(name, entry)
+            except ConfigError:
+                continue  # checked when it was stored; an environment change is logged by the caller
+            self.entries[name], self.servers[name] = entry, server
+            self.stored[name] = (updated_at, entry)
+        for name in set(self.stored) - seen:
+            del self.stored[name], self.entries[name], self.servers[name]
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, "name", self.servers, "Connection")
-        return ConnectionTools(self.servers[name], spec.param, self.policies[name])
+        return ConnectionTools(self.servers[name], spec.param, self.entries[name].require_approval)
 
 
 class ConnectionTools(Toolset):
@@ -83,7 +171,7 @@ class ConnectionTools(Toolset):
         return [dataclasses.replace(t, approval=ask) for t in tools]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        return await self.server.call(name, arguments)
+        return await self.server.call(ctx, name, arguments)
 
 
 def register(registry: ToolRegistry, workspace: Workspace) -> Connections:

@@ -1,43 +1,82 @@
-"""One remote MCP server, spoken with the official ``mcp`` SDK over Streamable HTTP.
+"""One remote MCP server, spoken with the official ``mcp`` SDK (Streamable HTTP, or SSE).
 
-Tool lists are cached for a short time (a run lists once; runs share the cache). Every operation
-has a timeout; a server that is down, slow, or answers an error becomes a ``ToolError`` whose text
+Tool lists are cached for a short time (a run lists once; runs share the cache). The calls of one
+run share one session, opened at its first call and closed when the run ends. Every operation has
+a timeout; a server that is down, slow, or answers an error becomes a ``ToolError`` whose text
 names the server, never its credentials.
+
+``transport``: ``streamable_http``, ``sse`` (the older HTTP+SSE transport), or ``auto``: Streamable
+HTTP first and, when the server does not speak it, SSE from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import orjson
 from mcp import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamablehttp_client
 
+from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef
 from opensupervisor.errors import ToolError
+from opensupervisor.tools.oauth import TokenRequestFailed
+
+log = logging.getLogger(__name__)
+Transport = Literal["auto", "streamable_http", "sse"]
 
 
 class McpServer:
     def __init__(self, label: str, url: str, *, headers: dict[str, str], timeout_s: float,
-                 allowed_tools: list[str] | None, cache_s: float = 30.0) -> None:
+                 allowed_tools: list[str] | None, cache_s: float = 30.0, transport: Transport = "auto",
+                 auth: httpx.Auth | None = None) -> None:
         self.label = label
         self.url = url
         self._headers = headers
+        self._auth = auth
         self.timeout_s = timeout_s
         self.allowed = set(allowed_tools) if allowed_tools is not None else None
         self.cache_s = cache_s
+        self.transport: Transport = transport
         self._tools: list[ToolDef] = []
         self._listed_at = -1e9
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[ClientSession]:
-        transport = streamablehttp_client(self.url, headers=self._headers, timeout=self.timeout_s)
-        async with transport as (read, write, _), ClientSession(read, write) as session:
+    async def session(self) -> AsyncIterator[ClientSession]:
+        """An initialized session; with ``auto``, a server that refuses Streamable HTTP gets SSE."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.transport == "sse":
+                session = await stack.enter_async_context(self._open("sse"))
+            else:
+                try:
+                    session = await stack.enter_async_context(self._open("streamable_http"))
+                except Exception as exc:
+                    if self.transport != "auto" or not _wrong_transport(exc):
+                        raise
+                    log.info("MCP server %r does not speak Streamable HTTP; using SSE", self.label)
+                    self.transport = "sse"
+                    session = await stack.enter_async_context(self._open("sse"))
+            yield session
+
+    @asynccontextmanager
+    async def _open(self, transport: Transport) -> AsyncIterator[ClientSession]:
+        if transport == "sse":
+            stream = sse_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth)
+            async with stream as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                yield session
+            return
+        http = streamablehttp_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth)
+        async with http as (read, write, _), ClientSession(read, write) as session:
             await session.initialize()
             yield session
 
@@ -46,7 +85,7 @@ class McpServer:
             if time.monotonic() - self._listed_at < self.cache_s:
                 return self._tools
             try:
-                async with asyncio.timeout(self.timeout_s), self._session() as session:
+                async with asyncio.timeout(self.timeout_s), self.session() as session:
                     listed = await session.list_tools()
             except TimeoutError as exc:
                 raise ToolError(f"the MCP server '{self.label}' did not list its tools within "
@@ -59,18 +98,84 @@ class McpServer:
             self._listed_at = time.monotonic()
             return self._tools
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+    async def call(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        held = _held(ctx, self)
         try:
-            async with asyncio.timeout(self.timeout_s), self._session() as session:
+            async with asyncio.timeout(self.timeout_s):
+                session = await held.get()
                 result = await session.call_tool(name, arguments)
         except TimeoutError as exc:
             raise ToolError(f"the MCP server '{self.label}' did not answer within {self.timeout_s:g} seconds") from exc
         except Exception as exc:
+            held.broken()  # the next call of the run opens a fresh session
             raise ToolError(f"the MCP server '{self.label}' failed the call ({_reason(exc)})") from exc
         text = "\n".join(_content_text(c) for c in result.content)
         if result.isError:
             raise ToolError(f"the MCP tool '{name}' reported an error: {text or 'no details'}")
+        if not text and result.structuredContent is None:
+            return "(the tool returned no content)"
         return text or orjson.dumps(result.structuredContent).decode()
+
+
+class _HeldSession:
+    """A session kept open for one run by a task of its own: the SDK's transports must be entered
+    and left in one task, while a run's calls come from several."""
+
+    def __init__(self, server: McpServer) -> None:
+        self.server = server
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[ClientSession] | None = None
+        self._stop = asyncio.Event()
+
+    async def get(self) -> ClientSession:
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._stop = asyncio.Event()
+            self._task = asyncio.create_task(self._hold(self._ready, self._stop))
+        return await asyncio.shield(self._ready)
+
+    async def _hold(self, ready: asyncio.Future[ClientSession], stop: asyncio.Event) -> None:
+        try:
+            async with self.server.session() as session:
+                ready.set_result(session)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else ConnectionError("session closed"))
+            if not isinstance(exc, Exception):
+                raise
+
+    def broken(self) -> None:
+        self._stop.set()
+        self._ready = None
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(5):
+                    await self._task
+            self._task = None
+        if self._ready is not None and self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()  # retrieved, so asyncio does not log it
+        self._ready = None
+
+
+def _held(ctx: RunContext, server: McpServer) -> _HeldSession:
+    sessions: dict[int, _HeldSession] = ctx.state.setdefault("mcp_sessions", {})
+    held = sessions.get(id(server))
+    if held is None:
+        held = sessions[id(server)] = _HeldSession(server)
+        ctx.on_close(held.close)
+    return held
+
+
+def _wrong_transport(exc: BaseException) -> bool:
+    """Whether a failed Streamable HTTP start means "this server speaks the older SSE transport"."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status in (400, 404, 405)
 
 
 def _content_text(content: Any) -> str:
@@ -83,5 +188,7 @@ def _reason(exc: BaseException) -> str:
     """A short cause without secrets: the exception type, and the first leaf of an exception group."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    if isinstance(exc, TokenRequestFailed):
+        return f"OAuth: {exc}"
     status = getattr(getattr(exc, "response", None), "status_code", None)
     return f"HTTP {status}" if status else type(exc).__name__

@@ -150,7 +150,7 @@ class RemoteMcpTools(Toolset):
                 for t in tools if self.spec.allows(t)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        return await self.server.call(name, arguments)
+        return await self.server.call(ctx, name, arguments)
 
 
 def register(registry: ToolRegistry, workspace: Workspace, connections: Connections) -> RemoteServers:
