@@ -74,8 +74,8 @@ class Server:
 class ASGIThread:
     """Any ASGI app under uvicorn on a free loopback port, in a thread of this process."""
 
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
@@ -95,10 +95,11 @@ class ThreadServer:
     """The real app on a loopback port, in a thread of this process."""
 
     def __init__(self, database_url: str, workspace: Path = WORKSPACE) -> None:
+        port = free_port()
         settings = Settings(database_url=database_url, config=str(workspace), admin_token=TOKEN,
-                            system_database_url=SYSTEM_DB, data_dir=SCRATCH)
+                            system_database_url=SYSTEM_DB, data_dir=SCRATCH, port=port)
         app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
-        self.loopback = ASGIThread(app)
+        self.loopback = ASGIThread(app, port)
 
     def __enter__(self) -> Server:
         return Server(self.loopback.__enter__())

@@ -3,6 +3,7 @@ the embedded local model) with only two variables set. The model's prose is not 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,3 +75,38 @@ turns = [
     assert "Review 8 is flagged as urgent (billing)" in done[3]
     assert "Three reviews are urgent" in done[4]
     assert out[-1].startswith("ResponseCompletedEvent(")
+
+
+def demo_tools_workspace(folder: Path, script: str) -> Path:
+    """The demo workspace's tools (data, app and connection, with its MCP servers) and a scripted model."""
+    demo = Path(opensupervisor.__file__).parent / "demo"
+    for name in ("reviews.db", "support.py"):
+        shutil.copy(demo / name, folder / name)
+    tools = (demo / "workspace.toml").read_text().split("# The seed's Step 2 tools")[1]
+    (folder / "workspace.toml").write_text('demo_servers = true\n\n[models."databricks-claude-sonnet-4-5"]\n'
+                                           'provider = "scripted"\n' + script + "\n#" + tools)
+    return folder / "workspace.toml"
+
+
+def test_background_mode_with_mcp(tmp_path: Path) -> None:
+    """The seed's "Background mode with MCP": the run completes with an mcp_approval_request; the
+    full history plus an mcp_approval_response continues it. The connection is the demo's web
+    search, a real MCP server."""
+    config = demo_tools_workspace(tmp_path, '''
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "search the web"
+turns = [
+  { tool_calls = [{ name = "web-search", arguments = { query = "what is Databricks", count = 2 } }] },
+  { text = "Databricks is a data and AI platform." },
+]''')
+    with ProcessServer(tmp_path, config=config) as server:
+        first_status, request, second_status, *items = run_snippet("background_mcp.py", server).splitlines()
+    approval = json.loads(request)
+    assert first_status == "completed" and second_status == "completed"
+    assert approval["type"] == "mcp_approval_request" and approval["status"] == "completed"
+    assert (approval["name"], approval["server_label"]) == ("web-search", "web_search")
+    assert json.loads(approval["arguments"]) == {"query": "what is Databricks", "count": 2}
+    call, output, answer = (json.loads(i) for i in items)
+    assert (call["type"], call["call_id"]) == ("function_call", approval["id"])
+    assert output["type"] == "function_call_output" and "What is Databricks?" in output["output"]
+    assert answer["content"][0]["text"] == "Databricks is a data and AI platform."

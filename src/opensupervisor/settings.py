@@ -24,6 +24,12 @@ class Settings:
     # Overrides the workspace's background.worker_concurrency for this process.
     worker_concurrency: int | None = None
 
+    @property
+    def self_url(self) -> str:
+        """How this server reaches itself: where workspace URLs that start with ``/`` point."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
     @classmethod
     def from_env(cls) -> Settings:
         env = os.environ

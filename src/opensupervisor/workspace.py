@@ -86,6 +86,8 @@ class Workspace(_Section):
     limits: Limits = Field(default_factory=Limits)
     background: Background = Field(default_factory=Background)
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
+    # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
+    demo_servers: bool = False
     # Python modules with a ``register(registry)`` function that adds hosted tool kinds.
     plugins: list[str] = Field(default_factory=list)
     # Hosted tool sections; each tool kind validates its own entries when it is registered.

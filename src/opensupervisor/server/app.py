@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from opensupervisor.demo.servers import DemoServers
 from opensupervisor.errors import APIError
 from opensupervisor.runtime import ToolSetup, running
 from opensupervisor.server.routes import routes
@@ -54,17 +55,22 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, *, workspace: Workspace | None = None,
                tool_setup: ToolSetup | None = None) -> Starlette:
     """The application for ``settings``. ``tool_setup`` registers extra hosted tool kinds."""
+    ws = workspace or load_workspace(settings.config)
+    demo = DemoServers() if ws.demo_servers else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        ws = workspace or load_workspace(settings.config)
         token, _ = ensure_admin_token(settings)
-        async with running(settings, ws, tool_setup) as rt:
+        async with contextlib.AsyncExitStack() as stack:
+            if demo is not None:
+                await demo.start(stack)
+            rt = await stack.enter_async_context(running(settings, ws, tool_setup))
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
                                     rt.registered, rt.connections, rt.stored_connections, int(time.time()))
             yield
 
     return Starlette(
-        routes=routes(),
+        routes=routes() + (demo.routes() if demo is not None else []),
         lifespan=lifespan,
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )

@@ -49,12 +49,14 @@ def tool_name(app: str) -> str:
 
 
 class Apps:
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, self_url: str = "") -> None:
         self.apps: dict[str, AppEntry] = {}
         self.mcp: dict[str, McpServer] = {}
         self._keys: dict[str, str] = {}
         for name, raw in workspace.apps.items():
             entry = section_entry(AppEntry, f"apps.{name}", raw)
+            if entry.url.startswith("/"):  # an app this server serves (the demo's)
+                entry = entry.model_copy(update={"url": self_url + entry.url})
             if entry.api_key_env:
                 key = os.environ.get(entry.api_key_env, "")
                 if not key:
@@ -133,8 +135,8 @@ def _output_text(response: dict[str, Any]) -> str:
     return "".join(texts) or "(the app answered with no text)"
 
 
-def register(registry: ToolRegistry, workspace: Workspace) -> Apps:
+def register(registry: ToolRegistry, workspace: Workspace, self_url: str = "") -> Apps:
     """Add the ``app`` kind; returns the apps (the caller closes them)."""
-    apps = Apps(workspace)
+    apps = Apps(workspace, self_url)
     registry.register("app", apps.factory)
     return apps

@@ -119,12 +119,15 @@ def _env(name: str, variable: str | None, field: str) -> str | None:
 class Connections:
     """The workspace file's connections and the stored ones (which may not reuse a file's name)."""
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, self_url: str = "") -> None:
+        self.self_url = self_url
         self.entries: dict[str, ConnectionEntry] = {}
         self.servers: dict[str, McpServer] = {}
         self.stored: dict[str, tuple[int, ConnectionEntry]] = {}
         for name, raw in workspace.connections.items():
             entry = section_entry(ConnectionEntry, f"connections.{name}", raw)
+            if entry.url.startswith("/"):  # a server this one serves (the demo's)
+                entry = entry.model_copy(update={"url": self_url + entry.url})
             if entry.bearer_token or (entry.oauth and entry.oauth.client_secret):
                 raise ConfigError(f"connections.{name}: a workspace file names environment variables for secrets "
                                   "(bearer_token_env, oauth.client_secret_env); store secrets with the admin API")
@@ -174,8 +177,9 @@ class ConnectionTools(Toolset):
         return await self.server.call(ctx, name, arguments)
 
 
-def register(registry: ToolRegistry, workspace: Workspace) -> Connections:
-    connections = Connections(workspace)
+def register(registry: ToolRegistry, workspace: Workspace, self_url: str = "") -> Connections:
+    """Add the ``uc_connection`` kind; ``self_url`` resolves the workspace's URLs that start with ``/``."""
+    connections = Connections(workspace, self_url)
     registry.register("uc_connection", connections.factory)
     # ``{"type": "connection", "connection": {"name", "description"}}``, as published apps send it.
     registry.register("connection", connections.factory)
