@@ -49,6 +49,7 @@ bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/background.py
 	$(BIN)/python bench/tools.py
+	$(BIN)/python bench/mcp_calls.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor

@@ -45,6 +45,17 @@ def tools_server() -> FastMCP:
     return server
 
 
+def many_tools_server(count: int = 150) -> FastMCP:
+    """A server with many tools (``tool_0`` … ``tool_<count-1>``), each echoing its number and argument."""
+    server = FastMCP("many", stateless_http=True, log_level="WARNING")
+    for n in range(count):
+        def echo(x: int, n: int = n) -> str:
+            return f"{n}:{x}"
+
+        server.add_tool(echo, name=f"tool_{n}", description=f"Tool number {n}.")
+    return server
+
+
 class CountInitialize:
     """Counts the MCP sessions a server sees (``initialize`` requests), passing everything through."""
 

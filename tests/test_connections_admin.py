@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from opensupervisor.testing.asgi import Receive, Send, send_json
 from tests.conftest import TOKEN, ASGIThread, Server, ThreadServer, process_env, wait_until
-from tests.mcp_servers import CountInitialize, tools_server
+from tests.mcp_servers import CountInitialize, many_tools_server, tools_server
 
 SECRET = "stored-secret-4417"
 CLIENT_SECRET = "oauth-client-secret-8812"
@@ -67,8 +67,8 @@ def upstreams() -> Iterator[tuple[Upstreams, dict[str, str]]]:
     with ASGIThread(up.counted) as counted, ASGIThread(tools_server().sse_app()) as sse, \
             ASGIThread(token_server(up.issued)) as auth, \
             ASGIThread(OAuthGuard(tools_server().streamable_http_app(), up.issued)) as guarded, \
-            ASGIThread(not_mcp) as garbage:
-        yield up, {"counted": f"{counted}/mcp", "sse": f"{sse}/sse", "token": f"{auth}/token",
+            ASGIThread(not_mcp) as garbage, ASGIThread(many_tools_server().streamable_http_app()) as many:
+        yield up, {"many": f"{many}/mcp", "counted": f"{counted}/mcp", "sse": f"{sse}/sse", "token": f"{auth}/token",
                    "guarded": f"{guarded}/mcp", "garbage": f"{garbage}/mcp"}
 
 
@@ -99,6 +99,10 @@ when = "add"
 turns = [{{ tool_calls = [{{ name = "add", arguments = {{ a = 2, b = 3 }} }}] }}, {{ text = "Five." }}]
 
 [[models.agent.script]]
+when = "the last of many"
+turns = [{{ tool_calls = [{{ name = "tool_149", arguments = {{ x = 5 }} }}] }}, {{ text = "Found it." }}]
+
+[[models.agent.script]]
 when = "slow"
 turns = [{{ tool_calls = [{{ name = "slow" }}] }}, {{ text = "Late." }}]
 
@@ -109,6 +113,9 @@ timeout_s = 60
 
 [connections.sse]
 url = "{urls['sse']}"
+
+[connections.many]
+url = "{urls['many']}"
 """)
     with ThreadServer(f"sqlite:///{folder}/state.db", folder / "workspace.toml") as running:
         yield running
@@ -135,7 +142,7 @@ def test_a_stored_connection_keeps_its_secret_sealed(server: Server, upstreams: 
         assert put.json()["auth"] == "oauth" and put.json()["headers"] == ["X-Api-Key"]
         listed = http.get("/admin/v1/connections")
         assert {c["name"]: c["origin"] for c in listed.json()["data"]} == {
-            "counted": "workspace", "sse": "workspace", "robot": "stored"}
+            "counted": "workspace", "sse": "workspace", "many": "workspace", "robot": "stored"}
         texts = [put.text, listed.text, http.get("/admin/v1/connections/robot").text]
     response = server.client().responses.create(model="agent", input="add", tools=[conn("robot")])
     assert outputs(response) == ["5"] and response.output_text == "Five."
@@ -184,6 +191,11 @@ def test_admin_api_validation(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         server.client().responses.create(model="agent", input="add", tools=[conn("gone")])
     assert info.value.body["param"] == "tools[0].uc_connection.name"
+
+
+def test_a_server_with_many_tools(server: Server) -> None:
+    response = server.client().responses.create(model="agent", input="the last of many", tools=[conn("many")])
+    assert outputs(response) == ["149:5"] and response.output_text == "Found it."
 
 
 def test_the_older_sse_transport_is_found_by_itself(server: Server) -> None:

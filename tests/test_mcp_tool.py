@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,9 @@ def test_the_allow_list_refuses_other_addresses(client: openai.OpenAI) -> None:
     assert bad.value.body["param"] == "tools[0].server_label"
 
 
-def test_credentials_are_used_and_never_shown(server: Server, urls: tuple[str, str], folder: Path) -> None:
+def test_credentials_are_used_and_never_shown(server: Server, urls: tuple[str, str], folder: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     tool = mcp(urls[1], require_approval="never", headers={"Authorization": f"Bearer {SECRET}"})
     with server.http() as http:
         created = http.post("/v1/responses", json={"model": "agent", "input": "add", "tools": [tool]})
@@ -175,7 +178,7 @@ def test_credentials_are_used_and_never_shown(server: Server, urls: tuple[str, s
         wrong = http.post("/v1/responses", json={"model": "agent", "input": "add", "tools": [
             mcp(urls[1], headers={"Authorization": "Bearer not-the-key"})]})
         assert wrong.status_code == 502 and wrong.json()["error"]["param"] == "tools[0]"
-        for text in (created.text, background.text, done.text, streamed.text, wrong.text):
+        for text in (created.text, background.text, done.text, streamed.text, wrong.text, caplog.text):
             assert SECRET not in text and "not-the-key" not in text
     for file in folder.glob("state.db*"):  # the database and its write-ahead log
         assert SECRET.encode() not in file.read_bytes()
