@@ -17,16 +17,21 @@ import uvicorn
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import Progress, TaskID
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.errors import ConfigError
+from opensupervisor.knowledge.ingest import IngestReport, OutsideSources
+from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
+from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runtime import connection_rows, running
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.store import Store, engine_url
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.tools.connections import ConnectionEntry, Connections, build_server
+from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
 from opensupervisor.tools.sandbox import Limits, Sandbox
 from opensupervisor.tools.uc_functions import FunctionCatalog, FunctionEntry
 from opensupervisor.vault import Vault
@@ -247,6 +252,53 @@ def connections_remove(name: str, config: str | None) -> None:
 
 def _read_secret() -> str:
     return sys.stdin.readline().strip()
+
+
+@main.command()
+@click.argument("assistants", nargs=-1)
+@click.option("--path", "paths", multiple=True, help="Only these files or folders (inside the sources).")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
+def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | None) -> None:
+    """Index knowledge assistants' source folders (all of them, or the ASSISTANTS named).
+
+    Incremental: unchanged files are skipped, changed ones replaced, deleted ones removed."""
+    settings = Settings.from_env()
+
+    async def run() -> list[tuple[str, IngestReport]]:
+        ws = load_workspace(config or settings.config)
+        catalog = ModelCatalog(ws)
+        kas = KnowledgeAssistants(ws, catalog, settings.knowledge_database_url)
+        unknown = [a for a in assistants if a not in kas.entries]
+        if unknown:
+            raise ConfigError(f"no knowledge assistant {', '.join(unknown)} in the workspace")
+        reports = []
+        try:
+            for ka in assistants or tuple(kas.entries):
+                with Progress(console=console, transient=True) as bar:
+                    task = bar.add_task(ka, total=None)
+
+                    def step(key: str, n: int, total: int, task: TaskID = task, bar: Progress = bar,
+                             ka: str = ka) -> None:
+                        bar.update(task, completed=n, total=total, description=f"{ka}: {key}")
+
+                    reports.append((ka, await knowledge_ingest(kas.index, ka, kas.roots[ka], kas.embedder(ka),
+                                                               only=list(paths) or None, progress=step)))
+        finally:
+            await kas.aclose()
+            await catalog.aclose()
+        return reports
+
+    try:
+        results = asyncio.run(run())
+    except (ConfigError, OutsideSources) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for ka, report in results:
+        console.print(f"[bold]{ka}[/bold]: {len(report.added)} added, {len(report.updated)} updated, "
+                      f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, {report.chunks} chunks")
+        for key, why in report.failed.items():
+            console.print(f"  [yellow]skipped[/yellow] {key}: {why}")
+        for key in report.refused:
+            console.print(f"  [red]refused[/red] {key}: outside the source folders")
 
 
 @main.command("secret-key")

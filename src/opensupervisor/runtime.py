@@ -20,7 +20,7 @@ from opensupervisor.store.connections import Row as StoredRow
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.keys import shared_key
-from opensupervisor.tools import apps, connections, genie, mcp_tool, uc_functions
+from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.vault import Vault
 from opensupervisor.workspace import Workspace
@@ -42,6 +42,7 @@ class Runtime:
     registered: RegisteredFunctions
     connections: connections.Connections
     stored_connections: StoredConnections
+    assistants: knowledge_assistant.KnowledgeAssistants
 
 
 @contextlib.asynccontextmanager
@@ -52,6 +53,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     catalog = ModelCatalog(ws)
     registry = ToolRegistry(ws)
     spaces = genie.register(registry, ws, catalog)
+    assistants = knowledge_assistant.register(registry, ws, catalog, settings.knowledge_database_url)
     functions = uc_functions.register(registry, ws, settings.data_dir / "functions")
     app_tools = apps.register(registry, ws, settings.self_url)
     conns = connections.register(registry, ws, settings.self_url)
@@ -76,11 +78,13 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
             await maintenance.start()
             try:
                 watcher = asyncio.create_task(_watch_registered(functions, registered, conns, stored_connections))
+                ingesting = asyncio.create_task(assistants.ingest_on_start())
                 try:
                     yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
-                                  stored_connections)
+                                  stored_connections, assistants)
                 finally:
                     watcher.cancel()
+                    ingesting.cancel()
             finally:
                 await maintenance.stop()
                 await service.aclose()
@@ -88,6 +92,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
             await ENGINE.detach(service)
     finally:
         await spaces.aclose()
+        await assistants.aclose()
         await functions.aclose()
         await app_tools.aclose()
         await catalog.aclose()

@@ -23,6 +23,12 @@ class Settings:
     system_schema: str = "dbos"
     # Overrides the workspace's background.worker_concurrency for this process.
     worker_concurrency: int | None = None
+    # Where knowledge assistants' passages are indexed (default: the store's database).
+    knowledge_url: str | None = None
+
+    @property
+    def knowledge_database_url(self) -> str:
+        return self.knowledge_url or self.database_url
 
     @property
     def self_url(self) -> str:
@@ -45,6 +51,7 @@ class Settings:
             system_schema=env.get("OPENSUPERVISOR_SYSTEM_SCHEMA", "dbos"),
             worker_concurrency=int(env["OPENSUPERVISOR_WORKER_CONCURRENCY"])
             if env.get("OPENSUPERVISOR_WORKER_CONCURRENCY") else None,
+            knowledge_url=env.get("OPENSUPERVISOR_KNOWLEDGE_DATABASE_URL") or None,
         )
 
 

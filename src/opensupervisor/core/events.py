@@ -102,6 +102,18 @@ class Emitter:
         return self.event("response.output_text.delta", item_id=item["id"], output_index=self.index_of(item),
                           content_index=0, delta=delta, logprobs=[])
 
+    def annotate(self, item: Item, annotations: list[dict[str, Any]]) -> list[Event]:
+        """Add annotations (``url_citation`` …) to a message's text, one event each."""
+        part = item["content"][0]
+        index = self.index_of(item)
+        events = []
+        for annotation in annotations:
+            part["annotations"].append(annotation)
+            events.append(self.event("response.output_text.annotation.added", item_id=item["id"], output_index=index,
+                                     content_index=0, annotation_index=len(part["annotations"]) - 1,
+                                     annotation=annotation))
+        return events
+
     def finish_message(self, item: Item, status: str = "completed") -> list[Event]:
         index = self.index_of(item)
         part = item["content"][0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.core.approval import Answer, ApprovalSigner, denial_text, model_view
+from opensupervisor.core.citations import citations_for, sources_in
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
@@ -115,7 +116,8 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         if turn >= run.limits.max_turns:
             yield em.finish("incomplete", reason="max_turns")
             return
-        builder = TurnBuilder(em, run.history, served=run.model.name, tools=run.toolbox.lookup, signer=run.signer)
+        builder = TurnBuilder(em, run.history, served=run.model.name, tools=run.toolbox.lookup, signer=run.signer,
+                              cite=lambda text: citations_for(text, sources_in(run.history)))
         async for event in _model_turn(run, _model_request(run, turn), builder):
             yield event
         turn += 1

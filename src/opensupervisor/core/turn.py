@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.contracts import (
@@ -55,6 +56,8 @@ class TurnBuilder:
     history: list[Item]
     tools: Callable[[str], ToolDef | None] = lambda name: None
     signer: ApprovalSigner | None = None
+    # Annotations for a finished message's text (citations of sources the tools returned).
+    cite: Callable[[str], list[dict[str, Any]]] | None = None
     message: Item | None = None
     call: Item | None = None
     calls: list[Item] = field(default_factory=list)
@@ -130,7 +133,8 @@ class TurnBuilder:
         if self.message is None:
             return []
         message, self.message = self.message, None
-        events = self.em.finish_message(message, "incomplete" if self.finish == "length" else "completed")
+        events = self.em.annotate(message, self.cite(message["content"][0]["text"])) if self.cite else []
+        events += self.em.finish_message(message, "incomplete" if self.finish == "length" else "completed")
         self.history.append(copy_item(message))
         return events
 

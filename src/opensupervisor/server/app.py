@@ -66,7 +66,8 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
                 await demo.start(stack)
             rt = await stack.enter_async_context(running(settings, ws, tool_setup))
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
-                                    rt.registered, rt.connections, rt.stored_connections, int(time.time()))
+                                    rt.registered, rt.connections, rt.stored_connections, rt.assistants,
+                                    int(time.time()))
             yield
 
     return Starlette(

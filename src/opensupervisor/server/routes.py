@@ -19,6 +19,7 @@ from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes
 from opensupervisor.server.genie_api import genie_routes
+from opensupervisor.server.knowledge_api import knowledge_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
@@ -163,6 +164,7 @@ def routes() -> list[BaseRoute]:
         *genie_routes(),
         *admin_routes(),
         *connection_routes(),
+        *knowledge_routes(),
     ]
     for prefix in PREFIXES:
         out += [

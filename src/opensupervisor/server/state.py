@@ -14,6 +14,7 @@ from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.genie import GenieSpaces
+from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
 from opensupervisor.tools.uc_functions import FunctionCatalog
 from opensupervisor.workspace import Workspace
 
@@ -37,4 +38,5 @@ class AppState:
     registered: RegisteredFunctions
     connections: Connections
     stored_connections: StoredConnections
+    assistants: KnowledgeAssistants
     started_at: int
