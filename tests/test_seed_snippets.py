@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import opensupervisor
-from tests.conftest import ProcessServer, Server
+from tests.conftest import ProcessServer, Server, wait_until
 
 SNIPPETS = Path(__file__).parent / "snippets"
 
@@ -82,6 +82,7 @@ def demo_tools_workspace(folder: Path, script: str) -> Path:
     demo = Path(opensupervisor.__file__).parent / "demo"
     for name in ("reviews.db", "support.py"):
         shutil.copy(demo / name, folder / name)
+    shutil.copytree(demo / "handbook", folder / "handbook")
     tools = (demo / "workspace.toml").read_text().split("# The seed's Step 2 tools")[1]
     (folder / "workspace.toml").write_text('demo_servers = true\n\n[models."databricks-claude-sonnet-4-5"]\n'
                                            'provider = "scripted"\n' + script + "\n#" + tools)
@@ -110,3 +111,43 @@ turns = [
     assert (call["type"], call["call_id"]) == ("function_call", approval["id"])
     assert output["type"] == "function_call_output" and "What is Databricks?" in output["output"]
     assert answer["content"][0]["text"] == "Databricks is a data and AI platform."
+
+
+def test_step2_snippet_with_every_hosted_tool(tmp_path: Path) -> None:
+    """The seed's Step 2 request, its five tools named after the demo workspace's: a Genie space, a
+    catalog function, a knowledge assistant (with citations), an app (an MCP server) and a connection
+    (an MCP server), the model scripted so that every tool is called."""
+    config = demo_tools_workspace(tmp_path, '''
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "Passages:"
+turns = [{ text = "Reply within four hours and flag it the same day [1]." }]
+
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "flag any urgent issues"
+turns = [
+  { tool_calls = [{ name = "genie_reviews", arguments = { question = "Which reviews are urgent?" } }] },
+  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
+  { tool_calls = [{ name = "ka_handbook", arguments = { question = "How fast must we answer urgent reviews?" } }] },
+  { tool_calls = [{ name = "web-search", arguments = { query = "product safety recall" } }] },
+  { tool_calls = [{ name = "open_ticket", arguments = { title = "Billing error in review 8", priority = "urgent" } }] },
+  { text = "Three reviews are urgent; review 8 is flagged, ticket TCK-1001 is open. Answer within four hours [1]." },
+]''')
+    with ProcessServer(tmp_path, config=config) as server:
+        with server.http() as http:  # the handbook is indexed when the server starts
+
+            def ingested() -> bool:
+                state = http.get("/admin/v1/knowledge_assistants").json()["data"][0]
+                return not state["ingesting"] and state["version"] > 0
+
+            wait_until(ingested, what="the handbook to be ingested")
+        out = run_snippet("step2.py", server).splitlines()
+    done = [line for line in out if line.startswith("ResponseOutputItemDoneEvent(")]
+    names = ["genie_reviews", "main__support__flag_urgent", "ka_handbook", "web-search", "open_ticket"]
+    assert [n for n in names if any(f"name='{n}'" in line for line in done)] == names
+    outputs = [line for line in done if "type='function_call_output'" in line]
+    assert "Blade came loose" in outputs[0] and "Review 8 is flagged as urgent" in outputs[1]
+    assert "Returns and refunds > Urgent reviews <https://intranet.northwind.example/handbook/support/" in outputs[2]
+    assert "example.com" in outputs[3]
+    assert "TCK-1001" in outputs[4]
+    assert any("AnnotationURLCitation(" in line and "returns-and-refunds.pdf#urgent-reviews" in line for line in done)
+    assert out[-1].startswith("ResponseCompletedEvent(")
