@@ -43,6 +43,7 @@ def tokens(text: str) -> list[str]:
 class _Loaded:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+        self.position = {p.id: i for i, p in enumerate(snapshot.passages)}
         self.bm25: Any = None
         if snapshot.passages:
             corpus = [tokens(f"{p.title} {p.heading} {p.text}") for p in snapshot.passages]
@@ -83,7 +84,11 @@ class Searcher:
         rankings: list[tuple[float, list[int]]] = []
         if mode in ("hybrid", "vector"):
             query_vector = (await self.embedder.embed([query]))[0]
-            rankings.append((1.0, _top(loaded.snapshot.vectors @ query_vector, allowed, pool)))
+            if self.index.pgvector:
+                ids = await self.index.nearest(self.ka, query_vector, pool, source)
+                rankings.append((1.0, [loaded.position[i] for i in ids if i in loaded.position]))
+            else:
+                rankings.append((1.0, _top(loaded.snapshot.vectors @ query_vector, allowed, pool)))
         if mode in ("hybrid", "lexical"):
             rankings.append((lexical_weight if mode == "hybrid" else 1.0, _lexical(loaded, query, allowed, pool)))
         fused: dict[int, float] = {}
