@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/background.py
 	$(BIN)/python bench/tools.py
 	$(BIN)/python bench/mcp_calls.py
+	$(BIN)/python bench/retrieval.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor

@@ -44,11 +44,16 @@ class _Loaded:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.position = {p.id: i for i, p in enumerate(snapshot.passages)}
-        self.bm25: Any = None
-        if snapshot.passages:
-            corpus = [tokens(f"{p.title} {p.heading} {p.text}") for p in snapshot.passages]
-            self.bm25 = bm25s.BM25()
-            self.bm25.index(corpus, show_progress=False)
+        self._bm25: Any = None
+
+    def bm25(self) -> Any:
+        """The BM25 index, built on first use (a vector-only assistant never needs it)."""
+        if self._bm25 is None and self.snapshot.passages:
+            corpus = [tokens(f"{p.title} {p.heading} {p.text}") for p in self.snapshot.passages]
+            index = bm25s.BM25()
+            index.index(corpus, show_progress=False)
+            self._bm25 = index
+        return self._bm25
 
 
 class Searcher:
@@ -90,6 +95,7 @@ class Searcher:
             else:
                 rankings.append((1.0, _top(loaded.snapshot.vectors @ query_vector, allowed, pool)))
         if mode in ("hybrid", "lexical"):
+            await asyncio.to_thread(loaded.bm25)  # built off the event loop the first time
             rankings.append((lexical_weight if mode == "hybrid" else 1.0, _lexical(loaded, query, allowed, pool)))
         fused: dict[int, float] = {}
         for weight, ranking in rankings:
@@ -110,8 +116,9 @@ def _top(scores: np.ndarray[Any, Any], allowed: np.ndarray[Any, Any] | None, n: 
 
 def _lexical(loaded: _Loaded, query: str, allowed: np.ndarray[Any, Any] | None, n: int) -> list[int]:
     words = tokens(query)
-    if not words or loaded.bm25 is None:
+    bm25 = loaded.bm25()
+    if not words or bm25 is None:
         return []
-    scores = np.asarray(loaded.bm25.get_scores(words), dtype=np.float64)
+    scores = np.asarray(bm25.get_scores(words), dtype=np.float64)
     ranked = _top(scores, allowed, n)
     return [i for i in ranked if scores[i] > 0]
