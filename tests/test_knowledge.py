@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 
 import opensupervisor
 from opensupervisor.knowledge.documents import read_document
+from opensupervisor.knowledge.embeddings import OpenAIEmbeddings
 from opensupervisor.knowledge.index import KnowledgeIndex
 from opensupervisor.knowledge.ingest import OutsideSources, ingest
 from opensupervisor.knowledge.local_embedder import LocalEmbedder
@@ -191,3 +193,36 @@ def test_the_cli_ingests_with_progress(tmp_path: Path) -> None:
     assert "docs: 0 added, 0 updated, 8 unchanged, 0 removed, 0 chunks" in second.stderr
     unknown = subprocess.run([*cli, "nope"], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert unknown.returncode != 0 and "no knowledge assistant nope" in unknown.stderr
+
+
+def test_the_embeddings_endpoint_serves_the_local_model_to_openai_clients(
+        server: Server, handbook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = server.client()
+    texts = ["How many vacation days do I get?", "hotel limit in Paris"]
+    answer = client.embeddings.create(model="all-MiniLM-L6-v2-int8", input=texts)  # the SDK asks for base64
+    plain = client.embeddings.create(model="all-MiniLM-L6-v2-int8", input=texts[0], encoding_format="float")
+    local = LocalEmbedder.shared().embed_now(texts)
+    assert [len(d.embedding) for d in answer.data] == [384, 384] and answer.usage.prompt_tokens > 5
+    assert np.allclose(answer.data[1].embedding, local[1], atol=1e-6)
+    assert np.allclose(plain.data[0].embedding, local[0], atol=1e-6)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.embeddings.create(model="text-embedding-3-small", input="hi")
+    assert unknown.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.embeddings.create(model="all-MiniLM-L6-v2-int8", input=["ok", ""])
+    assert empty.value.body["param"] == "input[1]"
+    # A knowledge index embedded through an OpenAI-compatible endpoint (this one) searches the same.
+    monkeypatch.setenv("OS_TEST_EMBED_KEY", server.token)
+    remote = OpenAIEmbeddings(server.v1, "all-MiniLM-L6-v2-int8", api_key_env="OS_TEST_EMBED_KEY")
+    index = KnowledgeIndex(f"sqlite:///{tmp_path}/remote.db")
+
+    async def ingest_and_search() -> Any:
+        try:
+            report = await ingest(index, "remote", [handbook], remote)
+            hits = await Searcher(index, "remote", remote).search("How many vacation days does a full-timer get?")
+            return report, hits
+        finally:
+            await remote.aclose()
+
+    report, hits = run(ingest_and_search())
+    assert len(report.added) == 8 and hits[0].passage.heading == "Leave policy > Vacation"

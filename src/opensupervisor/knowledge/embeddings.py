@@ -57,10 +57,12 @@ class OpenAIEmbeddings(Embedder):
             if not self._key:
                 raise ConfigError(f"embedding: environment variable {api_key_env} is not set")
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def embed(self, texts: list[str]) -> Vectors:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop:  # a session belongs to the loop that made it
+            self._session, self._loop = aiohttp.ClientSession(), loop
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"

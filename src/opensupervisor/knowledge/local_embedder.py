@@ -96,6 +96,10 @@ class LocalEmbedder(Embedder):
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         return normalized(pooled)
 
+    def count_tokens(self, texts: list[str]) -> int:
+        self._load()
+        return sum(sum(e.attention_mask) for e in self._tokenizer.encode_batch(texts))
+
     async def embed(self, texts: list[str]) -> Vectors:
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)

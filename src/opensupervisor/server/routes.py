@@ -18,6 +18,7 @@ from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes
+from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
 from opensupervisor.server.sse import sse_stream
@@ -165,6 +166,7 @@ def routes() -> list[BaseRoute]:
         *admin_routes(),
         *connection_routes(),
         *knowledge_routes(),
+        *embeddings_routes(PREFIXES),
     ]
     for prefix in PREFIXES:
         out += [

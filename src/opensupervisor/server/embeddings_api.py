@@ -1,0 +1,63 @@
+"""``POST /v1/embeddings``: the local embedding model behind OpenAI's embeddings API.
+
+The model knowledge assistants use (``all-MiniLM-L6-v2-int8``), for clients that want the same
+vectors: ``input`` is a string or a list of strings; ``encoding_format`` ``float`` or ``base64``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from opensupervisor.errors import InvalidRequest, NotFound
+from opensupervisor.knowledge.local_embedder import BUNDLED, LocalEmbedder
+from opensupervisor.server.auth import authenticate
+from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.wire.request import parse_json_body
+from opensupervisor.wire.validation import raise_validation
+
+MAX_INPUTS = 2048
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+async def create_embeddings(request: Request) -> Response:
+    state: AppState = request.app.state.os
+    authenticate(request, state.admin_token)
+    try:
+        body = EmbeddingsRequest.model_validate(parse_json_body(await request.body()))
+    except ValidationError as exc:
+        raise_validation(exc)
+    if body.model != BUNDLED:
+        raise NotFound(f"The model '{body.model}' does not exist (embedding models: {BUNDLED}).", param="model",
+                       code="model_not_found")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if len(texts) > MAX_INPUTS:
+        raise InvalidRequest(f"'input' may hold at most {MAX_INPUTS} texts.", param="input", code="invalid_value")
+    for i, text in enumerate(texts):
+        if not text:
+            raise InvalidRequest(f"'input[{i}]' is empty.", param=f"input[{i}]", code="invalid_value")
+    embedder = LocalEmbedder.shared()
+    vectors = await embedder.embed_batched(texts, 64)
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
+             else np.asarray(v, dtype=np.float64).round(8).tolist()} for i, v in enumerate(vectors)]
+    tokens = embedder.count_tokens(texts)
+    return JSONResponse({"object": "list", "data": data, "model": BUNDLED,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def embeddings_routes(prefixes: tuple[str, ...]) -> list[BaseRoute]:
+    return [Route(f"{prefix}/embeddings", create_embeddings, methods=["POST"]) for prefix in prefixes]
