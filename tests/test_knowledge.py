@@ -115,6 +115,13 @@ when = "Passages:"
 turns = [{{ text = "Full-time employees receive 25 days of paid vacation per year [1]." }}]
 
 [[models.agent.script]]
+when = "junk filter"
+turns = [
+  {{ tool_calls = [{{ name = "ka_handbook", arguments = {{ question = "vacation days", source = "https://x/y" }} }}] }},
+  {{ text = "Done." }},
+]
+
+[[models.agent.script]]
 when = "vacation"
 turns = [
   {{ tool_calls = [{{ name = "ka_handbook", arguments = {{ question = "How many vacation days do I get?" }} }}] }},
@@ -152,6 +159,13 @@ def test_the_tool_answers_with_sources_and_the_answer_cites_them(server: Server)
     assert citation.type == "url_citation" and text[citation.start_index:citation.end_index] == "[1]"
     assert citation.url == f"{BASE_URL}/benefits/leave-policy.md#vacation"
     assert citation.title == "Leave policy > Vacation"
+
+
+def test_a_source_filter_that_matches_nothing_searches_everything(server: Server) -> None:
+    response = server.client().responses.create(model="agent", input="junk filter", tools=[ka()])
+    output = str(response.output[1].output)
+    assert output.startswith("(No document path matches 'https://x/y'; all documents were searched.)")
+    assert "Leave policy > Vacation" in output
 
 
 def test_annotations_are_streamed(server: Server) -> None:

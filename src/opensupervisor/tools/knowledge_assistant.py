@@ -136,8 +136,14 @@ class KnowledgeAssistants:
 
     async def ask(self, ctx: RunContext, ka: str, question: str, source: str | None) -> str:
         entry = self.entries[ka]
-        hits = await self.searcher(ka).search(question, top_k=entry.top_k, source=source, mode=entry.search,
-                                              lexical_weight=entry.lexical_weight)
+        searcher = self.searcher(ka)
+        hits = await searcher.search(question, top_k=entry.top_k, source=source, mode=entry.search,
+                                     lexical_weight=entry.lexical_weight)
+        note = ""
+        if not hits and source:  # a filter that matches no document: search them all and say so
+            note = f"(No document path matches '{source}'; all documents were searched.)\n\n"
+            hits = await searcher.search(question, top_k=entry.top_k, mode=entry.search,
+                                         lexical_weight=entry.lexical_weight)
         if not hits:
             return f"No passage of the '{ka}' documents matches this question."
         numbers = _allocate(ctx, len(hits))
@@ -145,7 +151,7 @@ class KnowledgeAssistants:
                     else h.passage.title, self.url(ka, h.passage.path, h.passage.heading))
                    for n, h in zip(numbers, hits, strict=True)]
         answer = await self._answer(ctx, ka, question, hits, numbers)
-        return f"{answer}\n\n{format_sources(sources)}"
+        return f"{note}{answer}\n\n{format_sources(sources)}"
 
     async def _answer(self, ctx: RunContext, ka: str, question: str, hits: list[Hit], numbers: list[int]) -> str:
         entry = self.entries[ka]
