@@ -180,7 +180,7 @@ class ProcessServer:
 
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text()}")
+                raise AssertionError(f"server exited ({self.proc.returncode}): {self.log_path.read_text()}")
             try:
                 return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:

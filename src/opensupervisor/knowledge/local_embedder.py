@@ -78,6 +78,9 @@ class LocalEmbedder(Embedder):
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+            # Idle threads sleep instead of spinning: the embedded language model shares the cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
             self._tokenizer = tokenizer
             self._session = ort.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
 

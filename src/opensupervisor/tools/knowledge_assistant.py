@@ -156,7 +156,7 @@ class KnowledgeAssistants:
     async def _answer(self, ctx: RunContext, ka: str, question: str, hits: list[Hit], numbers: list[int]) -> str:
         entry = self.entries[ka]
         name = entry.answer_model or ctx.request.body.model
-        passages = "\n\n".join(f"[{n}] ({h.passage.title} > {h.passage.heading}, {h.passage.path})\n{h.passage.text}"
+        passages = "\n\n".join(f"[{n}] ({h.passage.heading or h.passage.title}, {h.passage.path})\n{h.passage.text}"
                                for n, h in zip(numbers, hits, strict=True))
         prompt = f"Question: {question}\n\nPassages:\n\n{passages}"
         instructions = PROMPT + (f"\n\n{entry.instructions}" if entry.instructions else "")
