@@ -22,6 +22,9 @@ from opensupervisor.knowledge.index import KnowledgeIndex
 from opensupervisor.knowledge.ingest import OutsideSources, ingest
 from opensupervisor.knowledge.local_embedder import LocalEmbedder
 from opensupervisor.knowledge.search import Searcher
+from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
+from opensupervisor.workspace import parse_workspace
 from tests.conftest import Server, ThreadServer, process_env, require_postgres, wait_until
 
 HANDBOOK = Path(opensupervisor.__file__).parent / "demo" / "handbook"
@@ -240,3 +243,11 @@ def test_the_embeddings_endpoint_serves_the_local_model_to_openai_clients(
 
     report, hits = run(ingest_and_search())
     assert len(report.added) == 8 and hits[0].passage.heading == "Leave policy > Vacation"
+
+
+def test_citations_link_to_the_files_without_a_base_url(tmp_path: Path) -> None:
+    workspace = parse_workspace('[knowledge_assistants.docs]\nsources = ["docs"]\n', source="test", base_dir=tmp_path)
+    assistants = KnowledgeAssistants(workspace, ModelCatalog(workspace), f"sqlite:///{tmp_path}/kb.db")
+    url = assistants.url("docs", "benefits/leave policy.md", "Leave policy > Carrying vacation over")
+    assert url == (tmp_path / "docs/benefits/leave policy.md").as_uri() + "#carrying-vacation-over"
+    assert url.startswith("file:///") and "%20" in url
