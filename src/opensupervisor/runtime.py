@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from opensupervisor import __version__
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
 from opensupervisor.models.catalog import ModelCatalog
@@ -22,6 +23,8 @@ from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.keys import shared_key
 from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
+from opensupervisor.tracing.spans import Recording, Tracing
+from opensupervisor.tracing.tables import TraceStore
 from opensupervisor.vault import Vault
 from opensupervisor.workspace import Workspace
 
@@ -69,8 +72,11 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     concurrency = ws.background.worker_concurrency if settings.worker_concurrency is None \
         else settings.worker_concurrency
     signer = ApprovalSigner(await shared_key(store, "mcp_approval"))
+    tracing = Tracing(recording=Recording(ws.tracing.record_inputs, ws.tracing.record_outputs),
+                      version=__version__)
+    trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
-                              vault, _background_limits(ws, concurrency))
+                              vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store)
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
@@ -93,6 +99,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     finally:
         await spaces.aclose()
         await assistants.aclose()
+        await trace_store.aclose()
+        tracing.shutdown()
         await functions.aclose()
         await app_tools.aclose()
         await catalog.aclose()

@@ -25,6 +25,15 @@ class Settings:
     worker_concurrency: int | None = None
     # Where knowledge assistants' passages are indexed (default: the store's database).
     knowledge_url: str | None = None
+    # Where trace_destination tables go: PostgreSQL (default: the store's, when it is PostgreSQL),
+    # else SQLite files under <data dir>/traces.
+    trace_url: str | None = None
+
+    @property
+    def trace_database_url(self) -> str | None:
+        if self.trace_url:
+            return self.trace_url
+        return self.database_url if self.database_url.startswith("postgresql") else None
 
     @property
     def knowledge_database_url(self) -> str:
@@ -52,6 +61,7 @@ class Settings:
             worker_concurrency=int(env["OPENSUPERVISOR_WORKER_CONCURRENCY"])
             if env.get("OPENSUPERVISOR_WORKER_CONCURRENCY") else None,
             knowledge_url=env.get("OPENSUPERVISOR_KNOWLEDGE_DATABASE_URL") or None,
+            trace_url=env.get("OPENSUPERVISOR_TRACE_DATABASE_URL") or None,
         )
 
 

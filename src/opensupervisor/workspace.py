@@ -80,12 +80,20 @@ class RemoteMcp(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
 
 
+class TracingSection(_Section):
+    """What spans record (redaction): request and tool inputs, model and tool outputs."""
+
+    record_inputs: bool = True
+    record_outputs: bool = True
+
+
 class Workspace(_Section):
     name: str = "default"
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     background: Background = Field(default_factory=Background)
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
+    tracing: TracingSection = Field(default_factory=TracingSection)
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
     demo_servers: bool = False
     # Python modules with a ``register(registry)`` function that adds hosted tool kinds.

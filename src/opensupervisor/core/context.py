@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.identity import Principal
+from opensupervisor.tracing.spans import RunTrace
 from opensupervisor.wire.request import ParsedRequest
 
 
@@ -18,6 +19,8 @@ class RunContext:
     request: ParsedRequest
     # Free slots for toolsets and wrappers (per-run caches, conversation ids …), never for the loop.
     state: dict[str, Any] = field(default_factory=dict)
+    # The run's trace, when something reads it (``opensupervisor.tracing``).
+    trace: RunTrace | None = None
     # What to release when the run ends (sessions a toolset kept open for the run's calls).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

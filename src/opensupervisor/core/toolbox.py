@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
+from opensupervisor.tracing.wrappers import traced_tool_call
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,12 @@ class ToolBox:
         if problem is not None:
             where = "/".join(str(p) for p in problem.absolute_path) or "arguments"
             return f"Error: invalid arguments for '{name}' at {where}: {problem.message}"
+        async def call() -> str:
+            return await self._call(ctx, entry, name, args)
+
+        return await traced_tool_call(ctx.trace, name, entry.type, args, call)
+
+    async def _call(self, ctx: RunContext, entry: _Entry, name: str, args: dict[str, Any]) -> str:
         try:
             async with asyncio.timeout(self.timeout_s):
                 return await entry.toolset.call_tool(ctx, name, args)

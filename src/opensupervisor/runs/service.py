@@ -32,9 +32,13 @@ from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
+from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store import Store
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tracing.spans import Tracing
+from opensupervisor.tracing.tables import TraceStore
+from opensupervisor.tracing.wrappers import TracedModel
 from opensupervisor.vault import Vault
 from opensupervisor.wire.ids import PREFIXES as ID_PREFIXES
 from opensupervisor.wire.ids import new_id
@@ -63,6 +67,8 @@ class Prepared:
     closing: list[Event] = field(default_factory=list)
     # The live log of a background run, which also says why the run is being stopped.
     live: LiveRun | None = None
+    # The client's W3C trace context: the run's spans join its trace.
+    traceparent: str | None = None
 
     @property
     def response(self) -> Response:
@@ -72,10 +78,12 @@ class Prepared:
 class ResponseService:
     def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits,
                  engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
-                 background_limits: BackgroundLimits | None = None) -> None:
+                 background_limits: BackgroundLimits | None = None, *, tracing: Tracing | None = None,
+                 trace_store: TraceStore | None = None) -> None:
         self.store = store
         self.signer = signer
         self.vault = vault
+        self.traces = RunTraces(tracing or Tracing(), trace_store)
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
@@ -86,7 +94,7 @@ class ResponseService:
     # -- create ----------------------------------------------------------------------------------
 
     async def prepare(self, parsed: ParsedRequest, principal: Principal, raw: dict[str, Any], *,
-                      echo_history: bool = False) -> Prepared:
+                      echo_history: bool = False, traceparent: str | None = None) -> Prepared:
         """Resolve everything a run needs; any client mistake is raised here, before the loop starts.
 
         ``echo_history``: start a background response's output with the history items of its input
@@ -94,13 +102,14 @@ class ResponseService:
         Supervisor API does; published clients skip that many items before reading new ones.
         """
         body = parsed.body
-        model = self.catalog.get(body.model)
+        catalog_model = self.catalog.get(body.model)
         bound = self.tools.bind(parsed.tools)
         history = await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
         check_call_pairs(history + input_items, len(history))
         response_id = new_id("response")
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        model = TracedModel(catalog_model, ctx)
         toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
         _check_context(model, body, history + input_items)
         response = new_response(response_id, parsed, model=body.model)
@@ -111,9 +120,8 @@ class ResponseService:
             run.echo = _echo(input_items)
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                             request=self.vault.seal_request(raw), stream=body.stream, background=body.background,
-                            input_items=input_items,
-                            options={"echo_history": True} if run.echo else None)
-        return Prepared(run, recorder)
+                            input_items=input_items, options=_options(run.echo, traceparent))
+        return Prepared(run, recorder, traceparent=traceparent)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
         if previous_id is None:
@@ -146,8 +154,10 @@ class ResponseService:
         """
         recorder = prepared.recorder
         started = time.perf_counter()
+        run = prepared.run
+        run.ctx.trace = self.traces.start(run, prepared.traceparent)
         try:
-            async for event in recorder.record(run_loop(prepared.run)):
+            async for event in recorder.record(self.traces.events(run, run_loop(run))):
                 yield event
         except RunCancelled as exc:
             log.info("response %s was cancelled while running", prepared.response["id"])
@@ -161,6 +171,7 @@ class ResponseService:
         finally:
             with anyio.CancelScope(shield=True):
                 await prepared.run.ctx.close()
+            self.traces.abandon(prepared.run)
             live = prepared.live
             if not recorder.finished and not (live is not None and live.shutting_down):
                 reason = live.stop_reason if live is not None else None
@@ -276,7 +287,8 @@ class ResponseService:
         owner = record.owner
         principal = ADMIN if owner == ADMIN.id else Principal(id=owner, name=owner)
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
-        model = DurableModel(self.catalog.get(body.model), dbos_steps)
+        durable = DurableModel(self.catalog.get(body.model), dbos_steps)
+        model = TracedModel(durable, ctx)
         toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
                                       steps=dbos_steps)
 
@@ -292,8 +304,8 @@ class ResponseService:
             run.echo = _echo(record.input_items)
         recorder = Recorder(self.store, response_id=response_id, owner=owner, request=record.request,
                             stream=record.stream, background=True, input_items=record.input_items, created=True,
-                            resume_after=record.last_sequence, hold=model.holding)
-        return Prepared(run, recorder)
+                            resume_after=record.last_sequence, hold=durable.holding)
+        return Prepared(run, recorder, traceparent=record.options.get("traceparent"))
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncIterator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends."""
@@ -392,6 +404,16 @@ def _echo(input_items: list[Item]) -> list[Item]:
     """The history items of an input, as a Databricks-path background response repeats them. Each
     keeps its input id, which is how the stored history tells them apart from new output."""
     return [copy_item(item, status="completed") for item in input_items if _is_history(item)]
+
+
+def _options(echo: list[Item], traceparent: str | None) -> dict[str, Any] | None:
+    """What a stored run needs to be restored as it was started."""
+    options: dict[str, Any] = {}
+    if echo:
+        options["echo_history"] = True
+    if traceparent:
+        options["traceparent"] = traceparent
+    return options or None
 
 
 def _is_history(item: Item) -> bool:

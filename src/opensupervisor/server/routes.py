@@ -63,7 +63,8 @@ async def create_response(request: Request) -> Response:
     parsed = parse_create_request(raw)
     service = state.service
     databricks_path = not request.url.path.startswith("/v1/")
-    prepared = await service.prepare(parsed, principal, raw, echo_history=databricks_path)
+    prepared = await service.prepare(parsed, principal, raw, echo_history=databricks_path,
+                                     traceparent=request.headers.get("traceparent"))
     body = parsed.body
     if body.background:
         queued, events = await service.start_background(prepared)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opensupervisor import tracing
 from opensupervisor.core.citations import format_sources
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ModelRequest, ToolDef, Toolset
@@ -137,8 +138,13 @@ class KnowledgeAssistants:
     async def ask(self, ctx: RunContext, ka: str, question: str, source: str | None) -> str:
         entry = self.entries[ka]
         searcher = self.searcher(ka)
-        hits = await searcher.search(question, top_k=entry.top_k, source=source, mode=entry.search,
-                                     lexical_weight=entry.lexical_weight)
+        with tracing.span("retrieve", "RETRIEVER", inputs={"query": question, "source": source},
+                          attributes={"opensupervisor.search": entry.search}) as span:
+            hits = await searcher.search(question, top_k=entry.top_k, source=source, mode=entry.search,
+                                         lexical_weight=entry.lexical_weight)
+            span.outputs([{"page_content": h.passage.text, "metadata": {"path": h.passage.path,
+                                                                        "heading": h.passage.heading,
+                                                                        "score": h.score}} for h in hits])
         note = ""
         if not hits and source:  # a filter that matches no document: search them all and say so
             note = f"(No document path matches '{source}'; all documents were searched.)\n\n"

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from opensupervisor import tracing
 from opensupervisor.errors import ConfigError, ToolError
 
 DIALECTS = {"sqlite": "sqlite", "duckdb": "duckdb", "postgresql": "postgres"}
@@ -106,7 +107,11 @@ class ReadOnlyDatabase:
 
     async def query(self, sql: str, max_rows: int) -> Rows:
         """Run a checked query; a database error or the timeout becomes a ``ToolError``."""
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self._query, sql, max_rows)
+        with tracing.span("sql", "RETRIEVER", inputs={"sql": sql}, attributes={"db.system": self.dialect}) as span:
+            rows = await asyncio.get_running_loop().run_in_executor(self._threads, self._query, sql, max_rows)
+            span.attribute("db.row_count", len(rows.rows))
+            span.outputs({"columns": rows.columns, "row_count": len(rows.rows), "truncated": rows.truncated})
+            return rows
 
     def _query(self, sql: str, max_rows: int) -> Rows:
         deadline = time.monotonic() + self.timeout_s

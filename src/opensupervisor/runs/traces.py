@@ -1,0 +1,79 @@
+"""The trace of each run: started with it, ended by its terminal event, written or returned.
+
+The loop knows nothing of it: the run's event stream passes through ``events``, which ends the
+root span at the terminal event and, for ``databricks_options.return_trace``, adds
+``databricks_output.trace`` to that event's response (so the stored, streamed and returned
+responses all carry it). Spans for ``trace_destination`` go to the trace store, off the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
+from opensupervisor.core.loop import Run
+from opensupervisor.tracing.mlflow_format import trace_dict
+from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination, RunTrace, Tracing
+from opensupervisor.tracing.tables import TraceStore
+from opensupervisor.vault import redact_tool
+from opensupervisor.wire.response import Response
+
+
+class RunTraces:
+    def __init__(self, tracing: Tracing, store: TraceStore | None) -> None:
+        self.tracing = tracing
+        self.store = store
+
+    def start(self, run: Run, traceparent: str | None) -> RunTrace | None:
+        body = run.ctx.request.body
+        dest = body.trace_destination
+        destination = None if dest is None else Destination(dest.catalog_name, dest.schema_name,
+                                                            dest.table_prefix or DEFAULT_PREFIX)
+        keep = body.databricks_options is not None and body.databricks_options.return_trace
+        return self.tracing.start("opensupervisor.response", inputs=_inputs(run), traceparent=traceparent,
+                                  destination=destination, keep=keep)
+
+    async def events(self, run: Run, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in events:
+            run_trace = run.ctx.trace
+            if run_trace is not None and event.type in TERMINAL_EVENTS:
+                event = self._finish(run, run_trace, event)
+            yield event
+
+    def _finish(self, run: Run, run_trace: RunTrace, event: Event) -> Event:
+        run.ctx.trace = None
+        response = event.data["response"]
+        status = response["status"]
+        error = None if status == "completed" else ((response.get("error") or {}).get("message") or status)
+        run_trace.finish(outputs=final_text(response), error=error)
+        self._store(run_trace)
+        options = run.ctx.request.body.databricks_options
+        if options is None or not options.return_trace:
+            return event
+        output = {"trace": trace_dict(run_trace)}
+        run.emitter.response["databricks_output"] = output
+        return Event({**event.data, "response": {**response, "databricks_output": output}})
+
+    def abandon(self, run: Run) -> None:
+        """A run that ended without its terminal event passing here (cancelled, abandoned)."""
+        run_trace = run.ctx.trace
+        if run_trace is not None:
+            run.ctx.trace = None
+            run_trace.finish(outputs=None, error=f"the response ended {run.emitter.response['status']}")
+            self._store(run_trace)
+
+    def _store(self, run_trace: RunTrace) -> None:
+        if run_trace.destination is not None and self.store is not None:
+            self.store.submit(run_trace)
+
+
+def _inputs(run: Run) -> dict[str, Any]:
+    request = run.ctx.request
+    return {"model": request.body.model, "instructions": request.body.instructions, "input": request.input_items,
+            "tools": [t.config if t.type == "function" else redact_tool(t.raw) for t in request.tools]}
+
+
+def final_text(response: Response) -> str:
+    return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
+                   for part in item.get("content", []) if part.get("type") == "output_text")

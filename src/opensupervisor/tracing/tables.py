@@ -1,0 +1,181 @@
+"""Trace tables: a run's spans as rows of ``<prefix>_otel_spans`` (and events of ``<prefix>_otel_logs``).
+
+The columns follow MLflow's Unity Catalog trace tables, layout "v1"; maps, arrays and structs are
+JSON text. ``trace_destination``'s catalog and schema name where the tables live:
+
+- SQLite (the default): the file ``<trace dir>/<catalog>.<schema>.db``;
+- PostgreSQL (``OPENSUPERVISOR_TRACE_DATABASE_URL``): the schema ``<catalog>__<schema>``.
+
+Writing happens off the hot path: runs hand their spans to a queue that one task drains. A failure
+is logged and counted (``opensupervisor_trace_write_failures``); the run never notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import Counter
+from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, Text, create_engine, insert, text
+from sqlalchemy.engine import make_url
+
+from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.tracing.spans import Destination, RunTrace, dumps
+
+log = logging.getLogger(__name__)
+WRITE_FAILURES = Counter("opensupervisor_trace_write_failures", "Runs whose spans could not be written",
+                         registry=REGISTRY)
+DROPPED = Counter("opensupervisor_trace_writes_dropped", "Runs whose spans were dropped: the queue was full",
+                  registry=REGISTRY)
+_STATUS = {StatusCode.OK: "STATUS_CODE_OK", StatusCode.ERROR: "STATUS_CODE_ERROR",
+           StatusCode.UNSET: "STATUS_CODE_UNSET"}
+_KIND = {k: f"SPAN_KIND_{k.name}" for k in SpanKind}
+
+
+def spans_table(metadata: MetaData, prefix: str) -> Table:
+    return Table(
+        f"{prefix}_otel_spans", metadata,
+        Column("trace_id", String(32)), Column("span_id", String(16)), Column("trace_state", Text),
+        Column("parent_span_id", String(16)), Column("flags", Integer), Column("name", Text), Column("kind", Text),
+        Column("start_time_unix_nano", BigInteger), Column("end_time_unix_nano", BigInteger),
+        Column("attributes", Text), Column("dropped_attributes_count", Integer), Column("events", Text),
+        Column("dropped_events_count", Integer), Column("links", Text), Column("dropped_links_count", Integer),
+        Column("status", Text), Column("resource", Text), Column("resource_schema_url", Text),
+        Column("instrumentation_scope", Text), Column("span_schema_url", Text),
+    )
+
+
+def logs_table(metadata: MetaData, prefix: str) -> Table:
+    return Table(
+        f"{prefix}_otel_logs", metadata,
+        Column("event_name", Text), Column("trace_id", String(32)), Column("span_id", String(16)),
+        Column("time_unix_nano", BigInteger), Column("observed_time_unix_nano", BigInteger),
+        Column("severity_number", Integer), Column("severity_text", Text), Column("body", Text),
+        Column("attributes", Text), Column("dropped_attributes_count", Integer), Column("flags", Integer),
+        Column("resource", Text), Column("resource_schema_url", Text), Column("instrumentation_scope", Text),
+        Column("log_schema_url", Text),
+    )
+
+
+def span_row(span: ReadableSpan) -> dict[str, Any]:
+    context = span.context
+    assert context is not None
+    resource = {"attributes": dict(span.resource.attributes), "dropped_attributes_count": 0}
+    scope = span.instrumentation_scope
+    return {
+        "trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x"),
+        "trace_state": "", "parent_span_id": format(span.parent.span_id, "016x") if span.parent else "",
+        "flags": int(context.trace_flags), "name": span.name, "kind": _KIND.get(span.kind, "SPAN_KIND_INTERNAL"),
+        "start_time_unix_nano": span.start_time, "end_time_unix_nano": span.end_time,
+        "attributes": dumps(dict(span.attributes or {})), "dropped_attributes_count": span.dropped_attributes,
+        "events": dumps([{"time_unix_nano": e.timestamp, "name": e.name, "attributes": dict(e.attributes or {}),
+                          "dropped_attributes_count": 0} for e in span.events]),
+        "dropped_events_count": span.dropped_events, "links": "[]", "dropped_links_count": span.dropped_links,
+        "status": dumps({"message": span.status.description or "", "code": _STATUS[span.status.status_code]}),
+        "resource": dumps(resource), "resource_schema_url": "",
+        "instrumentation_scope": dumps({"name": scope.name if scope else "", "version": scope.version if scope else "",
+                                        "attributes": {}, "dropped_attributes_count": 0}),
+        "span_schema_url": "",
+    }
+
+
+def log_rows(span: ReadableSpan) -> list[dict[str, Any]]:
+    context = span.context
+    assert context is not None
+    return [{"event_name": e.name, "trace_id": format(context.trace_id, "032x"),
+             "span_id": format(context.span_id, "016x"), "time_unix_nano": e.timestamp,
+             "observed_time_unix_nano": e.timestamp, "severity_number": 17 if e.name == "exception" else 9,
+             "severity_text": "ERROR" if e.name == "exception" else "INFO", "body": e.name,
+             "attributes": dumps(dict(e.attributes or {})), "dropped_attributes_count": 0,
+             "flags": int(context.trace_flags), "resource": dumps({"attributes": dict(span.resource.attributes)}),
+             "resource_schema_url": "", "instrumentation_scope": dumps({"name": "opensupervisor"}),
+             "log_schema_url": ""} for e in span.events]
+
+
+class TraceStore:
+    """Where ``trace_destination`` tables live: SQLite files in ``folder``, or PostgreSQL at ``url``."""
+
+    def __init__(self, folder: Path, url: str | None = None, *, max_queued: int = 10_000) -> None:
+        self.folder = folder
+        self.url = url
+        self.max_queued = max_queued
+        self._engines: dict[str, Engine] = {}
+        self._ready: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._queue: asyncio.Queue[RunTrace] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def submit(self, run: RunTrace) -> None:
+        """Queue a finished run's spans for writing (never blocks, never raises)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.max_queued)
+            self._worker = asyncio.create_task(self._drain(self._queue))
+        try:
+            self._queue.put_nowait(run)
+        except asyncio.QueueFull:
+            DROPPED.inc()
+            log.warning("trace queue full: the spans of trace %s were dropped", run.trace_id)
+
+    async def _drain(self, queue: asyncio.Queue[RunTrace]) -> None:
+        while True:
+            run = await queue.get()
+            try:
+                await asyncio.to_thread(self.write, run)
+            except Exception:  # a trace store that fails must not touch the runs
+                WRITE_FAILURES.inc()
+                log.exception("writing the spans of trace %s failed", run.trace_id)
+            finally:
+                queue.task_done()
+
+    async def flush(self) -> None:
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def aclose(self) -> None:
+        await self.flush()
+        if self._worker is not None:
+            self._worker.cancel()
+        for engine in self._engines.values():
+            engine.dispose()
+
+    def write(self, run: RunTrace) -> None:
+        destination = run.destination
+        assert destination is not None
+        engine, schema = self._engine(destination)
+        metadata = MetaData(schema=schema)
+        spans, logs = spans_table(metadata, destination.prefix), logs_table(metadata, destination.prefix)
+        key = (str(engine.url), f"{schema}.{destination.prefix}")
+        with engine.begin() as conn:
+            if key not in self._ready:
+                if schema is not None:
+                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                metadata.create_all(conn)
+                self._ready.add(key)
+            conn.execute(insert(spans), [span_row(s) for s in run.spans])
+            events = [row for s in run.spans for row in log_rows(s)]
+            if events:
+                conn.execute(insert(logs), events)
+
+    def _engine(self, destination: Destination) -> tuple[Engine, str | None]:
+        with self._lock:
+            if self.url is not None:
+                parsed = make_url(self.url)
+                if parsed.get_backend_name() == "postgresql":
+                    if "pg" not in self._engines:
+                        self._engines["pg"] = create_engine(parsed.set(drivername="postgresql+psycopg"),
+                                                            pool_size=2, pool_pre_ping=True)
+                    return self._engines["pg"], f"{destination.catalog}__{destination.schema}"
+            name = f"{destination.catalog}.{destination.schema}"
+            if name not in self._engines:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._engines[name] = create_engine(f"sqlite:///{self.folder / (name + '.db')}")
+            return self._engines[name], None
+
+    def path_of(self, destination: Destination) -> Path:
+        """The SQLite file of a destination."""
+        return self.folder / f"{destination.catalog}.{destination.schema}.db"

@@ -1,0 +1,92 @@
+"""Spans around the two contracts: a ``CHAT_MODEL`` span per model call, a ``TOOL`` span per tool call.
+
+Both pass straight through when the run has no trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from opensupervisor.core.contracts import (
+    Model,
+    ModelEvent,
+    ModelRequest,
+    Served,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, dumps, end_span
+
+if TYPE_CHECKING:
+    from opensupervisor.core.context import RunContext
+
+
+class TracedModel(Model):
+    def __init__(self, inner: Model, ctx: RunContext) -> None:
+        self.inner = inner
+        self.ctx = ctx
+        self.name = inner.name
+        self.context_window = inner.context_window
+        self.defaults = inner.defaults
+
+    async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
+        run = self.ctx.trace
+        if run is None:
+            async for event in self.inner.request_stream(request):
+                yield event
+            return
+        span = run.child(self.inner.name, "CHAT_MODEL", inputs=_inputs(request),
+                         attributes={"opensupervisor.model": self.inner.name})
+        text: list[str] = []
+        calls: list[dict[str, str]] = []
+        error: str | None = "the model call was abandoned"
+        try:
+            async for event in self.inner.request_stream(request):
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif isinstance(event, ToolCallStart):
+                    calls.append({"id": event.call_id, "name": event.name, "arguments": ""})
+                elif isinstance(event, ToolCallDelta) and calls:
+                    calls[-1]["arguments"] += event.arguments
+                elif isinstance(event, Usage):
+                    span.set_attribute(TOKEN_USAGE, dumps({"input_tokens": event.input_tokens,
+                                                           "output_tokens": event.output_tokens,
+                                                           "total_tokens": event.input_tokens + event.output_tokens}))
+                elif isinstance(event, Served):
+                    span.set_attribute("opensupervisor.served_by", event.model)
+                yield event
+            error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            run.set_outputs(span, {"role": "assistant", "content": "".join(text), "tool_calls": calls})
+            end_span(span, error)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _inputs(request: ModelRequest) -> dict[str, Any]:
+    return {"instructions": request.instructions, "messages": request.items,
+            "tools": [t.name for t in request.tools], "tool_choice": request.tool_choice}
+
+
+async def traced_tool_call(run: RunTrace | None, name: str, tool_type: str, arguments: dict[str, Any],
+                           call: Callable[[], Awaitable[str]]) -> str:
+    """Run one tool call inside its ``TOOL`` span (spans the tool opens nest under it)."""
+    if run is None:
+        return await call()
+    span = run.child(name, "TOOL", inputs=arguments, attributes={"opensupervisor.tool_type": tool_type})
+    error: str | None = "the tool call was abandoned"
+    try:
+        with run.active(span):
+            output = await call()
+        error = output.removeprefix("Error: ") if output.startswith("Error: ") else None
+        run.set_outputs(span, output)
+        return output
+    finally:
+        end_span(span, error)
