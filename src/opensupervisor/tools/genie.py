@@ -27,6 +27,7 @@ from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.tools.sql_engines import Column, ReadOnlyDatabase, Rows
 from opensupervisor.tools.sql_guard import check_query
+from opensupervisor.tracing.wrappers import traced_request
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
@@ -163,8 +164,9 @@ async def _text_to_sql(model: Model, space: GenieSpace, items: list[dict[str, An
     problem = ""
     for _ in range(space.max_attempts):
         try:
-            reply = await model.request(ModelRequest(instructions=_prompt(space, schema, db.dialect),
-                                                     items=items, text_format=SQL_FORMAT, max_output_tokens=512))
+            request = ModelRequest(instructions=_prompt(space, schema, db.dialect), items=items,
+                                   text_format=SQL_FORMAT, max_output_tokens=512)
+            reply = await traced_request(model, request, "text_to_sql")
         except ModelError as exc:
             raise ToolError(f"the model could not write SQL: {exc.message}") from exc
         sql, description = _parse_reply(reply.text)

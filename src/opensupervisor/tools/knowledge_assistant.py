@@ -31,6 +31,7 @@ from opensupervisor.knowledge.local_embedder import LocalEmbedder
 from opensupervisor.knowledge.search import Hit, Mode, Searcher
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
+from opensupervisor.tracing.wrappers import traced_request
 from opensupervisor.wire.items import user_message
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
@@ -167,8 +168,9 @@ class KnowledgeAssistants:
         prompt = f"Question: {question}\n\nPassages:\n\n{passages}"
         instructions = PROMPT + (f"\n\n{entry.instructions}" if entry.instructions else "")
         try:
-            reply = await self.catalog.get(name).request(ModelRequest(
-                instructions=instructions, items=[user_message(prompt)], settings={"temperature": 0.0}))
+            request = ModelRequest(instructions=instructions, items=[user_message(prompt)],
+                                   settings={"temperature": 0.0})
+            reply = await traced_request(self.catalog.get(name), request, "grounded_answer")
         except ModelError as exc:
             raise ToolError(f"the knowledge assistant '{ka}' could not write an answer: {exc.message}") from exc
         return reply.text.strip() or "(no answer)"

@@ -12,13 +12,14 @@ from opensupervisor.core.contracts import (
     Model,
     ModelEvent,
     ModelRequest,
+    ModelResponse,
     Served,
     TextDelta,
     ToolCallDelta,
     ToolCallStart,
     Usage,
 )
-from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, dumps, end_span
+from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, dumps, end_span, span
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
@@ -90,3 +91,17 @@ async def traced_tool_call(run: RunTrace | None, name: str, tool_type: str, argu
         return output
     finally:
         end_span(span, error)
+
+
+async def traced_request(model: Model, request: ModelRequest, name: str) -> ModelResponse:
+    """A tool's own model call (text to SQL, a grounded answer) as a ``CHAT_MODEL`` span in its trace."""
+    with span(name, "CHAT_MODEL", inputs=_inputs(request), attributes={"opensupervisor.model": model.name}) as opened:
+        reply = await model.request(request)
+        opened.outputs({"role": "assistant", "content": reply.text,
+                        "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments}
+                                       for c in reply.tool_calls]})
+        if reply.usage is not None:
+            opened.attribute(TOKEN_USAGE, {"input_tokens": reply.usage.input_tokens,
+                                           "output_tokens": reply.usage.output_tokens,
+                                           "total_tokens": reply.usage.input_tokens + reply.usage.output_tokens})
+        return reply
