@@ -16,11 +16,11 @@ from tests.conftest import ProcessServer, Server, wait_until
 SNIPPETS = Path(__file__).parent / "snippets"
 
 
-def run_snippet(name: str, server: Server) -> str:
+def run_snippet(name: str, server: Server, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
-           "DATABRICKS_HOST": server.url, "DATABRICKS_TOKEN": server.token}
+           "DATABRICKS_HOST": server.url, "DATABRICKS_TOKEN": server.token, **(env or {})}
     done = subprocess.run([sys.executable, str(SNIPPETS / name)], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

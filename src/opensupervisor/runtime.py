@@ -23,6 +23,7 @@ from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.keys import shared_key
 from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
+from opensupervisor.tracing.export import exporters_from_env
 from opensupervisor.tracing.spans import Recording, Tracing
 from opensupervisor.tracing.tables import TraceStore
 from opensupervisor.vault import Vault
@@ -73,7 +74,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         else settings.worker_concurrency
     signer = ApprovalSigner(await shared_key(store, "mcp_approval"))
     tracing = Tracing(recording=Recording(ws.tracing.record_inputs, ws.tracing.record_outputs),
-                      version=__version__)
+                      processors=exporters_from_env(), version=__version__)
     trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store)
