@@ -180,3 +180,15 @@ def test_redaction_leaves_inputs_and_outputs_out(tmp_path: Path) -> None:
     for span in spans:
         assert "mlflow.spanInputs" not in span["attributes"] and "mlflow.spanOutputs" not in span["attributes"]
     assert "Total sales?" not in json.dumps(spans)
+
+
+def test_metrics_count_model_and_tool_calls(server: Server) -> None:
+    assert create(server).status_code == 200  # no trace asked for: the calls are still counted
+    with server.http() as http:
+        text = http.get("/metrics").text
+    assert 'opensupervisor_model_calls_total{model="agent",outcome="ok"}' in text
+    assert 'opensupervisor_tool_call_duration_seconds_count{outcome="ok",tool_type="genie_space"}' in text
+    assert 'opensupervisor_tool_call_duration_seconds_count{outcome="ok",tool_type="test_calculator"}' in text
+    for name in ("opensupervisor_model_call_duration_seconds_bucket", "opensupervisor_background_queued",
+                 "opensupervisor_tokens_total", "opensupervisor_responses_total", "opensupervisor_trace_write_failures"):
+        assert name in text

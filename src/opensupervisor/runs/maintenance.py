@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from opensupervisor.runs import metrics
 from opensupervisor.runs.background import WILL_RUN
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.store import Store
@@ -92,6 +93,7 @@ class Maintenance:
         return executor.host == self.engine.host and executor.pid != self.engine.pid and not _alive(executor.pid)
 
     async def reconcile(self) -> None:
+        metrics.QUEUED.set(await self.store.count_queued())
         for response_id, status in await self.store.quiet_runs(int(self.config.executor_timeout_s * 1000)):
             state = await self.engine.state(response_id)
             if state in WILL_RUN:

@@ -20,6 +20,16 @@ TOOL_CALLS = Counter("opensupervisor_hosted_tool_calls", "Hosted tool calls by o
                      registry=REGISTRY)
 TOKENS = Counter("opensupervisor_tokens", "Model tokens reported by providers", ["model", "kind"],
                  registry=REGISTRY)
+MODEL_CALLS = Counter("opensupervisor_model_calls", "Model calls by model and outcome (ok, error)",
+                      ["model", "outcome"], registry=REGISTRY)
+MODEL_SECONDS = Histogram("opensupervisor_model_call_duration_seconds", "Duration of model calls (streams included)",
+                          ["model"], registry=REGISTRY,
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+TOOL_SECONDS = Histogram("opensupervisor_tool_call_duration_seconds", "Duration of hosted tool calls by tool type",
+                         ["tool_type", "outcome"], registry=REGISTRY,
+                         buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120))
+QUEUED = Gauge("opensupervisor_background_queued", "Background responses waiting for a worker (all processes)",
+               registry=REGISTRY)
 BACKGROUND = Gauge("opensupervisor_background_runs_in_flight", "Background runs running in this process",
                    registry=REGISTRY)
 

@@ -1,10 +1,11 @@
 """Spans around the two contracts: a ``CHAT_MODEL`` span per model call, a ``TOOL`` span per tool call.
 
-Both pass straight through when the run has no trace.
+Without a trace they only count and time the calls (``/metrics``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from opensupervisor.core.contracts import (
     ToolCallStart,
     Usage,
 )
+from opensupervisor.runs import metrics
 from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, dumps, end_span, span
 
 if TYPE_CHECKING:
@@ -36,9 +38,16 @@ class TracedModel(Model):
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         run = self.ctx.trace
         if run is None:
-            async for event in self.inner.request_stream(request):
-                yield event
+            started, outcome = time.perf_counter(), "error"
+            try:
+                async for event in self.inner.request_stream(request):
+                    yield event
+                outcome = "ok"
+            finally:
+                metrics.MODEL_CALLS.labels(self.name, outcome).inc()
+                metrics.MODEL_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             return
+        started = time.perf_counter()
         span = run.child(self.inner.name, "CHAT_MODEL", inputs=_inputs(request),
                          attributes={"opensupervisor.model": self.inner.name})
         text: list[str] = []
@@ -66,6 +75,8 @@ class TracedModel(Model):
         finally:
             run.set_outputs(span, {"role": "assistant", "content": "".join(text), "tool_calls": calls})
             end_span(span, error)
+            metrics.MODEL_CALLS.labels(self.name, "error" if error else "ok").inc()
+            metrics.MODEL_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -79,8 +90,12 @@ def _inputs(request: ModelRequest) -> dict[str, Any]:
 async def traced_tool_call(run: RunTrace | None, name: str, tool_type: str, arguments: dict[str, Any],
                            call: Callable[[], Awaitable[str]]) -> str:
     """Run one tool call inside its ``TOOL`` span (spans the tool opens nest under it)."""
+    started = time.perf_counter()
     if run is None:
-        return await call()
+        output = await call()
+        metrics.TOOL_SECONDS.labels(tool_type, "error" if output.startswith("Error: ") else "ok").observe(
+            time.perf_counter() - started)
+        return output
     span = run.child(name, "TOOL", inputs=arguments, attributes={"opensupervisor.tool_type": tool_type})
     error: str | None = "the tool call was abandoned"
     try:
@@ -91,6 +106,7 @@ async def traced_tool_call(run: RunTrace | None, name: str, tool_type: str, argu
         return output
     finally:
         end_span(span, error)
+        metrics.TOOL_SECONDS.labels(tool_type, "error" if error else "ok").observe(time.perf_counter() - started)
 
 
 async def traced_request(model: Model, request: ModelRequest, name: str) -> ModelResponse:
