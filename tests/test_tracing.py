@@ -190,5 +190,6 @@ def test_metrics_count_model_and_tool_calls(server: Server) -> None:
     assert 'opensupervisor_tool_call_duration_seconds_count{outcome="ok",tool_type="genie_space"}' in text
     assert 'opensupervisor_tool_call_duration_seconds_count{outcome="ok",tool_type="test_calculator"}' in text
     for name in ("opensupervisor_model_call_duration_seconds_bucket", "opensupervisor_background_queued",
-                 "opensupervisor_tokens_total", "opensupervisor_responses_total", "opensupervisor_trace_write_failures"):
+                 "opensupervisor_tokens_total", "opensupervisor_responses_total",
+                 "opensupervisor_trace_write_failures"):
         assert name in text
