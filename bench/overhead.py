@@ -67,7 +67,8 @@ def run_server(port: int, upstream: int, database_url: str) -> None:
     workspace = parse_workspace(
         f'[models.bench]\nprovider = "openai-chat"\nbase_url = "http://127.0.0.1:{upstream}/v1"\n'
         'upstream_model = "bench"\nmax_retries = 0\n', source="bench", base_dir=Path.cwd())
-    settings = Settings(port=port, database_url=database_url, admin_token=TOKEN)
+    settings = Settings(port=port, database_url=database_url, admin_token=TOKEN,
+                        data_dir=Path(tempfile.mkdtemp(prefix="opensupervisor-bench-")))
     app = create_app(settings, workspace=workspace, tool_setup=setup)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -198,6 +199,14 @@ async def measure(base: str, upstream: str, n: int, store: bool) -> None:
     ttfb = await first_bytes(f"{base}/v1/responses", dict(text, stream=True), n)
     print(f"  streaming time to first byte over the upstream's   p50 {pct(ttfb, .5) - pct(up_ttfb, .5):6.2f}  "
           f"p99 {pct(ttfb, .99) - pct(up_ttfb, .99):6.2f}")
+    traced = await latencies(f"{base}/v1/responses", dict(two_turns, databricks_options={"return_trace": True}), n)
+    tabled = await latencies(f"{base}/v1/responses", dict(two_turns, trace_destination={
+        "catalog_name": "bench", "schema_name": "traces", "table_prefix": "overhead"}), n)
+    base50 = pct(t2, .5)
+    print(f"  two-turn response, tracing off                    p50 {base50:6.2f}  p99 {pct(t2, .99):6.2f}")
+    for label, values in (("tracing on (return_trace)", traced), ("tracing on, trace_destination", tabled)):
+        print(f"  two-turn response, {label:31s}p50 {pct(values, .5):6.2f}  p99 {pct(values, .99):6.2f}"
+              f"  ({pct(values, .5) / base50:.2f}x)")
     extra = [b - a for a, b in zip(sorted(t1), sorted(t2), strict=True)]
     print(f"  added per extra loop turn (hosted tool, minus one upstream call)  "
           f"p50 {statistics.median(extra) * 1000 - up50:6.2f}")

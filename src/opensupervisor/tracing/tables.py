@@ -21,13 +21,28 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter
-from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, Text, create_engine, insert, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    text,
+)
 from sqlalchemy.engine import make_url
 
 from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.tracing.spans import Destination, RunTrace, dumps
 
 log = logging.getLogger(__name__)
+BATCH = 200
+LINGER_S = 0.2
 WRITE_FAILURES = Counter("opensupervisor_trace_write_failures", "Runs whose spans could not be written",
                          registry=REGISTRY)
 DROPPED = Counter("opensupervisor_trace_writes_dropped", "Runs whose spans were dropped: the queue was full",
@@ -122,14 +137,24 @@ class TraceStore:
             log.warning("trace queue full: the spans of trace %s were dropped", run.trace_id)
 
     async def _drain(self, queue: asyncio.Queue[RunTrace]) -> None:
+        """Write what is queued in batches: one transaction per destination for all waiting runs."""
         while True:
-            run = await queue.get()
-            try:
-                await asyncio.to_thread(self.write, run)
-            except Exception:  # a trace store that fails must not touch the runs
-                WRITE_FAILURES.inc()
-                log.exception("writing the spans of trace %s failed", run.trace_id)
-            finally:
+            runs = [await queue.get()]
+            await asyncio.sleep(LINGER_S)  # let a burst gather: one write for many runs
+            while not queue.empty() and len(runs) < BATCH:
+                runs.append(queue.get_nowait())
+            groups: dict[Destination, list[RunTrace]] = {}
+            for run in runs:
+                assert run.destination is not None
+                groups.setdefault(run.destination, []).append(run)
+            for destination, group in groups.items():
+                try:
+                    await asyncio.to_thread(self.write, destination, group)
+                except Exception:  # a trace store that fails must not touch the runs
+                    WRITE_FAILURES.inc(len(group))
+                    log.exception("writing the spans of %d run(s) to %s.%s failed", len(group),
+                                  destination.catalog, destination.schema)
+            for _ in runs:
                 queue.task_done()
 
     async def flush(self) -> None:
@@ -143,9 +168,7 @@ class TraceStore:
         for engine in self._engines.values():
             engine.dispose()
 
-    def write(self, run: RunTrace) -> None:
-        destination = run.destination
-        assert destination is not None
+    def write(self, destination: Destination, runs: list[RunTrace]) -> None:
         engine, schema = self._engine(destination)
         metadata = MetaData(schema=schema)
         spans, logs = spans_table(metadata, destination.prefix), logs_table(metadata, destination.prefix)
@@ -156,8 +179,8 @@ class TraceStore:
                     conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
                 metadata.create_all(conn)
                 self._ready.add(key)
-            conn.execute(insert(spans), [span_row(s) for s in run.spans])
-            events = [row for s in run.spans for row in log_rows(s)]
+            conn.execute(insert(spans), [span_row(s) for run in runs for s in run.spans])
+            events = [row for run in runs for s in run.spans for row in log_rows(s)]
             if events:
                 conn.execute(insert(logs), events)
 
@@ -173,9 +196,20 @@ class TraceStore:
             name = f"{destination.catalog}.{destination.schema}"
             if name not in self._engines:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self._engines[name] = create_engine(f"sqlite:///{self.folder / (name + '.db')}")
+                engine = create_engine(f"sqlite:///{self.folder / (name + '.db')}")
+                event.listen(engine, "connect", _sqlite_pragmas)
+                self._engines[name] = engine
             return self._engines[name], None
 
     def path_of(self, destination: Destination) -> Path:
         """The SQLite file of a destination."""
         return self.folder / f"{destination.catalog}.{destination.schema}.db"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL, and no wait for the disk at each commit: a crash of the machine may lose the last traces,
+    never the responses (they are in the store)."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
