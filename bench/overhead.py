@@ -122,6 +122,20 @@ async def latencies(url: str, body: dict[str, Any], n: int) -> list[float]:
         return [await timed(client, url, body) for _ in range(n)]
 
 
+async def interleaved(url: str, bodies: list[dict[str, Any]], n: int) -> list[list[float]]:
+    """Latencies of several request variants taken in turn, so that drift in the machine's speed
+    weighs on all of them alike."""
+    out: list[list[float]] = [[] for _ in bodies]
+    async with session(1) as client:
+        for _ in range(20):
+            for body in bodies:
+                await timed(client, url, body)
+        for _ in range(n):
+            for i, body in enumerate(bodies):
+                out[i].append(await timed(client, url, body))
+    return out
+
+
 async def first_bytes(url: str, body: dict[str, Any], n: int) -> list[float]:
     """Time from sending a streamed request to its first byte of body."""
     out: list[float] = []
@@ -199,11 +213,12 @@ async def measure(base: str, upstream: str, n: int, store: bool) -> None:
     ttfb = await first_bytes(f"{base}/v1/responses", dict(text, stream=True), n)
     print(f"  streaming time to first byte over the upstream's   p50 {pct(ttfb, .5) - pct(up_ttfb, .5):6.2f}  "
           f"p99 {pct(ttfb, .99) - pct(up_ttfb, .99):6.2f}")
-    traced = await latencies(f"{base}/v1/responses", dict(two_turns, databricks_options={"return_trace": True}), n)
-    tabled = await latencies(f"{base}/v1/responses", dict(two_turns, trace_destination={
-        "catalog_name": "bench", "schema_name": "traces", "table_prefix": "overhead"}), n)
-    base50 = pct(t2, .5)
-    print(f"  two-turn response, tracing off                    p50 {base50:6.2f}  p99 {pct(t2, .99):6.2f}")
+    untraced, traced, tabled = await interleaved(f"{base}/v1/responses", [
+        two_turns, dict(two_turns, databricks_options={"return_trace": True}),
+        dict(two_turns, trace_destination={"catalog_name": "bench", "schema_name": "traces",
+                                           "table_prefix": "overhead"})], n)
+    base50 = pct(untraced, .5)
+    print(f"  two-turn response, tracing off                    p50 {base50:6.2f}  p99 {pct(untraced, .99):6.2f}")
     for label, values in (("tracing on (return_trace)", traced), ("tracing on, trace_destination", tabled)):
         print(f"  two-turn response, {label:31s}p50 {pct(values, .5):6.2f}  p99 {pct(values, .99):6.2f}"
               f"  ({pct(values, .5) / base50:.2f}x)")

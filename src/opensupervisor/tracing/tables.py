@@ -18,8 +18,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
@@ -38,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from opensupervisor.runs.metrics import REGISTRY
-from opensupervisor.tracing.spans import Destination, RunTrace, dumps
+from opensupervisor.tracing.spans import Destination, RunTrace, SpanRecord, dumps
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -47,9 +45,6 @@ WRITE_FAILURES = Counter("opensupervisor_trace_write_failures", "Runs whose span
                          registry=REGISTRY)
 DROPPED = Counter("opensupervisor_trace_writes_dropped", "Runs whose spans were dropped: the queue was full",
                   registry=REGISTRY)
-_STATUS = {StatusCode.OK: "STATUS_CODE_OK", StatusCode.ERROR: "STATUS_CODE_ERROR",
-           StatusCode.UNSET: "STATUS_CODE_UNSET"}
-_KIND = {k: f"SPAN_KIND_{k.name}" for k in SpanKind}
 
 
 def spans_table(metadata: MetaData, prefix: str) -> Table:
@@ -77,39 +72,29 @@ def logs_table(metadata: MetaData, prefix: str) -> Table:
     )
 
 
-def span_row(span: ReadableSpan) -> dict[str, Any]:
-    context = span.context
-    assert context is not None
-    resource = {"attributes": dict(span.resource.attributes), "dropped_attributes_count": 0}
-    scope = span.instrumentation_scope
+def span_row(span: SpanRecord, resource: str, scope: str) -> dict[str, Any]:
     return {
-        "trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x"),
-        "trace_state": "", "parent_span_id": format(span.parent.span_id, "016x") if span.parent else "",
-        "flags": int(context.trace_flags), "name": span.name, "kind": _KIND.get(span.kind, "SPAN_KIND_INTERNAL"),
-        "start_time_unix_nano": span.start_time, "end_time_unix_nano": span.end_time,
-        "attributes": dumps(dict(span.attributes or {})), "dropped_attributes_count": span.dropped_attributes,
-        "events": dumps([{"time_unix_nano": e.timestamp, "name": e.name, "attributes": dict(e.attributes or {}),
-                          "dropped_attributes_count": 0} for e in span.events]),
-        "dropped_events_count": span.dropped_events, "links": "[]", "dropped_links_count": span.dropped_links,
-        "status": dumps({"message": span.status.description or "", "code": _STATUS[span.status.status_code]}),
-        "resource": dumps(resource), "resource_schema_url": "",
-        "instrumentation_scope": dumps({"name": scope.name if scope else "", "version": scope.version if scope else "",
-                                        "attributes": {}, "dropped_attributes_count": 0}),
-        "span_schema_url": "",
+        "trace_id": format(span.trace_id, "032x"), "span_id": format(span.span_id, "016x"),
+        "trace_state": "", "parent_span_id": format(span.parent_id, "016x") if span.parent_id is not None else "",
+        "flags": 1, "name": span.name, "kind": "SPAN_KIND_INTERNAL",
+        "start_time_unix_nano": span.start_ns, "end_time_unix_nano": span.end_ns,
+        "attributes": dumps(span.attributes), "dropped_attributes_count": 0, "events": "[]",
+        "dropped_events_count": 0, "links": "[]", "dropped_links_count": 0,
+        "status": dumps({"message": span.error or "", "code": "STATUS_CODE_ERROR" if span.error else "STATUS_CODE_OK"}),
+        "resource": resource, "resource_schema_url": "", "instrumentation_scope": scope, "span_schema_url": "",
     }
 
 
-def log_rows(span: ReadableSpan) -> list[dict[str, Any]]:
-    context = span.context
-    assert context is not None
-    return [{"event_name": e.name, "trace_id": format(context.trace_id, "032x"),
-             "span_id": format(context.span_id, "016x"), "time_unix_nano": e.timestamp,
-             "observed_time_unix_nano": e.timestamp, "severity_number": 17 if e.name == "exception" else 9,
-             "severity_text": "ERROR" if e.name == "exception" else "INFO", "body": e.name,
-             "attributes": dumps(dict(e.attributes or {})), "dropped_attributes_count": 0,
-             "flags": int(context.trace_flags), "resource": dumps({"attributes": dict(span.resource.attributes)}),
-             "resource_schema_url": "", "instrumentation_scope": dumps({"name": "opensupervisor"}),
-             "log_schema_url": ""} for e in span.events]
+def log_rows(span: SpanRecord, resource: str, scope: str) -> list[dict[str, Any]]:
+    """A failed step's error as a log record (the spans carry no other events)."""
+    if not span.error:
+        return []
+    return [{"event_name": "exception", "trace_id": format(span.trace_id, "032x"),
+             "span_id": format(span.span_id, "016x"), "time_unix_nano": span.end_ns,
+             "observed_time_unix_nano": span.end_ns, "severity_number": 17, "severity_text": "ERROR",
+             "body": span.error, "attributes": dumps({"exception.message": span.error}),
+             "dropped_attributes_count": 0, "flags": 1, "resource": resource, "resource_schema_url": "",
+             "instrumentation_scope": scope, "log_schema_url": ""}]
 
 
 class TraceStore:
@@ -179,8 +164,11 @@ class TraceStore:
                     conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
                 metadata.create_all(conn)
                 self._ready.add(key)
-            conn.execute(insert(spans), [span_row(s) for run in runs for s in run.spans])
-            events = [row for run in runs for s in run.spans for row in log_rows(s)]
+            resource = dumps({"attributes": dict(runs[0].tracing.resource.attributes), "dropped_attributes_count": 0})
+            scope = dumps({"name": "opensupervisor", "version": runs[0].tracing.scope.version, "attributes": {},
+                           "dropped_attributes_count": 0})
+            conn.execute(insert(spans), [span_row(s, resource, scope) for run in runs for s in run.spans])
+            events = [row for run in runs for s in run.spans for row in log_rows(s, resource, scope)]
             if events:
                 conn.execute(insert(logs), events)
 

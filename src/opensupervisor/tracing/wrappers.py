@@ -21,7 +21,7 @@ from opensupervisor.core.contracts import (
     Usage,
 )
 from opensupervisor.runs import metrics
-from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, dumps, end_span, span
+from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, end_span, span
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
@@ -62,9 +62,9 @@ class TracedModel(Model):
                 elif isinstance(event, ToolCallDelta) and calls:
                     calls[-1]["arguments"] += event.arguments
                 elif isinstance(event, Usage):
-                    span.set_attribute(TOKEN_USAGE, dumps({"input_tokens": event.input_tokens,
-                                                           "output_tokens": event.output_tokens,
-                                                           "total_tokens": event.input_tokens + event.output_tokens}))
+                    span.set_attribute(TOKEN_USAGE, {"input_tokens": event.input_tokens,
+                                                     "output_tokens": event.output_tokens,
+                                                     "total_tokens": event.input_tokens + event.output_tokens})
                 elif isinstance(event, Served):
                     span.set_attribute("opensupervisor.served_by", event.model)
                 yield event
