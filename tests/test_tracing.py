@@ -90,6 +90,8 @@ def test_return_trace_gives_an_mlflow_trace_of_the_whole_loop(server: Server) ->
     assert models[0].outputs["tool_calls"][0]["name"] == "genie_sales"
     assert models[1].outputs["content"] == "Sales are 42."
     assert models[0].attributes["mlflow.chat.tokenUsage"]["input_tokens"] > 0
+    assert models[0].attributes["opensupervisor.provider"] == "scripted"
+    assert text_to_sql.attributes["opensupervisor.provider"] == "scripted"
     assert sorted(t.name for t in tools) == ["add", "genie_sales"]
     assert all(t.parent_id == root.span_id for t in tools)
     assert genie.inputs == {"question": "Total sales?"} and "42" in genie.outputs

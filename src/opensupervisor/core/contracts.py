@@ -114,6 +114,8 @@ class Model(ABC):
     """A language model. Implement ``request_stream``; ``request`` folds it unless overridden."""
 
     name: str = "model"
+    # The workspace's provider of this model (embedded, openai-chat, anthropic …), for traces.
+    provider: str = ""
     # Tokens the model can read at once, when known; ``truncation`` works against it.
     context_window: int | None = None
     # Settings (temperature, top_p, …, max_output_tokens) used when a request does not set them.

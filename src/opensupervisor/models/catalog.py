@@ -16,6 +16,7 @@ from opensupervisor.workspace import ModelEntry, Workspace
 
 def build_model(name: str, entry: ModelEntry, base_dir: Path) -> Model:
     model = _build(name, entry, base_dir)
+    model.provider = entry.provider
     model.context_window = entry.context_window or model.context_window
     model.defaults = entry.defaults.model_dump(exclude_none=True)
     return model

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class FallbackModel(Model):
     def __init__(self, primary: Model, fallbacks: list[Model]) -> None:
         self.name = primary.name
+        self.provider = primary.provider
         self.context_window = primary.context_window
         self.defaults = primary.defaults
         self.chain = [primary, *fallbacks]

@@ -72,6 +72,7 @@ class DurableModel(Model):
         self.inner = inner
         self.steps = steps
         self.name = inner.name
+        self.provider = inner.provider
         self.context_window = inner.context_window
         self.defaults = inner.defaults
         self.in_flight = False

@@ -32,6 +32,7 @@ class TracedModel(Model):
         self.inner = inner
         self.ctx = ctx
         self.name = inner.name
+        self.provider = inner.provider
         self.context_window = inner.context_window
         self.defaults = inner.defaults
 
@@ -49,7 +50,7 @@ class TracedModel(Model):
             return
         started = time.perf_counter()
         span = run.child(self.inner.name, "CHAT_MODEL", inputs=_inputs(request),
-                         attributes={"opensupervisor.model": self.inner.name})
+                         attributes={"opensupervisor.model": self.inner.name, "opensupervisor.provider": self.provider})
         text: list[str] = []
         calls: list[dict[str, str]] = []
         error: str | None = "the model call was abandoned"
@@ -111,7 +112,8 @@ async def traced_tool_call(run: RunTrace | None, name: str, tool_type: str, argu
 
 async def traced_request(model: Model, request: ModelRequest, name: str) -> ModelResponse:
     """A tool's own model call (text to SQL, a grounded answer) as a ``CHAT_MODEL`` span in its trace."""
-    with span(name, "CHAT_MODEL", inputs=_inputs(request), attributes={"opensupervisor.model": model.name}) as opened:
+    attributes = {"opensupervisor.model": model.name, "opensupervisor.provider": model.provider}
+    with span(name, "CHAT_MODEL", inputs=_inputs(request), attributes=attributes) as opened:
         reply = await model.request(request)
         opened.outputs({"role": "assistant", "content": reply.text,
                         "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments}
