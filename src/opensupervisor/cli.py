@@ -21,6 +21,7 @@ from rich.progress import Progress, TaskID
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from opensupervisor.cli_identity import tokens, users
 from opensupervisor.errors import ConfigError
 from opensupervisor.knowledge.ingest import IngestReport, OutsideSources
 from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
@@ -391,3 +392,7 @@ def _without_password(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparsable database URL>"
+
+
+main.add_command(users)
+main.add_command(tokens)

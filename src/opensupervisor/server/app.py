@@ -9,15 +9,18 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 from opensupervisor.demo.servers import DemoServers
 from opensupervisor.errors import APIError
 from opensupervisor.runtime import ToolSetup, running
+from opensupervisor.server.auth import ResolveCaller
 from opensupervisor.server.routes import routes
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.settings import Settings, ensure_admin_token
+from opensupervisor.store.principals import Principals
 from opensupervisor.workspace import Workspace, load_workspace
 
 log = logging.getLogger(__name__)
@@ -67,12 +70,13 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             rt = await stack.enter_async_context(running(settings, ws, tool_setup))
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
                                     rt.registered, rt.connections, rt.stored_connections, rt.assistants,
-                                    int(time.time()))
+                                    Principals(rt.store), int(time.time()))
             yield
 
     return Starlette(
         routes=routes() + (demo.routes() if demo is not None else []),
         lifespan=lifespan,
+        middleware=[Middleware(ResolveCaller)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
 

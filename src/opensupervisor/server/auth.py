@@ -1,15 +1,24 @@
-"""The auth edge: ``Authorization: Bearer <token>`` or HTTP Basic with user ``token``."""
+"""The auth edge: ``Authorization: Bearer <token>`` or HTTP Basic with user ``token``.
+
+A token is the bootstrap admin token or a personal access token (``osp_…``) of a principal.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opensupervisor.errors import Unauthorized
 from opensupervisor.identity import ADMIN, Principal
+from opensupervisor.store.principals import TOKEN_PREFIX
+
+if TYPE_CHECKING:
+    from opensupervisor.server.state import AppState
 
 
 def bearer_token(request: Request) -> str:
@@ -30,8 +39,44 @@ def bearer_token(request: Request) -> str:
         "You didn't provide an API key. Send 'Authorization: Bearer <token>' or Basic auth with user 'token'.")
 
 
-def authenticate(request: Request, admin_token: str) -> Principal:
-    token = bearer_token(request)
-    if hmac.compare_digest(token.encode(), admin_token.encode()):
-        return ADMIN
-    raise Unauthorized("Incorrect API key provided.")
+AUTH_KEY = "opensupervisor.auth"
+
+
+def authenticate(request: Request, admin_token: str = "") -> Principal:
+    """The caller, as ``ResolveCaller`` found it; 401 when the request has no valid token."""
+    found = request.scope.get("state", {}).get(AUTH_KEY)
+    if isinstance(found, Principal):
+        return found
+    if isinstance(found, Unauthorized):
+        raise found
+    raise Unauthorized("You didn't provide an API key.")
+
+
+class ResolveCaller:
+    """ASGI middleware: find the caller of each request once (the bootstrap admin token, or a personal
+    access token from the store, checked at most every few seconds), for routes that ask for it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            state = getattr(scope["app"].state, "os", None)
+            if state is not None:
+                scope.setdefault("state", {})[AUTH_KEY] = await self._resolve(Request(scope), state)
+        await self.app(scope, receive, send)
+
+    async def _resolve(self, request: Request, state: AppState) -> Principal | Unauthorized:
+        try:
+            token = bearer_token(request)
+        except Unauthorized as exc:
+            return exc
+        if hmac.compare_digest(token.encode(), state.admin_token.encode()):
+            return ADMIN
+        if not token.startswith(TOKEN_PREFIX):
+            return Unauthorized("Incorrect API key provided.")
+        check = await state.principals.cached_check(token)
+        if check.principal is not None:
+            return check.principal
+        return Unauthorized(f"The API key provided has {check.problem}." if check.problem
+                            else "Incorrect API key provided.")

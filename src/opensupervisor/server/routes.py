@@ -21,6 +21,7 @@ from opensupervisor.server.connections_api import connection_routes
 from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
+from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
@@ -167,6 +168,7 @@ def routes() -> list[BaseRoute]:
         *admin_routes(),
         *connection_routes(),
         *knowledge_routes(),
+        *principal_routes(),
         *embeddings_routes(PREFIXES),
     ]
     for prefix in PREFIXES:

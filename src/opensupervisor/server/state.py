@@ -12,6 +12,7 @@ from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
+from opensupervisor.store.principals import Principals
 from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.genie import GenieSpaces
 from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
@@ -39,4 +40,5 @@ class AppState:
     connections: Connections
     stored_connections: StoredConnections
     assistants: KnowledgeAssistants
+    principals: Principals
     started_at: int

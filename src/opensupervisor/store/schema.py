@@ -104,3 +104,36 @@ connections = Table(
     Column("sealed", Text, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
 )
+
+# Who may call: users, service principals and groups (``kind``); members of groups; and personal
+# access tokens, stored as SHA-256 hashes (shown once, revocable, optionally expiring).
+principals = Table(
+    "os_principals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("is_admin", Boolean, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+group_members = Table(
+    "os_group_members",
+    metadata,
+    Column("group_id", String(64), primary_key=True),
+    Column("member_id", String(64), primary_key=True),
+    Index("ix_os_group_members_member", "member_id"),
+)
+
+tokens = Table(
+    "os_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("principal_id", String(64), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("comment", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("revoked_at", BigInteger, nullable=True),
+    Index("ix_os_tokens_principal", "principal_id"),
+)

@@ -1,0 +1,118 @@
+"""``opensupervisor users`` and ``opensupervisor tokens``: principals and personal access tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+
+from opensupervisor.settings import Settings
+from opensupervisor.store import Store
+from opensupervisor.store.principals import Conflict, Kind, Principals
+
+T = TypeVar("T")
+
+
+def _call(action: Callable[[Principals], Awaitable[T]]) -> T:
+    settings = Settings.from_env()
+
+    async def run() -> T:
+        store = Store(settings.database_url)
+        await store.migrate()
+        try:
+            return await action(Principals(store))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except Conflict as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+def users() -> None:
+    """Users, service principals and groups."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May manage the server (admin API and every response).")
+@click.option("--service-principal", "service", is_flag=True, help="A machine identity rather than a person.")
+@click.option("--group", is_flag=True, help="A group of users (members are added with add-member).")
+def users_add(name: str, admin: bool, service: bool, group: bool) -> None:
+    """Add a user (or service principal, or group) NAME."""
+    if group and (admin or service):
+        raise click.UsageError("a group is neither an admin nor a service principal")
+    kind: Kind = "group" if group else "service_principal" if service else "user"
+    _call(lambda p: p.create(name, kind, admin))
+    click.echo(f"added {kind} {name}", err=True)
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every principal: name, kind, groups, admin."""
+    for row in _call(lambda p: p.all()):
+        click.echo(f"{row.name}\t{row.kind}\t{','.join(row.groups)}\t{'admin' if row.is_admin else ''}")
+
+
+@users.command("remove")
+@click.argument("name")
+def users_remove(name: str) -> None:
+    """Remove NAME, its group memberships and its tokens."""
+    if not _call(lambda p: p.remove(name)):
+        raise click.ClickException(f"no principal named {name}")
+
+
+@users.command("add-member")
+@click.argument("group")
+@click.argument("member")
+def users_add_member(group: str, member: str) -> None:
+    """Put MEMBER in GROUP."""
+    _call(lambda p: p.set_member(group, member, True))
+
+
+@users.command("remove-member")
+@click.argument("group")
+@click.argument("member")
+def users_remove_member(group: str, member: str) -> None:
+    """Take MEMBER out of GROUP."""
+    _call(lambda p: p.set_member(group, member, False))
+
+
+@click.group()
+def tokens() -> None:
+    """Personal access tokens (stored hashed; shown once)."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--lifetime-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Expire after this many days (default: never).")
+@click.option("--comment", default=None, help="What the token is for.")
+def tokens_create(name: str, lifetime_days: float | None, comment: str | None) -> None:
+    """Make a token for NAME and print it (the only time it is shown)."""
+    lifetime = None if lifetime_days is None else int(lifetime_days * 86400)
+    token, record = _call(lambda p: p.issue_token(name, lifetime_s=lifetime, comment=comment))
+    click.echo(token)
+    click.echo(f"token {record.id} for {name}: keep it now, it is not shown again", err=True)
+
+
+@tokens.command("list")
+@click.argument("name", required=False)
+def tokens_list(name: str | None) -> None:
+    """Tokens (of NAME, or of everyone): id, principal, state, expiry, comment."""
+    for row in _call(lambda p: p.tokens(name)):
+        state = "revoked" if row.revoked_at is not None else "active"
+        expires = "never" if row.expires_at is None else str(row.expires_at // 1000)
+        click.echo(f"{row.id}\t{row.principal}\t{state}\t{expires}\t{row.comment or ''}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke token TOKEN_ID (every server refuses it within seconds)."""
+    if not _call(lambda p: p.revoke(token_id)):
+        raise click.ClickException(f"no active token {token_id}")

@@ -1,0 +1,129 @@
+"""Principals and personal access tokens: who may call, and each caller sees only their own responses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, Server, ThreadServer, process_env, wait_until
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with ThreadServer(f"sqlite:///{tmp_path_factory.mktemp('identity')}/state.db") as running:
+        yield running
+
+
+def admin(server: Server) -> httpx.Client:
+    return server.http()
+
+
+def make_user(server: Server, name: str, **fields: Any) -> str:
+    with admin(server) as http:
+        created = http.post("/admin/v1/principals", json={"name": name, **fields})
+        assert created.status_code == 200, created.text
+        token = http.post(f"/admin/v1/principals/{name}/tokens", json={"comment": "tests"})
+        assert token.status_code == 200, token.text
+        return str(token.json()["token"])
+
+
+def client(server: Server, token: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.v1, api_key=token, max_retries=0)
+
+
+def test_each_user_sees_only_their_own_responses(server: Server) -> None:
+    alice, bob = client(server, make_user(server, "alice")), client(server, make_user(server, "bob"))
+    mine = alice.responses.create(model=MODEL, input="hello")
+    background = alice.responses.create(model=MODEL, input="hello", background=True)
+    assert alice.responses.retrieve(mine.id).id == mine.id
+    for call in (lambda: bob.responses.retrieve(mine.id), lambda: bob.responses.delete(mine.id),
+                 lambda: bob.responses.cancel(background.id),
+                 lambda: bob.responses.input_items.list(mine.id)):
+        with pytest.raises(openai.NotFoundError):  # 404, not 403: an id says nothing about who owns it
+            call()
+    with pytest.raises(openai.BadRequestError) as continued:
+        bob.responses.create(model=MODEL, input="and?", previous_response_id=mine.id)
+    assert continued.value.body["code"] == "previous_response_not_found"
+    assert client(server, server.token).responses.retrieve(mine.id).id == mine.id  # admins see all
+    assert alice.responses.create(model=MODEL, input="and?", previous_response_id=mine.id).status == "completed"
+
+
+def test_tokens_are_shown_once_and_can_be_revoked_or_expire(server: Server) -> None:
+    token = make_user(server, "carol")
+    carol = client(server, token)
+    assert carol.responses.create(model=MODEL, input="hi").status == "completed"
+    with admin(server) as http:
+        listed = http.get("/admin/v1/tokens", params={"principal": "carol"}).json()["data"]
+        assert len(listed) == 1 and "token" not in listed[0] and token not in http.get("/admin/v1/tokens").text
+        assert http.delete(f"/admin/v1/tokens/{listed[0]['id']}").json() == {"id": listed[0]["id"], "revoked": True}
+        short = http.post("/admin/v1/principals/carol/tokens", json={"lifetime_seconds": 1}).json()["token"]
+    with pytest.raises(openai.AuthenticationError) as revoked:
+        carol.responses.create(model=MODEL, input="hi")
+    assert "revoked" in revoked.value.body["message"]
+
+    def expired() -> bool:
+        try:
+            client(server, short).models.list()
+        except openai.AuthenticationError as exc:
+            return "expired" in str(exc)
+        return False
+
+    wait_until(expired, timeout=10, what="the short-lived token to expire")
+
+
+def test_auth_and_permission_errors(server: Server) -> None:
+    token = make_user(server, "dave")
+    with httpx.Client(base_url=server.url) as http:
+        assert http.get("/v1/models").status_code == 401
+        wrong = http.get("/v1/models", headers={"Authorization": "Bearer osp_not-a-token"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "invalid_request_error"
+        forbidden = http.get("/admin/v1/principals", headers={"Authorization": f"Bearer {token}"})
+        assert forbidden.status_code == 403 and "admin" in forbidden.json()["error"]["message"]
+    with admin(server) as http:
+        assert http.post("/admin/v1/principals", json={"name": "dave"}).json()["error"]["code"] == "already_exists"
+        assert http.post("/admin/v1/principals", json={"name": "bad name"}).json()["error"]["param"] == "name"
+        assert http.post("/admin/v1/principals", json={"name": "x", "kind": "robot"}).json()["error"]["param"] == "kind"
+        assert http.post("/admin/v1/principals/nobody/tokens", json={}).status_code == 404
+
+
+def test_groups_and_admins(server: Server) -> None:
+    boss = client(server, make_user(server, "erin", admin=True))
+    with admin(server) as http:
+        assert http.post("/admin/v1/principals", json={"name": "analysts", "kind": "group"}).status_code == 200
+        member = http.post("/admin/v1/principals/analysts/members", json={"member": "erin"})
+        assert member.status_code == 200 and member.json()["groups"] == ["analysts"]
+        not_group = http.post("/admin/v1/principals/erin/members", json={"member": "analysts"})
+        assert not_group.status_code == 400 and not_group.json()["error"]["param"] == "member"
+        assert http.post("/admin/v1/principals/analysts/tokens", json={}).status_code == 404
+    assert boss.models.list().data  # an admin user works as the bootstrap admin does
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {boss.api_key}"}) as http:
+        assert http.get("/admin/v1/principals").status_code == 200
+
+
+def test_the_cli_manages_users_and_tokens(tmp_path: Path) -> None:
+    env = process_env(None, f"sqlite:///{tmp_path}/state.db", None)
+    cli = [sys.executable, "-m", "opensupervisor"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    assert run("users", "add", "frank").returncode == 0
+    assert run("users", "add", "reporting", "--group").returncode == 0
+    assert run("users", "add-member", "reporting", "frank").returncode == 0
+    made = run("tokens", "create", "frank", "--lifetime-days", "30", "--comment", "laptop")
+    assert made.returncode == 0 and made.stdout.strip().startswith("osp_")
+    listed = run("tokens", "list")
+    assert "frank" in listed.stdout and "laptop" in listed.stdout and made.stdout.strip() not in listed.stdout
+    users = run("users", "list")
+    assert "frank\tuser\treporting" in users.stdout and "reporting\tgroup" in users.stdout
+    token_id = listed.stdout.split()[0]
+    assert run("tokens", "revoke", token_id).returncode == 0
+    assert run("tokens", "revoke", token_id).returncode != 0
+    assert run("users", "remove", "frank").returncode == 0
