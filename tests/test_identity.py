@@ -127,3 +127,59 @@ def test_the_cli_manages_users_and_tokens(tmp_path: Path) -> None:
     assert run("tokens", "revoke", token_id).returncode == 0
     assert run("tokens", "revoke", token_id).returncode != 0
     assert run("users", "remove", "frank").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from tests.test_tracing import workspace
+
+    folder = tmp_path_factory.mktemp("grants")
+    config = workspace(folder, '\n[access]\ndefault = "allow"\n\n[access.grants]\n"genie_space:sales" = ["analysts"]\n')
+    with ThreadServer(f"sqlite:///{folder}/state.db", config) as running:
+        yield running
+
+
+GENIE: Any = [{"type": "genie_space", "genie_space": {"id": "sales", "description": "Sales data"}}]
+
+
+def test_grants_decide_who_may_use_a_tool_or_model(governed: Server) -> None:
+    alice, bob = client(governed, make_user(governed, "alice")), client(governed, make_user(governed, "bob"))
+    with admin(governed) as http:
+        http.post("/admin/v1/principals", json={"name": "analysts", "kind": "group"})
+        http.post("/admin/v1/principals/analysts/members", json={"member": "alice"})
+    assert alice.responses.create(model="agent", input="sales please", tools=GENIE).output_text == "Sales are 42."
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        bob.responses.create(model="agent", input="sales please", tools=GENIE)
+    assert refused.value.body["param"] == "tools[0]"
+    assert refused.value.body["message"] == "You do not have CAN_RUN on genie space 'sales'."
+    with admin(governed) as http:
+        locked = http.put("/admin/v1/grants/model:agent", json={"principals": ["alice"]})
+        assert locked.status_code == 200 and locked.json()["privilege"] == "CAN_QUERY"
+        listing = http.get("/admin/v1/grants").json()
+        assert {(g["object"], g["origin"]) for g in listing["data"]} == {
+            ("genie_space:sales", "workspace"), ("model:agent", "stored")}
+        for obj, body, param in (("genie_space:sales", {"principals": ["bob"]}, "object"),
+                                 ("model:agent", {"principals": ["nobody"]}, "principals"),
+                                 ("table:x", {"principals": []}, "object")):
+            bad = http.put(f"/admin/v1/grants/{obj}", json=body)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+    with pytest.raises(openai.PermissionDeniedError) as model_refused:
+        bob.responses.create(model="agent", input="hi")
+    assert model_refused.value.body["param"] == "model"
+    assert alice.responses.create(model="agent", input="hi").status == "completed"
+    assert client(governed, governed.token).responses.create(model="agent", input="hi", tools=GENIE).status \
+        == "completed"  # admins may use everything
+    with admin(governed) as http:
+        assert http.delete("/admin/v1/grants/model:agent").json() == {"object": "model:agent", "deleted": True}
+    assert bob.responses.create(model="agent", input="hi").status == "completed"
+
+
+def test_the_default_for_objects_without_grants() -> None:
+    from opensupervisor.identity import Principal
+    from opensupervisor.identity.grants import Grant, Grants
+
+    carol = Principal(id="p_1", name="carol", groups=frozenset({"ops"}))
+    grants = [Grant("app:tickets", "ops", "CAN_USE")]
+    assert Grants(grants, "allow").may(carol, "genie_space:other")
+    assert not Grants(grants, "deny").may(carol, "genie_space:other")
+    assert Grants(grants, "deny").may(carol, "app:tickets")  # through the group

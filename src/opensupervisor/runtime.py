@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from opensupervisor import __version__
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
+from opensupervisor.identity.grants import Access
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
 from opensupervisor.runs.maintenance import Housekeeping, Maintenance
@@ -20,6 +21,7 @@ from opensupervisor.store import Store
 from opensupervisor.store.connections import Row as StoredRow
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
+from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.keys import shared_key
 from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
@@ -47,6 +49,8 @@ class Runtime:
     connections: connections.Connections
     stored_connections: StoredConnections
     assistants: knowledge_assistant.KnowledgeAssistants
+    access: Access
+    stored_grants: StoredGrants
 
 
 @contextlib.asynccontextmanager
@@ -65,6 +69,9 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     registered = RegisteredFunctions(store)
     functions.load(await registered.all())
     vault = Vault.load(settings.data_dir)
+    access = Access(ws.access.grants, ws.access.default)
+    stored_grants = StoredGrants(store)
+    access.load(await stored_grants.all())
     stored_connections = StoredConnections(store, vault)
     conns.load(connection_rows(await stored_connections.all()))
     load_plugins(registry, ws.plugins)
@@ -77,18 +84,20 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
                       processors=exporters_from_env(), version=__version__)
     trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
-                              vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store)
+                              vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,
+                              access=access)
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
         try:
             await maintenance.start()
             try:
-                watcher = asyncio.create_task(_watch_registered(functions, registered, conns, stored_connections))
+                watcher = asyncio.create_task(_watch_registered(functions, registered, conns, stored_connections,
+                                                                access, stored_grants))
                 ingesting = asyncio.create_task(assistants.ingest_on_start())
                 try:
                     yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
-                                  stored_connections, assistants)
+                                  stored_connections, assistants, access, stored_grants)
                 finally:
                     watcher.cancel()
                     ingesting.cancel()
@@ -109,13 +118,15 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
 
 
 async def _watch_registered(catalog: uc_functions.FunctionCatalog, registered: RegisteredFunctions,
-                            conns: connections.Connections, stored: StoredConnections) -> None:
-    """Functions and connections registered through another process show up here within seconds."""
+                            conns: connections.Connections, stored: StoredConnections, access: Access,
+                            stored_grants: StoredGrants) -> None:
+    """Functions, connections and grants changed through another process apply here within seconds."""
     while True:
         await asyncio.sleep(REFRESH_S)
         try:
             catalog.load(await registered.all())
             conns.load(connection_rows(await stored.all()))
+            access.load(await stored_grants.all())
         except Exception:  # a database hiccup: the next round retries
             log.exception("reloading the registered functions and connections failed")
 

@@ -7,9 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from opensupervisor.errors import ConfigError
+from opensupervisor.identity.grants import check_object
 from opensupervisor.wire.validation import param_path
 
 Provider = Literal["embedded", "openai-chat", "openai-responses", "anthropic", "scripted"]
@@ -87,6 +88,21 @@ class TracingSection(_Section):
     record_outputs: bool = True
 
 
+class AccessSection(_Section):
+    """Who may use what (``opensupervisor.identity.grants``): ``grants`` maps ``kind:name`` to the
+    users, service principals and groups that may use it; objects without grants follow ``default``."""
+
+    default: Literal["allow", "deny"] = "allow"
+    grants: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("grants")
+    @classmethod
+    def _objects(cls, grants: dict[str, list[str]]) -> dict[str, list[str]]:
+        for obj in grants:
+            check_object(obj)
+        return grants
+
+
 class Workspace(_Section):
     name: str = "default"
     models: dict[str, ModelEntry] = Field(default_factory=dict)
@@ -94,6 +110,7 @@ class Workspace(_Section):
     background: Background = Field(default_factory=Background)
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
     tracing: TracingSection = Field(default_factory=TracingSection)
+    access: AccessSection = Field(default_factory=AccessSection)
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
     demo_servers: bool = False
     # Python modules with a ``register(registry)`` function that adds hosted tool kinds.

@@ -26,6 +26,7 @@ from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.core.turn import copy_item
 from opensupervisor.errors import APIError, InvalidRequest, NotFound, QueueFull, RunCancelled
 from opensupervisor.identity import ADMIN, Principal
+from opensupervisor.identity.grants import Access
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs import metrics
 from opensupervisor.runs.background import BackgroundRuns
@@ -79,11 +80,12 @@ class ResponseService:
     def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits,
                  engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
                  background_limits: BackgroundLimits | None = None, *, tracing: Tracing | None = None,
-                 trace_store: TraceStore | None = None) -> None:
+                 trace_store: TraceStore | None = None, access: Access | None = None) -> None:
         self.store = store
         self.signer = signer
         self.vault = vault
         self.traces = RunTraces(tracing or Tracing(), trace_store)
+        self.access = access or Access({})
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
@@ -103,6 +105,7 @@ class ResponseService:
         """
         body = parsed.body
         catalog_model = self.catalog.get(body.model)
+        self.access.grants.check_request(principal, body.model, [(t.param, t.type, t.config) for t in parsed.tools])
         bound = self.tools.bind(parsed.tools)
         history = await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]

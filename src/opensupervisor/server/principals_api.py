@@ -1,4 +1,4 @@
-"""The admin API for principals and tokens (``/admin/v1/principals``, ``/admin/v1/tokens``), admins only.
+"""The admin API for principals, tokens and grants (``/admin/v1/principals``, ``/tokens``, ``/grants``), admins only.
 
 Users, service principals and groups; group members; personal access tokens, returned once when
 made and only by id afterwards. Revoking a token takes effect on every process within seconds.
@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from opensupervisor.errors import InvalidRequest, NotFound
+from opensupervisor.identity.grants import check_object
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.store.principals import Conflict
@@ -125,6 +126,55 @@ async def revoke_token(request: Request) -> Response:
     return JSONResponse({"id": token_id, "revoked": True})
 
 
+class GrantBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    principals: list[str]
+
+
+async def list_grants(request: Request) -> Response:
+    state = admin_state(request, WHAT)
+    return JSONResponse({"object": "list", "default": state.access.default, "data": state.access.listing()})
+
+
+def _object(request: Request, declared: dict[str, list[str]]) -> str:
+    obj = str(request.path_params["object"])
+    try:
+        check_object(obj)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc).capitalize() + ".", param="object", code="invalid_value") from exc
+    if obj in declared:
+        raise InvalidRequest(f"The grants on '{obj}' are declared in the workspace file; change them there.",
+                             param="object", code="invalid_value")
+    return obj
+
+
+async def put_grant(request: Request) -> Response:
+    """Who may use an object (the list replaces the one before)."""
+    state = admin_state(request, WHAT)
+    obj = _object(request, state.access.declared)
+    try:
+        names = GrantBody.model_validate(await _body(request)).principals
+    except ValidationError as exc:
+        raise_validation(exc)
+    known = {p.name for p in await state.principals.all()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidRequest(f"No principal named {', '.join(repr(n) for n in unknown)}.", param="principals",
+                             code="invalid_value")
+    await state.stored_grants.put(obj, names)
+    state.access.load(await state.stored_grants.all())
+    return JSONResponse(next(g for g in state.access.listing() if g["object"] == obj))
+
+
+async def delete_grant(request: Request) -> Response:
+    state = admin_state(request, WHAT)
+    obj = _object(request, state.access.declared)
+    if not await state.stored_grants.remove(obj):
+        raise NotFound(f"There are no grants on '{obj}'.", param="object")
+    state.access.load(await state.stored_grants.all())
+    return JSONResponse({"object": obj, "deleted": True})
+
+
 def principal_routes() -> list[BaseRoute]:
     return [
         Route(BASE, create_principal, methods=["POST"]),
@@ -134,4 +184,7 @@ def principal_routes() -> list[BaseRoute]:
         Route(f"{BASE}/{{name}}/tokens", create_token, methods=["POST"]),
         Route("/admin/v1/tokens", list_tokens, methods=["GET"]),
         Route("/admin/v1/tokens/{id}", revoke_token, methods=["DELETE"]),
+        Route("/admin/v1/grants", list_grants, methods=["GET"]),
+        Route("/admin/v1/grants/{object}", put_grant, methods=["PUT"]),
+        Route("/admin/v1/grants/{object}", delete_grant, methods=["DELETE"]),
     ]

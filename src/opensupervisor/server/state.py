@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import orjson
 from starlette.responses import Response
 
+from opensupervisor.identity.grants import Access
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
+from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.principals import Principals
 from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.genie import GenieSpaces
@@ -41,4 +43,6 @@ class AppState:
     stored_connections: StoredConnections
     assistants: KnowledgeAssistants
     principals: Principals
+    access: Access
+    stored_grants: StoredGrants
     started_at: int

@@ -137,3 +137,12 @@ tokens = Table(
     Column("revoked_at", BigInteger, nullable=True),
     Index("ix_os_tokens_principal", "principal_id"),
 )
+
+# Grants changed through the admin API: ``kind:name`` and the JSON list of principals that may use it.
+grants = Table(
+    "os_grants",
+    metadata,
+    Column("object", String(512), primary_key=True),
+    Column("principals", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
