@@ -183,3 +183,30 @@ def test_the_default_for_objects_without_grants() -> None:
     assert Grants(grants, "allow").may(carol, "genie_space:other")
     assert not Grants(grants, "deny").may(carol, "genie_space:other")
     assert Grants(grants, "deny").may(carol, "app:tickets")  # through the group
+
+
+def test_usage_adds_up_to_the_responses(tmp_path: Path) -> None:
+    from tests.test_tracing import TOOLS, workspace
+
+    config = workspace(tmp_path)
+    with ThreadServer(f"sqlite:///{tmp_path}/state.db", config) as running:
+        gina, hank = client(running, make_user(running, "gina")), client(running, make_user(running, "hank"))
+        responses = [gina.responses.create(model="agent", input="sales please", tools=TOOLS),
+                     gina.responses.create(model="agent", input="hi"),
+                     hank.responses.create(model="agent", input="hi")]
+        with admin(running) as http:
+            by_user = {r["principal"]: r for r in http.get("/admin/v1/usage",
+                                                           params={"group_by": "principal"}).json()["data"]}
+            by_model_day = http.get("/admin/v1/usage", params={"group_by": "model,day"}).json()["data"]
+            bad = http.get("/admin/v1/usage", params={"group_by": "colour"})
+        mine = [r for r in responses[:2]]
+        assert by_user["gina"]["responses"] == 2 and by_user["hank"]["responses"] == 1
+        assert by_user["gina"]["input_tokens"] == sum(r.usage.input_tokens for r in mine if r.usage)
+        assert by_user["gina"]["output_tokens"] == sum(r.usage.output_tokens for r in mine if r.usage)
+        assert by_user["gina"]["tool_calls"] == 2 and by_user["gina"]["model_calls"] == 3
+        assert [(r["model"], r["responses"]) for r in by_model_day] == [("agent", 3)]
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+    env = process_env(None, f"sqlite:///{tmp_path}/state.db", None)
+    report = subprocess.run([sys.executable, "-m", "opensupervisor", "usage", "--by", "principal"], env=env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "| gina" in report.stdout and "| hank" in report.stdout

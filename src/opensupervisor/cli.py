@@ -21,7 +21,7 @@ from rich.progress import Progress, TaskID
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from opensupervisor.cli_identity import tokens, users
+from opensupervisor.cli_identity import tokens, usage, users
 from opensupervisor.errors import ConfigError
 from opensupervisor.knowledge.ingest import IngestReport, OutsideSources
 from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
@@ -396,3 +396,4 @@ def _without_password(url: str) -> str:
 
 main.add_command(users)
 main.add_command(tokens)
+main.add_command(usage)

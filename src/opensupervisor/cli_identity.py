@@ -1,16 +1,18 @@
-"""``opensupervisor users`` and ``opensupervisor tokens``: principals and personal access tokens."""
+"""``opensupervisor users``, ``tokens`` and ``usage``: principals, personal access tokens, who used what."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import click
+from tabulate import tabulate
 
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
 from opensupervisor.store.principals import Conflict, Kind, Principals
+from opensupervisor.store.usage import GroupBy, Usage
 
 T = TypeVar("T")
 
@@ -116,3 +118,31 @@ def tokens_revoke(token_id: str) -> None:
     """Revoke token TOKEN_ID (every server refuses it within seconds)."""
     if not _call(lambda p: p.revoke(token_id)):
         raise click.ClickException(f"no active token {token_id}")
+
+
+@click.command("usage")
+@click.option("--by", "group_by", default="principal", show_default=True,
+              help="Comma-separated: principal, model, day.")
+@click.option("--since", default=None, help="First day (YYYY-MM-DD).")
+@click.option("--until", default=None, help="Last day (YYYY-MM-DD).")
+@click.option("--principal", default=None, help="Only this caller.")
+def usage(group_by: str, since: str | None, until: str | None, principal: str | None) -> None:
+    """Who used what: responses, tokens, model and tool calls, mean latency."""
+    keys = [g for g in group_by.split(",") if g]
+    if not keys or any(g not in ("principal", "model", "day") for g in keys):
+        raise click.UsageError("--by takes principal, model and day, comma-separated")
+    settings = Settings.from_env()
+
+    async def run() -> list[dict[str, object]]:
+        store = Store(settings.database_url)
+        await store.migrate()
+        try:
+            return await Usage(store).report(cast("list[GroupBy]", keys), since=since, until=until,
+                                             principal=principal)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(run())
+    columns = [*keys, "responses", "input_tokens", "output_tokens", "model_calls", "tool_calls", "mean_latency_ms",
+               "not_completed"]
+    click.echo(tabulate([[row[c] for c in columns] for row in rows], headers=columns, tablefmt="github"))

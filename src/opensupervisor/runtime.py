@@ -23,6 +23,7 @@ from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.keys import shared_key
+from opensupervisor.store.usage import Usage
 from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.tracing.export import exporters_from_env
@@ -51,6 +52,7 @@ class Runtime:
     assistants: knowledge_assistant.KnowledgeAssistants
     access: Access
     stored_grants: StoredGrants
+    usage: Usage
 
 
 @contextlib.asynccontextmanager
@@ -70,6 +72,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     functions.load(await registered.all())
     vault = Vault.load(settings.data_dir)
     access = Access(ws.access.grants, ws.access.default)
+    usage = Usage(store)
     stored_grants = StoredGrants(store)
     access.load(await stored_grants.all())
     stored_connections = StoredConnections(store, vault)
@@ -85,7 +88,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,
-                              access=access)
+                              access=access, usage=usage)
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
@@ -97,7 +100,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
                 ingesting = asyncio.create_task(assistants.ingest_on_start())
                 try:
                     yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
-                                  stored_connections, assistants, access, stored_grants)
+                                  stored_connections, assistants, access, stored_grants, usage)
                 finally:
                     watcher.cancel()
                     ingesting.cancel()
@@ -110,6 +113,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         await spaces.aclose()
         await assistants.aclose()
         await trace_store.aclose()
+        await usage.aclose()
         tracing.shutdown()
         await functions.aclose()
         await app_tools.aclose()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import orjson
 
 from opensupervisor.core import approval
 from opensupervisor.core.approval import ApprovalSigner
@@ -36,6 +37,7 @@ from opensupervisor.runs.recorder import Recorder
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store import Store
 from opensupervisor.store.store import RunRecord
+from opensupervisor.store.usage import Usage
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.tracing.spans import Tracing
 from opensupervisor.tracing.tables import TraceStore
@@ -80,12 +82,14 @@ class ResponseService:
     def __init__(self, store: Store, catalog: ModelCatalog, tools: ToolRegistry, limits: LoopLimits,
                  engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
                  background_limits: BackgroundLimits | None = None, *, tracing: Tracing | None = None,
-                 trace_store: TraceStore | None = None, access: Access | None = None) -> None:
+                 trace_store: TraceStore | None = None, access: Access | None = None,
+                 usage: Usage | None = None) -> None:
         self.store = store
         self.signer = signer
         self.vault = vault
         self.traces = RunTraces(tracing or Tracing(), trace_store)
         self.access = access or Access({})
+        self.usage = usage
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
@@ -183,7 +187,10 @@ class ResponseService:
                                                               reason=reason)
             body = prepared.run.ctx.request.body
             mode = "background" if body.background else "stream" if body.stream else "json"
-            metrics.record_response(prepared.response, mode, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.record_response(prepared.response, mode, seconds)
+            if self.usage is not None and not (live is not None and live.shutting_down):
+                self.usage.record(_usage_row(prepared.run, mode, seconds))
 
     async def _record_end(self, prepared: Prepared, status: str, rewind_to: int | None = None, *,
                           reason: str | None = None) -> list[Event]:
@@ -407,6 +414,18 @@ def _echo(input_items: list[Item]) -> list[Item]:
     """The history items of an input, as a Databricks-path background response repeats them. Each
     keeps its input id, which is how the stored history tells them apart from new output."""
     return [copy_item(item, status="completed") for item in input_items if _is_history(item)]
+
+
+def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:
+    response = run.emitter.response
+    usage = response.get("usage") or {}
+    calls = run.ctx.state.get("model_calls", [])
+    return {"response_id": response["id"], "principal": run.ctx.principal.name, "model": response["model"],
+            "day": time.strftime("%Y-%m-%d", time.gmtime(response["created_at"])),
+            "created_at": int(response["created_at"]), "mode": mode, "status": response["status"],
+            "input_tokens": int(usage.get("input_tokens", 0)), "output_tokens": int(usage.get("output_tokens", 0)),
+            "model_calls": len(calls), "tool_calls": run.hosted_calls, "latency_ms": int(seconds * 1000),
+            "calls": orjson.dumps(calls).decode()}
 
 
 def _options(echo: list[Item], traceparent: str | None) -> dict[str, Any] | None:

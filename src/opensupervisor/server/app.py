@@ -70,7 +70,8 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             rt = await stack.enter_async_context(running(settings, ws, tool_setup))
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
                                     rt.registered, rt.connections, rt.stored_connections, rt.assistants,
-                                    Principals(rt.store), rt.access, rt.stored_grants, int(time.time()))
+                                    Principals(rt.store), rt.access, rt.stored_grants, rt.usage,
+                                    int(time.time()))
             yield
 
     return Starlette(

@@ -7,7 +7,7 @@ made and only by id afterwards. Revoking a token takes effect on every process w
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -19,6 +19,7 @@ from opensupervisor.identity.grants import check_object
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.store.principals import Conflict
+from opensupervisor.store.usage import GroupBy
 from opensupervisor.wire.request import parse_json_body
 from opensupervisor.wire.validation import raise_validation
 
@@ -175,6 +176,28 @@ async def delete_grant(request: Request) -> Response:
     return JSONResponse({"object": obj, "deleted": True})
 
 
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+async def usage_report(request: Request) -> Response:
+    """Usage totals; ``group_by`` any of principal, model, day (comma-separated); ``since``/``until``
+    days (YYYY-MM-DD, inclusive); ``principal`` one caller."""
+    state = admin_state(request, WHAT)
+    query = request.query_params
+    group_by = [g for g in query.get("group_by", "principal").split(",") if g]
+    for g in group_by:
+        if g not in ("principal", "model", "day"):
+            raise InvalidRequest(f"Cannot group by '{g}' (principal, model, day).", param="group_by",
+                                 code="invalid_value")
+    for key in ("since", "until"):
+        if query.get(key) and not DAY.match(query[key]):
+            raise InvalidRequest(f"'{key}' is a day: YYYY-MM-DD.", param=key, code="invalid_value")
+    await state.usage.flush()
+    rows = await state.usage.report(cast("list[GroupBy]", group_by), since=query.get("since"),
+                                    until=query.get("until"), principal=query.get("principal"))
+    return JSONResponse({"object": "list", "group_by": group_by, "data": rows})
+
+
 def principal_routes() -> list[BaseRoute]:
     return [
         Route(BASE, create_principal, methods=["POST"]),
@@ -185,6 +208,7 @@ def principal_routes() -> list[BaseRoute]:
         Route("/admin/v1/tokens", list_tokens, methods=["GET"]),
         Route("/admin/v1/tokens/{id}", revoke_token, methods=["DELETE"]),
         Route("/admin/v1/grants", list_grants, methods=["GET"]),
+        Route("/admin/v1/usage", usage_report, methods=["GET"]),
         Route("/admin/v1/grants/{object}", put_grant, methods=["PUT"]),
         Route("/admin/v1/grants/{object}", delete_grant, methods=["DELETE"]),
     ]

@@ -15,6 +15,7 @@ from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.principals import Principals
+from opensupervisor.store.usage import Usage
 from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.genie import GenieSpaces
 from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
@@ -45,4 +46,5 @@ class AppState:
     principals: Principals
     access: Access
     stored_grants: StoredGrants
+    usage: Usage
     started_at: int

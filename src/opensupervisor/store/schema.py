@@ -146,3 +146,24 @@ grants = Table(
     Column("principals", Text, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
+
+# Usage: one row per response that ran; ``calls`` is the JSON list of its model calls and their
+# tokens ({"model", "input_tokens", "output_tokens"}).
+usage = Table(
+    "os_usage",
+    metadata,
+    Column("response_id", String(64), primary_key=True),
+    Column("principal", String(255), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("model_calls", Integer, nullable=False),
+    Column("tool_calls", Integer, nullable=False),
+    Column("latency_ms", BigInteger, nullable=False),
+    Column("calls", Text, nullable=False),
+    Index("ix_os_usage_day", "day"),
+)

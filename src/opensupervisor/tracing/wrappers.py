@@ -42,6 +42,8 @@ class TracedModel(Model):
             started, outcome = time.perf_counter(), "error"
             try:
                 async for event in self.inner.request_stream(request):
+                    if isinstance(event, Usage):
+                        self._count(event)
                     yield event
                 outcome = "ok"
             finally:
@@ -63,6 +65,7 @@ class TracedModel(Model):
                 elif isinstance(event, ToolCallDelta) and calls:
                     calls[-1]["arguments"] += event.arguments
                 elif isinstance(event, Usage):
+                    self._count(event)
                     span.set_attribute(TOKEN_USAGE, {"input_tokens": event.input_tokens,
                                                      "output_tokens": event.output_tokens,
                                                      "total_tokens": event.input_tokens + event.output_tokens})
@@ -78,6 +81,11 @@ class TracedModel(Model):
             end_span(span, error)
             metrics.MODEL_CALLS.labels(self.name, "error" if error else "ok").inc()
             metrics.MODEL_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+
+    def _count(self, usage: Usage) -> None:
+        """Each model call's tokens, for usage tracking (``store.usage``)."""
+        self.ctx.state.setdefault("model_calls", []).append(
+            {"model": self.name, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})
 
     async def aclose(self) -> None:
         await self.inner.aclose()
