@@ -121,6 +121,19 @@ def test_the_model_asks_the_space_and_answers(sqlite_space: tuple[Server, Path])
     assert answer.type == "message" and response.output_text == "Two reviews are urgent."
 
 
+def test_the_older_genie_dialect_names_the_same_space(sqlite_space: tuple[Server, Path]) -> None:
+    """``{"type": "genie", "genie": {"name", "description", "space_id"}}``, from the Supervisor API's first
+    version (published apps still send it)."""
+    server, _ = sqlite_space
+    older: Any = {"type": "genie", "genie": {"name": "reviews", "description": "Reviews", "space_id": "reviews"}}
+    response = server.client().responses.create(model="sql", input="count via the space", tools=[older])
+    assert response.output[0].name == "genie_reviews" and response.output_text == "Two reviews are urgent."
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client().responses.create(model="sql", input="hi", tools=[
+            {"type": "genie", "genie": {"name": "x", "space_id": "nope"}}])
+    assert info.value.body["param"] == "tools[0].genie.space_id"
+
+
 def test_a_destructive_question_writes_nothing(sqlite_space: tuple[Server, Path]) -> None:
     server, db = sqlite_space
     response = server.client().responses.create(model="sql", input="attack via the space", tools=[genie()])

@@ -32,7 +32,7 @@ PRIVILEGES = {"model": "CAN_QUERY", "genie_space": "CAN_RUN", "function": "EXECU
               "knowledge_assistant": "CAN_QUERY", "connection": "USE_CONNECTION", "app": "CAN_USE"}
 # tools[i].type → (object kind, the key of its configuration that names the object)
 TOOL_OBJECTS = {
-    "genie_space": ("genie_space", "id"), "uc_function": ("function", "name"),
+    "genie_space": ("genie_space", "id"), "genie": ("genie_space", "space_id"), "uc_function": ("function", "name"),
     "knowledge_assistant": ("knowledge_assistant", "knowledge_assistant_id"),
     "uc_connection": ("connection", "name"), "connection": ("connection", "name"),
     "mcp": ("connection", "connection_name"), "app": ("app", "name"),

@@ -126,6 +126,12 @@ class GenieSpaces:
         space_id = config_name(spec, "id", self.spaces, "Genie space")
         return SpaceTools(self, space_id, config_description(spec))
 
+    def older_factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        """The Supervisor API's older dialect, ``{"type": "genie", "genie": {"name", "description",
+        "space_id"}}``, as apps built on its first version send it."""
+        space_id = config_name(spec, "space_id", self.spaces, "Genie space")
+        return SpaceTools(self, space_id, config_description(spec))
+
     async def aclose(self) -> None:
         for db in self._databases.values():
             await db.aclose()
@@ -253,4 +259,5 @@ def register(registry: ToolRegistry, workspace: Workspace, catalog: ModelCatalog
     """Add the ``genie_space`` kind; returns the spaces (the caller closes them)."""
     spaces = GenieSpaces(workspace, catalog)
     registry.register("genie_space", spaces.factory)
+    registry.register("genie", spaces.older_factory)
     return spaces
