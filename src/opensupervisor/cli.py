@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.cli_identity import tokens, usage, users
+from opensupervisor.cli_support import with_store
 from opensupervisor.errors import ConfigError
 from opensupervisor.knowledge.ingest import IngestReport, OutsideSources
 from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
@@ -321,23 +322,13 @@ async def _put_connection(conns: Connections, stored: StoredConnections, name: s
 
 
 def _connections_call(config: str | None, action: Callable[[Connections, StoredConnections], Awaitable[T]]) -> T:
-    settings = Settings.from_env()
+    async def run(store: Store, settings: Settings) -> T:
+        stored = StoredConnections(store, Vault.load(settings.data_dir))
+        conns = Connections(load_workspace(config or settings.config))
+        conns.load(connection_rows(await stored.all()))
+        return await action(conns, stored)
 
-    async def run() -> T:
-        store = Store(settings.database_url)
-        await store.migrate()
-        try:
-            stored = StoredConnections(store, Vault.load(settings.data_dir))
-            conns = Connections(load_workspace(config or settings.config))
-            conns.load(connection_rows(await stored.all()))
-            return await action(conns, stored)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return with_store(run)
 
 
 def _param(text: str) -> dict[str, Any]:
@@ -358,23 +349,15 @@ async def _add(catalog: FunctionCatalog, table: RegisteredFunctions, name: str, 
 
 def _catalog_call(config: str | None, action: Callable[[FunctionCatalog, RegisteredFunctions], Awaitable[T]]) -> T:
     """Run ``action`` with the workspace's function catalog and the store's registered functions."""
-    settings = Settings.from_env()
-
-    async def run() -> T:
-        store = Store(settings.database_url)
-        await store.migrate()
+    async def run(store: Store, settings: Settings) -> T:
         catalog = FunctionCatalog(load_workspace(config or settings.config), Sandbox(Limits()),
                                   settings.data_dir / "functions")
         try:
             return await action(catalog, RegisteredFunctions(store))
         finally:
             await catalog.aclose()
-            await store.close()
 
-    try:
-        return asyncio.run(run())
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return with_store(run)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

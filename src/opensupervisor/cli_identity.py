@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 import click
 from tabulate import tabulate
 
-from opensupervisor.settings import Settings
-from opensupervisor.store import Store
-from opensupervisor.store.principals import Conflict, Kind, Principals
+from opensupervisor.cli_support import with_store
+from opensupervisor.store.principals import Kind, Principals
 from opensupervisor.store.usage import GroupBy, Usage
 
 T = TypeVar("T")
 
 
 def _call(action: Callable[[Principals], Awaitable[T]]) -> T:
-    settings = Settings.from_env()
-
-    async def run() -> T:
-        store = Store(settings.database_url)
-        await store.migrate()
-        try:
-            return await action(Principals(store))
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except Conflict as exc:
-        raise click.ClickException(str(exc)) from exc
+    return with_store(lambda store, settings: action(Principals(store)))
 
 
 @click.group()
@@ -131,18 +116,8 @@ def usage(group_by: str, since: str | None, until: str | None, principal: str | 
     keys = [g for g in group_by.split(",") if g]
     if not keys or any(g not in ("principal", "model", "day") for g in keys):
         raise click.UsageError("--by takes principal, model and day, comma-separated")
-    settings = Settings.from_env()
-
-    async def run() -> list[dict[str, object]]:
-        store = Store(settings.database_url)
-        await store.migrate()
-        try:
-            return await Usage(store).report(cast("list[GroupBy]", keys), since=since, until=until,
-                                             principal=principal)
-        finally:
-            await store.close()
-
-    rows = asyncio.run(run())
+    rows = with_store(lambda store, settings: Usage(store).report(cast("list[GroupBy]", keys), since=since,
+                                                                   until=until, principal=principal))
     columns = [*keys, "responses", "input_tokens", "output_tokens", "model_calls", "tool_calls", "mean_latency_ms",
                "not_completed"]
     click.echo(tabulate([[row[c] for c in columns] for row in rows], headers=columns, tablefmt="github"))

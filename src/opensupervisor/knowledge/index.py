@@ -23,7 +23,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    Engine,
     Index,
     Integer,
     LargeBinary,
@@ -31,19 +30,17 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
-    event,
     insert,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.knowledge.chunking import Chunk
+from opensupervisor.side_engine import side_engine
 
 T = TypeVar("T")
 metadata = MetaData()
@@ -114,7 +111,7 @@ PG_SETUP = [
 class KnowledgeIndex:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = _engine(url)
+        self.engine = side_engine(url)
         self.pgvector = self.engine.dialect.name == "postgresql"
         metadata.create_all(self.engine)
         if self.pgvector:
@@ -258,19 +255,3 @@ def _bump(conn: Any, ka: str, embedder: str) -> None:
                            .values(version=state.c.version + 1, embedder=embedder)).rowcount
     if not changed:
         conn.execute(insert(state), [{"ka": ka, "version": 1, "embedder": embedder}])
-
-
-def _engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, pool_size=4)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    return engine

@@ -12,6 +12,7 @@ uses that example's trusted SQL without asking the model.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -122,14 +123,8 @@ class GenieSpaces:
         items.append(_message("user", question))
         return await _text_to_sql(self.catalog.get(name), space, items, await self.schema(space_id), db)
 
-    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        space_id = config_name(spec, "id", self.spaces, "Genie space")
-        return SpaceTools(self, space_id, config_description(spec))
-
-    def older_factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        """The Supervisor API's older dialect, ``{"type": "genie", "genie": {"name", "description",
-        "space_id"}}``, as apps built on its first version send it."""
-        space_id = config_name(spec, "space_id", self.spaces, "Genie space")
+    def factory(self, spec: ToolSpec, workspace: Workspace, key: str = "id") -> Toolset:
+        space_id = config_name(spec, key, self.spaces, "Genie space")
         return SpaceTools(self, space_id, config_description(spec))
 
     async def aclose(self) -> None:
@@ -259,5 +254,7 @@ def register(registry: ToolRegistry, workspace: Workspace, catalog: ModelCatalog
     """Add the ``genie_space`` kind; returns the spaces (the caller closes them)."""
     spaces = GenieSpaces(workspace, catalog)
     registry.register("genie_space", spaces.factory)
-    registry.register("genie", spaces.older_factory)
+    # The Supervisor API's older dialect, {"type": "genie", "genie": {"name", "description", "space_id"}},
+    # as apps built on its first version send it.
+    registry.register("genie", functools.partial(spaces.factory, key="space_id"))
     return spaces

@@ -28,14 +28,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
-    event,
     insert,
     text,
 )
 from sqlalchemy.engine import make_url
 
 from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.side_engine import side_engine
 from opensupervisor.tracing.spans import Destination, RunTrace, SpanRecord, dumps
 
 log = logging.getLogger(__name__)
@@ -174,30 +173,17 @@ class TraceStore:
 
     def _engine(self, destination: Destination) -> tuple[Engine, str | None]:
         with self._lock:
-            if self.url is not None:
-                parsed = make_url(self.url)
-                if parsed.get_backend_name() == "postgresql":
-                    if "pg" not in self._engines:
-                        self._engines["pg"] = create_engine(parsed.set(drivername="postgresql+psycopg"),
-                                                            pool_size=2, pool_pre_ping=True)
-                    return self._engines["pg"], f"{destination.catalog}__{destination.schema}"
-            name = f"{destination.catalog}.{destination.schema}"
-            if name not in self._engines:
+            if self.url is not None and make_url(self.url).get_backend_name() == "postgresql":
+                if "pg" not in self._engines:
+                    self._engines["pg"] = side_engine(self.url, pool_size=2)
+                return self._engines["pg"], f"{destination.catalog}__{destination.schema}"
+            path = self.path_of(destination)
+            if path.name not in self._engines:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(f"sqlite:///{self.folder / (name + '.db')}")
-                event.listen(engine, "connect", _sqlite_pragmas)
-                self._engines[name] = engine
-            return self._engines[name], None
+                self._engines[path.name] = side_engine(f"sqlite:///{path}")
+            return self._engines[path.name], None
 
     def path_of(self, destination: Destination) -> Path:
         """The SQLite file of a destination."""
         return self.folder / f"{destination.catalog}.{destination.schema}.db"
 
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    """WAL, and no wait for the disk at each commit: a crash of the machine may lose the last traces,
-    never the responses (they are in the store)."""
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()

@@ -21,7 +21,7 @@ from opensupervisor.core.contracts import (
     Usage,
 )
 from opensupervisor.runs import metrics
-from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, end_span, span
+from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, SpanRecord, end_span, span
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
@@ -38,47 +38,28 @@ class TracedModel(Model):
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         run = self.ctx.trace
-        if run is None:
-            started, outcome = time.perf_counter(), "error"
-            try:
-                async for event in self.inner.request_stream(request):
-                    if isinstance(event, Usage):
-                        self._count(event)
-                    yield event
-                outcome = "ok"
-            finally:
-                metrics.MODEL_CALLS.labels(self.name, outcome).inc()
-                metrics.MODEL_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-            return
         started = time.perf_counter()
-        span = run.child(self.inner.name, "CHAT_MODEL", inputs=_inputs(request),
-                         attributes={"opensupervisor.model": self.inner.name, "opensupervisor.provider": self.provider})
+        span = None if run is None else run.child(
+            self.inner.name, "CHAT_MODEL", inputs=_inputs(request),
+            attributes={"opensupervisor.model": self.inner.name, "opensupervisor.provider": self.provider})
         text: list[str] = []
         calls: list[dict[str, str]] = []
         error: str | None = "the model call was abandoned"
         try:
             async for event in self.inner.request_stream(request):
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                elif isinstance(event, ToolCallStart):
-                    calls.append({"id": event.call_id, "name": event.name, "arguments": ""})
-                elif isinstance(event, ToolCallDelta) and calls:
-                    calls[-1]["arguments"] += event.arguments
-                elif isinstance(event, Usage):
+                if isinstance(event, Usage):
                     self._count(event)
-                    span.set_attribute(TOKEN_USAGE, {"input_tokens": event.input_tokens,
-                                                     "output_tokens": event.output_tokens,
-                                                     "total_tokens": event.input_tokens + event.output_tokens})
-                elif isinstance(event, Served):
-                    span.set_attribute("opensupervisor.served_by", event.model)
+                if span is not None:
+                    _observe(span, event, text, calls)
                 yield event
             error = None
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            run.set_outputs(span, {"role": "assistant", "content": "".join(text), "tool_calls": calls})
-            end_span(span, error)
+            if run is not None and span is not None:
+                run.set_outputs(span, {"role": "assistant", "content": "".join(text), "tool_calls": calls})
+                end_span(span, error)
             metrics.MODEL_CALLS.labels(self.name, "error" if error else "ok").inc()
             metrics.MODEL_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
@@ -89,6 +70,21 @@ class TracedModel(Model):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _observe(span: SpanRecord, event: ModelEvent, text: list[str], calls: list[dict[str, str]]) -> None:
+    """What a model call's span keeps of one of its events."""
+    if isinstance(event, TextDelta):
+        text.append(event.text)
+    elif isinstance(event, ToolCallStart):
+        calls.append({"id": event.call_id, "name": event.name, "arguments": ""})
+    elif isinstance(event, ToolCallDelta) and calls:
+        calls[-1]["arguments"] += event.arguments
+    elif isinstance(event, Usage):
+        span.set_attribute(TOKEN_USAGE, {"input_tokens": event.input_tokens, "output_tokens": event.output_tokens,
+                                         "total_tokens": event.input_tokens + event.output_tokens})
+    elif isinstance(event, Served):
+        span.set_attribute("opensupervisor.served_by", event.model)
 
 
 def _inputs(request: ModelRequest) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""What the store-managing commands share: open and migrate the store, run, close, report errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import click
+
+from opensupervisor.errors import ConfigError
+from opensupervisor.settings import Settings
+from opensupervisor.store import Store
+from opensupervisor.store.principals import Conflict
+
+T = TypeVar("T")
+
+
+def with_store(action: Callable[[Store, Settings], Awaitable[T]]) -> T:
+    """Run ``action`` against the migrated store of ``$OPENSUPERVISOR_*``; a configuration mistake or a
+    conflict is a clean command-line error."""
+    settings = Settings.from_env()
+
+    async def run() -> T:
+        store = Store(settings.database_url)
+        await store.migrate()
+        try:
+            return await action(store, settings)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (ConfigError, Conflict) as exc:
+        raise click.ClickException(str(exc)) from exc
