@@ -6,7 +6,9 @@
     │   ├── InvalidRequest          400 invalid_request_error
     │   ├── Unauthorized            401
     │   ├── NotFound                404
-    │   └── PayloadTooLarge         413
+    │   ├── Forbidden               403
+    │   ├── PayloadTooLarge         413
+    │   └── QueueFull, RateLimited  429 with Retry-After
     ├── ModelError                  a model or its upstream failed; the response fails with it
     │   └── ModelTimeout
     ├── ToolError                   a hosted tool failed; the model reads the message as the tool output
@@ -18,6 +20,7 @@ toolsets, the store), always with ``raise ... from exc``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -94,6 +97,17 @@ class QueueFull(APIError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, param=None, code="queue_full")
+
+
+class RateLimited(APIError):
+    """A rate limit refused the request; ``Retry-After`` says when it would be admitted."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, param=None, code="rate_limit_exceeded")
+        self.headers = {"Retry-After": str(max(1, math.ceil(min(retry_after_s, 86400.0))))}
 
 
 class UpstreamUnavailable(APIError):

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from opensupervisor import __version__
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
 from opensupervisor.identity.grants import Access
+from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
+from opensupervisor.runs.inference_tables import InferenceTables, TableConfig
 from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
@@ -23,6 +26,7 @@ from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.keys import shared_key
+from opensupervisor.store.rate_limits import DatabaseCounters, StoredRateLimits
 from opensupervisor.store.usage import Usage
 from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
@@ -53,6 +57,8 @@ class Runtime:
     access: Access
     stored_grants: StoredGrants
     usage: Usage
+    limiter: RateLimiter
+    stored_limits: StoredRateLimits
 
 
 @contextlib.asynccontextmanager
@@ -75,6 +81,9 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     usage = Usage(store)
     stored_grants = StoredGrants(store)
     access.load(await stored_grants.all())
+    limiter = RateLimiter({name: entry.rate_limits for name, entry in ws.models.items()}, _counters(settings, store))
+    stored_limits = StoredRateLimits(store)
+    limiter.load(await stored_limits.all())
     stored_connections = StoredConnections(store, vault)
     conns.load(connection_rows(await stored_connections.all()))
     load_plugins(registry, ws.plugins)
@@ -86,21 +95,24 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     tracing = Tracing(recording=Recording(ws.tracing.record_inputs, ws.tracing.record_outputs),
                       processors=exporters_from_env(), version=__version__)
     trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
+    inference = _inference_tables(settings, ws)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,
-                              access=access, usage=usage)
+                              access=access, accounting=Accounting(usage, limiter, inference))
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
         try:
             await maintenance.start()
             try:
-                watcher = asyncio.create_task(_watch_registered(functions, registered, conns, stored_connections,
-                                                                access, stored_grants))
+                watcher = asyncio.create_task(_watch_registered(
+                    functions, registered, conns, stored_connections,
+                    lambda: _reload_governance(access, stored_grants, limiter, stored_limits)))
                 ingesting = asyncio.create_task(assistants.ingest_on_start())
                 try:
                     yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
-                                  stored_connections, assistants, access, stored_grants, usage)
+                                  stored_connections, assistants, access, stored_grants, usage, limiter,
+                                  stored_limits)
                 finally:
                     watcher.cancel()
                     ingesting.cancel()
@@ -114,6 +126,9 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         await assistants.aclose()
         await trace_store.aclose()
         await usage.aclose()
+        await limiter.aclose()
+        if inference is not None:
+            await inference.aclose()
         tracing.shutdown()
         await functions.aclose()
         await app_tools.aclose()
@@ -122,17 +137,41 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
 
 
 async def _watch_registered(catalog: uc_functions.FunctionCatalog, registered: RegisteredFunctions,
-                            conns: connections.Connections, stored: StoredConnections, access: Access,
-                            stored_grants: StoredGrants) -> None:
-    """Functions, connections and grants changed through another process apply here within seconds."""
+                            conns: connections.Connections, stored: StoredConnections,
+                            governance: Callable[[], Awaitable[None]]) -> None:
+    """Functions, connections, grants and rate limits changed through another process apply here
+    within seconds."""
     while True:
         await asyncio.sleep(REFRESH_S)
         try:
             catalog.load(await registered.all())
             conns.load(connection_rows(await stored.all()))
-            access.load(await stored_grants.all())
+            await governance()
         except Exception:  # a database hiccup: the next round retries
             log.exception("reloading the registered functions and connections failed")
+
+
+async def _reload_governance(access: Access, stored_grants: StoredGrants, limiter: RateLimiter,
+                             stored_limits: StoredRateLimits) -> None:
+    access.load(await stored_grants.all())
+    limiter.load(await stored_limits.all())
+
+
+def _inference_tables(settings: Settings, ws: Workspace) -> InferenceTables | None:
+    section = ws.inference_table
+    if section is None or not section.enabled:
+        return None
+    config = TableConfig(section.catalog_name, section.schema_name, section.table_name_prefix or ws.name,
+                         section.max_payload_bytes)
+    return InferenceTables(config, settings.data_dir / "tables", settings.trace_database_url)
+
+
+def _counters(settings: Settings, store: Store) -> Counters:
+    if settings.redis_url:
+        from opensupervisor.store.redis_counters import RedisCounters  # only deployments with Redis need it
+
+        return RedisCounters(settings.redis_url)
+    return DatabaseCounters(store)
 
 
 def connection_rows(rows: list[StoredRow]) -> list[tuple[str, connections.ConnectionEntry, int]]:

@@ -28,6 +28,8 @@ class Settings:
     # Where trace_destination tables go: PostgreSQL (default: the store's, when it is PostgreSQL),
     # else SQLite files under <data dir>/traces.
     trace_url: str | None = None
+    # Rate-limit counters in Redis instead of the store's database.
+    redis_url: str | None = None
 
     @property
     def trace_database_url(self) -> str | None:
@@ -62,6 +64,7 @@ class Settings:
             if env.get("OPENSUPERVISOR_WORKER_CONCURRENCY") else None,
             knowledge_url=env.get("OPENSUPERVISOR_KNOWLEDGE_DATABASE_URL") or None,
             trace_url=env.get("OPENSUPERVISOR_TRACE_DATABASE_URL") or None,
+            redis_url=env.get("OPENSUPERVISOR_REDIS_URL") or None,
         )
 
 

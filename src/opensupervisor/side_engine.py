@@ -1,12 +1,14 @@
-"""Engines for the databases beside the store (knowledge index, trace tables): PostgreSQL through
+"""Engines for the databases beside the store (knowledge index, trace and inference tables): PostgreSQL through
 psycopg, or SQLite in WAL mode that does not wait for the disk at each commit (the data there can
 be rebuilt or spared; the store's own engine is stricter)."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 
@@ -24,3 +26,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+class CatalogTables:
+    """Tables named by a Unity Catalog ``catalog.schema``: the SQLite file
+    ``<folder>/<catalog>.<schema>.db``, or the PostgreSQL schema ``<catalog>__<schema>`` at ``url``."""
+
+    def __init__(self, folder: Path, url: str | None = None) -> None:
+        self.folder = folder
+        self.url = url if url is not None and make_url(url).get_backend_name() == "postgresql" else None
+        self._engines: dict[str, Engine] = {}
+        self._ready: set[str] = set()
+        self._lock = threading.Lock()
+
+    def path_of(self, catalog: str, schema: str) -> Path:
+        return self.folder / f"{catalog}.{schema}.db"
+
+    def engine(self, catalog: str, schema: str) -> tuple[Engine, str | None]:
+        """The engine and the schema (None on SQLite) where ``catalog.schema``'s tables live."""
+        with self._lock:
+            if self.url is not None:
+                if "pg" not in self._engines:
+                    self._engines["pg"] = side_engine(self.url, pool_size=2)
+                return self._engines["pg"], f"{catalog}__{schema}"
+            path = self.path_of(catalog, schema)
+            if path.name not in self._engines:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._engines[path.name] = side_engine(f"sqlite:///{path}")
+            return self._engines[path.name], None
+
+    def ensure(self, conn: Connection, metadata: MetaData, schema: str | None) -> None:
+        """Create the schema and ``metadata``'s tables, once per process."""
+        key = f"{conn.engine.url}|{schema}|{','.join(sorted(metadata.tables))}"
+        if key in self._ready:
+            return
+        if schema is not None:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        metadata.create_all(conn)
+        self._ready.add(key)
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()

@@ -57,6 +57,11 @@ class Vault:
                             if isinstance(value, dict) and SEALED in value else value)
 
 
+def redact_request(raw: dict[str, Any]) -> dict[str, Any]:
+    """A request (as sent or as stored) with its tools' credentials replaced: what logs may keep."""
+    return _map_secrets(raw, lambda value: REDACTED)
+
+
 def redact_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """A tool entry as a response shows it: credential values replaced."""
     fields = SECRET_TOOL_FIELDS.get(str(tool.get("type")), ())

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.identity.grants import check_object
+from opensupervisor.identity.limits import RateLimit, check_limits
 from opensupervisor.wire.validation import param_path
 
 Provider = Literal["embedded", "openai-chat", "openai-responses", "anthropic", "scripted"]
@@ -46,6 +47,13 @@ class ModelEntry(_Section):
     defaults: InferenceDefaults = Field(default_factory=InferenceDefaults)
     # The scripted provider's rules, validated by that adapter.
     script: list[dict[str, Any]] = Field(default_factory=list)
+    # Queries and tokens per minute (``opensupervisor.identity.limits``), as the AI Gateway sets them.
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _limits(cls, limits: list[RateLimit]) -> list[RateLimit]:
+        return check_limits(limits)
 
 
 class Limits(_Section):
@@ -103,6 +111,18 @@ class AccessSection(_Section):
         return grants
 
 
+class InferenceTableSection(_Section):
+    """Requests and responses logged as rows of ``<table_name_prefix>_payload`` in ``catalog.schema``
+    (``opensupervisor.runs.inference_tables``)."""
+
+    enabled: bool = True
+    catalog_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_]+$")
+    schema_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_]+$")
+    table_name_prefix: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9_]+$")
+    # Payloads larger than this are not stored (the gateway's cap is 10 MiB).
+    max_payload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+
+
 class Workspace(_Section):
     name: str = "default"
     models: dict[str, ModelEntry] = Field(default_factory=dict)
@@ -111,6 +131,7 @@ class Workspace(_Section):
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
     tracing: TracingSection = Field(default_factory=TracingSection)
     access: AccessSection = Field(default_factory=AccessSection)
+    inference_table: InferenceTableSection | None = None
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
     demo_servers: bool = False
     # Python modules with a ``register(registry)`` function that adds hosted tool kinds.

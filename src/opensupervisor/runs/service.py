@@ -11,10 +11,9 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
-import orjson
 
 from opensupervisor.core import approval
 from opensupervisor.core.approval import ApprovalSigner
@@ -30,6 +29,7 @@ from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.grants import Access
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs import metrics
+from opensupervisor.runs.accounting import RATE_BUCKETS, Accounting
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps
 from opensupervisor.runs.live import LiveRun
@@ -37,7 +37,6 @@ from opensupervisor.runs.recorder import Recorder
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store import Store
 from opensupervisor.store.store import RunRecord
-from opensupervisor.store.usage import Usage
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.tracing.spans import Tracing
 from opensupervisor.tracing.tables import TraceStore
@@ -83,13 +82,13 @@ class ResponseService:
                  engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
                  background_limits: BackgroundLimits | None = None, *, tracing: Tracing | None = None,
                  trace_store: TraceStore | None = None, access: Access | None = None,
-                 usage: Usage | None = None) -> None:
+                 accounting: Accounting | None = None) -> None:
         self.store = store
         self.signer = signer
         self.vault = vault
         self.traces = RunTraces(tracing or Tracing(), trace_store)
         self.access = access or Access({})
-        self.usage = usage
+        self.accounting = accounting or Accounting()
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
@@ -114,8 +113,13 @@ class ResponseService:
         history = await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
         check_call_pairs(history + input_items, len(history))
+        # Counted last: a request refused for any other reason takes nothing from its limits.
+        limiter = self.accounting.limiter
+        ticket = await limiter.admit(principal, body.model) if limiter is not None else None
         response_id = new_id("response")
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        if ticket is not None:
+            ctx.state[RATE_BUCKETS] = ticket.buckets
         model = TracedModel(catalog_model, ctx)
         toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
         _check_context(model, body, history + input_items)
@@ -127,7 +131,7 @@ class ResponseService:
             run.echo = _echo(input_items)
         recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                             request=self.vault.seal_request(raw), stream=body.stream, background=body.background,
-                            input_items=input_items, options=_options(run.echo, traceparent))
+                            input_items=input_items, options=_options(run, traceparent))
         return Prepared(run, recorder, traceparent=traceparent)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
@@ -160,7 +164,7 @@ class ResponseService:
         another process) or abandoned by its reader, ``failed`` when recording it failed.
         """
         recorder = prepared.recorder
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
         run = prepared.run
         run.ctx.trace = self.traces.start(run, prepared.traceparent)
         try:
@@ -189,8 +193,8 @@ class ResponseService:
             mode = "background" if body.background else "stream" if body.stream else "json"
             seconds = time.perf_counter() - started
             metrics.record_response(prepared.response, mode, seconds)
-            if self.usage is not None and not (live is not None and live.shutting_down):
-                self.usage.record(_usage_row(prepared.run, mode, seconds))
+            if not (live is not None and live.shutting_down):  # else the process that resumes it records it
+                self.accounting.finished(prepared.run, recorder.request, mode, began, seconds)
 
     async def _record_end(self, prepared: Prepared, status: str, rewind_to: int | None = None, *,
                           reason: str | None = None) -> list[Event]:
@@ -294,9 +298,10 @@ class ResponseService:
         parsed = parse_create_request(self.vault.open_request(record.request))
         body = parsed.body
         response_id = record.response["id"]
-        owner = record.owner
-        principal = ADMIN if owner == ADMIN.id else Principal(id=owner, name=owner)
+        principal = _restored_principal(record.owner, record.options)
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        if record.options.get(RATE_BUCKETS):
+            ctx.state[RATE_BUCKETS] = list(record.options[RATE_BUCKETS])
         durable = DurableModel(self.catalog.get(body.model), dbos_steps)
         model = TracedModel(durable, ctx)
         toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
@@ -312,7 +317,7 @@ class ResponseService:
                   answers=approval.answers(items, len(prior), self.signer, toolbox.lookup))
         if record.options.get("echo_history"):
             run.echo = _echo(record.input_items)
-        recorder = Recorder(self.store, response_id=response_id, owner=owner, request=record.request,
+        recorder = Recorder(self.store, response_id=response_id, owner=record.owner, request=record.request,
                             stream=record.stream, background=True, input_items=record.input_items, created=True,
                             resume_after=record.last_sequence, hold=durable.holding)
         return Prepared(run, recorder, traceparent=record.options.get("traceparent"))
@@ -416,26 +421,28 @@ def _echo(input_items: list[Item]) -> list[Item]:
     return [copy_item(item, status="completed") for item in input_items if _is_history(item)]
 
 
-def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:
-    response = run.emitter.response
-    usage = response.get("usage") or {}
-    calls = run.ctx.state.get("model_calls", [])
-    return {"response_id": response["id"], "principal": run.ctx.principal.name, "model": response["model"],
-            "day": time.strftime("%Y-%m-%d", time.gmtime(response["created_at"])),
-            "created_at": int(response["created_at"]), "mode": mode, "status": response["status"],
-            "input_tokens": int(usage.get("input_tokens", 0)), "output_tokens": int(usage.get("output_tokens", 0)),
-            "model_calls": len(calls), "tool_calls": run.hosted_calls, "latency_ms": int(seconds * 1000),
-            "calls": orjson.dumps(calls).decode()}
-
-
-def _options(echo: list[Item], traceparent: str | None) -> dict[str, Any] | None:
-    """What a stored run needs to be restored as it was started."""
-    options: dict[str, Any] = {}
-    if echo:
+def _options(run: Run, traceparent: str | None) -> dict[str, Any]:
+    """What a stored run needs to be restored as it was started: who asked, in which groups (tools run
+    as the caller), the rate-limit buckets its tokens count in, its echoed history, its trace."""
+    principal = run.ctx.principal
+    options: dict[str, Any] = {"principal": {"name": principal.name, "kind": principal.kind,
+                                             "groups": sorted(principal.groups)}}
+    if run.echo:
         options["echo_history"] = True
     if traceparent:
         options["traceparent"] = traceparent
-    return options or None
+    if run.ctx.state.get(RATE_BUCKETS):
+        options[RATE_BUCKETS] = run.ctx.state[RATE_BUCKETS]
+    return options
+
+
+def _restored_principal(owner: str, options: dict[str, Any]) -> Principal:
+    if owner == ADMIN.id:
+        return ADMIN
+    saved = options.get("principal") or {}
+    kind: Literal["user", "service_principal"] = \
+        "service_principal" if saved.get("kind") == "service_principal" else "user"
+    return Principal(id=owner, name=saved.get("name", owner), kind=kind, groups=frozenset(saved.get("groups", ())))
 
 
 def _is_history(item: Item) -> bool:

@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from opensupervisor.core.events import Event
-from opensupervisor.errors import InvalidRequest, NotFound, PayloadTooLarge
+from opensupervisor.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from opensupervisor.identity import Principal
 from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.server.admin_api import admin_routes
@@ -21,6 +21,7 @@ from opensupervisor.server.connections_api import connection_routes
 from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
+from opensupervisor.server.limits_api import limits_routes
 from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
@@ -60,12 +61,17 @@ def _sse(events: AsyncIterator[Event]) -> StreamingResponse:
 async def create_response(request: Request) -> Response:
     principal = _principal(request)
     state = _state(request)
-    raw = parse_json_body(await _read_body(request, state.workspace.limits.max_body_bytes))
-    parsed = parse_create_request(raw)
     service = state.service
-    databricks_path = not request.url.path.startswith("/v1/")
-    prepared = await service.prepare(parsed, principal, raw, echo_history=databricks_path,
-                                     traceparent=request.headers.get("traceparent"))
+    started, body_bytes, raw = time.time(), b"", None
+    try:
+        body_bytes = await _read_body(request, state.workspace.limits.max_body_bytes)
+        raw = parse_json_body(body_bytes)
+        parsed = parse_create_request(raw)
+        prepared = await service.prepare(parsed, principal, raw, echo_history=not request.url.path.startswith("/v1/"),
+                                         traceparent=request.headers.get("traceparent"))
+    except APIError as exc:
+        service.accounting.refused(principal, body_bytes, raw, exc, started)
+        raise
     body = parsed.body
     if body.background:
         queued, events = await service.start_background(prepared)
@@ -169,6 +175,7 @@ def routes() -> list[BaseRoute]:
         *connection_routes(),
         *knowledge_routes(),
         *principal_routes(),
+        *limits_routes(),
         *embeddings_routes(PREFIXES),
     ]
     for prefix in PREFIXES:

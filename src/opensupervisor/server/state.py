@@ -8,6 +8,7 @@ import orjson
 from starlette.responses import Response
 
 from opensupervisor.identity.grants import Access
+from opensupervisor.identity.limits import RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
@@ -15,6 +16,7 @@ from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.principals import Principals
+from opensupervisor.store.rate_limits import StoredRateLimits
 from opensupervisor.store.usage import Usage
 from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.genie import GenieSpaces
@@ -47,4 +49,6 @@ class AppState:
     access: Access
     stored_grants: StoredGrants
     usage: Usage
+    limiter: RateLimiter
+    stored_limits: StoredRateLimits
     started_at: int

@@ -167,3 +167,23 @@ usage = Table(
     Column("calls", Text, nullable=False),
     Index("ix_os_usage_day", "day"),
 )
+
+# Rate limits set through the admin API, per model (they replace the workspace file's for it):
+# the JSON list of limits in the gateway's shape.
+rate_limits = Table(
+    "os_rate_limits",
+    metadata,
+    Column("model", String(255), primary_key=True),
+    Column("limits", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Rate-limit counters: a bucket's calls and tokens in one minute (``minute`` = epoch minute).
+rate_counters = Table(
+    "os_rate_counters",
+    metadata,
+    Column("bucket", String(600), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),
+    Column("calls", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+)

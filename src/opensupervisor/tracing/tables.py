@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,16 @@ from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
     Column,
-    Engine,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     insert,
-    text,
 )
-from sqlalchemy.engine import make_url
 
 from opensupervisor.runs.metrics import REGISTRY
-from opensupervisor.side_engine import side_engine
+from opensupervisor.side_engine import CatalogTables
 from opensupervisor.tracing.spans import Destination, RunTrace, SpanRecord, dumps
 
 log = logging.getLogger(__name__)
@@ -100,12 +96,8 @@ class TraceStore:
     """Where ``trace_destination`` tables live: SQLite files in ``folder``, or PostgreSQL at ``url``."""
 
     def __init__(self, folder: Path, url: str | None = None, *, max_queued: int = 10_000) -> None:
-        self.folder = folder
-        self.url = url
+        self.tables = CatalogTables(folder, url)
         self.max_queued = max_queued
-        self._engines: dict[str, Engine] = {}
-        self._ready: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
         self._queue: asyncio.Queue[RunTrace] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -149,20 +141,14 @@ class TraceStore:
         await self.flush()
         if self._worker is not None:
             self._worker.cancel()
-        for engine in self._engines.values():
-            engine.dispose()
+        self.tables.dispose()
 
     def write(self, destination: Destination, runs: list[RunTrace]) -> None:
-        engine, schema = self._engine(destination)
+        engine, schema = self.tables.engine(destination.catalog, destination.schema)
         metadata = MetaData(schema=schema)
         spans, logs = spans_table(metadata, destination.prefix), logs_table(metadata, destination.prefix)
-        key = (str(engine.url), f"{schema}.{destination.prefix}")
         with engine.begin() as conn:
-            if key not in self._ready:
-                if schema is not None:
-                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-                metadata.create_all(conn)
-                self._ready.add(key)
+            self.tables.ensure(conn, metadata, schema)
             resource = dumps({"attributes": dict(runs[0].tracing.resource.attributes), "dropped_attributes_count": 0})
             scope = dumps({"name": "opensupervisor", "version": runs[0].tracing.scope.version, "attributes": {},
                            "dropped_attributes_count": 0})
@@ -171,19 +157,7 @@ class TraceStore:
             if events:
                 conn.execute(insert(logs), events)
 
-    def _engine(self, destination: Destination) -> tuple[Engine, str | None]:
-        with self._lock:
-            if self.url is not None and make_url(self.url).get_backend_name() == "postgresql":
-                if "pg" not in self._engines:
-                    self._engines["pg"] = side_engine(self.url, pool_size=2)
-                return self._engines["pg"], f"{destination.catalog}__{destination.schema}"
-            path = self.path_of(destination)
-            if path.name not in self._engines:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._engines[path.name] = side_engine(f"sqlite:///{path}")
-            return self._engines[path.name], None
-
     def path_of(self, destination: Destination) -> Path:
         """The SQLite file of a destination."""
-        return self.folder / f"{destination.catalog}.{destination.schema}.db"
+        return self.tables.path_of(destination.catalog, destination.schema)
 

@@ -121,6 +121,8 @@ class CreateResponseRequest(_Strict):
     stream_options: StreamOptions | None = None
     trace_destination: TraceDestination | None = None
     databricks_options: DatabricksOptions | None = None
+    # The gateway's caller-provided id, kept in the inference table.
+    client_request_id: str | None = Field(default=None, max_length=1024)
     user: str | None = None
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None

@@ -1,0 +1,63 @@
+"""What is recorded about each request once it is answered, off the hot path: its usage row, the
+tokens its rate-limit buckets are charged, and its inference table row."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from opensupervisor.core.loop import Run
+from opensupervisor.errors import APIError
+from opensupervisor.identity import Principal
+from opensupervisor.identity.limits import RateLimiter, Ticket
+from opensupervisor.runs.inference_tables import Exchange, InferenceTables
+from opensupervisor.store.usage import Usage
+from opensupervisor.vault import redact_request
+
+RATE_BUCKETS = "rate_buckets"  # RunContext.state: the buckets an admitted run's tokens count in
+
+
+@dataclass(slots=True)
+class Accounting:
+    usage: Usage | None = None
+    limiter: RateLimiter | None = None
+    inference: InferenceTables | None = None
+
+    def finished(self, run: Run, request: dict[str, Any], mode: str, started: float, seconds: float) -> None:
+        """A run ended (``request``: as sent or as stored)."""
+        response = run.emitter.response
+        if self.usage is not None:
+            self.usage.record(_usage_row(run, mode, seconds))
+        buckets = run.ctx.state.get(RATE_BUCKETS)
+        if self.limiter is not None and buckets:
+            self.limiter.charge(Ticket(list(buckets)), int((response.get("usage") or {}).get("total_tokens", 0)))
+        if self.inference is not None:
+            self.inference.record(Exchange(response["id"], started, seconds, 200, redact_request(request), response,
+                                           run.ctx.principal.name, response["model"]))
+
+    def refused(self, principal: Principal, body: bytes, raw: dict[str, Any] | None, error: APIError,
+                started: float) -> None:
+        """A request answered with an error before any run started (400, 403, 404, 413, 429)."""
+        if self.inference is None:
+            return
+        model = raw.get("model") if raw is not None else None
+        request: dict[str, Any] | bytes = redact_request(raw) if raw is not None else body
+        self.inference.record(Exchange(str(uuid.uuid4()), started, time.time() - started, error.status_code,
+                                       request, error.body(), principal.name,
+                                       model if isinstance(model, str) else None))
+
+
+def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:
+    response = run.emitter.response
+    usage = response.get("usage") or {}
+    calls = run.ctx.state.get("model_calls", [])
+    return {"response_id": response["id"], "principal": run.ctx.principal.name, "model": response["model"],
+            "day": time.strftime("%Y-%m-%d", time.gmtime(response["created_at"])),
+            "created_at": int(response["created_at"]), "mode": mode, "status": response["status"],
+            "input_tokens": int(usage.get("input_tokens", 0)), "output_tokens": int(usage.get("output_tokens", 0)),
+            "model_calls": len(calls), "tool_calls": run.hosted_calls, "latency_ms": int(seconds * 1000),
+            "calls": orjson.dumps(calls).decode()}

@@ -1,0 +1,135 @@
+"""Inference tables: every request and its response as a row of ``<prefix>_payload``, with the AI
+Gateway's columns (the workspace file's ``[inference_table]``).
+
+The table lives where trace tables do (``side_engine.CatalogTables``): the SQLite file
+``<data dir>/tables/<catalog>.<schema>.db``, or the schema ``<catalog>__<schema>`` of the trace
+database on PostgreSQL. A streamed response is stored as its final response object (the aggregate
+of its events); a background one when its run ends; a refused request (4xx, 429) with its error
+body. A payload over the cap (10 MiB) is not stored and gets ``MAX_REQUEST_SIZE_EXCEEDED`` or
+``MAX_RESPONSE_SIZE_EXCEEDED`` in ``logging_error_codes``. Rows are written in batches off the
+hot path; a failure is logged and counted, and the requests never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+from sqlalchemy import BigInteger, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, insert
+
+from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.side_engine import CatalogTables
+
+log = logging.getLogger(__name__)
+BATCH = 500
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+WRITE_FAILURES = Counter("opensupervisor_inference_table_write_failures",
+                         "Requests whose inference table rows could not be written", registry=REGISTRY)
+
+
+def payload_table(metadata: MetaData, prefix: str) -> Table:
+    return Table(
+        f"{prefix}_payload", metadata,
+        Column("databricks_request_id", String(64)), Column("request_date", Date),
+        Column("client_request_id", Text), Column("request_time", DateTime(timezone=True)),
+        Column("status_code", Integer), Column("sampling_fraction", Float),
+        Column("execution_duration_ms", BigInteger), Column("request", Text), Column("response", Text),
+        Column("logging_error_codes", Text), Column("served_entity_id", Text), Column("requester", Text),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TableConfig:
+    catalog_name: str
+    schema_name: str
+    table_name_prefix: str
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request and what it was answered."""
+
+    request_id: str
+    started: float  # epoch seconds
+    seconds: float
+    status_code: int
+    request: dict[str, Any] | bytes  # parsed, or the body as sent when it was not valid JSON
+    response: dict[str, Any]
+    requester: str
+    model: str | None
+
+
+class InferenceTables:
+    def __init__(self, config: TableConfig, folder: Path, url: str | None = None) -> None:
+        self.config = config
+        self.tables = CatalogTables(folder, url)
+        self._queue: asyncio.Queue[Exchange] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def record(self, exchange: Exchange) -> None:
+        """Queue a row (never blocks, never raises)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._drain(self._queue))
+        self._queue.put_nowait(exchange)
+
+    async def _drain(self, queue: asyncio.Queue[Exchange]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < BATCH:
+                batch.append(queue.get_nowait())
+            try:
+                rows = [self.row(exchange) for exchange in batch]
+                await asyncio.to_thread(self._write, rows)
+            except Exception:  # the table must never touch the requests
+                WRITE_FAILURES.inc(len(batch))
+                log.exception("writing %d inference table row(s) failed", len(batch))
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    def row(self, exchange: Exchange) -> dict[str, Any]:
+        codes: list[str] = []
+        request = exchange.request if isinstance(exchange.request, bytes) else orjson.dumps(exchange.request)
+        response = orjson.dumps(exchange.response)
+        if len(request) > self.config.max_payload_bytes:
+            codes.append("MAX_REQUEST_SIZE_EXCEEDED")
+        if len(response) > self.config.max_payload_bytes:
+            codes.append("MAX_RESPONSE_SIZE_EXCEEDED")
+        started = dt.datetime.fromtimestamp(exchange.started, dt.UTC)
+        client_id = exchange.request.get("client_request_id") if isinstance(exchange.request, dict) else None
+        return {
+            "databricks_request_id": exchange.request_id, "request_date": started.date(),
+            "client_request_id": client_id if isinstance(client_id, str) else None, "request_time": started,
+            "status_code": exchange.status_code, "sampling_fraction": 1.0,
+            "execution_duration_ms": int(exchange.seconds * 1000),
+            "request": None if "MAX_REQUEST_SIZE_EXCEEDED" in codes else request.decode("utf-8", "replace"),
+            "response": None if "MAX_RESPONSE_SIZE_EXCEEDED" in codes else response.decode(),
+            "logging_error_codes": orjson.dumps(codes).decode(), "served_entity_id": exchange.model,
+            "requester": exchange.requester,
+        }
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        engine, schema = self.tables.engine(self.config.catalog_name, self.config.schema_name)
+        metadata = MetaData(schema=schema)
+        table = payload_table(metadata, self.config.table_name_prefix)
+        with engine.begin() as conn:
+            self.tables.ensure(conn, metadata, schema)
+            conn.execute(insert(table), rows)
+
+    async def flush(self) -> None:
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def aclose(self) -> None:
+        await self.flush()
+        if self._worker is not None:
+            self._worker.cancel()
+        self.tables.dispose()
