@@ -23,6 +23,7 @@ from opensupervisor.settings import Settings
 from opensupervisor.store import Store
 from opensupervisor.store.connections import Row as StoredRow
 from opensupervisor.store.connections import StoredConnections
+from opensupervisor.store.credentials import UserCredentials
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.keys import shared_key
@@ -59,6 +60,7 @@ class Runtime:
     usage: Usage
     limiter: RateLimiter
     stored_limits: StoredRateLimits
+    credentials: UserCredentials
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +87,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     stored_limits = StoredRateLimits(store)
     limiter.load(await stored_limits.all())
     stored_connections = StoredConnections(store, vault)
+    credentials = conns.credentials = UserCredentials(store, vault)
     conns.load(connection_rows(await stored_connections.all()))
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
@@ -112,7 +115,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
                 try:
                     yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
                                   stored_connections, assistants, access, stored_grants, usage, limiter,
-                                  stored_limits)
+                                  stored_limits, credentials)
                 finally:
                     watcher.cancel()
                     ingesting.cancel()

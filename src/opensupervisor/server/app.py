@@ -71,7 +71,7 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
                                     rt.registered, rt.connections, rt.stored_connections, rt.assistants,
                                     Principals(rt.store), rt.access, rt.stored_grants, rt.usage,
-                                    rt.limiter, rt.stored_limits, int(time.time()))
+                                    rt.limiter, rt.stored_limits, rt.credentials, int(time.time()))
             yield
 
     return Starlette(

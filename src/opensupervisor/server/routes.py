@@ -18,6 +18,7 @@ from opensupervisor.runs.metrics import REGISTRY
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes
+from opensupervisor.server.credentials_api import credential_routes
 from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
@@ -176,6 +177,7 @@ def routes() -> list[BaseRoute]:
         *knowledge_routes(),
         *principal_routes(),
         *limits_routes(),
+        *credential_routes(),
         *embeddings_routes(PREFIXES),
     ]
     for prefix in PREFIXES:

@@ -13,6 +13,7 @@ from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store.connections import StoredConnections
+from opensupervisor.store.credentials import UserCredentials
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.principals import Principals
@@ -51,4 +52,5 @@ class AppState:
     usage: Usage
     limiter: RateLimiter
     stored_limits: StoredRateLimits
+    credentials: UserCredentials
     started_at: int

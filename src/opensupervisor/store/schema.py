@@ -187,3 +187,14 @@ rate_counters = Table(
     Column("calls", BigInteger, nullable=False),
     Column("tokens", BigInteger, nullable=False),
 )
+
+# Per-user credentials of connections that run as each caller (on behalf of the user): the
+# caller's own token for the connection, sealed with the server's key.
+user_credentials = Table(
+    "os_user_credentials",
+    metadata,
+    Column("connection", String(255), primary_key=True),
+    Column("principal_id", String(64), primary_key=True),
+    Column("sealed", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)

@@ -10,20 +10,27 @@ or stored in the clear; a workspace file names environment variables instead of 
 Approval (``require_approval``): ``background`` (the default, as the Supervisor API) makes every call
 of a background run wait for the user's ``mcp_approval_response``; ``always`` asks in every run;
 ``never`` runs calls directly.
+
+On behalf of the user (``per_user = true``): each user stores their own token for the connection
+(``PUT /v1/connections/{name}/credential``) and every call of their runs carries it, so the MCP
+server sees, and limits, the user themselves. A caller with no token stored may not use it (403).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
-from opensupervisor.errors import ConfigError, ToolError, UpstreamUnavailable
+from opensupervisor.errors import ConfigError, Forbidden, ToolError, UpstreamUnavailable
+from opensupervisor.identity import Principal
 from opensupervisor.tools.mcp_client import McpServer, Transport
 from opensupervisor.tools.oauth import ClientCredentials
 from opensupervisor.tools.registry import ToolRegistry, config_name
@@ -32,6 +39,7 @@ from opensupervisor.workspace import Workspace, section_entry
 
 ApprovalPolicy = Literal["background", "always", "never"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+MAX_USER_SERVERS = 10_000
 
 
 def asks_approval(policy: ApprovalPolicy, ctx: RunContext) -> bool:
@@ -61,6 +69,9 @@ class ConnectionEntry(BaseModel):
     allowed_tools: list[str] | None = None
     description: str | None = None
     require_approval: ApprovalPolicy = "background"
+    # On behalf of the user: every call carries the caller's own token for this connection (each
+    # user stores theirs), never a shared one; a caller without one may not use the connection.
+    per_user: bool = False
 
     def secrets(self) -> dict[str, Any]:
         """What a stored connection seals: its token, client secret and headers."""
@@ -75,7 +86,8 @@ class ConnectionEntry(BaseModel):
 
     def public(self) -> dict[str, Any]:
         """What the admin API shows: everything but secret values (header names only)."""
-        auth = "oauth" if self.oauth else "bearer" if self.bearer_token or self.bearer_token_env else "none"
+        auth = "per_user" if self.per_user else "oauth" if self.oauth else \
+            "bearer" if self.bearer_token or self.bearer_token_env else "none"
         return {**self.without_secrets(), "auth": auth, "headers": sorted(self.headers),
                 "transport": self.transport, "require_approval": self.require_approval, "timeout_s": self.timeout_s}
 
@@ -116,11 +128,18 @@ def _env(name: str, variable: str | None, field: str) -> str | None:
     return value
 
 
+class CredentialLookup(Protocol):
+    async def token(self, connection: str, principal_id: str) -> str | None: ...
+
+
 class Connections:
     """The workspace file's connections and the stored ones (which may not reuse a file's name)."""
 
     def __init__(self, workspace: Workspace, self_url: str = "") -> None:
         self.self_url = self_url
+        # Where per-user connections find each caller's token (the store's, set at start-up).
+        self.credentials: CredentialLookup | None = None
+        self._user_servers: dict[tuple[str, str, str], McpServer] = {}
         self.entries: dict[str, ConnectionEntry] = {}
         self.servers: dict[str, McpServer] = {}
         self.stored: dict[str, tuple[int, ConnectionEntry]] = {}
@@ -153,28 +172,58 @@ class Connections:
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, "name", self.servers, "Connection")
-        return ConnectionTools(self.servers[name], spec.param, self.entries[name].require_approval)
+        entry = self.entries[name]
+        if entry.per_user:
+            return ConnectionTools(self.servers[name], spec.param, entry.require_approval,
+                                   per_user=lambda ctx: self.server_for(name, ctx.principal, spec.param))
+        return ConnectionTools(self.servers[name], spec.param, entry.require_approval)
+
+    async def server_for(self, name: str, principal: Principal, param: str) -> McpServer:
+        """The connection as ``principal``: their own token in place of any shared credential."""
+        token = await self.credentials.token(name, principal.id) if self.credentials is not None else None
+        if token is None:
+            raise Forbidden(f"The connection '{name}' runs as each user, and you have not stored a credential "
+                            f"for it (PUT /v1/connections/{name}/credential).", param=param)
+        key = (name, principal.id, hashlib.sha256(token.encode()).hexdigest())
+        server = self._user_servers.get(key)
+        if server is None:
+            if len(self._user_servers) >= MAX_USER_SERVERS:
+                self._user_servers.clear()  # old tokens and idle users; each is rebuilt on demand
+            entry = self.entries[name].model_copy(update={"bearer_token": token, "bearer_token_env": None,
+                                                          "oauth": None})
+            server = self._user_servers[key] = build_server(name, entry)
+        return server
 
 
 class ConnectionTools(Toolset):
     # The server's list may change between a run's first listing and its resumption.
     listing_may_change = True
 
-    def __init__(self, server: McpServer, param: str, policy: ApprovalPolicy) -> None:
+    def __init__(self, server: McpServer, param: str, policy: ApprovalPolicy, *,
+                 per_user: Callable[[RunContext], Awaitable[McpServer]] | None = None) -> None:
         self.server = server
         self.param = param
         self.policy = policy
+        self.per_user = per_user
+
+    async def _server(self, ctx: RunContext) -> McpServer:
+        return await self.per_user(ctx) if self.per_user is not None else self.server
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        server = await self._server(ctx)
         try:
-            tools = await self.server.list_tools()
+            tools = await server.list_tools()
         except ToolError as exc:
-            raise UpstreamUnavailable(f"'{self.server.label}': {exc}", param=self.param) from exc
+            raise UpstreamUnavailable(f"'{server.label}': {exc}", param=self.param) from exc
         ask = asks_approval(self.policy, ctx)
         return [dataclasses.replace(t, approval=ask) for t in tools]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        return await self.server.call(ctx, name, arguments)
+        try:
+            server = await self._server(ctx)
+        except Forbidden as exc:  # the credential was removed while the run went on
+            raise ToolError(exc.message) from exc
+        return await server.call(ctx, name, arguments)
 
 
 def register(registry: ToolRegistry, workspace: Workspace, self_url: str = "") -> Connections:
