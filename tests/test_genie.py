@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from opensupervisor.errors import ToolError
+from opensupervisor.identity import ADMIN
 from opensupervisor.tools.sql_engines import ReadOnlyDatabase
 from tests.conftest import Server, ThreadServer, require_postgres
 
@@ -181,6 +182,7 @@ class _Request:
 
 class _Ctx:
     request = _Request()
+    principal = ADMIN
 
 
 def _spec() -> Any:

@@ -6,11 +6,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import openai
 import pytest
 
+from opensupervisor.identity import ADMIN
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.sandbox import Limits, Sandbox
 from opensupervisor.tools.uc_functions import FunctionCatalog
@@ -188,7 +190,7 @@ async def test_memory_is_limited_and_the_sandbox_recovers(folder: Path) -> None:
 async def test_sql_functions_bind_their_parameters(folder: Path) -> None:
     ws = load_workspace(folder / "workspace.toml")
     catalog = FunctionCatalog(ws, Sandbox(Limits()))
-    ctx: Any = None
+    ctx: Any = SimpleNamespace(principal=ADMIN)
     try:
         count = catalog.factory(_spec("main.support.count_reviews"), ws)
         assert await count.call_tool(ctx, "main__support__count_reviews", {"body": "Broken"}) == \

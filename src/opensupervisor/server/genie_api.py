@@ -122,7 +122,7 @@ async def _answer(state: AppState, principal: Principal, space_id: str, conversa
                                "last_updated_timestamp": now, "attachments": []}
     result: dict[str, Any] | None = None
     try:
-        answer = await state.spaces.ask(space_id, content, None, earlier)
+        answer = await state.spaces.ask(space_id, content, None, principal, earlier)
     except ToolError as exc:
         message.update(status="FAILED", error={"error": str(exc), "type": "GENERIC_CHAT_COMPLETION_EXCEPTION"})
     else:

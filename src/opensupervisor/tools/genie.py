@@ -24,9 +24,10 @@ from tabulate import tabulate
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest, ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ModelError, ToolError
+from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
-from opensupervisor.tools.sql_engines import Column, ReadOnlyDatabase, Rows
+from opensupervisor.tools.sql_engines import Column, ReadOnlyDatabase, Rows, check_roles, role_for
 from opensupervisor.tools.sql_guard import check_query
 from opensupervisor.tracing.wrappers import traced_request
 from opensupervisor.wire.request import ToolSpec
@@ -64,6 +65,8 @@ class GenieSpace(BaseModel):
     display_rows: int = Field(default=50, ge=1, le=10_000)
     timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    # On behalf of the user (PostgreSQL): a user, group or "*" -> the database role their queries run as.
+    database_roles: dict[str, str] = Field(default_factory=dict)
 
 
 def tool_name(space_id: str) -> str:
@@ -80,6 +83,8 @@ class GenieSpaces:
         self.spaces: dict[str, GenieSpace] = {}
         for space_id, raw in workspace.genie_spaces.items():
             self.spaces[space_id] = section_entry(GenieSpace, f"genie_spaces.{space_id}", raw)
+            check_roles(self.spaces[space_id].database_roles, self.spaces[space_id].database_url,
+                        f"genie_spaces.{space_id}")
             model = self.spaces[space_id].model
             if model is not None and model not in workspace.models:
                 raise ConfigError(f"genie_spaces.{space_id}.model names unknown model '{model}'")
@@ -102,18 +107,20 @@ class GenieSpaces:
                 raise ToolError(f"the space's database is not usable: {exc}") from exc
         return self._schemas[space_id]
 
-    async def ask(self, space_id: str, question: str, run_model: str | None,
+    async def ask(self, space_id: str, question: str, run_model: str | None, principal: Principal,
                   earlier: list[tuple[str, str]] | None = None) -> Answer:
-        """Answer a question with one checked, read-only query. ``earlier``: the conversation's
-        previous (question, SQL) pairs, for follow-ups. Raises ``ToolError`` when no SQL works."""
+        """Answer a question with one checked, read-only query, run as ``principal``'s database role.
+        ``earlier``: the conversation's previous (question, SQL) pairs, for follow-ups. Raises
+        ``ToolError`` when no SQL works."""
         space = self.spaces[space_id]
+        role = role_for(space.database_roles, principal, f"the space '{space_id}'")
         db = self.database(space_id)
         earlier = earlier or []
         example = _matching_example(space, question) if not earlier else None
         if example is not None:
             sql = check_query(example.sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows)
             return Answer(example.sql, f"Trusted example query for: {example.question}",
-                          await db.query(sql, space.max_rows))
+                          await db.query(sql, space.max_rows, role))
         name = space.model or run_model or next(iter(self.catalog.names()), None)
         if name is None:
             raise ToolError("no model is configured to write SQL for this space")
@@ -121,7 +128,7 @@ class GenieSpaces:
         for previous, previous_sql in earlier:
             items += [_message("user", previous), _message("assistant", sql_reply(previous_sql, ""))]
         items.append(_message("user", question))
-        return await _text_to_sql(self.catalog.get(name), space, items, await self.schema(space_id), db)
+        return await _text_to_sql(self.catalog.get(name), space, items, await self.schema(space_id), db, role)
 
     def factory(self, spec: ToolSpec, workspace: Workspace, key: str = "id") -> Toolset:
         space_id = config_name(spec, key, self.spaces, "Genie space")
@@ -145,7 +152,8 @@ class SpaceTools(Toolset):
                         QUESTION_SCHEMA)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        answer = await self.spaces.ask(self.space_id, str(arguments["question"]).strip(), ctx.request.body.model)
+        answer = await self.spaces.ask(self.space_id, str(arguments["question"]).strip(), ctx.request.body.model,
+                                       ctx.principal)
         return answer.text(self.space)
 
 
@@ -161,7 +169,7 @@ class Answer:
 
 
 async def _text_to_sql(model: Model, space: GenieSpace, items: list[dict[str, Any]],
-                       schema: dict[str, list[Column]], db: ReadOnlyDatabase) -> Answer:
+                       schema: dict[str, list[Column]], db: ReadOnlyDatabase, role: str | None) -> Answer:
     problem = ""
     for _ in range(space.max_attempts):
         try:
@@ -173,7 +181,7 @@ async def _text_to_sql(model: Model, space: GenieSpace, items: list[dict[str, An
         sql, description = _parse_reply(reply.text)
         try:
             checked = check_query(sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows)
-            return Answer(sql, description, await db.query(checked, space.max_rows))
+            return Answer(sql, description, await db.query(checked, space.max_rows, role))
         except ToolError as exc:
             problem = str(exc)
             # The feedback comes from the server, not the user: the question stays the last user turn.

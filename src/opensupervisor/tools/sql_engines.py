@@ -8,6 +8,7 @@ no extensions); PostgreSQL sessions default to read-only transactions with a sta
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,41 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from opensupervisor import tracing
 from opensupervisor.errors import ConfigError, ToolError
+from opensupervisor.identity import Principal
 
 DIALECTS = {"sqlite": "sqlite", "duckdb": "duckdb", "postgresql": "postgres"}
+ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def check_roles(roles: dict[str, str], url: str, where: str) -> None:
+    """``database_roles``: PostgreSQL only, each role a plain identifier; raises ``ConfigError``."""
+    if not roles:
+        return
+    if make_url(url).get_backend_name() != "postgresql":
+        raise ConfigError(f"{where}.database_roles: database roles need a postgresql:// database")
+    for who, role in roles.items():
+        if not ROLE.match(role):
+            raise ConfigError(f"{where}.database_roles.{who}: {role!r} is not a database role name")
+
+
+def role_for(roles: dict[str, str], principal: Principal, what: str) -> str | None:
+    """The database role ``principal``'s queries run as (on behalf of the user): their own mapping,
+    else their first group's (by name), else ``"*"``'s. None: the database's own user, when there
+    are no roles or for an admin without a mapping. A caller with none may not query."""
+    if not roles:
+        return None
+    for key in (principal.name, *sorted(principal.groups), "*"):
+        if key in roles:
+            return roles[key]
+    if principal.is_admin:
+        return None
+    raise ToolError(f"{what} runs queries as each user's database role, and '{principal.name}' has none")
+
+
+def set_role(conn: sa.Connection, role: str | None) -> None:
+    """Run the rest of this transaction as ``role`` (the database then decides what it may read)."""
+    if role is not None:
+        conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,21 +139,24 @@ class ReadOnlyDatabase:
         return [Column(str(c["name"]), str(c["type"]))
                 for c in sa.inspect(self.engine).get_columns(name, schema=schema or None)]
 
-    async def query(self, sql: str, max_rows: int) -> Rows:
-        """Run a checked query; a database error or the timeout becomes a ``ToolError``."""
-        with tracing.span("sql", "RETRIEVER", inputs={"sql": sql}, attributes={"db.system": self.dialect}) as span:
-            rows = await asyncio.get_running_loop().run_in_executor(self._threads, self._query, sql, max_rows)
+    async def query(self, sql: str, max_rows: int, role: str | None = None) -> Rows:
+        """Run a checked query (as ``role``, on PostgreSQL); a database error or the timeout becomes
+        a ``ToolError``."""
+        attributes = {"db.system": self.dialect, **({"db.role": role} if role else {})}
+        with tracing.span("sql", "RETRIEVER", inputs={"sql": sql}, attributes=attributes) as span:
+            rows = await asyncio.get_running_loop().run_in_executor(self._threads, self._query, sql, max_rows, role)
             span.attribute("db.row_count", len(rows.rows))
             span.outputs({"columns": rows.columns, "row_count": len(rows.rows), "truncated": rows.truncated})
             return rows
 
-    def _query(self, sql: str, max_rows: int) -> Rows:
+    def _query(self, sql: str, max_rows: int, role: str | None) -> Rows:
         deadline = time.monotonic() + self.timeout_s
         try:
             with self.engine.connect() as conn:
                 raw = conn.connection.driver_connection
                 timer = self._arm_timeout(raw, deadline)
                 try:
+                    set_role(conn, role)
                     result = conn.exec_driver_sql(sql)
                     columns = list(result.keys())
                     rows = [tuple(r) for r in result.fetchmany(max_rows + 1)]

@@ -31,7 +31,7 @@ from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name
 from opensupervisor.tools.sandbox import Limits, Sandbox
-from opensupervisor.tools.sql_engines import database_error
+from opensupervisor.tools.sql_engines import check_roles, database_error, role_for, set_role
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
@@ -58,6 +58,8 @@ class FunctionEntry(BaseModel):
     sql: str | None = None
     parameters: list[SqlParameter] = Field(default_factory=list)
     timeout_s: float = Field(default=30.0, gt=0)
+    # sql on PostgreSQL, on behalf of the user: a user, group or "*" -> the database role it runs as.
+    database_roles: dict[str, str] = Field(default_factory=dict)
 
 
 def tool_name(full_name: str) -> str:
@@ -95,6 +97,7 @@ class Function:
             if not entry.sql or not entry.database_url:
                 raise ConfigError(f"functions.{full_name}: a sql function needs database_url and sql")
             description, parameters = None, _sql_schema(entry.parameters)
+            check_roles(entry.database_roles, entry.database_url, f"functions.{full_name}")
             url = sa.make_url(entry.database_url)
             if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_absolute():
                 url = url.set(database=str(base_dir / url.database))
@@ -172,14 +175,17 @@ class FunctionTool(Toolset):
             return await self.catalog.sandbox.call(function.file, function.name, arguments,
                                                    timeout_s=function.entry.timeout_s)
         values = {p.name: arguments.get(p.name, p.default) for p in function.entry.parameters}
-        return await asyncio.wait_for(asyncio.to_thread(_run_sql, function, values), function.entry.timeout_s)
+        role = role_for(function.entry.database_roles, ctx.principal, f"the function '{function.full_name}'")
+        return await asyncio.wait_for(asyncio.to_thread(_run_sql, function, values, role), function.entry.timeout_s)
 
 
-def _run_sql(function: Function, values: dict[str, Any]) -> str:
-    """Run the body with bound parameters (never interpolated): rows as JSON, or the rows affected."""
+def _run_sql(function: Function, values: dict[str, Any], role: str | None) -> str:
+    """Run the body with bound parameters (never interpolated), as ``role``: rows as JSON, or the
+    rows affected."""
     assert function.entry.sql is not None
     try:
         with function.engine.begin() as conn:
+            set_role(conn, role)
             result = conn.execute(sa.text(function.entry.sql), values)
             if result.returns_rows:
                 columns = list(result.keys())
