@@ -204,6 +204,10 @@ def test_usage_adds_up_to_the_responses(tmp_path: Path) -> None:
         assert by_user["gina"]["input_tokens"] == sum(r.usage.input_tokens for r in mine if r.usage)
         assert by_user["gina"]["output_tokens"] == sum(r.usage.output_tokens for r in mine if r.usage)
         assert by_user["gina"]["tool_calls"] == 2 and by_user["gina"]["model_calls"] == 3
+        # Genie's own model call (text to SQL) is counted apart from the loop's: the SQL it wrote is
+        # 38 characters, which the scripted model counts as 9 output tokens.
+        assert by_user["gina"]["tool_input_tokens"] > 0 and by_user["gina"]["tool_output_tokens"] == 9
+        assert by_user["hank"]["tool_input_tokens"] == by_user["hank"]["tool_output_tokens"] == 0
         assert [(r["model"], r["responses"]) for r in by_model_day] == [("agent", 3)]
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
     env = process_env(None, f"sqlite:///{tmp_path}/state.db", None)

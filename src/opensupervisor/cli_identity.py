@@ -118,6 +118,6 @@ def usage(group_by: str, since: str | None, until: str | None, principal: str | 
         raise click.UsageError("--by takes principal, model and day, comma-separated")
     rows = with_store(lambda store, settings: Usage(store).report(cast("list[GroupBy]", keys), since=since,
                                                                    until=until, principal=principal))
-    columns = [*keys, "responses", "input_tokens", "output_tokens", "model_calls", "tool_calls", "mean_latency_ms",
-               "not_completed"]
+    columns = [*keys, "responses", "input_tokens", "output_tokens", "tool_input_tokens", "tool_output_tokens",
+               "model_calls", "tool_calls", "mean_latency_ms", "not_completed"]
     click.echo(tabulate([[row[c] for c in columns] for row in rows], headers=columns, tablefmt="github"))

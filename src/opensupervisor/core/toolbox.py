@@ -128,7 +128,7 @@ class ToolBox:
         async def call() -> str:
             return await self._call(ctx, entry, name, args)
 
-        return await traced_tool_call(ctx.trace, name, entry.type, args, call)
+        return await traced_tool_call(ctx, name, entry.type, args, call)
 
     async def _call(self, ctx: RunContext, entry: _Entry, name: str, args: dict[str, Any]) -> str:
         try:

@@ -34,7 +34,10 @@ class Accounting:
             self.usage.record(_usage_row(run, mode, seconds))
         buckets = run.ctx.state.get(RATE_BUCKETS)
         if self.limiter is not None and buckets:
-            self.limiter.charge(Ticket(list(buckets)), int((response.get("usage") or {}).get("total_tokens", 0)))
+            tools = run.ctx.state.get("tool_model_calls", [])
+            spent = int((response.get("usage") or {}).get("total_tokens", 0)) + \
+                sum(c["input_tokens"] + c["output_tokens"] for c in tools)
+            self.limiter.charge(Ticket(list(buckets)), spent)
         if self.inference is not None:
             self.inference.record(Exchange(response["id"], started, seconds, 200, redact_request(request), response,
                                            run.ctx.principal.name, response["model"]))
@@ -55,9 +58,12 @@ def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:
     response = run.emitter.response
     usage = response.get("usage") or {}
     calls = run.ctx.state.get("model_calls", [])
+    tools = run.ctx.state.get("tool_model_calls", [])
     return {"response_id": response["id"], "principal": run.ctx.principal.name, "model": response["model"],
             "day": time.strftime("%Y-%m-%d", time.gmtime(response["created_at"])),
             "created_at": int(response["created_at"]), "mode": mode, "status": response["status"],
             "input_tokens": int(usage.get("input_tokens", 0)), "output_tokens": int(usage.get("output_tokens", 0)),
             "model_calls": len(calls), "tool_calls": run.hosted_calls, "latency_ms": int(seconds * 1000),
-            "calls": orjson.dumps(calls).decode()}
+            "tool_input_tokens": sum(int(c["input_tokens"]) for c in tools),
+            "tool_output_tokens": sum(int(c["output_tokens"]) for c in tools),
+            "calls": orjson.dumps(calls + tools).decode()}

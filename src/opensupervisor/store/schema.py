@@ -165,6 +165,9 @@ usage = Table(
     Column("tool_calls", Integer, nullable=False),
     Column("latency_ms", BigInteger, nullable=False),
     Column("calls", Text, nullable=False),
+    # The model calls tools make themselves (also listed in ``calls``, with their ``purpose``).
+    Column("tool_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("tool_output_tokens", BigInteger, nullable=False, server_default="0"),
     Index("ix_os_usage_day", "day"),
 )
 

@@ -68,11 +68,14 @@ class Usage:
 
     async def report(self, group_by: list[GroupBy], *, since: str | None = None, until: str | None = None,
                      principal: str | None = None) -> list[dict[str, Any]]:
-        """Totals per group: responses, tokens in and out, model and tool calls, mean latency."""
+        """Totals per group: responses, tokens in and out (the loop's, and those of tools' own model
+        calls), model and tool calls, mean latency."""
         keys = [usage.c[g] for g in group_by]
         query = select(*keys, func.count().label("responses"),
                        func.sum(usage.c.input_tokens).label("input_tokens"),
                        func.sum(usage.c.output_tokens).label("output_tokens"),
+                       func.sum(usage.c.tool_input_tokens).label("tool_input_tokens"),
+                       func.sum(usage.c.tool_output_tokens).label("tool_output_tokens"),
                        func.sum(usage.c.model_calls).label("model_calls"),
                        func.sum(usage.c.tool_calls).label("tool_calls"),
                        func.avg(usage.c.latency_ms).label("mean_latency_ms"),
@@ -90,7 +93,9 @@ class Usage:
             with self.store.engine.connect() as conn:
                 return [{**{g: r[i] for i, g in enumerate(group_by)},
                          "responses": int(r.responses), "input_tokens": int(r.input_tokens or 0),
-                         "output_tokens": int(r.output_tokens or 0), "model_calls": int(r.model_calls or 0),
+                         "output_tokens": int(r.output_tokens or 0),
+                         "tool_input_tokens": int(r.tool_input_tokens or 0),
+                         "tool_output_tokens": int(r.tool_output_tokens or 0), "model_calls": int(r.model_calls or 0),
                          "tool_calls": int(r.tool_calls or 0),
                          "mean_latency_ms": round(float(r.mean_latency_ms or 0), 1),
                          "not_completed": int(r.not_completed or 0)} for r in conn.execute(query)]

@@ -1,10 +1,13 @@
 """Spans around the two contracts: a ``CHAT_MODEL`` span per model call, a ``TOOL`` span per tool call.
 
-Without a trace they only count and time the calls (``/metrics``).
+Without a trace they only count and time the calls (``/metrics``). Either way, each model call's
+tokens are counted for usage: the loop's in ``RunContext.state["model_calls"]``, and those of the
+model calls tools make themselves (text to SQL, grounded answers) in ``"tool_model_calls"``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,10 @@ from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, SpanRecord, end_
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
+
+# Where the model calls of the tool call running in this task are counted (a run's list).
+_tool_model_calls: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "tool_model_calls", default=None)
 
 
 class TracedModel(Model):
@@ -92,9 +99,19 @@ def _inputs(request: ModelRequest) -> dict[str, Any]:
             "tools": [t.name for t in request.tools], "tool_choice": request.tool_choice}
 
 
-async def traced_tool_call(run: RunTrace | None, name: str, tool_type: str, arguments: dict[str, Any],
+async def traced_tool_call(ctx: RunContext, name: str, tool_type: str, arguments: dict[str, Any],
                            call: Callable[[], Awaitable[str]]) -> str:
-    """Run one tool call inside its ``TOOL`` span (spans the tool opens nest under it)."""
+    """Run one tool call inside its ``TOOL`` span (spans the tool opens nest under it); the model
+    calls it makes are counted in the run's ``tool_model_calls``."""
+    token = _tool_model_calls.set(ctx.state.setdefault("tool_model_calls", []))
+    try:
+        return await _tool_call(ctx.trace, name, tool_type, arguments, call)
+    finally:
+        _tool_model_calls.reset(token)
+
+
+async def _tool_call(run: RunTrace | None, name: str, tool_type: str, arguments: dict[str, Any],
+                     call: Callable[[], Awaitable[str]]) -> str:
     started = time.perf_counter()
     if run is None:
         output = await call()
@@ -119,6 +136,10 @@ async def traced_request(model: Model, request: ModelRequest, name: str) -> Mode
     attributes = {"opensupervisor.model": model.name, "opensupervisor.provider": model.provider}
     with span(name, "CHAT_MODEL", inputs=_inputs(request), attributes=attributes) as opened:
         reply = await model.request(request)
+        counted = _tool_model_calls.get()
+        if counted is not None and reply.usage is not None:
+            counted.append({"model": model.name, "input_tokens": reply.usage.input_tokens,
+                            "output_tokens": reply.usage.output_tokens, "purpose": name})
         opened.outputs({"role": "assistant", "content": reply.text,
                         "tool_calls": [{"id": c.call_id, "name": c.name, "arguments": c.arguments}
                                        for c in reply.tool_calls]})
