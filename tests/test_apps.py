@@ -93,6 +93,17 @@ def test_an_app_answers_as_a_sub_agent(caller: Server) -> None:
     assert answer.type == "message" and response.output_text == "The helper answered."
 
 
+def test_the_older_agent_endpoint_dialect_is_an_app(caller: Server) -> None:
+    older: Any = {"type": "agent_endpoint",
+                  "agent_endpoint": {"name": "helper", "description": "A helper", "endpoint_name": "helper"}}
+    response = caller.client().responses.create(model="boss", input="ask the helper", tools=[older])
+    assert response.output[1].output == "test-model (scripted) received: what is 2 + 2?"
+    with pytest.raises(openai.BadRequestError) as refused:
+        caller.client().responses.create(model="boss", input="hi", tools=[
+            {"type": "agent_endpoint", "agent_endpoint": {"name": "x", "endpoint_name": "nope"}}])
+    assert refused.value.body["param"] == "tools[0].agent_endpoint.endpoint_name"
+
+
 def test_a_down_or_failing_app_is_a_clear_tool_output(caller: Server) -> None:
     response = caller.client().responses.create(model="boss", input="ask the broken ones",
                                                 tools=[app("gone"), app("failing")])

@@ -87,6 +87,13 @@ turns = [
 ]
 
 [[models.fn.script]]
+when = "flag by alias"
+turns = [
+  { tool_calls = [{ name = "flag_it", arguments = { review_id = 7 } }] },
+  { text = "Flagged." },
+]
+
+[[models.fn.script]]
 when = "double 21"
 turns = [
   { tool_calls = [{ name = "main__math__double", arguments = { x = 21 } }] },
@@ -156,6 +163,17 @@ def test_a_python_function_runs_in_the_sandbox(fn_server: Server) -> None:
     assert (call.type, call.name, call.status) == ("function_call", "main__support__flag_urgent", "completed")
     assert output.output == "review 7 flagged: customer at risk"
     assert answer.type == "message" and response.output_text == "Flagged."
+
+
+def test_name_alias_names_the_tool_as_the_older_dialect_asks(fn_server: Server) -> None:
+    aliased: Any = {"type": "uc_function", "uc_function": {"name": "main.support.flag_urgent", "name_alias": "flag_it"}}
+    response = fn_server.client().responses.create(model="fn", input="flag by alias", tools=[aliased])
+    call, output, _ = response.output
+    assert (call.name, output.output) == ("flag_it", "review 7 flagged: customer at risk")
+    bad: Any = {"type": "uc_function", "uc_function": {"name": "main.support.flag_urgent", "name_alias": "a b"}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        fn_server.client().responses.create(model="fn", input="flag by alias", tools=[bad])
+    assert refused.value.body["param"] == "tools[0].uc_function.name_alias"
 
 
 def test_misbehaving_functions_never_stop_the_run(fn_server: Server) -> None:

@@ -10,7 +10,7 @@ object                 named in a request as                 privilege
 ``function:<name>``    ``uc_function.name``                  ``EXECUTE``
 ``knowledge_assistant:<id>``  ``knowledge_assistant_id``     ``CAN_QUERY``
 ``connection:<name>``  ``uc_connection.name`` (and dialects)  ``USE_CONNECTION``
-``app:<name>``         ``app.name``                          ``CAN_USE``
+``app:<name>``         ``app.name``, ``agent_endpoint.endpoint_name``  ``CAN_USE``
 =====================  ====================================  ================
 
 An object with no grant at all follows the workspace's ``[access] default`` (``allow``: every
@@ -35,7 +35,7 @@ TOOL_OBJECTS = {
     "genie_space": ("genie_space", "id"), "genie": ("genie_space", "space_id"), "uc_function": ("function", "name"),
     "knowledge_assistant": ("knowledge_assistant", "knowledge_assistant_id"),
     "uc_connection": ("connection", "name"), "connection": ("connection", "name"),
-    "mcp": ("connection", "connection_name"), "app": ("app", "name"),
+    "mcp": ("connection", "connection_name"), "app": ("app", "name"), "agent_endpoint": ("app", "endpoint_name"),
 }
 Default = Literal["allow", "deny"]
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
-from opensupervisor.errors import ConfigError, ToolError
+from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name
 from opensupervisor.tools.sandbox import Limits, Sandbox
 from opensupervisor.tools.sql_engines import check_roles, database_error, role_for, set_role
@@ -60,6 +60,9 @@ class FunctionEntry(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0)
     # sql on PostgreSQL, on behalf of the user: a user, group or "*" -> the database role it runs as.
     database_roles: dict[str, str] = Field(default_factory=dict)
+
+
+ALIAS = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 def tool_name(full_name: str) -> str:
@@ -124,7 +127,12 @@ class FunctionCatalog:
         name = config_name(spec, "name", self.functions.keys() | self.registered.keys(), "Function")
         function = self.lookup(name)
         assert function is not None
-        return FunctionTool(self, function, config_description(spec))
+        alias = spec.config.get("name_alias")
+        if alias is not None and (not isinstance(alias, str) or not ALIAS.match(alias)):
+            param = f"{spec.param}.uc_function.name_alias"
+            raise InvalidRequest(f"Invalid value for '{param}': a tool name of 1 to 64 letters, digits, '_' or '-'.",
+                                 param=param, code="invalid_value")
+        return FunctionTool(self, function, config_description(spec), alias)
 
     def lookup(self, name: str) -> Function | None:
         return self.functions.get(name) or self.registered.get(name)
@@ -160,14 +168,17 @@ class FunctionCatalog:
 
 
 class FunctionTool(Toolset):
-    def __init__(self, catalog: FunctionCatalog, function: Function, description: str | None) -> None:
+    def __init__(self, catalog: FunctionCatalog, function: Function, description: str | None,
+                 alias: str | None = None) -> None:
         self.catalog = catalog
         self.function = function
         self.description = description
+        # ``name_alias`` (the Supervisor API's older dialect): the name the model sees instead.
+        self.alias = alias
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         tool = self.function.tool
-        return [ToolDef(tool.name, self.description or tool.description, tool.parameters)]
+        return [ToolDef(self.alias or tool.name, self.description or tool.description, tool.parameters)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         function = self.function
