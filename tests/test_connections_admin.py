@@ -178,6 +178,8 @@ def test_admin_api_validation(server: Server) -> None:
             ("x", {"url": "http://x/mcp", "transport": "carrier-pigeon"}, "transport"),
             ("x", {"url": "http://x/mcp", "bearer_token_env": "OS_TEST_NOT_SET_ANYWHERE"}, "bearer_token_env"),
             ("x", {}, "url"),
+            ("x", {"url": "http://x/mcp", "require_approval": "sometimes"}, "require_approval"),
+            ("x", {"url": "http://x/mcp", "per_user": "maybe"}, "per_user"),
         ]
         for name, body, param in cases:
             answer = http.put(f"/admin/v1/connections/{name}", json=body)

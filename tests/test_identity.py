@@ -91,6 +91,11 @@ def test_auth_and_permission_errors(server: Server) -> None:
         assert http.post("/admin/v1/principals", json={"name": "bad name"}).json()["error"]["param"] == "name"
         assert http.post("/admin/v1/principals", json={"name": "x", "kind": "robot"}).json()["error"]["param"] == "kind"
         assert http.post("/admin/v1/principals/nobody/tokens", json={}).status_code == 404
+        short = http.post("/admin/v1/principals/dave/tokens", json={"lifetime_seconds": 0})
+        assert short.status_code == 400 and short.json()["error"]["param"] == "lifetime_seconds"
+        for query, param in (({"since": "yesterday"}, "since"), ({"until": "2026-13"}, "until")):
+            bad = http.get("/admin/v1/usage", params=query)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
 
 
 def test_groups_and_admins(server: Server) -> None:
