@@ -29,7 +29,7 @@ from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.keys import shared_key
 from opensupervisor.store.rate_limits import DatabaseCounters, StoredRateLimits
 from opensupervisor.store.usage import Usage
-from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
+from opensupervisor.tools import apps, connections, databricks, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.tracing.export import exporters_from_env
 from opensupervisor.tracing.spans import Recording, Tracing
@@ -79,6 +79,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     registered = RegisteredFunctions(store)
     functions.load(await registered.all())
     vault = Vault.load(settings.data_dir)
+    credentials = conns.credentials = UserCredentials(store, vault)
     access = Access(ws.access.grants, ws.access.default)
     usage = Usage(store)
     stored_grants = StoredGrants(store)
@@ -87,8 +88,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     stored_limits = StoredRateLimits(store)
     limiter.load(await stored_limits.all())
     stored_connections = StoredConnections(store, vault)
-    credentials = conns.credentials = UserCredentials(store, vault)
     conns.load(connection_rows(await stored_connections.all()))
+    remote = databricks.register(registry, ws, credentials)
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)
@@ -135,6 +136,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
         tracing.shutdown()
         await functions.aclose()
         await app_tools.aclose()
+        if remote is not None:
+            await remote.aclose()
         await catalog.aclose()
         await store.close()
 

@@ -142,6 +142,8 @@ class Workspace(_Section):
     knowledge_assistants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     connections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     apps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A Databricks workspace whose tools back requests (``opensupervisor.tools.databricks``).
+    databricks: dict[str, Any] | None = None
     # Where relative paths in the file are resolved from.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 

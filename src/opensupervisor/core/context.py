@@ -21,6 +21,9 @@ class RunContext:
     state: dict[str, Any] = field(default_factory=dict)
     # The run's trace, when something reads it (``opensupervisor.tracing``).
     trace: RunTrace | None = None
+    # The conversation before this run (earlier responses of the chain and the new input), read-only:
+    # for toolsets that keep state with a remote service across a chain (a Genie conversation).
+    history: list[dict[str, Any]] = field(default_factory=list)
     # What to release when the run ends (sessions a toolset kept open for the run's calls).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

@@ -117,7 +117,8 @@ class ResponseService:
         limiter = self.accounting.limiter
         ticket = await limiter.admit(principal, body.model) if limiter is not None else None
         response_id = new_id("response")
-        ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        ctx = RunContext(response_id=response_id, principal=principal, request=parsed,
+                         history=history + input_items)
         if ticket is not None:
             ctx.state[RATE_BUCKETS] = ticket.buckets
         model = TracedModel(catalog_model, ctx)
@@ -312,6 +313,7 @@ class ResponseService:
 
         prior = await dbos_steps("history", history) if body.previous_response_id else []
         items = prior + record.input_items
+        ctx.history = items
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
                   emitter=Emitter(_as_created(record.response)), limits=self.limits, signer=self.signer,
                   answers=approval.answers(items, len(prior), self.signer, toolbox.lookup))

@@ -1,9 +1,11 @@
-"""Each user's own credentials for connections that run on behalf of their caller (``per_user``).
+"""Each user's own credentials, for tools that run on behalf of their caller.
 
 ``PUT /v1/connections/{name}/credential`` with ``{"bearer_token": "..."}`` stores the caller's
-token (sealed); ``DELETE`` removes it; ``GET /v1/connections/credentials`` lists the connections
-the caller has one for (never the tokens). An admin may act for another principal with
-``"principal"`` in the body (``?principal=`` on ``DELETE`` and ``GET``).
+token for a ``per_user`` connection (sealed); ``DELETE`` removes it; ``GET
+/v1/connections/credentials`` lists the connections the caller has one for (never the tokens).
+``/v1/databricks/credential`` does the same for the caller's Databricks token: the workspace's
+remote tools then run as them. An admin may act for another principal with ``"principal"`` in the
+body (``?principal=`` on ``DELETE`` and ``GET``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from opensupervisor.errors import Forbidden, InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.tools.databricks.client import USER_CREDENTIAL
 from opensupervisor.wire.request import parse_json_body
 from opensupervisor.wire.validation import raise_validation
 
@@ -33,6 +36,10 @@ def _state(request: Request) -> AppState:
 
 
 def _connection(state: AppState, request: Request) -> str:
+    if "name" not in request.path_params:  # /v1/databricks/credential
+        if state.workspace.databricks is None:
+            raise NotFound("This workspace has no Databricks workspace configured.", param="databricks")
+        return USER_CREDENTIAL
     name = str(request.path_params["name"])
     entry = state.connections.entries.get(name)
     if entry is None:
@@ -65,7 +72,7 @@ async def put_credential(request: Request) -> Response:
         raise_validation(exc)
     subject = await _subject(state, caller, body.principal)
     await state.credentials.put(name, subject.id, body.bearer_token)
-    return JSONResponse({"connection": name, "principal": subject.name, "stored": True})
+    return JSONResponse({"connection": _label(name), "principal": subject.name, "stored": True})
 
 
 async def delete_credential(request: Request) -> Response:
@@ -75,7 +82,7 @@ async def delete_credential(request: Request) -> Response:
     subject = await _subject(state, caller, request.query_params.get("principal"))
     if not await state.credentials.remove(name, subject.id):
         raise NotFound(f"There is no credential of '{subject.name}' for connection '{name}'.", param="name")
-    return JSONResponse({"connection": name, "principal": subject.name, "deleted": True})
+    return JSONResponse({"connection": _label(name), "principal": subject.name, "deleted": True})
 
 
 async def list_credentials(request: Request) -> Response:
@@ -83,7 +90,11 @@ async def list_credentials(request: Request) -> Response:
     subject = await _subject(state, authenticate(request), request.query_params.get("principal"))
     rows = await state.credentials.connections_of(subject.id)
     return JSONResponse({"object": "list", "principal": subject.name,
-                         "data": [{"connection": c, "updated_at": u} for c, u in rows]})
+                         "data": [{"connection": _label(c), "updated_at": u} for c, u in rows]})
+
+
+def _label(name: str) -> str:
+    return "databricks" if name == USER_CREDENTIAL else name
 
 
 def credential_routes() -> list[BaseRoute]:
@@ -91,4 +102,6 @@ def credential_routes() -> list[BaseRoute]:
         Route("/v1/connections/credentials", list_credentials, methods=["GET"]),
         Route("/v1/connections/{name}/credential", put_credential, methods=["PUT"]),
         Route("/v1/connections/{name}/credential", delete_credential, methods=["DELETE"]),
+        Route("/v1/databricks/credential", put_credential, methods=["PUT"]),
+        Route("/v1/databricks/credential", delete_credential, methods=["DELETE"]),
     ]

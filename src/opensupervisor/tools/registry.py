@@ -28,6 +28,9 @@ class ToolRegistry:
     def register(self, tool_type: str, factory: ToolsetFactory) -> None:
         self._factories[tool_type] = factory
 
+    def factory(self, tool_type: str) -> ToolsetFactory | None:
+        return self._factories.get(tool_type)
+
     def types(self) -> list[str]:
         return ["function", *self._factories]
 

@@ -1,0 +1,76 @@
+"""Hosted tools backed by a Databricks workspace: Genie spaces, Unity Catalog functions and MCP
+connections that already live there, behind the same ``Toolset`` contract as the local ones.
+
+The workspace file's ``[databricks]`` names the workspace and its credentials, and per tool type
+where a request's ids are looked up (``[databricks.tools]``): ``local`` (the workspace file only,
+the default), ``databricks`` (the Databricks workspace only) or ``local_first``. An id found in
+neither is a 400 naming the tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opensupervisor.core.contracts import Toolset
+from opensupervisor.errors import InvalidRequest
+from opensupervisor.tools.databricks.client import CredentialLookup, DatabricksClient, DatabricksSection, Routing
+from opensupervisor.tools.databricks.functions import RemoteFunction
+from opensupervisor.tools.databricks.genie import RemoteGenie
+from opensupervisor.tools.databricks.mcp import remote_connection
+from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory, config_description
+from opensupervisor.wire.request import ToolSpec
+from opensupervisor.workspace import Workspace, section_entry
+
+Remote = Callable[[ToolSpec, str], Toolset]
+
+
+def register(registry: ToolRegistry, workspace: Workspace, credentials: CredentialLookup | None
+             ) -> DatabricksClient | None:
+    """Route the tool types ``[databricks.tools]`` sends to the Databricks workspace; None without one."""
+    if workspace.databricks is None:
+        return None
+    section = section_entry(DatabricksSection, "databricks", workspace.databricks)
+    client = DatabricksClient(section, credentials)
+    routes = section.tools
+
+    def genie(spec: ToolSpec, space_id: str) -> Toolset:
+        return RemoteGenie(client, space_id, f"{spec.param}.{spec.type}.{_KEYS[spec.type]}", config_description(spec))
+
+    def function(spec: ToolSpec, name: str) -> Toolset:
+        return RemoteFunction(client, name, f"{spec.param}.uc_function.name", config_description(spec),
+                              spec.config.get("name_alias"))
+
+    def connection(spec: ToolSpec, name: str) -> Toolset:
+        return remote_connection(client, name, spec.param)
+
+    for tool_type, mode, remote in (("genie_space", routes.genie_space, genie), ("genie", routes.genie_space, genie),
+                                    ("uc_function", routes.uc_function, function),
+                                    ("uc_connection", routes.uc_connection, connection),
+                                    ("connection", routes.uc_connection, connection)):
+        if mode != "local":
+            registry.register(tool_type, routed(registry.factory(tool_type), remote, _KEYS[tool_type], mode))
+    return client
+
+
+_KEYS = {"genie_space": "id", "genie": "space_id", "uc_function": "name", "uc_connection": "name",
+         "connection": "name"}
+
+
+def routed(local: ToolsetFactory | None, remote: Remote, key: str, mode: Routing) -> ToolsetFactory:
+    """``databricks``: every id is the workspace's; ``local_first``: the workspace file's ids stay local."""
+
+    def factory(spec: ToolSpec, workspace: Workspace) -> Toolset:
+        param = f"{spec.param}.{spec.type}.{key}"
+        if mode == "local_first" and local is not None:
+            try:
+                return local(spec, workspace)
+            except InvalidRequest as exc:
+                if exc.param != param or exc.code != "invalid_value":
+                    raise
+        value = spec.config.get(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
+                                 code="missing_required_parameter")
+        return remote(spec, value)
+
+    return factory
