@@ -4,6 +4,7 @@ proxy of external connections. It records who called what, so tests see which to
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -17,7 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 SERVICE_TOKEN = "dapi-service-principal"
-USER_TOKENS = {"dapi-ann": "ann@example.com", SERVICE_TOKEN: "service-principal"}
+M2M_TOKEN = "dapi-from-client-credentials"
+USER_TOKENS = {"dapi-ann": "ann@example.com", SERVICE_TOKEN: "service-principal", M2M_TOKEN: "m2m-robot"}
+CLIENT_ID, CLIENT_SECRET = "robot", "robot-secret"
+ANSWER = "Employees get 25 vacation days. Parental leave is 16 weeks."
 SPACES = {"sales": "Sales figures by region", "busy": "A popular space", "locked": "Finance", "broken": "Flaky",
           "slow": "Never finishes"}
 
@@ -30,6 +34,7 @@ class Workspace:
     busy_refusals: int = 0
     statements: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
+    tokens_issued: int = 0
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -172,25 +177,65 @@ class FakeWorkspace:
                              "manifest": {"schema": {"columns": [{"name": "result", "type_name": "STRING"}]}},
                              "result": {"data_array": [[value]]}})
 
+    async def get_endpoint(self, request: Request) -> Response:
+        if (refused := await self.guarded(request)) is not None:
+            return refused
+        if request.path_params["name"] != "ka-handbook":
+            return error(404, "RESOURCE_DOES_NOT_EXIST", "Serving endpoint not found.")
+        return JSONResponse({"name": "ka-handbook", "description": "Answers from the HR handbook",
+                             "state": {"ready": "READY"}})
+
+    async def invoke(self, request: Request) -> Response:
+        """A knowledge assistant's answer, in the Responses shape, with url_citation annotations."""
+        if (refused := await self.guarded(request)) is not None:
+            return refused
+        body = await request.json()
+        assert body["input"][-1]["role"] == "user"
+        notes = [{"type": "url_citation", "start_index": 0, "end_index": 31, "title": "Leave policy",
+                  "url": "https://intranet.example.com/leave#vacation"},
+                 {"type": "url_citation", "start_index": 32, "end_index": len(ANSWER), "title": "Parental leave",
+                  "url": "https://intranet.example.com/leave#parental"}]
+        return JSONResponse({"id": "resp_ka", "object": "response", "status": "completed", "output": [
+            {"type": "message", "id": "msg_ka", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": ANSWER, "annotations": notes}]}]})
+
+    async def get_app(self, request: Request) -> Response:
+        if (refused := await self.guarded(request)) is not None:
+            return refused
+        name = request.path_params["name"]
+        if name != "mcp-tickets":
+            return error(404, "RESOURCE_DOES_NOT_EXIST", f"App {name} does not exist.")
+        return JSONResponse({"name": name, "url": f"{str(request.base_url).rstrip('/')}/apps/{name}",
+                             "compute_status": {"state": "ACTIVE"}})
+
+    async def oidc(self, request: Request) -> Response:
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse({"issuer": f"{base}/oidc", "authorization_endpoint": f"{base}/oidc/v1/authorize",
+                             "token_endpoint": f"{base}/oidc/v1/token"})
+
+    async def token(self, request: Request) -> Response:
+        """OAuth client credentials: the client authenticates with HTTP Basic."""
+        expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        form = await request.form()
+        if request.headers.get("authorization") != expected or form.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        self.state.tokens_issued += 1
+        return JSONResponse({"access_token": M2M_TOKEN, "token_type": "Bearer", "expires_in": 3600})
+
     async def cancel_statement(self, request: Request) -> Response:
         self.state.cancelled.append(request.path_params["statement_id"])
         return JSONResponse({})
 
 
 class Proxy:
-    """The workspace's MCP proxy: a workspace token in, the connection's server (the CRM) behind."""
+    """An MCP server behind the workspace's tokens: the CRM behind the MCP proxy of its connection,
+    or an app's own server."""
 
-    def __init__(self, fake: FakeWorkspace) -> None:
+    def __init__(self, fake: FakeWorkspace, path: str, tool: Any) -> None:
         self.fake = fake
-        self.crm = FastMCP("crm", stateless_http=True, log_level="WARNING",
-                           streamable_http_path="/api/2.0/mcp/external/crm")
-
-        @self.crm.tool()
-        def find_account(name: str) -> str:
-            """Finds an account in the CRM."""
-            return f"account {name}: 3 open deals"
-
-        self.app = self.crm.streamable_http_app()
+        self.mcp = FastMCP("server", stateless_http=True, log_level="WARNING", streamable_http_path=path)
+        self.mcp.add_tool(tool)
+        self.app = self.mcp.streamable_http_app()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if self.fake.caller(Request(scope)) is None:
@@ -201,17 +246,33 @@ class Proxy:
 
 def fake_workspace() -> tuple[Starlette, Workspace]:
     fake = FakeWorkspace(Workspace())
-    proxy = Proxy(fake)
+
+    def find_account(name: str) -> str:
+        """Finds an account in the CRM."""
+        return f"account {name}: 3 open deals"
+
+    def open_ticket(title: str) -> str:
+        """Opens a support ticket."""
+        return f"ticket T-1 opened: {title}"
+
+    crm = Proxy(fake, "/api/2.0/mcp/external/crm", find_account)
+    tickets = Proxy(fake, "/apps/mcp-tickets/mcp", open_ticket)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with proxy.crm.session_manager.run():
+        async with crm.mcp.session_manager.run(), tickets.mcp.session_manager.run():
             yield
 
     genie = "/api/2.0/genie/spaces/{space_id}"
     message = genie + "/conversations/{conversation_id}/messages/{message_id}"
     app = Starlette(routes=[
         Route("/.well-known/databricks-config", lambda r: JSONResponse({}), methods=["GET"]),
+        Route("/oidc/.well-known/oauth-authorization-server", fake.oidc, methods=["GET"]),
+        Route("/oidc/v1/token", fake.token, methods=["POST"]),
+        Route("/api/2.0/serving-endpoints/{name}", fake.get_endpoint, methods=["GET"]),
+        Route("/serving-endpoints/{name}/invocations", fake.invoke, methods=["POST"]),
+        Route("/api/2.0/apps/{name}", fake.get_app, methods=["GET"]),
+        Route("/apps/mcp-tickets/mcp", tickets),
         Route(genie, fake.get_space, methods=["GET"]),
         Route(genie + "/start-conversation", fake.ask, methods=["POST"]),
         Route(genie + "/conversations/{conversation_id}/messages", fake.ask, methods=["POST"]),
@@ -221,6 +282,6 @@ def fake_workspace() -> tuple[Starlette, Workspace]:
         Route("/api/2.0/sql/statements", fake.execute, methods=["POST"]),
         Route("/api/2.0/sql/statements/{statement_id}", fake.get_statement, methods=["GET"]),
         Route("/api/2.0/sql/statements/{statement_id}/cancel", fake.cancel_statement, methods=["POST"]),
-        Route("/api/2.0/mcp/external/crm", proxy),
+        Route("/api/2.0/mcp/external/crm", crm),
     ], lifespan=lifespan)
     return app, fake.state

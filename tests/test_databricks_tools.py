@@ -4,6 +4,7 @@ driven through the real ``databricks-openai`` client as a published Supervisor A
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ from databricks.sdk import WorkspaceClient
 from databricks_openai import DatabricksOpenAI
 
 from tests.conftest import ASGIThread, Server, ThreadServer
-from tests.fake_databricks import SERVICE_TOKEN, Workspace, fake_workspace
+from tests.fake_databricks import ANSWER, CLIENT_ID, CLIENT_SECRET, SERVICE_TOKEN, Workspace, fake_workspace
 from tests.test_identity import make_user
 
 TOKEN_ENV = "OS_TEST_DATABRICKS_TOKEN"
@@ -46,6 +47,9 @@ provider = "scripted"
 {rule("no customer", "main__tools__lookup_customer", '{ customer_id = "nobody" }')}
 {rule("stuck customer", "main__tools__lookup_customer", '{ customer_id = "hang" }')}
 {rule("crm please", "find_account", '{ name = "Acme" }')}
+{rule("ticket please", "open_ticket", '{ title = "Printer" }')}
+{rule("handbook please", "ka_handbook", '{ question = "What leave do I get?" }',
+      "You get 25 vacation days [1] and 16 weeks of parental leave [2].")}
 
 [databricks]
 host = "{url}"
@@ -53,11 +57,14 @@ token_env = "{TOKEN_ENV}"
 warehouse_id = "wh-1"
 timeout_s = 10
 connection_approval = "never"
+knowledge_assistant_endpoints = {{ handbook = "ka-handbook" }}
 
 [databricks.tools]
 genie_space = "databricks"
 uc_function = "local_first"
 uc_connection = "databricks"
+knowledge_assistant = "databricks"
+app = "databricks"
 """)
         with pytest.MonkeyPatch.context() as env:
             env.setenv(TOKEN_ENV, SERVICE_TOKEN)
@@ -177,3 +184,73 @@ def test_remote_tools_run_as_the_caller_when_they_stored_a_token(remote: tuple[S
     state.calls.clear()
     dbx(server, bob).responses.create(model="agent", input="which customer", tools=FUNCTION)
     assert {who for who, _, _ in state.calls} == {"service-principal"}
+
+
+def test_a_knowledge_assistant_answers_with_citations(remote: tuple[Server, Workspace]) -> None:
+    server, _ = remote
+    response = dbx(server).responses.create(model="agent", input="handbook please", tools=[
+        {"type": "knowledge_assistant", "knowledge_assistant": {"knowledge_assistant_id": "handbook"}}])
+    (output,) = outputs(response)
+    assert output.startswith(f"{ANSWER[:31]}[1]{ANSWER[31:]}[2]\n\nSources:\n")
+    assert "[2] Parental leave <https://intranet.example.com/leave#parental>" in output
+    message = response.output[-1]
+    assert message.type == "message"
+    notes = message.content[0].annotations
+    assert [(n.type, n.url, n.title) for n in notes] == [
+        ("url_citation", "https://intranet.example.com/leave#vacation", "Leave policy"),
+        ("url_citation", "https://intranet.example.com/leave#parental", "Parental leave")]
+
+
+def test_an_app_serving_mcp_in_the_workspace(remote: tuple[Server, Workspace]) -> None:
+    server, _ = remote
+    client = dbx(server)
+    response = client.responses.create(model="agent", input="ticket please", tools=[
+        {"type": "app", "app": {"name": "mcp-tickets"}}])
+    assert outputs(response) == ["ticket T-1 opened: Printer"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}) as http:
+        missing = http.post("/v1/responses", json={"model": "agent", "input": "hi", "tools": [
+            {"type": "app", "app": {"name": "mcp-nothing"}}]})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "tools[0].app.name"
+
+
+def test_oauth_machine_to_machine_credentials(tmp_path: Path) -> None:
+    app, state = fake_workspace()
+    with ASGIThread(app) as url:
+        (tmp_path / "workspace.toml").write_text(f"""
+[models.agent]
+provider = "scripted"
+{rule("which customer", "main__tools__lookup_customer", '{ customer_id = "c-9" }')}
+
+[databricks]
+host = "{url}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "OS_TEST_DATABRICKS_SECRET"
+warehouse_id = "wh-1"
+
+[databricks.tools]
+uc_function = "databricks"
+""")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("OS_TEST_DATABRICKS_SECRET", CLIENT_SECRET)
+            with ThreadServer(f"sqlite:///{tmp_path}/state.db", tmp_path / "workspace.toml") as server:
+                for _ in range(2):
+                    response = dbx(server).responses.create(model="agent", input="which customer", tools=FUNCTION)
+                    assert outputs(response) == ["Customer c-9: gold tier (limit 10)"]
+        with ThreadServer(f"sqlite:///{tmp_path}/state.db", tmp_path / "workspace.toml") as unset, \
+                httpx.Client(base_url=unset.url, headers={"Authorization": f"Bearer {unset.token}"}) as http:
+            failed = http.post("/v1/responses", json={"model": "agent", "input": "hi", "tools": FUNCTION})
+    assert {who for who, _, _ in state.calls} == {"m2m-robot"} and state.tokens_issued == 1
+    assert failed.status_code == 502 and failed.json()["error"]["param"] == "tools[0]"  # not a 500
+    assert "OS_TEST_DATABRICKS_SECRET is not set" in failed.json()["error"]["message"]
+
+
+def test_the_verbatim_question_is_the_callers_last_message() -> None:
+    from types import SimpleNamespace
+
+    from opensupervisor.tools.databricks.genie import _verbatim
+
+    ctx: Any = SimpleNamespace(history=[
+        {"type": "message", "role": "user", "content": "first"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Revenue by region, Q3?"}]}])
+    assert _verbatim(ctx) == "Revenue by region, Q3?"

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
-from opensupervisor.errors import InvalidRequest, ToolError
+from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
 from opensupervisor.tracing.wrappers import traced_tool_call
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
 
@@ -71,8 +71,11 @@ class ToolBox:
         for b in bound:
             toolset = b.toolset
 
-            async def listing(toolset: Toolset = toolset) -> list[ToolDef]:
-                return await toolset.list_tools(ctx)
+            async def listing(toolset: Toolset = toolset, index: int = b.index) -> list[ToolDef]:
+                try:
+                    return await toolset.list_tools(ctx)
+                except ToolError as exc:  # a tool that cannot even list its tools: the request cannot run
+                    raise UpstreamUnavailable(str(exc), param=f"tools[{index}]") from exc
 
             tools = await (steps if toolset.listing_may_change else direct)(f"list_tools:{b.type}", listing)
             if toolset.listing_label is not None:

@@ -153,7 +153,7 @@ class KnowledgeAssistants:
                                          lexical_weight=entry.lexical_weight)
         if not hits:
             return f"No passage of the '{ka}' documents matches this question."
-        numbers = _allocate(ctx, len(hits))
+        numbers = allocate_citations(ctx, len(hits))
         sources = [(n, f"{h.passage.title} > {h.passage.heading.split(' > ')[-1]}" if h.passage.heading
                     else h.passage.title, self.url(ka, h.passage.path, h.passage.heading))
                    for n, h in zip(numbers, hits, strict=True)]
@@ -223,7 +223,7 @@ class KnowledgeTool(Toolset):
                                          str(source) if source else None)
 
 
-def _allocate(ctx: RunContext, count: int) -> list[int]:
+def allocate_citations(ctx: RunContext, count: int) -> list[int]:
     """Citation numbers unique within the run, so several assistants' sources never collide."""
     first = int(ctx.state.get("citation_numbers", 0)) + 1
     ctx.state["citation_numbers"] = first + count - 1

@@ -1,5 +1,6 @@
-"""Hosted tools backed by a Databricks workspace: Genie spaces, Unity Catalog functions and MCP
-connections that already live there, behind the same ``Toolset`` contract as the local ones.
+"""Hosted tools backed by a Databricks workspace: Genie spaces, Unity Catalog functions, knowledge
+assistants, MCP connections and apps that already live there, behind the same ``Toolset`` contract
+as the local ones.
 
 The workspace file's ``[databricks]`` names the workspace and its credentials, and per tool type
 where a request's ids are looked up (``[databricks.tools]``): ``local`` (the workspace file only,
@@ -16,7 +17,8 @@ from opensupervisor.errors import InvalidRequest
 from opensupervisor.tools.databricks.client import CredentialLookup, DatabricksClient, DatabricksSection, Routing
 from opensupervisor.tools.databricks.functions import RemoteFunction
 from opensupervisor.tools.databricks.genie import RemoteGenie
-from opensupervisor.tools.databricks.mcp import remote_connection
+from opensupervisor.tools.databricks.knowledge import RemoteKnowledgeAssistant
+from opensupervisor.tools.databricks.mcp import remote_app, remote_connection
 from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory, config_description
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
@@ -43,17 +45,27 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
     def connection(spec: ToolSpec, name: str) -> Toolset:
         return remote_connection(client, name, spec.param)
 
+    def app(spec: ToolSpec, name: str) -> Toolset:
+        return remote_app(client, name, f"{spec.param}.{spec.type}.{_KEYS[spec.type]}")
+
+    def assistant(spec: ToolSpec, ka: str) -> Toolset:
+        return RemoteKnowledgeAssistant(client, ka, f"{spec.param}.knowledge_assistant.knowledge_assistant_id",
+                                        config_description(spec))
+
     for tool_type, mode, remote in (("genie_space", routes.genie_space, genie), ("genie", routes.genie_space, genie),
                                     ("uc_function", routes.uc_function, function),
+                                    ("knowledge_assistant", routes.knowledge_assistant, assistant),
                                     ("uc_connection", routes.uc_connection, connection),
-                                    ("connection", routes.uc_connection, connection)):
+                                    ("connection", routes.uc_connection, connection),
+                                    ("app", routes.app, app), ("agent_endpoint", routes.app, app)):
         if mode != "local":
             registry.register(tool_type, routed(registry.factory(tool_type), remote, _KEYS[tool_type], mode))
     return client
 
 
 _KEYS = {"genie_space": "id", "genie": "space_id", "uc_function": "name", "uc_connection": "name",
-         "connection": "name"}
+         "connection": "name", "knowledge_assistant": "knowledge_assistant_id", "app": "name",
+         "agent_endpoint": "endpoint_name"}
 
 
 def routed(local: ToolsetFactory | None, remote: Remote, key: str, mode: Routing) -> ToolsetFactory:

@@ -54,7 +54,9 @@ class DatabricksSection(BaseModel):
     genie_concurrency: int = Field(default=4, ge=1, le=100)
     # Send Genie the caller's last message as it was written instead of the model's question.
     genie_verbatim_question: bool = False
-    # Approval of the workspace's MCP connections' calls, as a local connection's require_approval.
+    # Knowledge assistant id -> its agent serving endpoint (default: the endpoint named like the id).
+    knowledge_assistant_endpoints: dict[str, str] = Field(default_factory=dict)
+    # Approval of the workspace's MCP connections' and apps' calls, as a local connection's require_approval.
     connection_approval: Literal["background", "always", "never"] = "background"
     tools: ToolRouting = Field(default_factory=ToolRouting)
 
@@ -112,7 +114,9 @@ class DatabricksClient:
         if not secret:
             raise ConfigError(f"databricks.client_secret_env: the environment variable "
                               f"{section.client_secret_env} is not set")
-        return Config(host=self.host, client_id=section.client_id, client_secret=secret, auth_type="oauth-m2m")
+        # A workspace's OIDC discovery document is at a fixed place; naming it spares a metadata lookup.
+        return Config(host=self.host, client_id=section.client_id, client_secret=secret, auth_type="oauth-m2m",
+                      discovery_url=f"{self.host}/oidc/.well-known/oauth-authorization-server")
 
     async def identity(self, ctx: RunContext) -> Identity:
         """The caller's own token when they stored one, else the configured identity's."""

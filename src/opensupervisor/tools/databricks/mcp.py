@@ -1,44 +1,51 @@
-"""``uc_connection`` backed by a Unity Catalog connection of a Databricks workspace: the workspace's
-MCP proxy (``{host}/api/2.0/mcp/external/{connection}``) relays the calls to the external server,
-with the connection's credentials, which never leave the workspace. The tools join the run exactly
-as a local connection's do (same client, timeouts, errors and approval rule).
+"""MCP servers a Databricks workspace fronts, with the same client, timeouts, errors and approval
+rule as local connections:
+
+- ``uc_connection``: a Unity Catalog connection, through the workspace's MCP proxy
+  (``{host}/api/2.0/mcp/external/{connection}``), which adds the connection's credentials; they
+  never leave the workspace.
+- ``app``: a Databricks App serving MCP at ``{app url}/mcp`` (its URL from ``GET /api/2.0/apps/{name}``).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
-from opensupervisor.errors import ToolError, UpstreamUnavailable
+from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
 from opensupervisor.tools.connections import ConnectionTools
-from opensupervisor.tools.databricks.client import DatabricksClient
+from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity
 from opensupervisor.tools.mcp_client import McpServer
 
 MAX_SERVERS = 10_000
+Locate = Callable[[Identity], Awaitable[str]]
 
 
-class RemoteConnection(Toolset):
+class RemoteMcp(Toolset):
     listing_may_change = True
 
-    def __init__(self, client: DatabricksClient, name: str, param: str) -> None:
+    def __init__(self, client: DatabricksClient, name: str, param: str, locate: Locate) -> None:
         self.client = client
         self.name = name
         self.param = param
-        # One MCP client per connection and identity, kept across requests (its tool list is cached).
-        self.servers: dict[str, McpServer] = client.mcp_servers
+        self.locate = locate
 
     async def _tools(self, ctx: RunContext) -> ConnectionTools:
         identity = await self.client.identity(ctx)
-        key = f"{self.name}|{hashlib.sha256(repr(sorted(identity.headers.items())).encode()).hexdigest()}"
-        server = self.servers.get(key)
+        url = await self.locate(identity)
+        # One MCP client per server and identity, kept across requests (its tool list is cached).
+        key = hashlib.sha256(repr((url, sorted(identity.headers.items()))).encode()).hexdigest()
+        servers = self.client.mcp_servers
+        server = servers.get(key)
         if server is None:
-            if len(self.servers) >= MAX_SERVERS:
-                self.servers.clear()
-            server = self.servers[key] = McpServer(
-                self.name, f"{self.client.host}/api/2.0/mcp/external/{self.name}", headers=dict(identity.headers),
-                timeout_s=self.client.section.timeout_s, allowed_tools=None, transport="streamable_http")
+            if len(servers) >= MAX_SERVERS:
+                servers.clear()
+            server = servers[key] = McpServer(self.name, url, headers=dict(identity.headers),
+                                              timeout_s=self.client.section.timeout_s, allowed_tools=None,
+                                              transport="streamable_http")
         return ConnectionTools(server, self.param, self.client.section.connection_approval)
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
@@ -52,4 +59,24 @@ class RemoteConnection(Toolset):
 
 
 def remote_connection(client: DatabricksClient, name: str, param: str) -> Toolset:
-    return RemoteConnection(client, name, param)
+    async def locate(identity: Identity) -> str:
+        return f"{client.host}/api/2.0/mcp/external/{name}"
+
+    return RemoteMcp(client, name, param, locate)
+
+
+def remote_app(client: DatabricksClient, name: str, param: str) -> Toolset:
+    async def locate(identity: Identity) -> str:
+        try:
+            app = await client.request(identity, "GET", f"/api/2.0/apps/{name}")
+        except DatabricksFailure as exc:
+            if exc.status in (403, 404):
+                raise InvalidRequest(f"App '{name}' does not exist in this workspace or in the Databricks workspace "
+                                     f"({exc}).", param=param, code="invalid_value") from exc
+            raise
+        url = app.get("url")
+        if not isinstance(url, str) or not url:
+            raise ToolError(f"the app '{name}' has no URL (is it running?)")
+        return url.rstrip("/") + "/mcp"
+
+    return RemoteMcp(client, name, param, locate)

@@ -1,0 +1,92 @@
+"""``knowledge_assistant`` backed by a Databricks knowledge assistant: its agent serving endpoint
+answers (``POST /serving-endpoints/{endpoint}/invocations``), and the ``url_citation`` annotations
+of its answer become numbered sources, which the final message's annotations then cite exactly as
+a local assistant's do (``core.citations``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opensupervisor import tracing
+from opensupervisor.core.citations import format_sources
+from opensupervisor.core.context import RunContext
+from opensupervisor.core.contracts import ToolDef, Toolset
+from opensupervisor.errors import InvalidRequest, ToolError
+from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure
+from opensupervisor.tools.knowledge_assistant import allocate_citations, tool_name
+
+QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
+                   "properties": {"question": {"type": "string", "description": "The question, in full sentences"}}}
+
+
+class RemoteKnowledgeAssistant(Toolset):
+    def __init__(self, client: DatabricksClient, ka: str, param: str, description: str | None) -> None:
+        self.client = client
+        self.ka = ka
+        self.endpoint = client.section.knowledge_assistant_endpoints.get(ka, ka)
+        self.param = param
+        self.description = description
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        identity = await self.client.identity(ctx)
+        try:
+            endpoint = await self.client.request(identity, "GET", f"/api/2.0/serving-endpoints/{self.endpoint}")
+        except DatabricksFailure as exc:
+            if exc.status in (403, 404):
+                raise InvalidRequest(f"Knowledge assistant '{self.ka}' does not exist in this workspace or in the "
+                                     f"Databricks workspace ({exc}).", param=self.param, code="invalid_value") from exc
+            raise ToolError(str(exc)) from exc
+        description = self.description or endpoint.get("description") or f"Answers from the {self.ka} documents"
+        return [ToolDef(tool_name(self.ka), description, QUESTION_SCHEMA)]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        identity = await self.client.identity(ctx)
+        question = str(arguments["question"])
+        attributes = {"databricks.identity": identity.who, "databricks.endpoint": self.endpoint}
+        with tracing.span("knowledge_assistant", "RETRIEVER", inputs={"question": question},
+                          attributes=attributes) as span:
+            answer = await self.client.request(identity, "POST", f"/serving-endpoints/{self.endpoint}/invocations",
+                                               body={"input": [{"role": "user", "content": question}]})
+            text, citations = _answer(answer)
+            span.outputs({"text": text, "citations": citations})
+        return cite(ctx, text, citations)
+
+
+def _answer(answer: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The answer text and its ``url_citation`` annotations (offsets into that text); a chat-format
+    answer has none."""
+    text, citations = "", []
+    for item in answer.get("output") or []:
+        if item.get("type") != "message":
+            continue
+        for part in item.get("content") or []:
+            if part.get("type") == "output_text":
+                for note in part.get("annotations") or []:
+                    if note.get("type") == "url_citation" and note.get("url"):
+                        citations.append({**note, "start_index": note.get("start_index", 0) + len(text),
+                                          "end_index": note.get("end_index", 0) + len(text)})
+                text += part.get("text", "")
+    if not text and answer.get("choices"):
+        text = str(((answer["choices"][0] or {}).get("message") or {}).get("content") or "")
+    if not text:
+        raise ToolError("the knowledge assistant answered with no text")
+    return text, citations
+
+
+def cite(ctx: RunContext, text: str, citations: list[dict[str, Any]]) -> str:
+    """``text`` with ``[n]`` after each cited span and the numbered sources below it."""
+    urls = list(dict.fromkeys(c["url"] for c in citations))
+    if not urls:
+        return text
+    numbers = dict(zip(urls, allocate_citations(ctx, len(urls)), strict=True))
+    titles = {c["url"]: c.get("title") or c["url"] for c in citations}
+    ends: dict[int, list[int]] = {}
+    for c in citations:
+        end = min(max(int(c["end_index"]), 0), len(text))
+        if numbers[c["url"]] not in ends.setdefault(end, []):
+            ends[end].append(numbers[c["url"]])
+    marked = text
+    for end in sorted(ends, reverse=True):
+        marked = marked[:end] + "".join(f"[{n}]" for n in ends[end]) + marked[end:]
+    return f"{marked}\n\n{format_sources([(numbers[u], titles[u], u) for u in urls])}"
