@@ -12,7 +12,7 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks_openai import DatabricksOpenAI
 
-from tests.conftest import ASGIThread, Server, ThreadServer
+from tests.conftest import ASGIThread, Server, ThreadServer, wait_until
 from tests.fake_databricks import ANSWER, CLIENT_ID, CLIENT_SECRET, SERVICE_TOKEN, Workspace, fake_workspace
 from tests.test_identity import make_user
 
@@ -48,6 +48,13 @@ provider = "scripted"
 {rule("stuck customer", "main__tools__lookup_customer", '{ customer_id = "hang" }')}
 {rule("crm please", "find_account", '{ name = "Acme" }')}
 {rule("ticket please", "open_ticket", '{ title = "Printer" }')}
+{rule("local echo", "main__local__echo", '{ x = "here" }')}
+
+[functions."main.local.echo"]
+language = "sql"
+database_url = "sqlite:///echo.db"
+sql = "SELECT :x AS x"
+parameters = [{{ name = "x", type = "string" }}]
 {rule("handbook please", "ka_handbook", '{ question = "What leave do I get?" }',
       "You get 25 vacation days [1] and 16 weeks of parental leave [2].")}
 
@@ -254,3 +261,49 @@ def test_the_verbatim_question_is_the_callers_last_message() -> None:
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Revenue by region, Q3?"}]}])
     assert _verbatim(ctx) == "Revenue by region, Q3?"
+
+
+def test_local_first_keeps_the_files_ids_local(remote: tuple[Server, Workspace]) -> None:
+    server, state = remote
+    state.calls.clear()
+    response = dbx(server).responses.create(model="agent", input="local echo", tools=[
+        {"type": "uc_function", "uc_function": {"name": "main.local.echo"}}])
+    assert outputs(response) == ['{"columns":["x"],"rows":[["here"]]}'] and state.calls == []
+
+
+def test_the_older_mcp_dialect_reaches_the_workspace_connection(remote: tuple[Server, Workspace]) -> None:
+    server, _ = remote
+    response = dbx(server).responses.create(model="agent", input="crm please", tools=[
+        {"type": "mcp", "mcp": {"name": "crm", "description": "The CRM", "connection_name": "crm"}}])
+    assert outputs(response) == ["account Acme: 3 open deals"]
+
+
+def test_a_workspace_connection_asks_for_approval_in_background_runs(tmp_path: Path) -> None:
+    app, _ = fake_workspace()
+    with ASGIThread(app) as url:
+        (tmp_path / "workspace.toml").write_text(f"""
+[models.agent]
+provider = "scripted"
+{rule("crm please", "find_account", '{ name = "Acme" }')}
+
+[databricks]
+host = "{url}"
+token_env = "{TOKEN_ENV}"
+
+[databricks.tools]
+uc_connection = "databricks"
+""")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(TOKEN_ENV, SERVICE_TOKEN)
+            with ThreadServer(f"sqlite:///{tmp_path}/state.db", tmp_path / "workspace.toml") as server:
+                client = dbx(server)
+                crm: Any = [{"type": "uc_connection", "uc_connection": {"name": "crm"}}]
+                first = client.responses.create(model="agent", input="crm please", tools=crm, background=True)
+                wait_until(lambda: client.responses.retrieve(first.id).status == "completed", what="the run")
+                [request] = client.responses.retrieve(first.id).output
+                assert (request.type, request.name, request.server_label) == ("mcp_approval_request",
+                                                                              "find_account", "crm")
+                answer = {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
+                second = client.responses.create(model="agent", input=[answer], tools=crm,
+                                                 previous_response_id=first.id)
+    assert outputs(second) == ["account Acme: 3 open deals"]

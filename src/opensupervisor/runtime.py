@@ -75,7 +75,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     functions = uc_functions.register(registry, ws, settings.data_dir / "functions")
     app_tools = apps.register(registry, ws, settings.self_url)
     conns = connections.register(registry, ws, settings.self_url)
-    mcp_tool.register(registry, ws, conns)
+    mcp_tool.register(registry, ws)
     registered = RegisteredFunctions(store)
     functions.load(await registered.all())
     vault = Vault.load(settings.data_dir)

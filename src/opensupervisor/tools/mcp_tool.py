@@ -25,9 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
-from opensupervisor.tools.connections import Connections
 from opensupervisor.tools.mcp_client import McpServer
-from opensupervisor.tools.registry import ToolRegistry
+from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.wire.validation import raise_validation
 from opensupervisor.workspace import Workspace
@@ -85,8 +84,9 @@ class McpToolSpec(BaseModel):
 
 
 class RemoteServers:
-    def __init__(self, workspace: Workspace, connections: Connections) -> None:
+    def __init__(self, workspace: Workspace, connections: ToolsetFactory) -> None:
         self.settings = workspace.mcp
+        # The ``connection`` kind as registered when a request comes (local, or a Databricks workspace's).
         self.connections = connections
         self._servers: OrderedDict[str, McpServer] = OrderedDict()
 
@@ -95,7 +95,7 @@ class RemoteServers:
             config = dict(spec.config)
             if "connection_name" in config:
                 config["name"] = config.pop("connection_name")
-            return self.connections.factory(spec.model_copy(update={"config": config}), workspace)
+            return self.connections(spec.model_copy(update={"config": config}), workspace)
         try:
             tool = McpToolSpec.model_validate(spec.config)
         except ValidationError as exc:
@@ -153,8 +153,13 @@ class RemoteMcpTools(Toolset):
         return await self.server.call(ctx, name, arguments)
 
 
-def register(registry: ToolRegistry, workspace: Workspace, connections: Connections) -> RemoteServers:
-    servers = RemoteServers(workspace, connections)
+def register(registry: ToolRegistry, workspace: Workspace) -> RemoteServers:
+    def connection(spec: ToolSpec, workspace: Workspace) -> Toolset:
+        factory = registry.factory("connection")
+        assert factory is not None, "the connection kind is registered before the mcp tool"
+        return factory(spec, workspace)
+
+    servers = RemoteServers(workspace, connection)
     registry.register("mcp", servers.factory)
     return servers
 
