@@ -124,6 +124,8 @@ def test_credentials_are_each_users_own(obo: Server) -> None:
         empty = http.put("/v1/connections/mail/credential", json={"bearer_token": ""})
         assert empty.status_code == 400 and empty.json()["error"]["param"] == "bearer_token"
         assert http.delete("/v1/connections/mail/credential").status_code == 404
+        none = http.put("/v1/databricks/credential", json={"bearer_token": "x"})  # no Databricks workspace here
+        assert none.status_code == 404 and none.json()["error"]["param"] == "databricks"
     with obo.http() as admin:  # an admin may store one for a user, and remove it
         assert admin.put("/v1/connections/mail/credential",
                          json={"bearer_token": "ann-token-1", "principal": "cat"}).json()["principal"] == "cat"

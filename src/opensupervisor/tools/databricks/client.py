@@ -26,6 +26,7 @@ Routing = Literal["local", "databricks", "local_first"]
 # The per-user credential of the workspace (the credential store's key; no connection is named so).
 USER_CREDENTIAL = "@databricks"
 RETRIED = (429, 503)
+DESCRIBE_TTL_S = 60.0
 
 
 class ToolRouting(BaseModel):
@@ -99,6 +100,7 @@ class DatabricksClient:
         self._lock = asyncio.Lock()
         self.genie_turns = asyncio.Semaphore(section.genie_concurrency)
         self.mcp_servers: dict[str, McpServer] = {}
+        self._described: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
     def _service_config(self) -> Any:
         from databricks.sdk.core import Config  # the SDK's auth, loaded only where a workspace is configured
@@ -160,6 +162,19 @@ class DatabricksClient:
                 return {}
             data = answer.json()
             return data if isinstance(data, dict) else {"data": data}
+
+    async def describe(self, identity: Identity, path: str) -> dict[str, Any]:
+        """A resource's definition (a space, a function, an endpoint), kept a minute per identity:
+        requests naming it do not each wait for the workspace."""
+        key = (identity.who, path)
+        cached = self._described.get(key)
+        if cached is not None and time.monotonic() - cached[0] < DESCRIBE_TTL_S:
+            return cached[1]
+        found = await self.request(identity, "GET", path)
+        if len(self._described) >= 10_000:
+            self._described.clear()
+        self._described[key] = (time.monotonic(), found)
+        return found
 
     async def aclose(self) -> None:
         await self._http.aclose()

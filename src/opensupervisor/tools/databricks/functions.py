@@ -47,7 +47,7 @@ class RemoteFunction(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         identity = await self.client.identity(ctx)
         try:
-            self.info = await self.client.request(identity, "GET", f"/api/2.1/unity-catalog/functions/{self.full_name}")
+            self.info = await self.client.describe(identity, f"/api/2.1/unity-catalog/functions/{self.full_name}")
         except DatabricksFailure as exc:
             if exc.status in (400, 403, 404):
                 raise InvalidRequest(f"Function '{self.full_name}' does not exist in this workspace or in the "

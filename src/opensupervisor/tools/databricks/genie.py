@@ -39,7 +39,7 @@ class RemoteGenie(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         identity = await self.client.identity(ctx)
         try:
-            space = await self.client.request(identity, "GET", self.base)
+            space = await self.client.describe(identity, self.base)
         except DatabricksFailure as exc:
             if exc.status in (403, 404):  # neither here nor there for this caller: the request's mistake
                 raise InvalidRequest(f"Genie space '{self.space_id}' does not exist in this workspace or in the "

@@ -31,7 +31,7 @@ class RemoteKnowledgeAssistant(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         identity = await self.client.identity(ctx)
         try:
-            endpoint = await self.client.request(identity, "GET", f"/api/2.0/serving-endpoints/{self.endpoint}")
+            endpoint = await self.client.describe(identity, f"/api/2.0/serving-endpoints/{self.endpoint}")
         except DatabricksFailure as exc:
             if exc.status in (403, 404):
                 raise InvalidRequest(f"Knowledge assistant '{self.ka}' does not exist in this workspace or in the "

@@ -68,7 +68,7 @@ def remote_connection(client: DatabricksClient, name: str, param: str) -> Toolse
 def remote_app(client: DatabricksClient, name: str, param: str) -> Toolset:
     async def locate(identity: Identity) -> str:
         try:
-            app = await client.request(identity, "GET", f"/api/2.0/apps/{name}")
+            app = await client.describe(identity, f"/api/2.0/apps/{name}")
         except DatabricksFailure as exc:
             if exc.status in (403, 404):
                 raise InvalidRequest(f"App '{name}' does not exist in this workspace or in the Databricks workspace "
