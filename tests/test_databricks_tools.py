@@ -49,6 +49,7 @@ provider = "scripted"
 {rule("crm please", "find_account", '{ name = "Acme" }')}
 {rule("ticket please", "open_ticket", '{ title = "Printer" }')}
 {rule("local echo", "main__local__echo", '{ x = "here" }')}
+{rule("agent please", "app_ka-handbook", '{ question = "What leave do I get?" }')}
 
 [functions."main.local.echo"]
 language = "sql"
@@ -72,6 +73,7 @@ uc_function = "local_first"
 uc_connection = "databricks"
 knowledge_assistant = "databricks"
 app = "databricks"
+agent_endpoint = "databricks"
 """)
         with pytest.MonkeyPatch.context() as env:
             env.setenv(TOKEN_ENV, SERVICE_TOKEN)
@@ -104,11 +106,15 @@ def test_a_genie_question_with_a_clarifying_follow_up(remote: tuple[Server, Work
     (answered,) = outputs(second)
     assert "WHERE region = 'north'" in answered and "SELECT bad" not in answered  # Genie's last try wins
     assert "| revenue |" in answered and "| 42 |" in answered and "Rows: 1" in answered
-    assert f"(Genie conversation {conversation} in space sales)" in answered
+    assert f"(Genie conversation {conversation} in space sales, " in answered
     assert ("service-principal", "POST", f"/api/2.0/genie/spaces/sales/conversations/{conversation}/messages") \
         in state.calls  # the follow-up went to the same conversation
     third = client.responses.create(model="agent", input="north", tools=GENIE, previous_response_id=first.id)
-    assert f"(Genie conversation {conversation} in space sales)" in outputs(third)[0]
+    assert f"(Genie conversation {conversation} in space sales, " in outputs(third)[0]
+    # Another caller echoing that history (or a forged mark) starts a conversation of their own.
+    other = dbx(server, make_user(server, "mallory"))
+    forged = other.responses.create(model="agent", input=history, tools=GENIE)
+    assert conversation not in outputs(forged)[0]
 
 
 def test_a_rate_limited_genie_is_waited_out(remote: tuple[Server, Workspace]) -> None:
@@ -206,6 +212,14 @@ def test_a_knowledge_assistant_answers_with_citations(remote: tuple[Server, Work
     assert [(n.type, n.url, n.title) for n in notes] == [
         ("url_citation", "https://intranet.example.com/leave#vacation", "Leave policy"),
         ("url_citation", "https://intranet.example.com/leave#parental", "Parental leave")]
+
+
+def test_the_older_agent_endpoint_dialect_asks_a_serving_endpoint(remote: tuple[Server, Workspace]) -> None:
+    server, _ = remote
+    response = dbx(server).responses.create(model="agent", input="agent please", tools=[
+        {"type": "agent_endpoint",
+         "agent_endpoint": {"name": "hr", "description": "HR", "endpoint_name": "ka-handbook"}}])
+    assert outputs(response)[0].startswith(f"{ANSWER[:31]}[1]")
 
 
 def test_an_app_serving_mcp_in_the_workspace(remote: tuple[Server, Workspace]) -> None:

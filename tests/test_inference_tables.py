@@ -114,6 +114,8 @@ def test_a_response_over_the_cap_is_not_stored(tmp_path: Path) -> None:
     row = tables.row(Exchange("resp_1", 0.0, 0.5, 200, {"input": "hi"}, {"output": "y" * 2000}, "ann", "agent"))
     assert row["request"] == '{"input":"hi"}' and row["response"] is None and row["execution_duration_ms"] == 500
     assert orjson.loads(row["logging_error_codes"]) == ["MAX_RESPONSE_SIZE_EXCEEDED"]
+    garbled = tables.row(Exchange("x", 0.0, 0.0, 400, None, {"error": {}}, "ann", None))  # never kept: secrets
+    assert garbled["request"] is None and orjson.loads(garbled["logging_error_codes"]) == ["REQUEST_NOT_JSON"]
 
 
 def test_tables_go_to_a_postgresql_schema(tmp_path: Path) -> None:

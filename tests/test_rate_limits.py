@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,15 @@ def test_user_group_and_default_limits_and_their_precedence(pair: tuple[Server, 
     refused(lambda: ask(both_b))
 
 
+def test_a_request_refused_after_admission_gives_its_call_back(pair: tuple[Server, Server]) -> None:
+    a, _ = pair
+    fresh = user(a, f"rb{RUN}")
+    with pytest.raises(openai.BadRequestError):  # found wrong only while the run is being prepared
+        fresh.responses.create(model=LEVELS, input="hi", tool_choice={"type": "function", "name": "nope"})
+    assert fresh.responses.create(model=LEVELS, input="hi").status == "completed"  # the 1 call is still there
+    refused(lambda: fresh.responses.create(model=LEVELS, input="hi"))
+
+
 def test_a_token_limit_refuses_once_the_minutes_tokens_are_spent(pair: tuple[Server, Server]) -> None:
     a, b = pair
     here = user(a, f"t{RUN}")
@@ -175,8 +185,9 @@ def test_redis_counters_are_shared_by_processes_with_separate_databases(tmp_path
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5).ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis is required at {REDIS_URL} and is not reachable: {exc}", pytrace=False)
-    model = f"rd{RUN}"
-    config = workspace(tmp_path, {model: '[{ key = "endpoint", calls = 2 }]'})
+    model, burst = f"rd{RUN}", f"rb{RUN}"
+    config = workspace(tmp_path, {model: '[{ key = "endpoint", calls = 2 }]',
+                                  burst: '[{ key = "endpoint", calls = 3 }]'})
     env = {"OPENSUPERVISOR_REDIS_URL": REDIS_URL}
     with ProcessServer(tmp_path, config=config, database_url=f"sqlite:///{tmp_path}/a.db", env=env,
                        log_name="a.log") as a, \
@@ -189,6 +200,18 @@ def test_redis_counters_are_shared_by_processes_with_separate_databases(tmp_path
             streamed = http.post("/v1/responses", headers={"Authorization": f"Bearer {TOKEN}"},
                                  json={"model": model, "input": "hi", "stream": True})
             assert streamed.status_code == 429 and streamed.headers["content-type"] == "application/json"
+        # A burst on both processes at once: exactly the limit gets through, never more.
+        clients = [a.client(), b.client()] * 4
+        with ThreadPoolExecutor(len(clients)) as pool:
+            outcomes = list(pool.map(lambda c: _status(c, burst), clients))
+        assert sorted(outcomes) == ["completed"] * 3 + ["refused"] * 5
+
+
+def _status(client: openai.OpenAI, model: str) -> str:
+    try:
+        return str(client.responses.create(model=model, input="hi").status)
+    except openai.RateLimitError:
+        return "refused"
 
 
 ME = Principal(id="p_1", name="me", groups=frozenset({"a", "b"}))

@@ -89,7 +89,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     limiter.load(await stored_limits.all())
     stored_connections = StoredConnections(store, vault)
     conns.load(connection_rows(await stored_connections.all()))
-    remote = databricks.register(registry, ws, credentials)
+    remote = databricks.register(registry, ws, credentials,
+                                 await shared_key(store, "databricks") if ws.databricks is not None else b"")
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)

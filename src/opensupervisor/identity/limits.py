@@ -25,12 +25,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
 
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from opensupervisor.errors import RateLimited
 from opensupervisor.identity.principal import Principal
+from opensupervisor.runs.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
+COUNTER_ERRORS = Counter("opensupervisor_rate_limit_counter_errors",
+                         "Rate-limit counter reads or writes that failed (the request was admitted)",
+                         registry=REGISTRY)
 
 WINDOW_S = 60.0
 MAX_LIMITS = 20
@@ -197,14 +202,19 @@ class Counters(Protocol):
         """Count finished requests' tokens in their buckets."""
         ...
 
+    async def release(self, buckets: list[str], minute: int) -> None:
+        """Take back one call counted in ``minute``."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """The buckets an admitted request was counted in; its tokens go there when it ends."""
+    """The buckets an admitted request was counted in, and the minute; its tokens go there when it ends."""
 
     buckets: list[str]
+    minute: int
 
 
 class RateLimiter:
@@ -241,11 +251,24 @@ class RateLimiter:
             return None
         now = self.clock()
         fraction = (now % WINDOW_S) / WINDOW_S
-        verdict = await self.counters.admit(chosen.buckets, now, lambda counts: judge(chosen, counts, fraction))
+        try:
+            verdict = await self.counters.admit(chosen.buckets, now, lambda counts: judge(chosen, counts, fraction))
+        except Exception:  # the counters' database or Redis is down: limits must not take the service down
+            COUNTER_ERRORS.inc()
+            log.warning("rate-limit counters are unavailable; admitting the request", exc_info=True)
+            return None
         if not verdict.allowed:
             raise RateLimited(f"Rate limit exceeded: {verdict.refused_by} on model '{model}'. "
                               "Retry after the time in the Retry-After header.", retry_after_s=verdict.retry_after_s)
-        return Ticket(chosen.buckets)
+        return Ticket(chosen.buckets, int(now // WINDOW_S))
+
+    async def release(self, ticket: Ticket) -> None:
+        """Give back the call of an admitted request that did not run (refused later, queue full)."""
+        try:
+            await self.counters.release(ticket.buckets, ticket.minute)
+        except Exception:  # a call counted once too often is the lesser harm
+            COUNTER_ERRORS.inc()
+            log.warning("giving back a rate-limited call failed", exc_info=True)
 
     def charge(self, ticket: Ticket, tokens: int) -> None:
         """Queue a finished request's tokens (never blocks; written in batches)."""

@@ -3,8 +3,10 @@ tokens its rate-limit buckets are charged, and its inference table row."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from opensupervisor.runs.inference_tables import Exchange, InferenceTables
 from opensupervisor.store.usage import Usage
 from opensupervisor.vault import redact_request
 
-RATE_BUCKETS = "rate_buckets"  # RunContext.state: the buckets an admitted run's tokens count in
+RATE_BUCKETS = "rate_buckets"  # RunContext.state: the Ticket of an admitted run (where its tokens count)
 
 
 @dataclass(slots=True)
@@ -32,26 +34,42 @@ class Accounting:
         response = run.emitter.response
         if self.usage is not None:
             self.usage.record(_usage_row(run, mode, seconds))
-        buckets = run.ctx.state.get(RATE_BUCKETS)
-        if self.limiter is not None and buckets:
+        ticket = run.ctx.state.get(RATE_BUCKETS)
+        if self.limiter is not None and isinstance(ticket, Ticket):
             tools = run.ctx.state.get("tool_model_calls", [])
             spent = int((response.get("usage") or {}).get("total_tokens", 0)) + \
                 sum(c["input_tokens"] + c["output_tokens"] for c in tools)
-            self.limiter.charge(Ticket(list(buckets)), spent)
+            self.limiter.charge(ticket, spent)
         if self.inference is not None:
             self.inference.record(Exchange(response["id"], started, seconds, 200, redact_request(request), response,
                                            run.ctx.principal.name, response["model"]))
 
-    def refused(self, principal: Principal, body: bytes, raw: dict[str, Any] | None, error: APIError,
-                started: float) -> None:
+    @contextlib.asynccontextmanager
+    async def admission(self, principal: Principal, model: str) -> AsyncIterator[Ticket | None]:
+        """Count a request against its rate limits (429 when over); if preparing it fails after that,
+        the call is given back."""
+        ticket = await self.limiter.admit(principal, model) if self.limiter is not None else None
+        try:
+            yield ticket
+        except BaseException:
+            if ticket is not None and self.limiter is not None:
+                await self.limiter.release(ticket)
+            raise
+
+    async def release(self, run: Run) -> None:
+        """Give back the call of a request that was admitted but will not run."""
+        ticket = run.ctx.state.pop(RATE_BUCKETS, None)
+        if self.limiter is not None and isinstance(ticket, Ticket):
+            await self.limiter.release(ticket)
+
+    def refused(self, principal: Principal, raw: dict[str, Any] | None, error: APIError, started: float) -> None:
         """A request answered with an error before any run started (400, 403, 404, 413, 429)."""
         if self.inference is None:
             return
         model = raw.get("model") if raw is not None else None
-        request: dict[str, Any] | bytes = redact_request(raw) if raw is not None else body
         self.inference.record(Exchange(str(uuid.uuid4()), started, time.time() - started, error.status_code,
-                                       request, error.body(), principal.name,
-                                       model if isinstance(model, str) else None))
+                                       redact_request(raw) if raw is not None else None, error.body(),
+                                       principal.name, model if isinstance(model, str) else None))
 
 
 def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:

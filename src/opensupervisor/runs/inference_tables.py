@@ -29,8 +29,11 @@ from opensupervisor.side_engine import CatalogTables
 log = logging.getLogger(__name__)
 BATCH = 500
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+MAX_QUEUED = 10_000
 WRITE_FAILURES = Counter("opensupervisor_inference_table_write_failures",
                          "Requests whose inference table rows could not be written", registry=REGISTRY)
+DROPPED = Counter("opensupervisor_inference_table_rows_dropped",
+                  "Requests whose inference table rows were dropped: the queue was full", registry=REGISTRY)
 
 
 def payload_table(metadata: MetaData, prefix: str) -> Table:
@@ -60,7 +63,7 @@ class Exchange:
     started: float  # epoch seconds
     seconds: float
     status_code: int
-    request: dict[str, Any] | bytes  # parsed, or the body as sent when it was not valid JSON
+    request: dict[str, Any] | None  # None: the body was not a JSON object (it is not kept: it may hold secrets)
     response: dict[str, Any]
     requester: str
     model: str | None
@@ -76,9 +79,12 @@ class InferenceTables:
     def record(self, exchange: Exchange) -> None:
         """Queue a row (never blocks, never raises)."""
         if self._queue is None:
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.Queue(MAX_QUEUED)
             self._worker = asyncio.create_task(self._drain(self._queue))
-        self._queue.put_nowait(exchange)
+        try:
+            self._queue.put_nowait(exchange)
+        except asyncio.QueueFull:  # the table's database is down or slow: keep memory bounded
+            DROPPED.inc()
 
     async def _drain(self, queue: asyncio.Queue[Exchange]) -> None:
         while True:
@@ -86,8 +92,7 @@ class InferenceTables:
             while not queue.empty() and len(batch) < BATCH:
                 batch.append(queue.get_nowait())
             try:
-                rows = [self.row(exchange) for exchange in batch]
-                await asyncio.to_thread(self._write, rows)
+                await asyncio.to_thread(self._write, batch)
             except Exception:  # the table must never touch the requests
                 WRITE_FAILURES.inc(len(batch))
                 log.exception("writing %d inference table row(s) failed", len(batch))
@@ -97,26 +102,32 @@ class InferenceTables:
 
     def row(self, exchange: Exchange) -> dict[str, Any]:
         codes: list[str] = []
-        request = exchange.request if isinstance(exchange.request, bytes) else orjson.dumps(exchange.request)
-        response = orjson.dumps(exchange.response)
-        if len(request) > self.config.max_payload_bytes:
+        cap = self.config.max_payload_bytes
+        request = orjson.dumps(exchange.request) if exchange.request is not None else None
+        response: bytes | None = orjson.dumps(exchange.response)
+        if request is None:
+            codes.append("REQUEST_NOT_JSON")
+        elif len(request) > cap:
             codes.append("MAX_REQUEST_SIZE_EXCEEDED")
-        if len(response) > self.config.max_payload_bytes:
+            request = None
+        if response is not None and len(response) > cap:
             codes.append("MAX_RESPONSE_SIZE_EXCEEDED")
+            response = None
         started = dt.datetime.fromtimestamp(exchange.started, dt.UTC)
-        client_id = exchange.request.get("client_request_id") if isinstance(exchange.request, dict) else None
+        client_id = (exchange.request or {}).get("client_request_id")
         return {
             "databricks_request_id": exchange.request_id, "request_date": started.date(),
             "client_request_id": client_id if isinstance(client_id, str) else None, "request_time": started,
             "status_code": exchange.status_code, "sampling_fraction": 1.0,
             "execution_duration_ms": int(exchange.seconds * 1000),
-            "request": None if "MAX_REQUEST_SIZE_EXCEEDED" in codes else request.decode("utf-8", "replace"),
-            "response": None if "MAX_RESPONSE_SIZE_EXCEEDED" in codes else response.decode(),
+            "request": request.decode() if request is not None else None,
+            "response": response.decode() if response is not None else None,
             "logging_error_codes": orjson.dumps(codes).decode(), "served_entity_id": exchange.model,
             "requester": exchange.requester,
         }
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[Exchange]) -> None:
+        rows = [self.row(exchange) for exchange in batch]  # serializing payloads is work: off the event loop
         engine, schema = self.tables.engine(self.config.catalog_name, self.config.schema_name)
         metadata = MetaData(schema=schema)
         table = payload_table(metadata, self.config.table_name_prefix)

@@ -27,6 +27,7 @@ from opensupervisor.core.turn import copy_item
 from opensupervisor.errors import APIError, InvalidRequest, NotFound, QueueFull, RunCancelled
 from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.grants import Access
+from opensupervisor.identity.limits import Ticket
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs import metrics
 from opensupervisor.runs.accounting import RATE_BUCKETS, Accounting
@@ -113,27 +114,27 @@ class ResponseService:
         history = await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
         check_call_pairs(history + input_items, len(history))
-        # Counted last: a request refused for any other reason takes nothing from its limits.
-        limiter = self.accounting.limiter
-        ticket = await limiter.admit(principal, body.model) if limiter is not None else None
-        response_id = new_id("response")
-        ctx = RunContext(response_id=response_id, principal=principal, request=parsed,
-                         history=history + input_items)
-        if ticket is not None:
-            ctx.state[RATE_BUCKETS] = ticket.buckets
-        model = TracedModel(catalog_model, ctx)
-        toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
-        _check_context(model, body, history + input_items)
-        response = new_response(response_id, parsed, model=body.model)
-        run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
-                  emitter=Emitter(response), limits=self.limits, signer=self.signer,
-                  answers=approval.answers(history + input_items, len(history), self.signer, toolbox.lookup))
-        if echo_history and body.background:
-            run.echo = _echo(input_items)
-        recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
-                            request=self.vault.seal_request(raw), stream=body.stream, background=body.background,
-                            input_items=input_items, options=_options(run, traceparent))
-        return Prepared(run, recorder, traceparent=traceparent)
+        # A request refused from here on gives its call back (admission releases it).
+        async with self.accounting.admission(principal, body.model) as ticket:
+            response_id = new_id("response")
+            ctx = RunContext(response_id=response_id, principal=principal, request=parsed,
+                             history=history + input_items)
+            if ticket is not None:
+                ctx.state[RATE_BUCKETS] = ticket
+            model = TracedModel(catalog_model, ctx)
+            toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
+            _check_context(model, body, history + input_items)
+            response = new_response(response_id, parsed, model=body.model)
+            run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
+                      emitter=Emitter(response), limits=self.limits, signer=self.signer,
+                      answers=approval.answers(history + input_items, len(history), self.signer, toolbox.lookup))
+            if echo_history and body.background:
+                run.echo = _echo(input_items)
+            recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
+                                request=self.vault.seal_request(raw), stream=body.stream,
+                                background=body.background, input_items=input_items,
+                                options=_options(run, traceparent))
+            return Prepared(run, recorder, traceparent=traceparent)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
         if previous_id is None:
@@ -237,6 +238,7 @@ class ResponseService:
         """
         limits = self.background_limits
         if await self.store.count_queued() >= limits.max_queued:
+            await self.accounting.release(prepared.run)
             raise QueueFull(f"Too many background responses are queued ({limits.max_queued}); retry later.")
         response_id = prepared.response["id"]
         here = len(self.background.live) < limits.worker_concurrency
@@ -302,7 +304,7 @@ class ResponseService:
         principal = _restored_principal(record.owner, record.options)
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
         if record.options.get(RATE_BUCKETS):
-            ctx.state[RATE_BUCKETS] = list(record.options[RATE_BUCKETS])
+            ctx.state[RATE_BUCKETS] = Ticket(list(record.options[RATE_BUCKETS]), minute=0)
         durable = DurableModel(self.catalog.get(body.model), dbos_steps)
         model = TracedModel(durable, ctx)
         toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
@@ -434,7 +436,7 @@ def _options(run: Run, traceparent: str | None) -> dict[str, Any]:
     if traceparent:
         options["traceparent"] = traceparent
     if run.ctx.state.get(RATE_BUCKETS):
-        options[RATE_BUCKETS] = run.ctx.state[RATE_BUCKETS]
+        options[RATE_BUCKETS] = run.ctx.state[RATE_BUCKETS].buckets
     return options
 
 

@@ -74,6 +74,7 @@ async def delete_connection(request: Request) -> Response:
                              param="name", code="invalid_value")
     if not await state.stored_connections.remove(name):
         raise NotFound(f"Connection '{name}' does not exist.", param="name")
+    await state.credentials.remove_connection(name)  # a later connection of this name must not get them
     await _reload(state)
     return JSONResponse({"name": name, "deleted": True})
 

@@ -63,15 +63,14 @@ async def create_response(request: Request) -> Response:
     principal = _principal(request)
     state = _state(request)
     service = state.service
-    started, body_bytes, raw = time.time(), b"", None
+    started, raw = time.time(), None
     try:
-        body_bytes = await _read_body(request, state.workspace.limits.max_body_bytes)
-        raw = parse_json_body(body_bytes)
+        raw = parse_json_body(await _read_body(request, state.workspace.limits.max_body_bytes))
         parsed = parse_create_request(raw)
         prepared = await service.prepare(parsed, principal, raw, echo_history=not request.url.path.startswith("/v1/"),
                                          traceparent=request.headers.get("traceparent"))
     except APIError as exc:
-        service.accounting.refused(principal, body_bytes, raw, exc, started)
+        service.accounting.refused(principal, raw, exc, started)
         raise
     body = parsed.body
     if body.background:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from opensupervisor.store.schema import user_credentials
 from opensupervisor.store.store import Store, now_ms
@@ -28,10 +28,11 @@ class UserCredentials:
                "updated_at": now_ms()}
 
         def write() -> None:
+            stmt = self.store.upsert(user_credentials).values(**row)
             with self.store.engine.begin() as conn:
-                conn.execute(delete(user_credentials).where(user_credentials.c.connection == connection,
-                                                            user_credentials.c.principal_id == principal_id))
-                conn.execute(insert(user_credentials), [row])
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=["connection", "principal_id"],
+                    set_={"sealed": row["sealed"], "updated_at": row["updated_at"]}))
 
         await self.store.write(write)
         self._cache.pop((connection, principal_id), None)
@@ -43,8 +44,22 @@ class UserCredentials:
                     user_credentials.c.connection == connection,
                     user_credentials.c.principal_id == principal_id)).rowcount)
 
+        removed = await self.store.write(write)
         self._cache.pop((connection, principal_id), None)
-        return await self.store.write(write)
+        return removed
+
+    async def remove_connection(self, connection: str) -> int:
+        """Every user's credential for a connection that is being removed (a new connection of the
+        same name must not receive them)."""
+        def write() -> int:
+            with self.store.engine.begin() as conn:
+                return int(conn.execute(delete(user_credentials).where(
+                    user_credentials.c.connection == connection)).rowcount)
+
+        removed = await self.store.write(write)
+        for key in [k for k in self._cache if k[0] == connection]:
+            del self._cache[key]
+        return removed
 
     async def token(self, connection: str, principal_id: str) -> str | None:
         key = (connection, principal_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, select, update
 
 from opensupervisor.identity.limits import WINDOW_S, Counts, RateLimit, Verdict
 from opensupervisor.store.schema import rate_counters, rate_limits
@@ -21,9 +21,10 @@ class StoredRateLimits:
                "limits": orjson.dumps([limit.model_dump(exclude_none=True) for limit in limits]).decode()}
 
         def write() -> None:
+            stmt = self.store.upsert(rate_limits).values(**row)
             with self.store.engine.begin() as conn:
-                conn.execute(delete(rate_limits).where(rate_limits.c.model == model))
-                conn.execute(insert(rate_limits), [row])
+                conn.execute(stmt.on_conflict_do_update(index_elements=["model"], set_={
+                    "limits": row["limits"], "updated_at": row["updated_at"]}))
 
         await self.store.write(write)
 
@@ -49,7 +50,7 @@ class DatabaseCounters:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._upsert = store._insert_ignore
+        self._upsert = store.upsert
 
     async def admit(self, buckets: list[str], now: float, decide: Callable[[dict[str, Counts]], Verdict]
                     ) -> Verdict:
@@ -80,6 +81,15 @@ class DatabaseCounters:
         ).returning(rate_counters.c.calls, rate_counters.c.tokens)
         row = conn.execute(stmt).one()
         return int(row.calls), int(row.tokens)
+
+    async def release(self, buckets: list[str], minute: int) -> None:
+        def write() -> None:
+            with self.store.engine.begin() as conn:
+                conn.execute(update(rate_counters).where(
+                    rate_counters.c.bucket.in_(sorted(set(buckets))), rate_counters.c.minute == minute,
+                    rate_counters.c.calls > 0).values(calls=rate_counters.c.calls - 1))
+
+        await self.store.write(write)
 
     async def add_tokens(self, charges: list[tuple[list[str], int]], now: float) -> None:
         minute = int(now // WINDOW_S)

@@ -93,6 +93,8 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
         self._insert_ignore = sqlite_insert if self.is_sqlite else postgresql_insert
+        # The dialect's INSERT, for upserts (``on_conflict_do_update``) by the stores beside this one.
+        self.upsert = self._insert_ignore
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller

@@ -167,8 +167,15 @@ class Connections:
                 continue  # checked when it was stored; an environment change is logged by the caller
             self.entries[name], self.servers[name] = entry, server
             self.stored[name] = (updated_at, entry)
+            self._forget_users(name)
         for name in set(self.stored) - seen:
             del self.stored[name], self.entries[name], self.servers[name]
+            self._forget_users(name)
+
+    def _forget_users(self, name: str) -> None:
+        """A changed or removed connection: its users' clients go (they held its old URL and headers)."""
+        for key in [k for k in self._user_servers if k[0] == name]:
+            del self._user_servers[key]
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, "name", self.servers, "Connection")

@@ -17,7 +17,7 @@ from opensupervisor.errors import InvalidRequest
 from opensupervisor.tools.databricks.client import CredentialLookup, DatabricksClient, DatabricksSection, Routing
 from opensupervisor.tools.databricks.functions import RemoteFunction
 from opensupervisor.tools.databricks.genie import RemoteGenie
-from opensupervisor.tools.databricks.knowledge import RemoteKnowledgeAssistant
+from opensupervisor.tools.databricks.knowledge import agent_endpoint, knowledge_assistant
 from opensupervisor.tools.databricks.mcp import remote_app, remote_connection
 from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory, config_description
 from opensupervisor.wire.request import ToolSpec
@@ -26,13 +26,14 @@ from opensupervisor.workspace import Workspace, section_entry
 Remote = Callable[[ToolSpec, str], Toolset]
 
 
-def register(registry: ToolRegistry, workspace: Workspace, credentials: CredentialLookup | None
-             ) -> DatabricksClient | None:
-    """Route the tool types ``[databricks.tools]`` sends to the Databricks workspace; None without one."""
+def register(registry: ToolRegistry, workspace: Workspace, credentials: CredentialLookup | None,
+             key: bytes = b"") -> DatabricksClient | None:
+    """Route the tool types ``[databricks.tools]`` sends to the Databricks workspace; None without one.
+    ``key``: shared by every process, so that any of them recognizes the marks another one made."""
     if workspace.databricks is None:
         return None
     section = section_entry(DatabricksSection, "databricks", workspace.databricks)
-    client = DatabricksClient(section, credentials)
+    client = DatabricksClient(section, credentials, key)
     routes = section.tools
 
     def genie(spec: ToolSpec, space_id: str) -> Toolset:
@@ -49,15 +50,18 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
         return remote_app(client, name, f"{spec.param}.{spec.type}.{_KEYS[spec.type]}")
 
     def assistant(spec: ToolSpec, ka: str) -> Toolset:
-        return RemoteKnowledgeAssistant(client, ka, f"{spec.param}.knowledge_assistant.knowledge_assistant_id",
-                                        config_description(spec))
+        return knowledge_assistant(client, ka, f"{spec.param}.knowledge_assistant.knowledge_assistant_id",
+                                   config_description(spec))
+
+    def agent(spec: ToolSpec, endpoint: str) -> Toolset:
+        return agent_endpoint(client, endpoint, f"{spec.param}.agent_endpoint.endpoint_name", config_description(spec))
 
     for tool_type, mode, remote in (("genie_space", routes.genie_space, genie), ("genie", routes.genie_space, genie),
                                     ("uc_function", routes.uc_function, function),
                                     ("knowledge_assistant", routes.knowledge_assistant, assistant),
                                     ("uc_connection", routes.uc_connection, connection),
                                     ("connection", routes.uc_connection, connection),
-                                    ("app", routes.app, app), ("agent_endpoint", routes.app, app)):
+                                    ("app", routes.app, app), ("agent_endpoint", routes.agent_endpoint, agent)):
         if mode != "local":
             registry.register(tool_type, routed(registry.factory(tool_type), remote, _KEYS[tool_type], mode))
     return client

@@ -10,8 +10,11 @@ remote tools as themselves (on behalf of the user); everyone else as the configu
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -38,6 +41,8 @@ class ToolRouting(BaseModel):
     knowledge_assistant: Routing = "local"
     uc_connection: Routing = "local"
     app: Routing = "local"
+    # The older dialect's agent serving endpoints (locally, apps answer them).
+    agent_endpoint: Routing = "local"
 
 
 class DatabricksSection(BaseModel):
@@ -90,9 +95,17 @@ class DatabricksFailure(ToolError):
         self.code = code
 
 
+def segment(value: str) -> str:
+    """One path segment of a REST URL, escaped: ids come from requests and must not change the path."""
+    return urllib.parse.quote(value, safe="")
+
+
 class DatabricksClient:
-    def __init__(self, section: DatabricksSection, credentials: CredentialLookup | None = None) -> None:
+    def __init__(self, section: DatabricksSection, credentials: CredentialLookup | None = None,
+                 key: bytes = b"") -> None:
         self.section = section
+        # Signs what this server tells a chain (a Genie conversation id), so a client cannot claim another's.
+        self.key = key or os.urandom(32)
         self.host = section.host.rstrip("/")
         self.credentials = credentials
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(section.timeout_s, connect=10.0))
@@ -134,8 +147,14 @@ class DatabricksClient:
                     raise ToolError(f"the Databricks workspace is not usable: {exc}") from exc
                 except Exception as exc:  # OAuth discovery or a token request failed
                     raise ToolError(f"could not sign in to the Databricks workspace ({type(exc).__name__})") from exc
-        headers: dict[str, str] = await asyncio.to_thread(self._config.authenticate)
+        try:
+            headers: dict[str, str] = await asyncio.to_thread(self._config.authenticate)
+        except Exception as exc:  # the OAuth token request failed (a wrong secret, the endpoint down)
+            raise ToolError(f"could not sign in to the Databricks workspace ({type(exc).__name__})") from exc
         return Identity("service_principal", headers)
+
+    def sign(self, *parts: str) -> str:
+        return hmac.new(self.key, "|".join(parts).encode(), hashlib.sha256).hexdigest()[:16]
 
     async def request(self, identity: Identity, method: str, path: str, *, body: dict[str, Any] | None = None,
                       query: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -149,7 +168,7 @@ class DatabricksClient:
             except httpx.TimeoutException as exc:
                 raise ToolError(f"the Databricks workspace did not answer within {self.section.timeout_s:g} "
                                 "seconds") from exc
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise ToolError(f"the Databricks workspace is unreachable ({type(exc).__name__})") from exc
             if answer.status_code in RETRIED:
                 wait = _retry_after(answer)
@@ -160,7 +179,10 @@ class DatabricksClient:
                 raise _failure(answer)
             if not answer.content:
                 return {}
-            data = answer.json()
+            try:
+                data = answer.json()
+            except ValueError as exc:
+                raise ToolError(f"the Databricks workspace answered {path} with something that is not JSON") from exc
             return data if isinstance(data, dict) else {"data": data}
 
     async def describe(self, identity: Identity, path: str) -> dict[str, Any]:

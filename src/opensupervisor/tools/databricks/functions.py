@@ -20,7 +20,7 @@ from opensupervisor import tracing
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
-from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity
+from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity, segment
 from opensupervisor.tools.uc_functions import ALIAS, tool_name
 
 JSON_TYPES = {"STRING": "string", "CHAR": "string", "DATE": "string", "TIMESTAMP": "string",
@@ -47,7 +47,8 @@ class RemoteFunction(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         identity = await self.client.identity(ctx)
         try:
-            self.info = await self.client.describe(identity, f"/api/2.1/unity-catalog/functions/{self.full_name}")
+            path = f"/api/2.1/unity-catalog/functions/{segment(self.full_name)}"
+            self.info = await self.client.describe(identity, path)
         except DatabricksFailure as exc:
             if exc.status in (400, 403, 404):
                 raise InvalidRequest(f"Function '{self.full_name}' does not exist in this workspace or in the "
@@ -86,16 +87,16 @@ class RemoteFunction(Toolset):
                        parameters: list[dict[str, Any]]) -> dict[str, Any]:
         result = await self.client.request(identity, "POST", "/api/2.0/sql/statements", body={
             "statement": statement, "warehouse_id": warehouse, "parameters": parameters, "format": "JSON_ARRAY",
-            "disposition": "INLINE", "wait_timeout": "10s", "on_wait_timeout": "CONTINUE", "row_limit": MAX_ROWS})
-        statement_id = result.get("statement_id")
+            "disposition": "INLINE", "wait_timeout": "0s", "row_limit": MAX_ROWS})
+        location = f"/api/2.0/sql/statements/{segment(str(result.get('statement_id')))}"
         wait = 0.5
         try:
             while (result.get("status") or {}).get("state") in RUNNING:
                 await asyncio.sleep(wait)
                 wait = min(wait * 1.5, 5.0)
-                result = await self.client.request(identity, "GET", f"/api/2.0/sql/statements/{statement_id}")
+                result = await self.client.request(identity, "GET", location)
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(identity, statement_id))
+            await asyncio.shield(self._cancel(identity, location))
             raise
         status = result.get("status") or {}
         if status.get("state") != "SUCCEEDED":
@@ -103,9 +104,9 @@ class RemoteFunction(Toolset):
             raise ToolError(f"the function failed ({status.get('state')}): {error.get('message') or 'no details'}")
         return result
 
-    async def _cancel(self, identity: Identity, statement_id: object) -> None:
+    async def _cancel(self, identity: Identity, location: str) -> None:
         with contextlib.suppress(ToolError):  # else it ends on its own; the run is cancelled either way
-            await self.client.request(identity, "POST", f"/api/2.0/sql/statements/{statement_id}/cancel")
+            await self.client.request(identity, "POST", f"{location}/cancel")
 
 
 def schema(params: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ are waited out as their ``Retry-After`` says.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 from typing import Any
 
@@ -19,11 +20,11 @@ from opensupervisor import tracing
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
-from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity
+from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity, segment
 from opensupervisor.tools.genie import QUESTION_SCHEMA, tool_name
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "QUERY_RESULT_EXPIRED")
-MARKER = re.compile(r"\(Genie conversation ([A-Za-z0-9_-]+) in space ([^)\s]+)\)")
+MARKER = re.compile(r"\(Genie conversation ([A-Za-z0-9_-]+) in space ([^)\s,]+), ([0-9a-f]{16})\)")
 DISPLAY_ROWS = 50
 CONVERSATIONS = "databricks_genie_conversations"
 
@@ -34,7 +35,7 @@ class RemoteGenie(Toolset):
         self.space_id = space_id
         self.param = param
         self.description = description
-        self.base = f"/api/2.0/genie/spaces/{space_id}"
+        self.base = f"/api/2.0/genie/spaces/{segment(space_id)}"
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         identity = await self.client.identity(ctx)
@@ -53,7 +54,7 @@ class RemoteGenie(Toolset):
         question = _verbatim(ctx) if self.client.section.genie_verbatim_question else None
         question = question or str(arguments["question"]).strip()
         identity = await self.client.identity(ctx)
-        conversation = _conversation(ctx, self.space_id)
+        conversation = self._conversation(ctx)
         attributes = {"databricks.identity": identity.who, "genie.space_id": self.space_id}
         with tracing.span("genie", "RETRIEVER", inputs={"question": question}, attributes=attributes) as span:
             async with self.client.genie_turns:
@@ -68,12 +69,28 @@ class RemoteGenie(Toolset):
             answer = await self._answer(identity, message)
             span.attribute("genie.conversation_id", conversation)
             span.outputs(answer)
-        return _text(answer, conversation, self.space_id)
+        tag = self.client.sign(ctx.principal.id, self.space_id, conversation)
+        return _text(answer, f"(Genie conversation {conversation} in space {self.space_id}, {tag})")
+
+    def _conversation(self, ctx: RunContext) -> str | None:
+        """This chain's conversation with the space: from this run, else the latest in its history
+        that this server made for this caller (the mark is signed: a client cannot claim another's)."""
+        known = ctx.state.get(CONVERSATIONS, {}).get(self.space_id)
+        if known is not None:
+            return str(known)
+        for item in reversed(ctx.history):
+            if item.get("type") == "function_call_output" and isinstance(item.get("output"), str):
+                for conversation, space, tag in reversed(MARKER.findall(item["output"])):
+                    if space == self.space_id and hmac.compare_digest(
+                            tag, self.client.sign(ctx.principal.id, space, conversation)):
+                        return str(conversation)
+        return None
 
     async def _ask(self, identity: Identity, conversation: str | None, question: str) -> dict[str, Any]:
         if conversation is not None:
             try:
-                return await self.client.request(identity, "POST", f"{self.base}/conversations/{conversation}/messages",
+                return await self.client.request(identity, "POST",
+                                                 f"{self.base}/conversations/{segment(conversation)}/messages",
                                                  body={"content": question})
             except DatabricksFailure as exc:
                 if exc.status != 404:  # a conversation Genie no longer has: start a new one
@@ -88,8 +105,8 @@ class RemoteGenie(Toolset):
     async def _until_done(self, identity: Identity, message: dict[str, Any]) -> dict[str, Any]:
         """Poll the message until Genie is done with it (0.5 s, growing to 5 s between polls)."""
         wait = 0.5
-        path = (f"{self.base}/conversations/{message['conversation_id']}/messages/"
-                f"{message.get('message_id') or message.get('id')}")
+        path = (f"{self.base}/conversations/{segment(str(message['conversation_id']))}/messages/"
+                f"{segment(str(message.get('message_id') or message.get('id')))}")
         while message.get("status") not in TERMINAL:
             await asyncio.sleep(wait)
             wait = min(wait * 1.5, 5.0)
@@ -107,27 +124,14 @@ class RemoteGenie(Toolset):
         answer: dict[str, Any] = {"text": text, "suggested_questions": suggested}
         if query is not None:
             result = await self.client.request(
-                identity, "GET", f"{self.base}/conversations/{message['conversation_id']}/messages/"
-                f"{message['message_id']}/attachments/{query['attachment_id']}/query-result")
+                identity, "GET", f"{self.base}/conversations/{segment(str(message['conversation_id']))}/messages/"
+                f"{segment(str(message['message_id']))}/attachments/{segment(str(query['attachment_id']))}/query-result")
             statement = result.get("statement_response") or {}
             columns = [c["name"] for c in ((statement.get("manifest") or {}).get("schema") or {}).get("columns", [])]
             rows = (statement.get("result") or {}).get("data_array") or []
             answer.update(sql=query["query"].get("query", ""), description=query["query"].get("description", ""),
                           columns=columns, rows=rows, row_count=len(rows))
         return answer
-
-
-def _conversation(ctx: RunContext, space_id: str) -> str | None:
-    """This chain's conversation with the space: from this run, else the latest in its history."""
-    known = ctx.state.get(CONVERSATIONS, {}).get(space_id)
-    if known is not None:
-        return str(known)
-    for item in reversed(ctx.history):
-        if item.get("type") == "function_call_output" and isinstance(item.get("output"), str):
-            for found in reversed(MARKER.findall(item["output"])):
-                if found[1] == space_id:
-                    return str(found[0])
-    return None
 
 
 def _verbatim(ctx: RunContext) -> str | None:
@@ -142,7 +146,7 @@ def _verbatim(ctx: RunContext) -> str | None:
     return None
 
 
-def _text(answer: dict[str, Any], conversation: str, space_id: str) -> str:
+def _text(answer: dict[str, Any], mark: str) -> str:
     parts: list[str] = []
     if answer.get("sql"):
         parts += [f"SQL:\n{answer['sql']}", answer.get("description") or ""]
@@ -152,7 +156,7 @@ def _text(answer: dict[str, Any], conversation: str, space_id: str) -> str:
         parts.append(answer["text"])
     if answer.get("suggested_questions"):
         parts.append("Suggested questions:\n" + "\n".join(f"- {q}" for q in answer["suggested_questions"]))
-    parts.append(f"(Genie conversation {conversation} in space {space_id})")
+    parts.append(mark)
     return "\n\n".join(p for p in parts if p)
 
 

@@ -1,7 +1,8 @@
-"""``knowledge_assistant`` backed by a Databricks knowledge assistant: its agent serving endpoint
-answers (``POST /serving-endpoints/{endpoint}/invocations``), and the ``url_citation`` annotations
-of its answer become numbered sources, which the final message's annotations then cite exactly as
-a local assistant's do (``core.citations``).
+"""Agent serving endpoints of a Databricks workspace as tools: a knowledge assistant's
+(``knowledge_assistant``) and any agent's (the older dialect's ``agent_endpoint``). The endpoint
+answers the question (``POST /serving-endpoints/{endpoint}/invocations``, Responses format), and
+the ``url_citation`` annotations of its answer become numbered sources, which the final message's
+annotations then cite exactly as a local assistant's do (``core.citations``).
 """
 
 from __future__ import annotations
@@ -13,41 +14,45 @@ from opensupervisor.core.citations import format_sources
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
-from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure
-from opensupervisor.tools.knowledge_assistant import allocate_citations, tool_name
+from opensupervisor.tools.apps import tool_name as app_tool_name
+from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, segment
+from opensupervisor.tools.knowledge_assistant import allocate_citations
+from opensupervisor.tools.knowledge_assistant import tool_name as ka_tool_name
 
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
                    "properties": {"question": {"type": "string", "description": "The question, in full sentences"}}}
 
 
-class RemoteKnowledgeAssistant(Toolset):
-    def __init__(self, client: DatabricksClient, ka: str, param: str, description: str | None) -> None:
+class RemoteEndpoint(Toolset):
+    def __init__(self, client: DatabricksClient, endpoint: str, tool: str, param: str, description: str | None,
+                 what: str) -> None:
         self.client = client
-        self.ka = ka
-        self.endpoint = client.section.knowledge_assistant_endpoints.get(ka, ka)
+        self.endpoint = endpoint
+        self.tool = tool
         self.param = param
         self.description = description
+        self.what = what  # "Knowledge assistant 'handbook'", for messages
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         identity = await self.client.identity(ctx)
         try:
-            endpoint = await self.client.describe(identity, f"/api/2.0/serving-endpoints/{self.endpoint}")
+            endpoint = await self.client.describe(identity, f"/api/2.0/serving-endpoints/{segment(self.endpoint)}")
         except DatabricksFailure as exc:
             if exc.status in (403, 404):
-                raise InvalidRequest(f"Knowledge assistant '{self.ka}' does not exist in this workspace or in the "
-                                     f"Databricks workspace ({exc}).", param=self.param, code="invalid_value") from exc
+                raise InvalidRequest(f"{self.what} does not exist in this workspace or in the Databricks workspace "
+                                     f"({exc}).", param=self.param, code="invalid_value") from exc
             raise ToolError(str(exc)) from exc
-        description = self.description or endpoint.get("description") or f"Answers from the {self.ka} documents"
-        return [ToolDef(tool_name(self.ka), description, QUESTION_SCHEMA)]
+        description = self.description or endpoint.get("description") or f"Asks the {self.endpoint} agent"
+        return [ToolDef(self.tool, description, QUESTION_SCHEMA)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         identity = await self.client.identity(ctx)
         question = str(arguments["question"])
         attributes = {"databricks.identity": identity.who, "databricks.endpoint": self.endpoint}
-        with tracing.span("knowledge_assistant", "RETRIEVER", inputs={"question": question},
+        with tracing.span("serving_endpoint", "RETRIEVER", inputs={"question": question},
                           attributes=attributes) as span:
-            answer = await self.client.request(identity, "POST", f"/serving-endpoints/{self.endpoint}/invocations",
-                                               body={"input": [{"role": "user", "content": question}]})
+            answer = await self.client.request(identity, "POST", f"/serving-endpoints/{segment(self.endpoint)}"
+                                               "/invocations", body={"input": [{"role": "user", "content": question}]})
             text, citations = _answer(answer)
             span.outputs({"text": text, "citations": citations})
         return cite(ctx, text, citations)
@@ -90,3 +95,12 @@ def cite(ctx: RunContext, text: str, citations: list[dict[str, Any]]) -> str:
     for end in sorted(ends, reverse=True):
         marked = marked[:end] + "".join(f"[{n}]" for n in ends[end]) + marked[end:]
     return f"{marked}\n\n{format_sources([(numbers[u], titles[u], u) for u in urls])}"
+
+
+def knowledge_assistant(client: DatabricksClient, ka: str, param: str, description: str | None) -> Toolset:
+    endpoint = client.section.knowledge_assistant_endpoints.get(ka, ka)
+    return RemoteEndpoint(client, endpoint, ka_tool_name(ka), param, description, f"Knowledge assistant '{ka}'")
+
+
+def agent_endpoint(client: DatabricksClient, endpoint: str, param: str, description: str | None) -> Toolset:
+    return RemoteEndpoint(client, endpoint, app_tool_name(endpoint), param, description, f"Agent endpoint '{endpoint}'")

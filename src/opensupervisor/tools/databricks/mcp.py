@@ -17,7 +17,7 @@ from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
 from opensupervisor.tools.connections import ConnectionTools
-from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity
+from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity, segment
 from opensupervisor.tools.mcp_client import McpServer
 
 MAX_SERVERS = 10_000
@@ -60,7 +60,7 @@ class RemoteMcp(Toolset):
 
 def remote_connection(client: DatabricksClient, name: str, param: str) -> Toolset:
     async def locate(identity: Identity) -> str:
-        return f"{client.host}/api/2.0/mcp/external/{name}"
+        return f"{client.host}/api/2.0/mcp/external/{segment(name)}"
 
     return RemoteMcp(client, name, param, locate)
 
@@ -68,7 +68,7 @@ def remote_connection(client: DatabricksClient, name: str, param: str) -> Toolse
 def remote_app(client: DatabricksClient, name: str, param: str) -> Toolset:
     async def locate(identity: Identity) -> str:
         try:
-            app = await client.describe(identity, f"/api/2.0/apps/{name}")
+            app = await client.describe(identity, f"/api/2.0/apps/{segment(name)}")
         except DatabricksFailure as exc:
             if exc.status in (403, 404):
                 raise InvalidRequest(f"App '{name}' does not exist in this workspace or in the Databricks workspace "
