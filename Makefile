@@ -51,6 +51,7 @@ bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/tools.py
 	$(BIN)/python bench/mcp_calls.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/rate_limits.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor

@@ -59,7 +59,7 @@ class DatabaseCounters:
 
         def write() -> Verdict:
             with self.store.engine.begin() as conn:
-                current = {b: self._bump(conn, b, minute, calls=1, tokens=0) for b in ordered}
+                current = self._bump(conn, {b: 0 for b in ordered}, minute, calls=1)
                 previous = {r.bucket: (r.calls, r.tokens) for r in conn.execute(
                     select(rate_counters.c.bucket, rate_counters.c.calls, rate_counters.c.tokens).where(
                         rate_counters.c.bucket.in_(ordered), rate_counters.c.minute == minute - 1))}
@@ -73,14 +73,17 @@ class DatabaseCounters:
 
         return await self.store.write(write)
 
-    def _bump(self, conn: Connection, bucket: str, minute: int, *, calls: int, tokens: int) -> tuple[int, int]:
-        values = self._upsert(rate_counters).values(bucket=bucket, minute=minute, calls=calls, tokens=tokens)
-        stmt = values.on_conflict_do_update(
+    def _bump(self, conn: Connection, tokens: dict[str, int], minute: int, *, calls: int) -> dict[str, tuple[int, int]]:
+        """Add ``calls`` and each bucket's tokens in one statement (rows locked in bucket order);
+        returns every bucket's counts after it."""
+        rows = [{"bucket": b, "minute": minute, "calls": calls, "tokens": t} for b, t in sorted(tokens.items())]
+        inserted = self._upsert(rate_counters).values(rows)
+        stmt = inserted.on_conflict_do_update(
             index_elements=["bucket", "minute"],
-            set_={"calls": rate_counters.c.calls + calls, "tokens": rate_counters.c.tokens + tokens},
-        ).returning(rate_counters.c.calls, rate_counters.c.tokens)
-        row = conn.execute(stmt).one()
-        return int(row.calls), int(row.tokens)
+            set_={"calls": rate_counters.c.calls + inserted.excluded.calls,
+                  "tokens": rate_counters.c.tokens + inserted.excluded.tokens},
+        ).returning(rate_counters.c.bucket, rate_counters.c.calls, rate_counters.c.tokens)
+        return {r.bucket: (int(r.calls), int(r.tokens)) for r in conn.execute(stmt)}
 
     async def release(self, buckets: list[str], minute: int) -> None:
         def write() -> None:
@@ -100,8 +103,8 @@ class DatabaseCounters:
 
         def write() -> None:
             with self.store.engine.begin() as conn:
-                for bucket in sorted(totals):
-                    self._bump(conn, bucket, minute, calls=0, tokens=totals[bucket])
+                if totals:
+                    self._bump(conn, totals, minute, calls=0)
                 # Minutes before the previous one no longer count.
                 conn.execute(delete(rate_counters).where(and_(rate_counters.c.minute < minute - 1)))
 

@@ -3,7 +3,9 @@ a hash per bucket and minute, kept for three minutes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as redis
 
@@ -11,7 +13,6 @@ from opensupervisor.identity.limits import WINDOW_S, Counts, Verdict
 
 PREFIX = "opensupervisor:rate"
 KEEP_S = 180
-MAX_ATTEMPTS = 50
 
 
 def _key(bucket: str, minute: int) -> str:
@@ -24,34 +25,28 @@ class RedisCounters:
 
     async def admit(self, buckets: list[str], now: float, decide: Callable[[dict[str, Counts]], Verdict]
                     ) -> Verdict:
-        """Read, decide and count in one optimistic transaction (WATCH/MULTI): when another request
-        counts in the same buckets meanwhile, it starts over, so no decision rests on stale counts."""
+        """Count the call and read the counts in one transaction (one round trip), decide, and take
+        the call back when refused. Hot buckets (an endpoint's) are shared by every request, so an
+        optimistic read-then-write would keep retrying under load; counting first never admits past
+        a limit. At worst, a burst exactly at a limit sees a refused call for a moment and refuses
+        a request that would have just fit."""
         minute = int(now // WINDOW_S)
         ordered = sorted(set(buckets))
-        current = [_key(b, minute) for b in ordered]
-        previous = [_key(b, minute - 1) for b in ordered]
-        for _ in range(MAX_ATTEMPTS):
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(*current, *previous)
-                    counts: dict[str, Counts] = {}
-                    for bucket, now_key, before_key in zip(ordered, current, previous, strict=True):
-                        calls, tokens = await pipe.hmget(now_key, "calls", "tokens")
-                        previous_calls, previous_tokens = await pipe.hmget(before_key, "calls", "tokens")
-                        counts[bucket] = Counts(_int(previous_calls), _int(previous_tokens), _int(calls) + 1,
-                                                _int(tokens))
-                    verdict = decide(counts)
-                    if not verdict.allowed:
-                        return verdict  # leaving the block resets the pipeline, which stops watching
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    for key in current:
-                        pipe.hincrby(key, "calls", 1)
-                        pipe.expire(key, KEEP_S)
-                    await pipe.execute()
-                    return verdict
-                except redis.WatchError:
-                    continue
-        raise RuntimeError(f"the rate-limit counters stayed contended for {MAX_ATTEMPTS} attempts")
+        async with self.client.pipeline(transaction=True) as pipe:
+            for bucket in ordered:
+                pipe.hincrby(_key(bucket, minute), "calls", 1)
+                pipe.expire(_key(bucket, minute), KEEP_S)
+                pipe.hget(_key(bucket, minute), "tokens")
+                pipe.hmget(_key(bucket, minute - 1), "calls", "tokens")
+            replies: list[Any] = await pipe.execute()
+        counts: dict[str, Counts] = {}
+        for i, bucket in enumerate(ordered):
+            calls, _, tokens, (previous_calls, previous_tokens) = replies[4 * i:4 * i + 4]
+            counts[bucket] = Counts(_int(previous_calls), _int(previous_tokens), int(calls), _int(tokens))
+        verdict = decide(counts)
+        if not verdict.allowed:
+            await asyncio.shield(self.release(ordered, minute))  # a cancelled caller still gives it back
+        return verdict
 
     async def release(self, buckets: list[str], minute: int) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
