@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from opensupervisor.errors import RateLimited
 from opensupervisor.identity.principal import Principal
-from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
 COUNTER_ERRORS = Counter("opensupervisor_rate_limit_counter_errors",

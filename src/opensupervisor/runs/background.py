@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import anyio
 
+from opensupervisor import metrics
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
-from opensupervisor.runs import metrics
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.store import Store, Stored
 from opensupervisor.wire.response import TERMINAL_STATUSES

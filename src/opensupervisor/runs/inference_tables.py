@@ -23,7 +23,7 @@ import orjson
 from prometheus_client import Counter
 from sqlalchemy import BigInteger, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, insert
 
-from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.metrics import REGISTRY
 from opensupervisor.side_engine import CatalogTables
 
 log = logging.getLogger(__name__)

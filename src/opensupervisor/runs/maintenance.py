@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from opensupervisor.runs import metrics
+from opensupervisor import metrics
 from opensupervisor.runs.background import WILL_RUN
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.store import Store

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import anyio
 
+from opensupervisor import metrics
 from opensupervisor.core import approval
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.context import RunContext
@@ -29,7 +30,6 @@ from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import Ticket
 from opensupervisor.models.catalog import ModelCatalog
-from opensupervisor.runs import metrics
 from opensupervisor.runs.accounting import RATE_BUCKETS, Accounting
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 from opensupervisor.core.events import Event
 from opensupervisor.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
 from opensupervisor.identity import Principal
-from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.metrics import REGISTRY
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes

@@ -29,7 +29,7 @@ from sqlalchemy import (
     insert,
 )
 
-from opensupervisor.runs.metrics import REGISTRY
+from opensupervisor.metrics import REGISTRY
 from opensupervisor.side_engine import CatalogTables
 from opensupervisor.tracing.spans import Destination, RunTrace, SpanRecord, dumps
 

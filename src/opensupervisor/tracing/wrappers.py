@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from opensupervisor import metrics
 from opensupervisor.core.contracts import (
     Model,
     ModelEvent,
@@ -23,7 +24,6 @@ from opensupervisor.core.contracts import (
     ToolCallStart,
     Usage,
 )
-from opensupervisor.runs import metrics
 from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, SpanRecord, end_span, span
 
 if TYPE_CHECKING:
