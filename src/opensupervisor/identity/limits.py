@@ -17,7 +17,6 @@ token limit refuses the requests that come after the minute's tokens are spent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -28,6 +27,7 @@ from typing import Literal, NamedTuple, Protocol
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from opensupervisor.batches import BatchWriter
 from opensupervisor.errors import RateLimited
 from opensupervisor.identity.principal import Principal
 from opensupervisor.metrics import REGISTRY
@@ -227,8 +227,7 @@ class RateLimiter:
         self.stored: dict[str, list[RateLimit]] = {}
         self.counters = counters
         self.clock = clock
-        self._charges: asyncio.Queue[tuple[list[str], int]] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._charges = BatchWriter(self._add_tokens, what="token charge(s)", batch=10_000)
 
     def load(self, stored: Mapping[str, list[RateLimit]]) -> None:
         self.stored = dict(stored)
@@ -274,30 +273,14 @@ class RateLimiter:
         """Queue a finished request's tokens (never blocks; written in batches)."""
         if tokens <= 0:
             return
-        if self._charges is None:
-            self._charges = asyncio.Queue()
-            self._worker = asyncio.create_task(self._drain(self._charges))
-        self._charges.put_nowait((ticket.buckets, tokens))
+        self._charges.put((ticket.buckets, tokens))
 
-    async def _drain(self, queue: asyncio.Queue[tuple[list[str], int]]) -> None:
-        while True:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self.counters.add_tokens(batch, self.clock())
-            except Exception:  # counting must never touch the runs
-                log.exception("counting the tokens of %d request(s) failed", len(batch))
-            finally:
-                for _ in batch:
-                    queue.task_done()
+    async def _add_tokens(self, charges: list[tuple[list[str], int]]) -> None:
+        await self.counters.add_tokens(charges, self.clock())
 
     async def flush(self) -> None:
-        if self._charges is not None:
-            await self._charges.join()
+        await self._charges.flush()
 
     async def aclose(self) -> None:
-        await self.flush()
-        if self._worker is not None:
-            self._worker.cancel()
+        await self._charges.aclose()
         await self.counters.aclose()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ import orjson
 from prometheus_client import Counter
 from sqlalchemy import BigInteger, Column, Date, DateTime, Float, Integer, MetaData, String, Table, Text, insert
 
+from opensupervisor.batches import BatchWriter
 from opensupervisor.metrics import REGISTRY
 from opensupervisor.side_engine import CatalogTables
 
-log = logging.getLogger(__name__)
 BATCH = 500
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 MAX_QUEUED = 10_000
@@ -73,32 +72,15 @@ class InferenceTables:
     def __init__(self, config: TableConfig, folder: Path, url: str | None = None) -> None:
         self.config = config
         self.tables = CatalogTables(folder, url)
-        self._queue: asyncio.Queue[Exchange] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._rows = BatchWriter(self._write, what="inference table row(s)", batch=BATCH, max_queued=MAX_QUEUED,
+                                 failed=WRITE_FAILURES, dropped=DROPPED)
 
     def record(self, exchange: Exchange) -> None:
-        """Queue a row (never blocks, never raises)."""
-        if self._queue is None:
-            self._queue = asyncio.Queue(MAX_QUEUED)
-            self._worker = asyncio.create_task(self._drain(self._queue))
-        try:
-            self._queue.put_nowait(exchange)
-        except asyncio.QueueFull:  # the table's database is down or slow: keep memory bounded
-            DROPPED.inc()
+        """Queue a row (never blocks, never raises; dropped and counted when the queue is full)."""
+        self._rows.put(exchange)
 
-    async def _drain(self, queue: asyncio.Queue[Exchange]) -> None:
-        while True:
-            batch = [await queue.get()]
-            while not queue.empty() and len(batch) < BATCH:
-                batch.append(queue.get_nowait())
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception:  # the table must never touch the requests
-                WRITE_FAILURES.inc(len(batch))
-                log.exception("writing %d inference table row(s) failed", len(batch))
-            finally:
-                for _ in batch:
-                    queue.task_done()
+    async def _write(self, batch: list[Exchange]) -> None:
+        await asyncio.to_thread(self._insert, batch)
 
     def row(self, exchange: Exchange) -> dict[str, Any]:
         codes: list[str] = []
@@ -126,7 +108,7 @@ class InferenceTables:
             "requester": exchange.requester,
         }
 
-    def _write(self, batch: list[Exchange]) -> None:
+    def _insert(self, batch: list[Exchange]) -> None:
         rows = [self.row(exchange) for exchange in batch]  # serializing payloads is work: off the event loop
         engine, schema = self.tables.engine(self.config.catalog_name, self.config.schema_name)
         metadata = MetaData(schema=schema)
@@ -136,11 +118,8 @@ class InferenceTables:
             conn.execute(insert(table), rows)
 
     async def flush(self) -> None:
-        if self._queue is not None:
-            await self._queue.join()
+        await self._rows.flush()
 
     async def aclose(self) -> None:
-        await self.flush()
-        if self._worker is not None:
-            self._worker.cancel()
+        await self._rows.aclose()
         self.tables.dispose()

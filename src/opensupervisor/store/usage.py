@@ -3,18 +3,16 @@ by principal, model and day."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 from typing import Any, Literal
 
 from sqlalchemy import case, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from opensupervisor.batches import BatchWriter
 from opensupervisor.store.schema import usage
 from opensupervisor.store.store import Store
 
-log = logging.getLogger(__name__)
 GroupBy = Literal["principal", "model", "day"]
 BATCH = 500
 
@@ -22,28 +20,14 @@ BATCH = 500
 class Usage:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._rows = BatchWriter(self._write, what="usage row(s)", batch=BATCH)
 
     def record(self, row: dict[str, Any]) -> None:
         """Queue a response's usage row (never blocks)."""
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._drain(self._queue))
-        self._queue.put_nowait(row)
+        self._rows.put(row)
 
-    async def _drain(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        while True:
-            rows = [await queue.get()]
-            while not queue.empty() and len(rows) < BATCH:
-                rows.append(queue.get_nowait())
-            try:
-                await self.store.write(functools.partial(self._insert, rows))
-            except Exception:  # usage must never touch the runs
-                log.exception("recording the usage of %d response(s) failed", len(rows))
-            finally:
-                for _ in rows:
-                    queue.task_done()
+    async def _write(self, rows: list[dict[str, Any]]) -> None:
+        await self.store.write(functools.partial(self._insert, rows))
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         try:
@@ -58,13 +42,10 @@ class Usage:
                     pass
 
     async def flush(self) -> None:
-        if self._queue is not None:
-            await self._queue.join()
+        await self._rows.flush()
 
     async def aclose(self) -> None:
-        await self.flush()
-        if self._worker is not None:
-            self._worker.cancel()
+        await self._rows.aclose()
 
     async def report(self, group_by: list[GroupBy], *, since: str | None = None, until: str | None = None,
                      principal: str | None = None) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     insert,
 )
 
+from opensupervisor.batches import BatchWriter
 from opensupervisor.metrics import REGISTRY
 from opensupervisor.side_engine import CatalogTables
 from opensupervisor.tracing.spans import Destination, RunTrace, SpanRecord, dumps
@@ -97,50 +98,33 @@ class TraceStore:
 
     def __init__(self, folder: Path, url: str | None = None, *, max_queued: int = 10_000) -> None:
         self.tables = CatalogTables(folder, url)
-        self.max_queued = max_queued
-        self._queue: asyncio.Queue[RunTrace] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._runs = BatchWriter(self._write_batch, what="traces", batch=BATCH, linger_s=LINGER_S,
+                                 max_queued=max_queued, dropped=DROPPED)
 
     def submit(self, run: RunTrace) -> None:
         """Queue a finished run's spans for writing (never blocks, never raises)."""
-        if self._queue is None:
-            self._queue = asyncio.Queue(self.max_queued)
-            self._worker = asyncio.create_task(self._drain(self._queue))
-        try:
-            self._queue.put_nowait(run)
-        except asyncio.QueueFull:
-            DROPPED.inc()
+        if not self._runs.put(run):
             log.warning("trace queue full: the spans of trace %s were dropped", run.trace_id)
 
-    async def _drain(self, queue: asyncio.Queue[RunTrace]) -> None:
-        """Write what is queued in batches: one transaction per destination for all waiting runs."""
-        while True:
-            runs = [await queue.get()]
-            await asyncio.sleep(LINGER_S)  # let a burst gather: one write for many runs
-            while not queue.empty() and len(runs) < BATCH:
-                runs.append(queue.get_nowait())
-            groups: dict[Destination, list[RunTrace]] = {}
-            for run in runs:
-                assert run.destination is not None
-                groups.setdefault(run.destination, []).append(run)
-            for destination, group in groups.items():
-                try:
-                    await asyncio.to_thread(self.write, destination, group)
-                except Exception:  # a trace store that fails must not touch the runs
-                    WRITE_FAILURES.inc(len(group))
-                    log.exception("writing the spans of %d run(s) to %s.%s failed", len(group),
-                                  destination.catalog, destination.schema)
-            for _ in runs:
-                queue.task_done()
+    async def _write_batch(self, runs: list[RunTrace]) -> None:
+        """One transaction per destination for all waiting runs; one that fails spares the others."""
+        groups: dict[Destination, list[RunTrace]] = {}
+        for run in runs:
+            assert run.destination is not None
+            groups.setdefault(run.destination, []).append(run)
+        for destination, group in groups.items():
+            try:
+                await asyncio.to_thread(self.write, destination, group)
+            except Exception:  # a trace store that fails must not touch the runs
+                WRITE_FAILURES.inc(len(group))
+                log.exception("writing the spans of %d run(s) to %s.%s failed", len(group),
+                              destination.catalog, destination.schema)
 
     async def flush(self) -> None:
-        if self._queue is not None:
-            await self._queue.join()
+        await self._runs.flush()
 
     async def aclose(self) -> None:
-        await self.flush()
-        if self._worker is not None:
-            self._worker.cancel()
+        await self._runs.aclose()
         self.tables.dispose()
 
     def write(self, destination: Destination, runs: list[RunTrace]) -> None:
