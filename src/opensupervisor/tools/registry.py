@@ -54,14 +54,15 @@ class ToolRegistry:
         return bound
 
 
-def config_name(spec: ToolSpec, key: str, known: Container[str], what: str) -> str:
+def config_name(spec: ToolSpec, key: str, known: Container[str] | None, what: str) -> str:
     """The name (or id) a hosted tool entry selects, e.g. ``{"type": "app", "app": {"name": …}}``;
-    missing or unknown is a 400 naming ``tools[i].<type>.<key>``."""
+    missing or unknown is a 400 naming ``tools[i].<type>.<key>``. ``known`` None: any name (a remote
+    service says whether it exists)."""
     param = f"{spec.param}.{spec.type}.{key}"
     value = spec.config.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    if value not in known:
+    if known is not None and value not in known:
         raise InvalidRequest(f"{what} '{value}' does not exist in this workspace.", param=param, code="invalid_value")
     return value
 

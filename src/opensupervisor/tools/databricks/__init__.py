@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 from opensupervisor.core.contracts import Toolset
 from opensupervisor.errors import InvalidRequest
+from opensupervisor.identity.grants import TOOL_OBJECTS
 from opensupervisor.tools.databricks.client import CredentialLookup, DatabricksClient, DatabricksSection, Routing
 from opensupervisor.tools.databricks.functions import RemoteFunction
 from opensupervisor.tools.databricks.genie import RemoteGenie
 from opensupervisor.tools.databricks.knowledge import agent_endpoint, knowledge_assistant
 from opensupervisor.tools.databricks.mcp import remote_app, remote_connection
-from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory, config_description
+from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory, config_description, config_name
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
@@ -37,7 +38,7 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
     routes = section.tools
 
     def genie(spec: ToolSpec, space_id: str) -> Toolset:
-        return RemoteGenie(client, space_id, f"{spec.param}.{spec.type}.{_KEYS[spec.type]}", config_description(spec))
+        return RemoteGenie(client, space_id, f"{spec.param}.{spec.type}.{_key(spec.type)}", config_description(spec))
 
     def function(spec: ToolSpec, name: str) -> Toolset:
         return RemoteFunction(client, name, f"{spec.param}.uc_function.name", config_description(spec),
@@ -47,7 +48,7 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
         return remote_connection(client, name, spec.param)
 
     def app(spec: ToolSpec, name: str) -> Toolset:
-        return remote_app(client, name, f"{spec.param}.{spec.type}.{_KEYS[spec.type]}")
+        return remote_app(client, name, f"{spec.param}.{spec.type}.{_key(spec.type)}")
 
     def assistant(spec: ToolSpec, ka: str) -> Toolset:
         return knowledge_assistant(client, ka, f"{spec.param}.knowledge_assistant.knowledge_assistant_id",
@@ -63,13 +64,13 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
                                     ("connection", routes.uc_connection, connection),
                                     ("app", routes.app, app), ("agent_endpoint", routes.agent_endpoint, agent)):
         if mode != "local":
-            registry.register(tool_type, routed(registry.factory(tool_type), remote, _KEYS[tool_type], mode))
+            registry.register(tool_type, routed(registry.factory(tool_type), remote, _key(tool_type), mode))
     return client
 
 
-_KEYS = {"genie_space": "id", "genie": "space_id", "uc_function": "name", "uc_connection": "name",
-         "connection": "name", "knowledge_assistant": "knowledge_assistant_id", "app": "name",
-         "agent_endpoint": "endpoint_name"}
+def _key(tool_type: str) -> str:
+    """The key of a tool entry that names its object (``genie_space.id``, ``uc_function.name`` …)."""
+    return TOOL_OBJECTS[tool_type][1]
 
 
 def routed(local: ToolsetFactory | None, remote: Remote, key: str, mode: Routing) -> ToolsetFactory:
@@ -83,10 +84,6 @@ def routed(local: ToolsetFactory | None, remote: Remote, key: str, mode: Routing
             except InvalidRequest as exc:
                 if exc.param != param or exc.code != "invalid_value":
                     raise
-        value = spec.config.get(key)
-        if not isinstance(value, str) or not value:
-            raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param,
-                                 code="missing_required_parameter")
-        return remote(spec, value)
+        return remote(spec, config_name(spec, key, None, ""))
 
     return factory

@@ -14,23 +14,26 @@ from opensupervisor.core.citations import format_sources
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
+from opensupervisor.tools.apps import QUESTION_SCHEMA as APP_SCHEMA
 from opensupervisor.tools.apps import tool_name as app_tool_name
 from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, segment
 from opensupervisor.tools.knowledge_assistant import allocate_citations
 from opensupervisor.tools.knowledge_assistant import tool_name as ka_tool_name
 
+# A local assistant's question, without its ``source`` filter: a remote assistant searches as it sees fit.
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
                    "properties": {"question": {"type": "string", "description": "The question, in full sentences"}}}
 
 
 class RemoteEndpoint(Toolset):
-    def __init__(self, client: DatabricksClient, endpoint: str, tool: str, param: str, description: str | None,
-                 what: str) -> None:
+    def __init__(self, client: DatabricksClient, endpoint: str, tool: str, schema: dict[str, Any], param: str,
+                 description: str | None, what: str) -> None:
         self.client = client
         self.endpoint = endpoint
         self.tool = tool
-        self.param = param
+        self.schema = schema
         self.description = description
+        self.param = param
         self.what = what  # "Knowledge assistant 'handbook'", for messages
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
@@ -43,7 +46,7 @@ class RemoteEndpoint(Toolset):
                                      f"({exc}).", param=self.param, code="invalid_value") from exc
             raise ToolError(str(exc)) from exc
         description = self.description or endpoint.get("description") or f"Asks the {self.endpoint} agent"
-        return [ToolDef(self.tool, description, QUESTION_SCHEMA)]
+        return [ToolDef(self.tool, description, self.schema)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         identity = await self.client.identity(ctx)
@@ -99,8 +102,11 @@ def cite(ctx: RunContext, text: str, citations: list[dict[str, Any]]) -> str:
 
 def knowledge_assistant(client: DatabricksClient, ka: str, param: str, description: str | None) -> Toolset:
     endpoint = client.section.knowledge_assistant_endpoints.get(ka, ka)
-    return RemoteEndpoint(client, endpoint, ka_tool_name(ka), param, description, f"Knowledge assistant '{ka}'")
+    return RemoteEndpoint(client, endpoint, ka_tool_name(ka), QUESTION_SCHEMA, param, description,
+                          f"Knowledge assistant '{ka}'")
 
 
 def agent_endpoint(client: DatabricksClient, endpoint: str, param: str, description: str | None) -> Toolset:
-    return RemoteEndpoint(client, endpoint, app_tool_name(endpoint), param, description, f"Agent endpoint '{endpoint}'")
+    # The question an app is asked: locally, an app answers this dialect.
+    return RemoteEndpoint(client, endpoint, app_tool_name(endpoint), APP_SCHEMA, param, description,
+                          f"Agent endpoint '{endpoint}'")
