@@ -113,21 +113,21 @@ class ResponseService:
         bound = self.tools.bind(parsed.tools)
         history = await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
-        check_call_pairs(history + input_items, len(history))
+        items = history + input_items
+        check_call_pairs(items, len(history))
         # A request refused from here on gives its call back (admission releases it).
         async with self.accounting.admission(principal, body.model) as ticket:
             response_id = new_id("response")
-            ctx = RunContext(response_id=response_id, principal=principal, request=parsed,
-                             history=history + input_items)
+            ctx = RunContext(response_id=response_id, principal=principal, request=parsed, history=items)
             if ticket is not None:
                 ctx.state[RATE_BUCKETS] = ticket
             model = TracedModel(catalog_model, ctx)
             toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
-            _check_context(model, body, history + input_items)
+            _check_context(model, body, items)
             response = new_response(response_id, parsed, model=body.model)
-            run = Run(ctx=ctx, model=model, toolbox=toolbox, history=history + input_items,
+            run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
                       emitter=Emitter(response), limits=self.limits, signer=self.signer,
-                      answers=approval.answers(history + input_items, len(history), self.signer, toolbox.lookup))
+                      answers=approval.answers(items, len(history), self.signer, toolbox.lookup))
             if echo_history and body.background:
                 run.echo = _echo(input_items)
             recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,

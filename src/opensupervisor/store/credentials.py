@@ -28,7 +28,7 @@ class UserCredentials:
                "updated_at": now_ms()}
 
         def write() -> None:
-            stmt = self.store.upsert(user_credentials).values(**row)
+            stmt = self.store.dialect_insert(user_credentials).values(**row)
             with self.store.engine.begin() as conn:
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["connection", "principal_id"],

@@ -21,7 +21,7 @@ class StoredRateLimits:
                "limits": orjson.dumps([limit.model_dump(exclude_none=True) for limit in limits]).decode()}
 
         def write() -> None:
-            stmt = self.store.upsert(rate_limits).values(**row)
+            stmt = self.store.dialect_insert(rate_limits).values(**row)
             with self.store.engine.begin() as conn:
                 conn.execute(stmt.on_conflict_do_update(index_elements=["model"], set_={
                     "limits": row["limits"], "updated_at": row["updated_at"]}))
@@ -50,7 +50,6 @@ class DatabaseCounters:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._upsert = store.upsert
 
     async def admit(self, buckets: list[str], now: float, decide: Callable[[dict[str, Counts]], Verdict]
                     ) -> Verdict:
@@ -77,7 +76,7 @@ class DatabaseCounters:
         """Add ``calls`` and each bucket's tokens in one statement (rows locked in bucket order);
         returns every bucket's counts after it."""
         rows = [{"bucket": b, "minute": minute, "calls": calls, "tokens": t} for b, t in sorted(tokens.items())]
-        inserted = self._upsert(rate_counters).values(rows)
+        inserted = self.store.dialect_insert(rate_counters).values(rows)
         stmt = inserted.on_conflict_do_update(
             index_elements=["bucket", "minute"],
             set_={"calls": rate_counters.c.calls + inserted.excluded.calls,

@@ -92,9 +92,8 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
-        self._insert_ignore = sqlite_insert if self.is_sqlite else postgresql_insert
-        # The dialect's INSERT, for upserts (``on_conflict_do_update``) by the stores beside this one.
-        self.upsert = self._insert_ignore
+        # The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``.
+        self.dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
@@ -286,7 +285,7 @@ class Store:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
         for table, rows in ((items, item_rows), (events, event_rows)):
             if rows:
-                conn.execute(self._insert_ignore(table).on_conflict_do_nothing(), rows)
+                conn.execute(self.dialect_insert(table).on_conflict_do_nothing(), rows)
 
     # -- reads ---------------------------------------------------------------------------------
 
