@@ -118,6 +118,10 @@ CASES: list[tuple[str, Any, int, str | None, str]] = [
      "input[0].id", "Invalid value"),
     ("item reference unknown", {"model": MODEL, "input": [{"type": "item_reference", "id": "msg_nope"}]}, 400,
      "input[0].id", "not found"),
+    ("client_request_id wrong type", {"model": MODEL, "input": "hi", "client_request_id": 7}, 400,
+     "client_request_id", "Invalid value"),
+    ("client_request_id too long", {"model": MODEL, "input": "hi", "client_request_id": "x" * 1025}, 400,
+     "client_request_id", "Invalid value"),
 ]
 
 
