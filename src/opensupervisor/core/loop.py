@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.core.approval import Answer, ApprovalSigner, denial_text, model_view
+from opensupervisor.core.bounds import DEFAULT_OUTPUT_CHARS
 from opensupervisor.core.citations import citations_for, sources_in
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 class LoopLimits:
     max_turns: int = 16
     tool_timeout_s: float = 120.0
+    max_tool_output_chars: int = DEFAULT_OUTPUT_CHARS
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from jsonschema import Draft202012Validator
 
+from opensupervisor.core.bounds import DEFAULT_OUTPUT_CHARS, cap_output
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
@@ -54,17 +55,19 @@ class ToolBox:
     """Every tool of a run by name, with the request's ``tool_choice`` applied."""
 
     def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float,
-                 steps: Steps = direct, listings: list[tuple[str, list[ToolDef]]] | None = None) -> None:
+                 steps: Steps = direct, listings: list[tuple[str, list[ToolDef]]] | None = None,
+                 max_output_chars: int = DEFAULT_OUTPUT_CHARS) -> None:
         self._entries = entries
         self._allowed = allowed
         self.timeout_s = timeout_s
+        self.max_output_chars = max_output_chars
         self.steps = steps
         # (server label, tools) of each toolset whose listing shows as an ``mcp_list_tools`` item.
         self.listings = listings or []
 
     @classmethod
     async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0,
-                    steps: Steps = direct) -> ToolBox:
+                    steps: Steps = direct, max_output_chars: int = DEFAULT_OUTPUT_CHARS) -> ToolBox:
         """List every toolset's tools (a listing that may change is one step)."""
         entries: dict[str, _Entry] = {}
         listings: list[tuple[str, list[ToolDef]]] = []
@@ -85,7 +88,7 @@ class ToolBox:
                     raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
                                          param=f"tools[{b.index}]", code="invalid_value")
                 entries[tool.name] = _Entry(tool, b.toolset, b.type, Draft202012Validator(tool.parameters))
-        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps, listings)
+        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps, listings, max_output_chars)
 
     def offered(self, *, hosted: bool = True) -> list[ToolDef]:
         """The tools the model may call now (``allowed_tools`` is a hard filter, not a hint)."""
@@ -129,7 +132,10 @@ class ToolBox:
             where = "/".join(str(p) for p in problem.absolute_path) or "arguments"
             return f"Error: invalid arguments for '{name}' at {where}: {problem.message}"
         async def call() -> str:
-            return await self._call(ctx, entry, name, args)
+            # Cut before the span and the step record it: what the model, the trace and a resumed
+            # durable run see is the same bounded text.
+            return cap_output(await self._call(ctx, entry, name, args),
+                              entry.tool.max_output_chars or self.max_output_chars)
 
         return await traced_tool_call(ctx, name, entry.type, args, call)
 

@@ -122,7 +122,8 @@ class ResponseService:
             if ticket is not None:
                 ctx.state[RATE_BUCKETS] = ticket
             model = TracedModel(catalog_model, ctx)
-            toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s)
+            toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s,
+                                          max_output_chars=self.limits.max_tool_output_chars)
             _check_context(model, body, items)
             response = new_response(response_id, parsed, model=body.model)
             run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
@@ -308,7 +309,7 @@ class ResponseService:
         durable = DurableModel(self.catalog.get(body.model), dbos_steps)
         model = TracedModel(durable, ctx)
         toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
-                                      steps=dbos_steps)
+                                      steps=dbos_steps, max_output_chars=self.limits.max_tool_output_chars)
 
         async def history() -> list[Item]:
             return await self._prior_history(body.previous_response_id, principal)

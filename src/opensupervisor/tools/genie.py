@@ -65,6 +65,10 @@ class GenieSpace(BaseModel):
     display_rows: int = Field(default=50, ge=1, le=10_000)
     timeout_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=10)
+    # Each value of a result, and the whole tool output, cut at this many characters (default: the
+    # workspace's ``[limits] max_cell_chars`` and ``max_tool_output_chars``).
+    max_cell_chars: int | None = Field(default=None, ge=16, le=16 * 1024 * 1024)
+    max_output_chars: int | None = Field(default=None, ge=256, le=16 * 1024 * 1024)
     # On behalf of the user (PostgreSQL): a user, group or "*" -> the database role their queries run as.
     database_roles: dict[str, str] = Field(default_factory=dict)
 

@@ -16,6 +16,7 @@ import ast
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from opensupervisor.core.bounds import cap_cell
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
@@ -58,10 +60,15 @@ class FunctionEntry(BaseModel):
     sql: str | None = None
     parameters: list[SqlParameter] = Field(default_factory=list)
     timeout_s: float = Field(default=30.0, gt=0)
+    # The tool output's cap in characters (default: the workspace's ``[limits] max_tool_output_chars``).
+    max_output_chars: int | None = Field(default=None, ge=256, le=16 * 1024 * 1024)
+    # python: the function may open network sockets (its sandbox shares the host's network).
+    network: bool = False
     # sql on PostgreSQL, on behalf of the user: a user, group or "*" -> the database role it runs as.
     database_roles: dict[str, str] = Field(default_factory=dict)
 
 
+SQL_FUNCTION_ROWS = 1000
 ALIAS = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -106,7 +113,8 @@ class Function:
                 url = url.set(database=str(base_dir / url.database))
             self.engine = sa.create_engine(url, poolclass=sa.NullPool) if url.get_backend_name() == "sqlite" \
                 else sa.create_engine(url.set(drivername="postgresql+psycopg"), pool_size=2, max_overflow=2)
-        self.tool = ToolDef(tool_name(full_name), entry.description or description or full_name, parameters)
+        self.tool = ToolDef(tool_name(full_name), entry.description or description or full_name, parameters,
+                            max_output_chars=entry.max_output_chars)
 
 
 class FunctionCatalog:
@@ -119,6 +127,7 @@ class FunctionCatalog:
         self.registered: dict[str, Function] = {}
         self._versions: dict[str, int] = {}
         self.functions: dict[str, Function] = {}
+        self.cell_chars = workspace.limits.max_cell_chars
         for full_name, raw in workspace.functions.items():
             entry = section_entry(FunctionEntry, f"functions.{full_name}", raw)
             self.functions[full_name] = Function(full_name, entry, workspace.base_dir)
@@ -178,7 +187,8 @@ class FunctionTool(Toolset):
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         tool = self.function.tool
-        return [ToolDef(self.alias or tool.name, self.description or tool.description, tool.parameters)]
+        return [ToolDef(self.alias or tool.name, self.description or tool.description, tool.parameters,
+                        max_output_chars=tool.max_output_chars)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         function = self.function
@@ -187,12 +197,13 @@ class FunctionTool(Toolset):
                                                    timeout_s=function.entry.timeout_s)
         values = {p.name: arguments.get(p.name, p.default) for p in function.entry.parameters}
         role = role_for(function.entry.database_roles, ctx.principal, f"the function '{function.full_name}'")
-        return await asyncio.wait_for(asyncio.to_thread(_run_sql, function, values, role), function.entry.timeout_s)
+        run = asyncio.to_thread(_run_sql, function, values, role, self.catalog.cell_chars)
+        return await asyncio.wait_for(run, function.entry.timeout_s)
 
 
-def _run_sql(function: Function, values: dict[str, Any], role: str | None) -> str:
-    """Run the body with bound parameters (never interpolated), as ``role``: rows as JSON, or the
-    rows affected."""
+def _run_sql(function: Function, values: dict[str, Any], role: str | None, cell_chars: int) -> str:
+    """Run the body with bound parameters (never interpolated), as ``role``: rows as JSON (each
+    value cut at ``cell_chars``, as it is fetched), or the rows affected."""
     assert function.entry.sql is not None
     try:
         with function.engine.begin() as conn:
@@ -200,11 +211,18 @@ def _run_sql(function: Function, values: dict[str, Any], role: str | None) -> st
             result = conn.execute(sa.text(function.entry.sql), values)
             if result.returns_rows:
                 columns = list(result.keys())
-                rows = [list(r) for r in result.fetchmany(1000)]
+                rows = [[_cell(v, cell_chars) for v in row] for row in itertools.islice(result, SQL_FUNCTION_ROWS)]
                 return orjson.dumps({"columns": columns, "rows": rows}, default=str).decode()
             return orjson.dumps({"rows_affected": result.rowcount}).decode()
     except SQLAlchemyError as exc:
         raise ToolError(f"the database refused the call: {database_error(exc)}") from exc
+
+
+def _cell(value: Any, limit: int) -> Any:
+    """A value as JSON shows it, a long text or bytes value cut at ``limit`` characters."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = str(bytes(value))
+    return cap_cell(value, limit)[0] if isinstance(value, str) else value
 
 
 def _sql_schema(parameters: list[SqlParameter]) -> dict[str, Any]:

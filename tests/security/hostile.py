@@ -1,0 +1,162 @@
+"""A hostile language model: a Chat Completions upstream that plays exactly the attack a test names.
+
+The model is the untrusted party of an agent loop: it writes the tool calls, their arguments and the
+SQL a Genie space runs. ``HostileUpstream`` speaks the real OpenAI Chat Completions wire format
+(JSON and SSE), and a test tells it what to say with ``play``: the tool calls of the loop model's
+first turn, and the SQL the text-to-SQL model writes on each attempt. The play is picked by a key in
+the conversation's text, so plays of tests running at once never mix.
+
+``hostile_server`` starts the upstream and a real server on loopback with a workspace whose model
+``hostile`` is that upstream; ``attack`` sends one request through the ``openai`` client and
+returns the tool outputs the model was given.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+
+from opensupervisor.testing.asgi import FakeUpstream, Send, send_json, send_sse
+from opensupervisor.testing.chat_upstream import USAGE, _chunk, _usage_chunk
+from tests.conftest import ASGIThread, Server, ThreadServer
+
+MODEL = "hostile"
+
+
+@dataclass(slots=True)
+class Play:
+    # (tool name, arguments) the loop model calls, all in its first turn.
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The SQL the text-to-SQL model writes, attempt by attempt (the last one repeats).
+    sql: list[str] = field(default_factory=list)
+    # Raw arguments text per call (overrides ``calls``' JSON), for arguments that are not JSON.
+    raw_arguments: list[str] | None = None
+    # The call ids the model uses (default: ``call_<n>``): hostile ids are part of the attack surface.
+    call_ids: list[str] | None = None
+
+
+class HostileUpstream(FakeUpstream):
+    """The ASGI app. ``requests`` keeps every request body, for asserting what reached the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plays: dict[str, Play] = {}
+        self.requests: list[dict[str, Any]] = []
+
+    def play(self, play: Play | None = None, /, **fields: Any) -> str:
+        """Register a play; returns the user message that starts it."""
+        key = f"attack-{uuid.uuid4().hex[:12]}"
+        self.plays[key] = play if play is not None else Play(**fields)
+        return f"Run the play {key}."
+
+    def refusal(self) -> dict[str, Any]:
+        return {"error": {"message": "bad key", "type": "invalid_request_error"}}
+
+    async def answer(self, req: dict[str, Any], headers: dict[bytes, bytes], send: Send) -> None:
+        self.requests.append(req)
+        messages: list[dict[str, Any]] = req.get("messages") or []
+        play = self._find(messages)
+        fmt = (req.get("response_format") or {}).get("json_schema") or {}
+        if fmt.get("name") == "sql_query":  # the Genie space's text-to-SQL call
+            attempt = sum(1 for m in messages if m.get("role") == "assistant")
+            sql = play.sql[min(attempt, len(play.sql) - 1)] if play and play.sql else "SELECT 1"
+            await self._send(req, send, orjson.dumps({"sql": sql, "description": "as told"}).decode(), [])
+            return
+        tool_results = [m for m in messages if m.get("role") == "tool"]
+        if play is not None and not tool_results and play.calls:
+            await self._send(req, send, "", self._calls(play))
+            return
+        text = "Tool said: " + " | ".join(_text(m) for m in tool_results) if tool_results else "Nothing to do."
+        await self._send(req, send, text, [])
+
+    def _find(self, messages: list[dict[str, Any]]) -> Play | None:
+        for message in messages:
+            text = _text(message)
+            for key, play in self.plays.items():
+                if key in text:
+                    return play
+        return None
+
+    @staticmethod
+    def _calls(play: Play) -> list[dict[str, Any]]:
+        calls = []
+        for i, (name, arguments) in enumerate(play.calls):
+            raw = play.raw_arguments[i] if play.raw_arguments else orjson.dumps(arguments).decode()
+            call_id = play.call_ids[i] if play.call_ids else f"call_{i}"
+            calls.append({"index": i, "id": call_id, "type": "function",
+                          "function": {"name": name, "arguments": raw}})
+        return calls
+
+    @staticmethod
+    async def _send(req: dict[str, Any], send: Send, text: str, calls: list[dict[str, Any]]) -> None:
+        finish = "tool_calls" if calls else "stop"
+        if req.get("stream"):
+            chunks = [_chunk({"role": "assistant", "content": text or None,
+                              **({"tool_calls": calls} if calls else {})}), _chunk({}, finish), _usage_chunk()]
+            await send_sse(send, b"".join([*chunks, b"data: [DONE]\n\n"]))
+            return
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+        await send_json(send, 200, {"id": "chatcmpl-hostile", "object": "chat.completion", "created": 0,
+                                    "model": "hostile", "usage": USAGE,
+                                    "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
+
+
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content)
+
+
+@dataclass(slots=True)
+class Rig:
+    server: Server
+    upstream: HostileUpstream
+    folder: Path
+
+    def attack(self, tools: list[dict[str, Any]], play: Play | None = None, *, token: str | None = None,
+               **fields: Any) -> list[str]:
+        """Run one request whose model plays ``play``; the outputs of its hosted tool calls, in order."""
+        prompt = self.upstream.play(play, **fields)
+        client = openai.OpenAI(base_url=self.server.v1, api_key=token or self.server.token, max_retries=0,
+                               timeout=120)
+        response = client.responses.create(model=MODEL, input=prompt, tools=tools)
+        assert response.status == "completed", response
+        return [str(item.output) for item in response.output if item.type == "function_call_output"]
+
+
+def workspace_text(upstream_url: str, body: str) -> str:
+    """A workspace whose ``hostile`` model is the upstream, with ``body`` appended (its own
+    ``[limits]`` table, if it has one, replaces the default)."""
+    limits = "" if "[limits]" in body else "[limits]\nmax_turns = 4\ntool_timeout_s = 60\n"
+    return f"""
+name = "security-tests"
+{limits}
+[models.{MODEL}]
+provider = "openai-chat"
+base_url = "{upstream_url}/v1"
+upstream_model = "hostile"
+max_retries = 0
+
+{body}
+"""
+
+
+@contextmanager
+def hostile_server(folder: Path, body: str, *, database_url: str | None = None) -> Iterator[Rig]:
+    """The hostile upstream and a real server on loopback, the workspace's ``body`` its tools."""
+    upstream = HostileUpstream()
+    with ASGIThread(upstream) as upstream_url:
+        path = folder / "workspace.toml"
+        path.write_text(workspace_text(upstream_url, body), encoding="utf-8")
+        with ThreadServer(database_url or f"sqlite:///{folder}/state.db", path) as server:
+            yield Rig(server, upstream, folder)
