@@ -18,6 +18,7 @@ from mcp.server.fastmcp import FastMCP
 
 from opensupervisor.core.bounds import cap_cell, cap_output
 from opensupervisor.errors import ConfigError
+from opensupervisor.testing.asgi import lifespan
 from opensupervisor.workspace import parse_workspace
 from tests.conftest import ASGIThread
 from tests.security.hostile import Rig, hostile_server
@@ -36,13 +37,25 @@ def flood_server() -> FastMCP:
     return server
 
 
+async def endless_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app endpoint whose answer never ends (1 MiB chunks, for ever)."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    chunk = b"z" * (1024 * 1024)
+    for _ in range(10_000):  # 10 GiB: far more than anyone should hold
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     folder = tmp_path_factory.mktemp("caps")
     with sqlite3.connect(folder / "notes.db") as conn:
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
         conn.executemany("INSERT INTO notes VALUES (?, ?)", [(i, "n" * 50_000) for i in range(40)])
-    with ASGIThread(flood_server().streamable_http_app()) as mcp_url:
+    with ASGIThread(flood_server().streamable_http_app()) as mcp_url, ASGIThread(endless_app) as app_url:
         body = f"""
 [limits]
 max_turns = 4
@@ -51,6 +64,10 @@ max_tool_output_chars = 20000
 
 [connections.flood]
 url = "{mcp_url}/mcp"
+require_approval = "never"
+
+[apps.endless]
+url = "{app_url}/v1"
 require_approval = "never"
 
 [functions."main.notes.all"]
@@ -86,6 +103,23 @@ def test_a_flooding_mcp_server_is_cut_at_the_workspace_cap(rig: Rig) -> None:
     assert len(output) < 20_200
     # The model's next request carries the cut output, not the million characters.
     assert last_model_request_size(rig) < 30_000
+
+
+def test_an_answer_past_16_mib_is_refused_while_it_streams(rig: Rig) -> None:
+    """The MCP SDK and the app client count an answer's bytes as they arrive: a server that sends
+    20 million characters, or an app that never stops, costs at most 16 MiB before it is refused."""
+    [mcp] = rig.attack([connection("flood")], calls=[("flood", {"size": 20 * MILLION})])
+    assert mcp == "Error: the MCP server 'flood' failed the call (the answer is larger than 16 MiB)"
+    Path("/proc/self/clear_refs").write_text("5")
+    before = peak_rss_mb()
+    [app] = rig.attack([{"type": "app", "app": {"name": "endless"}}], calls=[("app_endless", {"question": "all"})])
+    assert app == "Error: the app 'endless' answered too much: the answer is larger than 16 MiB"
+    assert peak_rss_mb() - before < 100
+
+
+def peak_rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def test_several_calls_are_each_cut(rig: Rig) -> None:

@@ -24,6 +24,7 @@ from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError
 from opensupervisor.tools.connections import ApprovalPolicy, ConnectionTools, asks_approval
+from opensupervisor.tools.http_bounds import ResponseTooLarge, read_bounded
 from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.wire.request import ToolSpec
@@ -93,11 +94,13 @@ class Apps:
         try:
             async with asyncio.timeout(entry.timeout_s), self.session().post(
                     f"{entry.url.rstrip('/')}/responses", data=orjson.dumps(body), headers=headers) as resp:
-                raw = await resp.read()
+                raw = await read_bounded(resp)
         except TimeoutError as exc:
             raise ToolError(f"the app '{name}' did not answer within {entry.timeout_s:g} seconds") from exc
         except aiohttp.ClientError as exc:
             raise ToolError(f"the app '{name}' is unreachable ({type(exc).__name__})") from exc
+        except ResponseTooLarge as exc:
+            raise ToolError(f"the app '{name}' answered too much: {exc}") from exc
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

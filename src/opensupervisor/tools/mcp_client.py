@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -24,14 +25,31 @@ import orjson
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamablehttp_client
+from mcp.types import CallToolResult, ListToolsResult
 
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef
 from opensupervisor.errors import ToolError
+from opensupervisor.tools.http_bounds import AnswerLimit, ResponseTooLarge
 from opensupervisor.tools.oauth import TokenRequestFailed
 
 log = logging.getLogger(__name__)
 Transport = Literal["auto", "streamable_http", "sse"]
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An initialized MCP session whose answers are bounded: a call fails as soon as one passes
+    the cap (``http_bounds.AnswerLimit``)."""
+
+    client: ClientSession
+    limit: AnswerLimit
+
+    async def list_tools(self) -> ListToolsResult:
+        return await self.limit.run(self.client.list_tools())
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> CallToolResult:
+        return await self.limit.run(self.client.call_tool(name, arguments))
 
 
 class McpServer:
@@ -51,7 +69,7 @@ class McpServer:
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[ClientSession]:
+    async def session(self) -> AsyncIterator[Session]:
         """An initialized session; with ``auto``, a server that refuses Streamable HTTP gets SSE."""
         async with contextlib.AsyncExitStack() as stack:
             if self.transport == "sse":
@@ -68,17 +86,20 @@ class McpServer:
             yield session
 
     @asynccontextmanager
-    async def _open(self, transport: Transport) -> AsyncIterator[ClientSession]:
+    async def _open(self, transport: Transport) -> AsyncIterator[Session]:
+        limit = AnswerLimit()
         if transport == "sse":
-            stream = sse_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth)
+            stream = sse_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth,
+                                httpx_client_factory=limit.mcp_client)
             async with stream as (read, write), ClientSession(read, write) as session:
-                await session.initialize()
-                yield session
+                await limit.run(session.initialize())
+                yield Session(session, limit)
             return
-        http = streamablehttp_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth)
+        http = streamablehttp_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth,
+                                     httpx_client_factory=limit.mcp_client)
         async with http as (read, write, _), ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+            await limit.run(session.initialize())
+            yield Session(session, limit)
 
     async def list_tools(self) -> list[ToolDef]:
         async with self._lock:
@@ -124,17 +145,17 @@ class _HeldSession:
     def __init__(self, server: McpServer) -> None:
         self.server = server
         self._task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[ClientSession] | None = None
+        self._ready: asyncio.Future[Session] | None = None
         self._stop = asyncio.Event()
 
-    async def get(self) -> ClientSession:
+    async def get(self) -> Session:
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
             self._stop = asyncio.Event()
             self._task = asyncio.create_task(self._hold(self._ready, self._stop))
         return await asyncio.shield(self._ready)
 
-    async def _hold(self, ready: asyncio.Future[ClientSession], stop: asyncio.Event) -> None:
+    async def _hold(self, ready: asyncio.Future[Session], stop: asyncio.Event) -> None:
         try:
             async with self.server.session() as session:
                 ready.set_result(session)
@@ -190,5 +211,7 @@ def _reason(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     if isinstance(exc, TokenRequestFailed):
         return f"OAuth: {exc}"
+    if isinstance(exc, ResponseTooLarge):
+        return str(exc)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     return f"HTTP {status}" if status else type(exc).__name__
