@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+from opensupervisor.identity import ADMIN
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.genie import GenieSpaces
-from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.tools.sandbox import Sandbox
 from opensupervisor.tools.uc_functions import FunctionCatalog
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import load_workspace
@@ -53,8 +54,9 @@ def line(label: str, values: list[float], base: list[float] | None = None) -> st
 async def main(calls: int) -> None:
     ws = load_workspace(None)
     spaces = GenieSpaces(ws, ModelCatalog(ws))
-    functions = FunctionCatalog(ws, Sandbox(Limits()))
-    ctx: Any = SimpleNamespace(request=SimpleNamespace(body=SimpleNamespace(model=None)))  # no model is asked
+    functions = FunctionCatalog(ws, Sandbox.from_section(ws.sandbox))
+    ctx: Any = SimpleNamespace(request=SimpleNamespace(body=SimpleNamespace(model=None)),  # no model is asked
+                           principal=ADMIN)
     db_path = ws.base_dir / "reviews.db"
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
 

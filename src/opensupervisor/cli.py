@@ -34,7 +34,7 @@ from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.tools.connections import ConnectionEntry, Connections, build_server
 from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
-from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.tools.sandbox import Sandbox
 from opensupervisor.tools.uc_functions import FunctionCatalog, FunctionEntry
 from opensupervisor.vault import Vault
 from opensupervisor.workspace import load_workspace
@@ -350,8 +350,8 @@ async def _add(catalog: FunctionCatalog, table: RegisteredFunctions, name: str, 
 def _catalog_call(config: str | None, action: Callable[[FunctionCatalog, RegisteredFunctions], Awaitable[T]]) -> T:
     """Run ``action`` with the workspace's function catalog and the store's registered functions."""
     async def run(store: Store, settings: Settings) -> T:
-        catalog = FunctionCatalog(load_workspace(config or settings.config), Sandbox(Limits()),
-                                  settings.data_dir / "functions")
+        workspace = load_workspace(config or settings.config)
+        catalog = FunctionCatalog(workspace, Sandbox.from_section(workspace.sandbox), settings.data_dir / "functions")
         try:
             return await action(catalog, RegisteredFunctions(store))
         finally:

@@ -4,7 +4,8 @@ Functions are declared in the workspace file's ``[functions."<catalog>.<schema>.
 
 - Python: a source file defining a function of that name. Its tool schema is read from the source
   with ``ast`` (type hints, defaults, the docstring's summary and ``Args:``), never by importing it
-  here; calls run in the sandbox subprocesses (``tools.sandbox``).
+  here; calls run in sandbox workers (``tools.sandbox``), a pool per function, and a workspace with
+  Python functions starts only where the sandbox's boundary holds (``[sandbox]``).
 - SQL: a SQL body with ``:named`` parameters, run with bound values on a named database.
 
 The tool name follows unitycatalog-ai: dots become ``__`` and the last 64 characters are kept.
@@ -32,7 +33,7 @@ from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name
-from opensupervisor.tools.sandbox import Limits, Sandbox
+from opensupervisor.tools.sandbox import Sandbox
 from opensupervisor.tools.sql_engines import check_roles, database_error, role_for, set_role
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
@@ -128,9 +129,19 @@ class FunctionCatalog:
         self._versions: dict[str, int] = {}
         self.functions: dict[str, Function] = {}
         self.cell_chars = workspace.limits.max_cell_chars
+        self.max_output_chars = workspace.limits.max_tool_output_chars
         for full_name, raw in workspace.functions.items():
             entry = section_entry(FunctionEntry, f"functions.{full_name}", raw)
+            if entry.language == "python":
+                self._require_sandbox(full_name)
             self.functions[full_name] = Function(full_name, entry, workspace.base_dir)
+
+    def _require_sandbox(self, full_name: str) -> None:
+        """Python functions only where their sandbox's boundary holds (or the weaker mode was chosen)."""
+        try:
+            self.sandbox.require()
+        except ConfigError as exc:
+            raise ConfigError(f"functions.{full_name}: {exc}") from exc
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, "name", self.functions.keys() | self.registered.keys(), "Function")
@@ -152,6 +163,8 @@ class FunctionCatalog:
             raise ConfigError(f"functions.{name} is declared in the workspace file; change it there")
         if entry.language == "python" and source_code is None:
             raise ConfigError(f"functions.{name}: a python function needs source_code")
+        if entry.language == "python":
+            self._require_sandbox(name)
         return Function(name, entry, self.registered_dir, source_code)
 
     def load(self, rows: list[tuple[str, dict[str, Any], str | None, int]]) -> None:
@@ -193,8 +206,10 @@ class FunctionTool(Toolset):
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         function = self.function
         if function.entry.language == "python":
-            return await self.catalog.sandbox.call(function.file, function.name, arguments,
-                                                   timeout_s=function.entry.timeout_s)
+            entry = function.entry
+            return await self.catalog.sandbox.call(
+                function.file, function.name, arguments, timeout_s=entry.timeout_s, principal=ctx.principal.id,
+                network=entry.network, max_output_chars=entry.max_output_chars or self.catalog.max_output_chars)
         values = {p.name: arguments.get(p.name, p.default) for p in function.entry.parameters}
         role = role_for(function.entry.database_roles, ctx.principal, f"the function '{function.full_name}'")
         run = asyncio.to_thread(_run_sql, function, values, role, self.catalog.cell_chars)
@@ -308,6 +323,6 @@ def _docstring(text: str) -> tuple[str | None, dict[str, str]]:
 
 def register(registry: ToolRegistry, workspace: Workspace, registered_dir: Path | None = None) -> FunctionCatalog:
     """Add the ``uc_function`` kind; returns the catalog (the caller closes it)."""
-    catalog = FunctionCatalog(workspace, Sandbox(Limits()), registered_dir)
+    catalog = FunctionCatalog(workspace, Sandbox.from_section(workspace.sandbox), registered_dir)
     registry.register("uc_function", catalog.factory)
     return catalog
