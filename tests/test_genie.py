@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -242,7 +243,7 @@ async def test_each_engine_is_read_only_even_past_the_guard(engine: str, tmp_pat
     else:
         url, schema = request.getfixturevalue("pg_reviews")
         table = f"{schema}.reviews"
-    db = ReadOnlyDatabase(url, tmp_path, timeout_s=5)
+    db = ReadOnlyDatabase(url, tmp_path, timeout_s=5, tables=[table])
     try:
         rows = await db.query(f"SELECT id FROM {table} WHERE urgent = 1 ORDER BY id", 10)
         assert rows.rows == [(2,), (4,)] and not rows.truncated
@@ -254,7 +255,7 @@ async def test_each_engine_is_read_only_even_past_the_guard(engine: str, tmp_pat
         assert capped.rows == [(1,), (2,), (3,)] and capped.truncated
     finally:
         await db.aclose()
-    slow = ReadOnlyDatabase(url, tmp_path, timeout_s=1)
+    slow = ReadOnlyDatabase(url, tmp_path, timeout_s=1, tables=[table])
     endless = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
                if engine != "postgresql" else "SELECT pg_sleep(30)")
     try:
@@ -335,3 +336,45 @@ def test_the_genie_api_names_what_is_wrong(sqlite_space: tuple[Server, Path]) ->
         assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "conversation_id"
         space = http.get("/api/2.0/genie/spaces/nope")
         assert space.status_code == 404 and space.json()["error"]["param"] == "space_id"
+
+
+SCOPED_REFUSALS = [
+    ("SELECT s.token FROM secrets s WHERE EXISTS (WITH secrets AS (SELECT 1) SELECT 1 FROM secrets)", "CTE name"),
+    ("SELECT * FROM x WHERE EXISTS (WITH x AS (SELECT 1) SELECT 1 FROM x)", "the table x is not"),
+    ("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a", "the table b is not"),
+    ("(WITH a AS (SELECT 1) SELECT * FROM a) UNION ALL SELECT * FROM a", "the table a is not"),
+    ("SELECT * FROM reviews AS secrets WHERE EXISTS (SELECT 1 FROM secrets)", "the table secrets is not"),
+    ("WITH reviews AS (SELECT token FROM secrets) SELECT * FROM reviews", "CTE name reviews"),
+    ('SELECT * FROM "SECRETS"', "is not one of"), ("SELECT * FROM other.reviews", "is not one of"),
+    ("SELECT * FROM elsewhere.main.reviews", "in another database"),
+    ("SELECT lower(token) FROM (SELECT * FROM secrets) q", "the table secrets is not"),
+    ("SELECT query_to_xml('select 1', true, false, '')", "the function query_to_xml()"),
+    ("SELECT main.lower('x')", "call functions by their plain name"),
+]
+
+
+@pytest.mark.parametrize(("sql", "reason"), SCOPED_REFUSALS)
+def test_the_guard_resolves_each_table_in_its_scope(sql: str, reason: str) -> None:
+    from opensupervisor.tools.sql_guard import UnsafeSQL, check_query
+
+    for dialect in ("sqlite", "duckdb", "postgres"):
+        with pytest.raises(UnsafeSQL, match=re.escape(reason)):
+            check_query(sql, dialect=dialect, tables={"reviews"}, max_rows=10, known=frozenset({"secrets"}),
+                        catalog="shop")
+
+
+@pytest.mark.parametrize(("sql", "dialect", "rewritten"), [
+    ("WITH u AS (SELECT * FROM reviews) SELECT count(*) FROM u", "postgres",
+     'WITH u AS (SELECT * FROM "public".reviews) SELECT COUNT(*) FROM u LIMIT 11'),
+    ('SELECT r.id FROM "reviews" AS r', "postgres", 'SELECT r.id FROM "public"."reviews" AS r LIMIT 11'),
+    ("SELECT id FROM shop.public.reviews", "postgres", "SELECT id FROM shop.public.reviews LIMIT 11"),
+    ("SELECT * FROM REVIEWS", "sqlite", 'SELECT * FROM "main".REVIEWS LIMIT 11'),
+    ("FROM main.reviews", "duckdb", "SELECT * FROM main.reviews LIMIT 11"),
+    ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) SELECT * FROM n", "postgres",
+     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) SELECT * FROM n LIMIT 11"),
+])
+def test_the_guard_names_the_spaces_own_tables(sql: str, dialect: str, rewritten: str) -> None:
+    from opensupervisor.tools.sql_guard import check_query
+
+    assert check_query(sql, dialect=dialect, tables={"reviews"}, max_rows=10, known=frozenset({"secrets"}),
+                       catalog="shop") == rewritten

@@ -160,3 +160,110 @@ def hostile_server(folder: Path, body: str, *, database_url: str | None = None) 
         path.write_text(workspace_text(upstream_url, body), encoding="utf-8")
         with ThreadServer(database_url or f"sqlite:///{folder}/state.db", path) as server:
             yield Rig(server, upstream, folder)
+
+
+# --- SQL spaces under attack: one database per engine, a listed table and unlisted ones --------
+
+MARKER = "MARKER-7f3a9c"  # in every unlisted table: it must never reach a tool output
+REVIEW_ROWS = [(1, "Great product", 0), (2, "Broken on arrival, refund now!", 1), (3, "Fine", 0),
+               (4, "It caught fire", 1)]
+
+
+@dataclass(slots=True)
+class SqlDatabases:
+    sqlite: Path
+    duckdb: Path
+    pg_url: str  # as the space's own login, which may read only ``reviews``
+    pg_admin_url: str  # as the superuser, for setting up and for checking
+    pg_role: str
+    pg_database: str
+
+
+def make_sql_files(folder: Path) -> tuple[Path, Path]:
+    """A SQLite and a DuckDB file with ``reviews`` and the unlisted ``secret`` and ``audit``."""
+    import sqlite3
+
+    import duckdb
+
+    for path, connect in ((folder / "space.db", sqlite3.connect), (folder / "space.duckdb", duckdb.connect)):
+        conn: Any = connect(str(path))
+        conn.execute("CREATE TABLE reviews (id INTEGER, body TEXT, urgent INTEGER)")
+        conn.executemany("INSERT INTO reviews VALUES (?, ?, ?)", REVIEW_ROWS)
+        conn.execute("CREATE TABLE secret (ssn TEXT)")
+        conn.execute(f"INSERT INTO secret VALUES ('{MARKER}')")
+        conn.execute("CREATE TABLE audit (note TEXT)")
+        conn.execute(f"INSERT INTO audit VALUES ('{MARKER}')")
+        conn.commit()
+        conn.close()
+    return folder / "space.db", folder / "space.duckdb"
+
+
+@contextmanager
+def postgres_space_database(admin_url: str) -> Iterator[tuple[str, str, str, str]]:
+    """A database of its own (other test processes share the server), with ``reviews``, ``secret``,
+    ``dblink`` and a login that may read only ``reviews``: (space URL, admin URL, role, database)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    run = uuid.uuid4().hex[:10]
+    database, role = f"sec_{run}", f"sec_reader_{run}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    admin = make_url(admin_url).set(database=database).render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for statement in (
+                    "CREATE TABLE reviews (id INTEGER, body TEXT, urgent INTEGER)",
+                    "CREATE TABLE secret (ssn TEXT)", f"INSERT INTO secret VALUES ('{MARKER}')",
+                    "CREATE EXTENSION IF NOT EXISTS dblink",
+                    "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+                    f"GRANT USAGE ON SCHEMA public TO {role}", f"GRANT SELECT ON reviews TO {role}"):
+                conn.execute(statement)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO reviews VALUES (%s, %s, %s)", REVIEW_ROWS)
+        space = make_url(admin_url).set(database=database, username=role, password=None)
+        yield space.render_as_string(hide_password=False), admin, role, database
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def sql_spaces_body(dbs: SqlDatabases, *, timeout_s: float = 2.0, extra: str = "") -> str:
+    """Three spaces, ``sq``, ``dk`` and ``pg``, each listing only ``reviews``; a refused or failing
+    query is not retried, so a test sees each attack's own outcome."""
+    spaces = []
+    for space_id, url in (("sq", f"sqlite:///{dbs.sqlite}"), ("dk", f"duckdb:///{dbs.duckdb}"), ("pg", dbs.pg_url)):
+        spaces.append(f"""
+[genie_spaces.{space_id}]
+database_url = "{url}"
+tables = ["reviews"]
+model = "{MODEL}"
+max_attempts = 1
+max_rows = 100
+timeout_s = {timeout_s}
+{extra}
+""")
+    return "\n".join(spaces)
+
+
+def space_tool(space_id: str) -> dict[str, Any]:
+    return {"type": "genie_space", "genie_space": {"id": space_id}}
+
+
+def ask_space(rig: Rig, space_id: str, sql: str) -> tuple[str, str]:
+    """Have the model ask space ``space_id`` once, its SQL being ``sql``: (the tool output, the
+    final answer as stored)."""
+    play = Play(sql=[sql])
+    prompt = rig.upstream.play(play)
+    # The question carries the play's key too: the space's own model call sees only the question.
+    play.calls = [(f"genie_{space_id}", {"question": prompt})]
+    client = openai.OpenAI(base_url=rig.server.v1, api_key=rig.server.token, max_retries=0, timeout=120)
+    response = client.responses.create(model=MODEL, input=prompt, tools=[space_tool(space_id)])
+    assert response.status == "completed", response
+    [output] = [str(item.output) for item in response.output if item.type == "function_call_output"]
+    with rig.server.http() as http:
+        stored = http.get(f"/v1/responses/{response.id}")
+    assert stored.status_code == 200, stored.text
+    return output, stored.text

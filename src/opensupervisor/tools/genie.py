@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,18 +22,22 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from tabulate import tabulate
 
+from opensupervisor.core.bounds import cap_cell
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest, ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ModelError, ToolError
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
-from opensupervisor.tools.sql_engines import Column, ReadOnlyDatabase, Rows, check_roles, role_for
+from opensupervisor.tools.sql_engines import Column, Inspection, ReadOnlyDatabase, Rows, check_roles, role_for
 from opensupervisor.tools.sql_guard import check_query
 from opensupervisor.tracing.wrappers import traced_request
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
+log = logging.getLogger(__name__)
+# The SQL and description echoed in an answer are cut at this many characters.
+SQL_SHOWN = 4096
 # How close (difflib ratio of the normalized texts) a question must be to an example's to reuse its SQL.
 EXAMPLE_MATCH = 0.9
 SQL_FORMAT = {"type": "json_schema", "name": "sql_query", "strict": True, "schema": {
@@ -84,6 +89,7 @@ class GenieSpaces:
     def __init__(self, workspace: Workspace, catalog: ModelCatalog) -> None:
         self.catalog = catalog
         self.base_dir = workspace.base_dir
+        self.limits = workspace.limits
         self.spaces: dict[str, GenieSpace] = {}
         for space_id, raw in workspace.genie_spaces.items():
             self.spaces[space_id] = section_entry(GenieSpace, f"genie_spaces.{space_id}", raw)
@@ -94,14 +100,47 @@ class GenieSpaces:
                 raise ConfigError(f"genie_spaces.{space_id}.model names unknown model '{model}'")
         self._databases: dict[str, ReadOnlyDatabase] = {}
         self._schemas: dict[str, dict[str, list[Column]]] = {}
+        self._inspections: dict[str, Inspection] = {}
 
     def database(self, space_id: str) -> ReadOnlyDatabase:
         db = self._databases.get(space_id)
         if db is None:
             space = self.spaces[space_id]
             db = self._databases[space_id] = ReadOnlyDatabase(space.database_url, self.base_dir,
-                                                              timeout_s=space.timeout_s)
+                                                              timeout_s=space.timeout_s, tables=space.tables)
         return db
+
+    def caps(self, space_id: str) -> tuple[int, int]:
+        """The space's cell and output caps (its own, else the workspace's)."""
+        space = self.spaces[space_id]
+        return (space.max_cell_chars or self.limits.max_cell_chars,
+                space.max_output_chars or self.limits.max_tool_output_chars)
+
+    async def inspection(self, space_id: str) -> Inspection:
+        """What the database holds beside the space's tables, read at first use; a login that can
+        read more than the space lists is logged as a warning (its grants are the real boundary)."""
+        if space_id not in self._inspections:
+            space = self.spaces[space_id]
+            found = await self.database(space_id).inspect(sorted(set(space.database_roles.values())))
+            for who, tables in found.readable.items():
+                if tables:
+                    log.warning("Genie space '%s': %s can read tables the space does not list: %s. Give the space "
+                                "a database login that can read only its tables.", space_id,
+                                f"the role {who}" if who else "its database login", ", ".join(tables[:20]))
+            self._inspections[space_id] = found
+        return self._inspections[space_id]
+
+    async def checked(self, space_id: str, sql: str) -> str:
+        space, db = self.spaces[space_id], self.database(space_id)
+        found = await self.inspection(space_id)
+        return check_query(sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows,
+                           known=found.known, catalog=found.catalog)
+
+    async def run(self, space_id: str, sql: str, role: str | None) -> Rows:
+        """A checked query's bounded result."""
+        cell, output = self.caps(space_id)
+        return await self.database(space_id).query(sql, self.spaces[space_id].max_rows, role, cell_chars=cell,
+                                                   output_chars=output)
 
     async def schema(self, space_id: str) -> dict[str, list[Column]]:
         if space_id not in self._schemas:
@@ -118,13 +157,12 @@ class GenieSpaces:
         ``ToolError`` when no SQL works."""
         space = self.spaces[space_id]
         role = role_for(space.database_roles, principal, f"the space '{space_id}'")
-        db = self.database(space_id)
         earlier = earlier or []
         example = _matching_example(space, question) if not earlier else None
         if example is not None:
-            sql = check_query(example.sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows)
+            sql = await self.checked(space_id, example.sql)
             return Answer(example.sql, f"Trusted example query for: {example.question}",
-                          await db.query(sql, space.max_rows, role))
+                          await self.run(space_id, sql, role))
         name = space.model or run_model or next(iter(self.catalog.names()), None)
         if name is None:
             raise ToolError("no model is configured to write SQL for this space")
@@ -132,7 +170,8 @@ class GenieSpaces:
         for previous, previous_sql in earlier:
             items += [_message("user", previous), _message("assistant", sql_reply(previous_sql, ""))]
         items.append(_message("user", question))
-        return await _text_to_sql(self.catalog.get(name), space, items, await self.schema(space_id), db, role)
+        return await _text_to_sql(self, space_id, self.catalog.get(name), items, await self.schema(space_id),
+                                  role)
 
     def factory(self, spec: ToolSpec, workspace: Workspace, key: str = "id") -> Toolset:
         space_id = config_name(spec, key, self.spaces, "Genie space")
@@ -153,12 +192,12 @@ class SpaceTools(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         text = self.description or self.space.description or f"Answers questions about {', '.join(self.space.tables)}"
         return [ToolDef(tool_name(self.space_id), f"{text} (asks a text-to-SQL space; pass a plain question)",
-                        QUESTION_SCHEMA)]
+                        QUESTION_SCHEMA, max_output_chars=self.spaces.caps(self.space_id)[1])]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         answer = await self.spaces.ask(self.space_id, str(arguments["question"]).strip(), ctx.request.body.model,
                                        ctx.principal)
-        return answer.text(self.space)
+        return answer.text(self.space, self.spaces.caps(self.space_id)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +206,14 @@ class Answer:
     description: str
     rows: Rows
 
-    def text(self, space: GenieSpace) -> str:
-        """The tool output: the SQL, its description, a markdown table and the row count."""
-        return _answer(self.sql, self.description, self.rows, space)
+    def text(self, space: GenieSpace, cap: int) -> str:
+        """The tool output: the SQL, its description, a markdown table and the row count, within ``cap``."""
+        return _answer(self.sql, self.description, self.rows, space, cap)
 
 
-async def _text_to_sql(model: Model, space: GenieSpace, items: list[dict[str, Any]],
-                       schema: dict[str, list[Column]], db: ReadOnlyDatabase, role: str | None) -> Answer:
+async def _text_to_sql(spaces: GenieSpaces, space_id: str, model: Model, items: list[dict[str, Any]],
+                       schema: dict[str, list[Column]], role: str | None) -> Answer:
+    space, db = spaces.spaces[space_id], spaces.database(space_id)
     problem = ""
     for _ in range(space.max_attempts):
         try:
@@ -184,8 +224,8 @@ async def _text_to_sql(model: Model, space: GenieSpace, items: list[dict[str, An
             raise ToolError(f"the model could not write SQL: {exc.message}") from exc
         sql, description = _parse_reply(reply.text)
         try:
-            checked = check_query(sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows)
-            return Answer(sql, description, await db.query(checked, space.max_rows, role))
+            checked = await spaces.checked(space_id, sql)
+            return Answer(sql, description, await spaces.run(space_id, checked, role))
         except ToolError as exc:
             problem = str(exc)
             # The feedback comes from the server, not the user: the question stays the last user turn.
@@ -248,16 +288,33 @@ def _parse_reply(text: str) -> tuple[str, str]:
     return (block.group(1) if block else text).strip(), ""
 
 
-def _answer(sql: str, description: str, rows: Rows, space: GenieSpace) -> str:
-    shown = rows.rows[:space.display_rows]
-    table = tabulate(shown, headers=rows.columns, tablefmt="github") if rows.columns else "(no columns)"
+def _answer(sql: str, description: str, rows: Rows, space: GenieSpace, cap: int) -> str:
+    """The SQL, its description, a markdown table and the row count, with every cut named; rows are
+    left out of the table until the whole fits in ``cap`` (the notes always show)."""
+    shown = min(len(rows.rows), space.display_rows)
+    text = _rendered(sql, description, rows, space, shown)
+    while len(text) > cap and shown > 0:
+        shown = min(shown - 1, shown * cap // len(text))
+        text = _rendered(sql, description, rows, space, shown)
+    return text
+
+
+def _rendered(sql: str, description: str, rows: Rows, space: GenieSpace, shown: int) -> str:
+    table = tabulate(rows.rows[:shown], headers=rows.columns, tablefmt="github") if rows.columns else "(no columns)"
     count = f"{len(rows.rows)}{'+' if rows.truncated else ''} rows"
     notes = []
-    if len(rows.rows) > len(shown):
-        notes.append(f"Showing the first {len(shown)} of {count}.")
-    if rows.truncated:
-        notes.append(f"The result was cut at {space.max_rows} rows.")
-    parts = [f"SQL: {sql.strip()}", f"Description: {description or 'The query above.'}", table,
+    if len(rows.rows) > shown:
+        notes.append(f"Showing the first {shown} of {count}.")
+    if rows.output_cap is not None:
+        notes.append(f"The result was cut after {len(rows.rows)} rows: it would not fit in this space's output cap "
+                     f"of {rows.output_cap:,} characters (truncated). Ask for fewer rows or columns, or an aggregate.")
+    elif rows.truncated:
+        notes.append(f"The result was cut at {space.max_rows} rows (truncated).")
+    if rows.cut_values:
+        notes.append(f"{rows.cut_values} value{'s were' if rows.cut_values > 1 else ' was'} cut at "
+                     f"{rows.cell_chars:,} characters.")
+    shown_sql, shown_description = cap_cell(sql.strip(), SQL_SHOWN)[0], cap_cell(description, SQL_SHOWN)[0]
+    parts = [f"SQL: {shown_sql}", f"Description: {shown_description or 'The query above.'}", table,
              f"Row count: {count}", *notes]
     return "\n\n".join(parts)
 

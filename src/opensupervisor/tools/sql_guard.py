@@ -1,54 +1,66 @@
 """Checking model-written SQL before it runs: one read-only query over the space's tables, capped.
 
-The parser is the first line of defence (the database connection is read-only as well, see
-``tools.sql_engines``): exactly one statement, a ``SELECT`` (or a set operation of them, with CTEs),
-no statement or function that writes, reads files or reaches outside, and only allowed tables.
+The parser is the second line of defence; the engine is the first (``tools.sql_engines``: SQLite's
+authorizer, PostgreSQL's grants and read-only transactions, DuckDB's locked configuration). What
+passes here: exactly one statement, a ``SELECT`` (or a set operation of them, with CTEs), that
+calls only allow-listed functions (``tools.sql_functions``) and reads only the space's tables.
+
+Every table reference is resolved in its own scope, the way the engine resolves it: a name is a
+CTE only inside the query that defines it (a CTE's body sees the CTEs before it; all of them, with
+``RECURSIVE``), and anything else is a real table that must be one of the space's. A CTE may not
+take the name of a real table (the space's, or any the database has), so the two can never be
+confused. Unqualified references are rewritten to the schema of the space's table they name, so
+the engine's search path cannot pick another one.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, SqlglotError
 
 from opensupervisor.errors import ToolError
+from opensupervisor.tools.sql_functions import ALLOWED_CAST_TYPES, ALLOWED_CLASSES, ALLOWED_NAMES
 
-# Nodes that write, change the session or reach outside the database.
+MAX_SQL_CHARS = 100_000
+# Nodes that write, lock, change the session or reach outside the database.
 _FORBIDDEN = tuple(getattr(exp, name) for name in (
     "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "Command", "Pragma", "Attach",
     "Detach", "Copy", "Set", "Use", "Transaction", "Commit", "Rollback", "Into", "LoadData", "Grant",
-    "Revoke", "Analyze", "Install", "Export", "Refresh", "Summarize", "Describe", "Show",
+    "Revoke", "Analyze", "Install", "Export", "Refresh", "Summarize", "Describe", "Show", "Lock",
 ) if hasattr(exp, name))
-# Functions that read files, run programs or reach other databases (DuckDB, PostgreSQL, SQLite).
-_FORBIDDEN_FUNCTIONS = frozenset({
-    "read_csv", "read_csv_auto", "read_json", "read_json_auto", "read_json_objects", "read_ndjson",
-    "read_parquet", "parquet_scan", "read_text", "read_blob", "glob", "sniff_csv", "read_xlsx", "query",
-    "query_table", "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "lo_import",
-    "lo_export", "dblink", "dblink_exec", "pg_sleep", "load_extension", "readfile", "writefile", "edit",
-    "fts_main", "sqlite_dbpage", "getenv", "current_setting", "set_config", "pg_terminate_backend",
-    "pg_cancel_backend", "pg_reload_conf", "system",
-})
-_DEFAULT_SCHEMAS = frozenset({"", "main", "public"})
+DEFAULT_SCHEMA = {"postgres": "public", "duckdb": "main", "sqlite": "main"}
+_SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "temp", "pg_temp", "system"})
+_SYSTEM_PREFIXES = ("pg_", "sqlite_", "duckdb_")
 
 
 class UnsafeSQL(ToolError):
     """The SQL is not one read-only query over the allowed tables; the message says why."""
 
 
-def check_query(sql: str, *, dialect: str, tables: set[str], max_rows: int) -> str:
-    """The query, checked and with a row limit (``max_rows + 1``, to tell a truncated result)."""
-    return _checked(sql, dialect, frozenset(tables), max_rows)
+def check_query(sql: str, *, dialect: str, tables: set[str], max_rows: int, known: frozenset[str] = frozenset(),
+                catalog: str | None = None) -> str:
+    """The query, checked, with a row limit (``max_rows + 1``, to tell a truncated result) and its
+    table references qualified. ``known``: every relation name the database has (no CTE may take
+    one); ``catalog``: the database's own name, the only one a three-part name may use."""
+    return _checked(sql, dialect, frozenset(tables), max_rows, known, catalog)
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked(sql: str, dialect: str, tables: frozenset[str], max_rows: int) -> str:
+def _checked(sql: str, dialect: str, tables: frozenset[str], max_rows: int, known: frozenset[str],
+             catalog: str | None) -> str:
     """Cached: a space's example queries are checked once, not at every call."""
+    if len(sql) > MAX_SQL_CHARS:
+        raise UnsafeSQL(f"the SQL is {len(sql):,} characters long; at most {MAX_SQL_CHARS:,} are allowed")
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as exc:
         raise UnsafeSQL(f"the SQL does not parse: {str(exc).splitlines()[0]}") from exc
+    except (SqlglotError, RecursionError) as exc:
+        raise UnsafeSQL("the SQL does not parse: it is nested too deeply") from exc
     if len(statements) != 1:
         raise UnsafeSQL(f"exactly one statement is allowed, not {len(statements)}")
     tree = statements[0]
@@ -57,29 +69,159 @@ def _checked(sql: str, dialect: str, tables: frozenset[str], max_rows: int) -> s
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN):
             raise UnsafeSQL(f"{node.key.upper()} is not allowed: the space is read-only")
-        if isinstance(node, exp.Func) and _function_name(node) in _FORBIDDEN_FUNCTIONS:
-            raise UnsafeSQL(f"the function {_function_name(node)}() is not allowed")
-    _check_tables(tree, {t.lower() for t in tables})  # (an UnsafeSQL raised here is not cached)
-    return _limited(tree, max_rows + 1).sql(dialect=dialect)
+        _check_node(node, dialect)
+    _Tables(dialect, tables, known, catalog).check(tree)  # (an UnsafeSQL raised here is not cached)
+    try:
+        return _limited(tree, max_rows + 1).sql(dialect=dialect)
+    except RecursionError as exc:
+        raise UnsafeSQL("the SQL is nested too deeply") from exc
 
 
-def _function_name(node: exp.Func) -> str:
-    name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
-    return str(name).lower()
+@functools.lru_cache(maxsize=1024)
+def cte_names(sql: str, dialect: str) -> frozenset[str]:
+    """The CTE names of a checked query (SQLite's authorizer sees a CTE read without columns, as in
+    ``count(*)``, as a read of a table by that name)."""
+    try:
+        tree = sqlglot.parse_one(sql, read=dialect)
+    except (SqlglotError, RecursionError):  # not from the guard: the engine refuses it on its own
+        return frozenset()
+    return frozenset(normalized(cte.args["alias"].this, dialect) for cte in tree.find_all(exp.CTE)
+                     if cte.args.get("alias") is not None)
 
 
-def _check_tables(tree: exp.Expression, allowed: set[str]) -> None:
-    ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-    for table in tree.find_all(exp.Table):
+def _check_node(node: exp.Expr, dialect: str) -> None:
+    """Functions from the allow-list only, unqualified; casts to data types only."""
+    if isinstance(node, exp.Func):
+        name = function_name(node)
+        if isinstance(node.parent, exp.Dot) and node is node.parent.expression:
+            raise UnsafeSQL(f"the function {node.parent.this.sql(dialect)}.{name}() is not allowed: call "
+                            "functions by their plain name")
+        known = name in ALLOWED_NAMES[dialect] if _anonymous(node) else type(node) in ALLOWED_CLASSES
+        if not known:
+            name = name if _anonymous(node) else _written_name(node, dialect)
+            raise UnsafeSQL(f"the function {name}() is not allowed in a space's queries (only aggregate, window, "
+                            "math, string, date/time, JSON, array, conditional functions and casts are)")
+    elif isinstance(node, exp.Cast) and not isinstance(node.args.get("to"), exp.DataType):
+        raise UnsafeSQL(f"casting to {node.args['to'].sql(dialect)} is not allowed (only to data types)")
+    elif isinstance(node, exp.DataType) and node.this not in ALLOWED_CAST_TYPES:
+        raise UnsafeSQL(f"the type {node.sql(dialect)} is not allowed in a space's queries")
+
+
+def _anonymous(node: exp.Func) -> bool:
+    return isinstance(node, (exp.Anonymous, exp.AnonymousAggFunc, exp.CombinedAggFunc, exp.ParameterizedAgg))
+
+
+def _written_name(node: exp.Func, dialect: str) -> str:
+    """A typed function's name in the dialect (sqlglot's class names are its own)."""
+    try:
+        return node.sql(dialect).split("(", 1)[0].strip().lower() or function_name(node)
+    except (SqlglotError, RecursionError):
+        return function_name(node)
+
+
+def function_name(node: exp.Func) -> str:
+    """The name as the engine will see it: lower case, except a quoted name, kept exactly."""
+    if not _anonymous(node):
+        return str(node.sql_name()).lower()
+    this = node.this
+    if isinstance(this, exp.Identifier):
+        return str(this.this) if this.quoted else str(this.this).lower()
+    return str(this).lower()
+
+
+def normalized(part: exp.Expression | str | None, dialect: str) -> str:
+    """A name part as the engine compares it: PostgreSQL folds unquoted names to lower case and
+    keeps quoted ones; SQLite and DuckDB compare without case."""
+    if part is None:
+        return ""
+    if isinstance(part, str):
+        return part if dialect == "postgres" else part.lower()
+    text = str(part.this) if isinstance(part, exp.Identifier) else part.name
+    quoted = isinstance(part, exp.Identifier) and part.quoted
+    return text if quoted and dialect == "postgres" else text.lower()
+
+
+def listed_tables(tables: frozenset[str] | set[str] | list[str], dialect: str) -> set[tuple[str, str]]:
+    """The space's tables as (schema, name) the way the engine names them; an unqualified one is in
+    the default schema (``public``, ``main``)."""
+    out: set[tuple[str, str]] = set()
+    for listed in tables:
+        table = exp.to_table(listed, dialect=dialect)
+        out.add((normalized(table.args.get("db"), dialect) or DEFAULT_SCHEMA[dialect],
+                 normalized(table.this, dialect)))
+    return out
+
+
+class _Tables:
+    """Resolves each table reference in its scope against the space's tables."""
+
+    def __init__(self, dialect: str, tables: frozenset[str], known: frozenset[str], catalog: str | None) -> None:
+        self.dialect = dialect
+        self.catalog = self.norm(catalog) if catalog else None
+        self.allowed = listed_tables(tables, dialect)
+        self.reserved = {name for _, name in self.allowed} | {k.lower() for k in known} | set(known)
+        self.listing = ", ".join(sorted(f"{s}.{n}" if s != DEFAULT_SCHEMA[dialect] else n for s, n in self.allowed))
+
+    def norm(self, part: exp.Expression | str | None) -> str:
+        return normalized(part, self.dialect)
+
+    def check(self, tree: exp.Expression) -> None:
+        for cte in tree.find_all(exp.CTE):
+            name = self.norm(cte.args["alias"].this) if cte.args.get("alias") else ""
+            if name in self.reserved or name.lower() in self.reserved:
+                raise UnsafeSQL(f"the CTE name {name} is the name of a table; give the CTE another name")
+        for table in list(tree.find_all(exp.Table)):
+            self.resolve(table)
+
+    def resolve(self, table: exp.Table) -> None:
         if not isinstance(table.this, exp.Identifier):
-            raise UnsafeSQL("only the space's tables may be read, not table functions")
-        name = table.name.lower()
-        qualified = ".".join(p.lower() for p in (table.catalog, table.db, table.name) if p)
-        if (not table.db and name in ctes) or qualified in allowed:
-            continue
-        if name in allowed and table.db.lower() in _DEFAULT_SCHEMAS and not table.catalog:
-            continue
-        raise UnsafeSQL(f"the table {qualified} is not one of this space's tables ({', '.join(sorted(allowed))})")
+            raise UnsafeSQL("only the space's tables may be read, not table functions or files")
+        name, schema = self.norm(table.this), self.norm(table.args.get("db"))
+        catalog = self.norm(table.args.get("catalog"))
+        if not schema and not catalog and _cte_visible(table, name, self.norm):
+            return
+        shown = ".".join(p for p in (catalog, schema, name) if p)
+        if schema in _SYSTEM_SCHEMAS:
+            raise UnsafeSQL(f"the schema {schema} ({shown}) is not readable from a space; it reads only {self.listing}")
+        if name.startswith(_SYSTEM_PREFIXES) and not self._listed(schema, name):
+            raise UnsafeSQL(f"the system catalog {shown} is not readable from a space; it reads only {self.listing}")
+        if catalog and catalog != self.catalog:
+            raise UnsafeSQL(f"the table {shown} is in another database; this space reads only {self.listing}")
+        if not self._listed(schema, name):
+            raise UnsafeSQL(f"the table {shown} is not one of this space's tables ({self.listing})")
+        if not schema:
+            [owner] = [s for s, n in self.allowed if n == name]
+            table.set("db", exp.Identifier(this=owner, quoted=True))
+
+    def _listed(self, schema: str, name: str) -> bool:
+        if schema:
+            return (schema, name) in self.allowed
+        owners = [s for s, n in self.allowed if n == name]
+        if len(owners) > 1:
+            raise UnsafeSQL(f"the table name {name} is in several schemas ({', '.join(sorted(owners))}); "
+                            "write it with its schema")
+        return bool(owners)
+
+
+def _cte_visible(table: exp.Table, name: str, norm: Callable[[exp.Expression | str | None], str]) -> bool:
+    """Whether ``name`` at ``table`` is a CTE: one of a ``WITH`` of an enclosing query, seen from the
+    query's body, or an earlier one of the same ``WITH`` (any of it, when ``RECURSIVE``) seen from a
+    CTE's body. Nothing else is: a name that is not a CTE here is a real table."""
+    child: exp.Expr = table
+    inside: exp.CTE | None = None
+    node = table.parent
+    while node is not None:
+        if isinstance(child, exp.CTE):
+            inside = child
+        with_ = node.args.get("with_") if not isinstance(node, exp.With) else None
+        if isinstance(with_, exp.With):
+            ctes: list[exp.CTE] = list(with_.expressions)
+            if child is with_ and inside is not None and not with_.args.get("recursive"):
+                ctes = ctes[:next((i for i, c in enumerate(ctes) if c is inside), 0)]
+            if any(cte.args.get("alias") is not None and norm(cte.args["alias"].this) == name for cte in ctes):
+                return True
+        child, node = node, node.parent
+    return False
 
 
 def _limited(tree: exp.Expression, limit: int) -> exp.Expression:
