@@ -114,6 +114,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
                     functions, registered, conns, stored_connections,
                     lambda: _reload_governance(access, stored_grants, limiter, stored_limits)))
                 ingesting = asyncio.create_task(assistants.ingest_on_start())
+                inspecting = asyncio.create_task(spaces.inspect_all())
                 try:
                     yield Runtime(settings, ws, store, catalog, service, spaces, functions, registered, conns,
                                   stored_connections, assistants, access, stored_grants, usage, limiter,
@@ -121,6 +122,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
                 finally:
                     watcher.cancel()
                     ingesting.cancel()
+                    inspecting.cancel()
             finally:
                 await maintenance.stop()
                 await service.aclose()

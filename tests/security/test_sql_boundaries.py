@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import require_postgres
+from tests.conftest import ProcessServer, require_postgres, wait_until
 from tests.security.hostile import (
     MARKER,
     Rig,
@@ -264,3 +264,32 @@ tables = ["reviews"]
     assert any("'wide'" in w and "public.secret" in w for w in warnings), warnings
     assert any("'file'" in w and "main.secret" in w and "main.audit" in w for w in warnings), warnings
     assert not any("'narrow'" in w for w in warnings), warnings
+
+
+def test_the_server_warns_at_start_when_a_login_reads_more_than_its_space(dbs: SqlDatabases, tmp_path: Path) -> None:
+    """A real ``opensupervisor serve``: the warning is in its log before any question is asked, and a
+    space whose database cannot be reached is reported without stopping the server."""
+    config = tmp_path / "ws.toml"
+    config.write_text(f"""
+[models.m]
+provider = "scripted"
+[genie_spaces.wide]
+database_url = "{dbs.pg_admin_url}"
+tables = ["reviews"]
+[genie_spaces.narrow]
+database_url = "{dbs.pg_url}"
+tables = ["reviews"]
+[genie_spaces.gone]
+database_url = "sqlite:///missing/nothing.db"
+tables = ["reviews"]
+""")
+    server = ProcessServer(tmp_path, config=config, database_url=f"sqlite:///{tmp_path}/state.db")
+    with server:
+        def reported() -> bool:
+            log = server.log_path.read_text(errors="replace")
+            return "'wide'" in log and "'gone'" in log
+        wait_until(reported, timeout=30, what="the start-up warnings")
+    log = server.log_path.read_text(errors="replace")
+    assert "Genie space 'wide': its database login can read tables the space does not list: public.secret" in log
+    assert "Genie space 'gone': its database could not be inspected at start-up" in log
+    assert "'narrow'" not in log

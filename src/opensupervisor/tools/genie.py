@@ -130,6 +130,16 @@ class GenieSpaces:
             self._inspections[space_id] = found
         return self._inspections[space_id]
 
+    async def inspect_all(self) -> None:
+        """At start-up: inspect every space's database, so a login that can read more than its space
+        lists is reported before anyone asks (a database that cannot be reached is reported too;
+        its space is inspected again at first use)."""
+        for space_id in self.spaces:
+            try:
+                await self.inspection(space_id)
+            except (ConfigError, ToolError) as exc:
+                log.warning("Genie space '%s': its database could not be inspected at start-up: %s", space_id, exc)
+
     async def checked(self, space_id: str, sql: str) -> str:
         space, db = self.spaces[space_id], self.database(space_id)
         found = await self.inspection(space_id)

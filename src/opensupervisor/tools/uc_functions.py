@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name
 from opensupervisor.tools.sandbox import Sandbox
 from opensupervisor.tools.sql_engines import check_roles, database_error, role_for, set_role
+from opensupervisor.tools.sql_watchdog import WATCHDOG
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
@@ -212,24 +214,37 @@ class FunctionTool(Toolset):
                 network=entry.network, max_output_chars=entry.max_output_chars or self.catalog.max_output_chars)
         values = {p.name: arguments.get(p.name, p.default) for p in function.entry.parameters}
         role = role_for(function.entry.database_roles, ctx.principal, f"the function '{function.full_name}'")
-        run = asyncio.to_thread(_run_sql, function, values, role, self.catalog.cell_chars)
-        return await asyncio.wait_for(run, function.entry.timeout_s)
+        return await asyncio.to_thread(_run_sql, function, values, role, self.catalog.cell_chars)
 
 
 def _run_sql(function: Function, values: dict[str, Any], role: str | None, cell_chars: int) -> str:
-    """Run the body with bound parameters (never interpolated), as ``role``: rows as JSON (each
-    value cut at ``cell_chars``, as it is fetched), or the rows affected."""
+    """Run the body with bound parameters (never interpolated), as ``role``, stopped at the
+    function's deadline by the database (PostgreSQL's ``statement_timeout``) and from outside (the
+    watchdog interrupts the connection, so this thread really returns): rows as JSON (each value cut
+    at ``cell_chars`` as it is fetched), or the rows affected."""
     assert function.entry.sql is not None
+    timeout_s = function.entry.timeout_s
+    deadline = time.monotonic() + timeout_s
     try:
         with function.engine.begin() as conn:
-            set_role(conn, role)
-            result = conn.execute(sa.text(function.entry.sql), values)
-            if result.returns_rows:
+            raw: Any = conn.connection.driver_connection
+            postgres = function.engine.dialect.name == "postgresql"
+            if postgres:
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(int(timeout_s * 1000), 1)}")
+            token = WATCHDOG.arm(deadline, (lambda: raw.cancel_safe(timeout=2)) if postgres else raw.interrupt)
+            try:
+                set_role(conn, role)
+                result = conn.execute(sa.text(function.entry.sql), values)
+                if not result.returns_rows:
+                    return orjson.dumps({"rows_affected": result.rowcount}).decode()
                 columns = list(result.keys())
                 rows = [[_cell(v, cell_chars) for v in row] for row in itertools.islice(result, SQL_FUNCTION_ROWS)]
                 return orjson.dumps({"columns": columns, "rows": rows}, default=str).decode()
-            return orjson.dumps({"rows_affected": result.rowcount}).decode()
+            finally:
+                WATCHDOG.disarm(token)
     except SQLAlchemyError as exc:
+        if time.monotonic() >= deadline:
+            raise ToolError(f"the function did not finish within {timeout_s:g} seconds") from exc
         raise ToolError(f"the database refused the call: {database_error(exc)}") from exc
 
 
