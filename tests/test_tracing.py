@@ -96,7 +96,9 @@ def test_return_trace_gives_an_mlflow_trace_of_the_whole_loop(server: Server) ->
     assert all(t.parent_id == root.span_id for t in tools)
     assert genie.inputs == {"question": "Total sales?"} and "42" in genie.outputs
     [sql] = spans[SpanType.RETRIEVER]
-    assert sql.parent_id == genie.span_id and sql.inputs == {"sql": "SELECT SUM(amount) AS total FROM sales LIMIT 1001"}
+    # The SQL that ran: the model's, its table pinned to the space's schema, with the row limit.
+    assert sql.parent_id == genie.span_id
+    assert sql.inputs == {"sql": 'SELECT SUM(amount) AS total FROM "main".sales LIMIT 1001'}
     assert sql.attributes["db.row_count"] == 1
     calc = next(t for t in tools if t.name == "add")
     overlap = min(genie.end_time_ns, calc.end_time_ns) > max(genie.start_time_ns, calc.start_time_ns)
