@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from opensupervisor.errors import ToolError
-from opensupervisor.tools.sandbox_launch import UIDS, Isolation, Launcher
+from opensupervisor.tools.sandbox_launch import SCRATCH, UIDS, Isolation, Launcher, kept_in_scratch
 from opensupervisor.workspace import SandboxSection
 
 HEADER_SIZE = 8
@@ -267,9 +267,11 @@ class Sandbox:
             raise
         worker.max_answer = 6 * limit + 64 * 1024  # JSON escapes a control character in 6 bytes
         limits = self.limits
-        scratch = "/tmp" if self.launcher.namespaced else worker.scratch.name if worker.scratch else None
+        scratch = SCRATCH if self.launcher.namespaced else worker.scratch.name if worker.scratch else None
         own_uid = uid is not None or self.launcher.namespaced  # the process count is per uid
-        worker.send({"id": "setup", "source": source, "scratch": scratch, "filename": f"/sandbox/{file.name}",
+        keep = kept_in_scratch() if self.launcher.namespaced else []
+        worker.send({"id": "setup", "source": source, "scratch": scratch, "keep": keep,
+                     "filename": f"/sandbox/{file.name}",
                      "function": function, "uid": uid, "namespaced": self.launcher.namespaced, "max_chars": limit,
                      "limits": {"memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s,
                                 "max_file_mb": limits.max_file_mb,

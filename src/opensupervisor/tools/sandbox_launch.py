@@ -33,6 +33,7 @@ from opensupervisor.tools import sandbox_seccomp
 Isolation = Literal["namespaces", "processes-only"]
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 SANDBOX_WORKER = "/sandbox/worker.py"
+SCRATCH = "/tmp"
 UID_BASE, UID_SLOTS = 1_800_000_000, 65_536
 WEAKER = '[sandbox] isolation = "processes-only"'
 # Files of /etc a function may need, read-only where they exist: the dynamic loader's cache and
@@ -113,9 +114,11 @@ class Launcher:
 
 
 def filesystem(network: bool, scratch_mb: int = 16) -> list[str]:
-    """An empty root with read-only binds of the Python installation and the system libraries."""
-    args: list[str] = []
-    made: set[str] = {"/"}
+    """An empty root with a scratch tmpfs at ``/tmp`` and read-only binds of the Python installation
+    and the system libraries. The tmpfs comes first: an installation under ``/tmp`` (a virtualenv
+    there) is bound over it, not hidden by it."""
+    args = ["--perms", "1777", "--size", str(scratch_mb * 1024 * 1024), "--tmpfs", SCRATCH]
+    made: set[str] = {"/", SCRATCH}
     for path in python_paths():
         args += [*_parents(path, made), "--ro-bind", path, path]
     for top in ("/lib", "/lib64", "/lib32", "/libx32", "/bin"):
@@ -128,8 +131,12 @@ def filesystem(network: bool, scratch_mb: int = 16) -> list[str]:
             args += [*_parents(lib, made), "--ro-bind", lib, lib]
     for etc in (*ETC, *(ETC_NETWORK if network else ())):
         args += ["--ro-bind-try", etc, etc]
-    return [*args, "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--size", str(scratch_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    return [*args, "--proc", "/proc", "--dev", "/dev"]
+
+
+def kept_in_scratch() -> list[str]:
+    """The entries of the scratch directory that hold the Python installation (never emptied)."""
+    return sorted({Path(p).relative_to(SCRATCH).parts[0] for p in python_paths() if _covered(p, [SCRATCH])})
 
 
 @functools.cache

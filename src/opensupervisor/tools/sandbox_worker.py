@@ -172,8 +172,11 @@ def _others(me: int, namespaced: bool) -> list[int]:
     return found
 
 
-def wipe(scratch: str) -> None:
+def wipe(scratch: str, keep: list[str]) -> None:
+    """Empty the scratch directory, but for ``keep`` (where the Python installation is bound)."""
     for name in os.listdir(scratch):
+        if name in keep:
+            continue
         path = os.path.join(scratch, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -208,7 +211,7 @@ def serve(requests: int, answers: int, setup: dict[str, Any]) -> None:
         threads = threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1
         if scratch and scratch != "/":
             with contextlib.suppress(OSError):
-                wipe(scratch)
+                wipe(scratch, list(setup.get("keep") or []))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         answer.update(id=request["id"], retire=not clean or threads, cpu=usage.ru_utime + usage.ru_stime)
         write_frame(answers, answer)
