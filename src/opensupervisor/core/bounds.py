@@ -24,4 +24,10 @@ def cap_cell(value: str, limit: int) -> tuple[str, bool]:
     whether it was cut."""
     if len(value) <= limit:
         return value, False
-    return f"{value[:limit]}… [{len(value):,} characters, cut at {limit:,}]", True
+    return cut_value(value[:limit], len(value), limit), True
+
+
+def cut_value(prefix: str, total: int, limit: int) -> str:
+    """A value's first ``limit`` characters (``prefix``, cut by whoever held the whole), marked with its
+    full length."""
+    return f"{prefix}… [{total:,} characters, cut at {limit:,}]"

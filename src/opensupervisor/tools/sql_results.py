@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opensupervisor.core.bounds import cap_cell
+from opensupervisor.core.bounds import cap_cell, cut_value
 
 # Bytes of cut values one fetch may bring in, whatever the number of columns.
 FETCH_BYTES = 2_000_000
@@ -108,7 +108,7 @@ def _cell(parts: Sequence[Any], cell: int) -> tuple[Any, int]:
         value, prefix, total = parts
     if total is not None:
         shown = prefix.decode("utf-8", "replace") if isinstance(prefix, bytes) else str(prefix)
-        return f"{shown}… [{int(total):,} characters, cut at {cell:,}]", 1
+        return cut_value(shown, int(total), cell), 1
     if isinstance(value, bytes) and len(value) > cell:
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
