@@ -11,11 +11,18 @@ CTE only inside the query that defines it (a CTE's body sees the CTEs before it;
 take the name of a real table (the space's, or any the database has), so the two can never be
 confused. Unqualified references are rewritten to the schema of the space's table they name, so
 the engine's search path cannot pick another one.
+
+The engine runs the SQL sqlglot writes back from the checked tree, not the model's text, and
+sqlglot's writer is not a faithful printer: some nodes are written out as bare text (an operator,
+a date part, a collation) and some dialects' transpilation turns a string into such text (DuckDB's
+``COLLATE 'x'``, ``date_add(d, 1, 'x')``). So that text must be a plain word, and the SQL as
+written out is parsed and checked again until it writes back to itself: what is checked is what runs.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 import sqlglot
@@ -35,6 +42,11 @@ _FORBIDDEN = tuple(getattr(exp, name) for name in (
 DEFAULT_SCHEMA = {"postgres": "public", "duckdb": "main", "sqlite": "main"}
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "temp", "pg_temp", "system"})
 _SYSTEM_PREFIXES = ("pg_", "sqlite_", "duckdb_")
+# What the writer prints as bare text: a word (a date part, a keyword), a collation name and an
+# operator (PostgreSQL's ``OPERATOR(schema.op)``), nothing that could hold a space, quote or paren.
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+_COLLATION = re.compile(r"[A-Za-z0-9_]+(?:[.-][A-Za-z0-9_]+)*")
+_OPERATOR = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*\.)?[-+*/<>=~!@#%^&|`?]+")
 
 
 class UnsafeSQL(ToolError):
@@ -55,6 +67,12 @@ def _checked(sql: str, dialect: str, tables: frozenset[str], max_rows: int, know
     """Cached: a space's example queries are checked once, not at every call."""
     if len(sql) > MAX_SQL_CHARS:
         raise UnsafeSQL(f"the SQL is {len(sql):,} characters long; at most {MAX_SQL_CHARS:,} are allowed")
+    tree = _one_select(sql, dialect)
+    _check_tree(tree, dialect, tables, known, catalog)
+    return _settled(_written(_limited(tree, max_rows + 1), dialect), dialect, tables, known, catalog)
+
+
+def _one_select(sql: str, dialect: str) -> exp.Expression:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except ParseError as exc:
@@ -66,15 +84,44 @@ def _checked(sql: str, dialect: str, tables: frozenset[str], max_rows: int, know
     tree = statements[0]
     if not isinstance(tree, (exp.Select, exp.SetOperation)):
         raise UnsafeSQL(f"only SELECT queries are allowed, not {tree.key.upper()}")
+    return tree
+
+
+def _check_tree(tree: exp.Expression, dialect: str, tables: frozenset[str], known: frozenset[str],
+                catalog: str | None) -> None:
     for node in tree.walk():
         if isinstance(node, _FORBIDDEN):
             raise UnsafeSQL(f"{node.key.upper()} is not allowed: the space is read-only")
         _check_node(node, dialect)
-    _Tables(dialect, tables, known, catalog).check(tree)  # (an UnsafeSQL raised here is not cached)
+        _check_shape(node, dialect)
+    _Tables(dialect, tables, known, catalog).check(tree)
+
+
+def _written(tree: exp.Expression, dialect: str) -> str:
     try:
-        return _limited(tree, max_rows + 1).sql(dialect=dialect)
+        return tree.sql(dialect=dialect)
     except RecursionError as exc:
         raise UnsafeSQL("the SQL is nested too deeply") from exc
+
+
+def _settled(out: str, dialect: str, tables: frozenset[str], known: frozenset[str], catalog: str | None) -> str:
+    """The SQL as written out for the engine, parsed and checked again until it writes back to
+    itself: the writer may print text the tree held as data (a string turned into bare words), or
+    print two nodes as one (a table name run into the keyword after it), and the engine reads what is
+    written. A second round is allowed for the writer's own normalizing (``INTERVAL 1 DAY`` is
+    written back as ``INTERVAL '1' DAY``); what is returned was checked and reads back unchanged."""
+    for _ in range(2):
+        try:
+            tree = _one_select(out, dialect)
+            _check_tree(tree, dialect, tables, known, catalog)
+            again = _written(tree, dialect)
+        except UnsafeSQL as exc:
+            raise UnsafeSQL(f"the SQL reads differently once written out for the database ({exc}); "
+                            "write it more plainly") from exc
+        if again == out:
+            return out
+        out = again
+    raise UnsafeSQL("the SQL reads differently once written out for the database; write it more plainly")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -105,6 +152,24 @@ def _check_node(node: exp.Expr, dialect: str) -> None:
         raise UnsafeSQL(f"casting to {node.args['to'].sql(dialect)} is not allowed (only to data types)")
     elif isinstance(node, exp.DataType) and node.this not in ALLOWED_CAST_TYPES:
         raise UnsafeSQL(f"the type {node.sql(dialect)} is not allowed in a space's queries")
+
+
+def _check_shape(node: exp.Expr, dialect: str) -> None:
+    """Text the writer prints bare must be a word, and two readings sqlglot gets wrong are refused:
+    ``x IN name`` (SQLite reads the name as a table; sqlglot as a column) and ``t AT x`` (sqlglot
+    turns the table into a column, which no table check would then see)."""
+    if isinstance(node, exp.Var) and not _WORD.fullmatch(node.name):
+        raise UnsafeSQL(f"{node.name!r} is not a date part or keyword; write units and keywords as plain words")
+    elif isinstance(node, exp.Operator) and not _OPERATOR.fullmatch(str(node.args.get("operator") or "")):
+        raise UnsafeSQL(f"OPERATOR({node.args.get('operator')}) does not name an operator")
+    elif isinstance(node, exp.Collate) and node.expression.is_string and not _COLLATION.fullmatch(node.expression.name):
+        raise UnsafeSQL(f"{node.expression.sql(dialect)} is not a collation name; write it as a name, e.g. "
+                        "COLLATE nocase")
+    elif isinstance(node, exp.In) and node.args.get("field") is not None and not isinstance(
+            node.args["field"], exp.Unnest):
+        raise UnsafeSQL("IN takes a list or a subquery in parentheses, e.g. x IN (1, 2) or x IN (SELECT ...)")
+    elif isinstance(node, exp.AtIndex):
+        raise UnsafeSQL(f"{node.sql(dialect)} is not allowed: only the space's tables may be read")
 
 
 def _anonymous(node: exp.Func) -> bool:
