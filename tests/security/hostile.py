@@ -126,12 +126,32 @@ class Rig:
     def attack(self, tools: list[dict[str, Any]], play: Play | None = None, *, token: str | None = None,
                **fields: Any) -> list[str]:
         """Run one request whose model plays ``play``; the outputs of its hosted tool calls, in order."""
+        return self.timed_attack(tools, play, token=token, **fields)[0]
+
+    def timed_attack(self, tools: list[dict[str, Any]], play: Play | None = None, *, token: str | None = None,
+                     **fields: Any) -> tuple[list[str], list[float]]:
+        """``attack``, and how long each tool call took in the server (its span in the returned
+        trace): what a limit bounds, without the request's own round trips."""
         prompt = self.upstream.play(play, **fields)
         client = openai.OpenAI(base_url=self.server.v1, api_key=token or self.server.token, max_retries=0,
                                timeout=120)
-        response = client.responses.create(model=MODEL, input=prompt, tools=tools)
+        response = client.responses.create(model=MODEL, input=prompt, tools=tools, extra_body=TRACED)
         assert response.status == "completed", response
-        return [str(item.output) for item in response.output if item.type == "function_call_output"]
+        return tool_outputs(response), tool_seconds(response)
+
+
+TRACED = {"databricks_options": {"return_trace": True}}
+
+
+def tool_outputs(response: Any) -> list[str]:
+    return [str(item.output) for item in response.output if item.type == "function_call_output"]
+
+
+def tool_seconds(response: Any) -> list[float]:
+    """How long each tool call took in the server: its span in the trace the response returned."""
+    trace: dict[str, Any] = (response.model_extra or {})["databricks_output"]["trace"]
+    return [(s["end_time_unix_nano"] - s["start_time_unix_nano"]) / 1e9 for s in trace["data"]["spans"]
+            if s.get("attributes", {}).get("mlflow.spanType") == '"TOOL"']
 
 
 def workspace_text(upstream_url: str, body: str) -> str:
@@ -252,17 +272,30 @@ def space_tool(space_id: str) -> dict[str, Any]:
     return {"type": "genie_space", "genie_space": {"id": space_id}}
 
 
-def ask_space(rig: Rig, space_id: str, sql: str) -> tuple[str, str]:
-    """Have the model ask space ``space_id`` once, its SQL being ``sql``: (the tool output, the
-    final answer as stored)."""
+def _ask(rig: Rig, space_id: str, sql: str, *, traced: bool = False) -> Any:
     play = Play(sql=[sql])
     prompt = rig.upstream.play(play)
     # The question carries the play's key too: the space's own model call sees only the question.
     play.calls = [(f"genie_{space_id}", {"question": prompt})]
     client = openai.OpenAI(base_url=rig.server.v1, api_key=rig.server.token, max_retries=0, timeout=120)
-    response = client.responses.create(model=MODEL, input=prompt, tools=[space_tool(space_id)])
+    response = client.responses.create(model=MODEL, input=prompt, tools=[space_tool(space_id)],
+                                       extra_body=TRACED if traced else None)
     assert response.status == "completed", response
-    [output] = [str(item.output) for item in response.output if item.type == "function_call_output"]
+    return response
+
+
+def ask_space_timed(rig: Rig, space_id: str, sql: str) -> tuple[str, float]:
+    """``ask_space``'s tool output, and how long the call took in the server."""
+    response = _ask(rig, space_id, sql, traced=True)
+    [output], [took] = tool_outputs(response), tool_seconds(response)
+    return output, took
+
+
+def ask_space(rig: Rig, space_id: str, sql: str) -> tuple[str, str]:
+    """Have the model ask space ``space_id`` once, its SQL being ``sql``: (the tool output, the
+    final answer as stored)."""
+    response = _ask(rig, space_id, sql)
+    [output] = tool_outputs(response)
     with rig.server.http() as http:
         stored = http.get(f"/v1/responses/{response.id}")
     assert stored.status_code == 200, stored.text
