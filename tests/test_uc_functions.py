@@ -266,6 +266,9 @@ def test_functions_registered_through_the_admin_api(fn_server: Server) -> None:
             ("main.support.flag_urgent", {"language": "python", "source_code": DOUBLE}, "name"),
             ("main.math.file", {"language": "python", "source": "/etc/passwd"}, "source"),
             ("main.math.nolang", {"source_code": DOUBLE}, "language"),
+            ("main.math.tiny", {"language": "python", "source_code": DOUBLE, "max_output_chars": 5},
+             "max_output_chars"),
+            ("main.math.net", {"language": "python", "source_code": DOUBLE, "network": "everywhere"}, "network"),
         ]:
             refused = http.put(f"/admin/v1/functions/{name}", json=body)
             assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text

@@ -158,6 +158,10 @@ def test_caps_are_checked_when_the_workspace_loads(tmp_path: Path) -> None:
         parse_workspace("[limits]\nmax_tool_output_chars = 10\n", source="w", base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"limits\.max_cell_chars"):
         parse_workspace("[limits]\nmax_cell_chars = 0\n", source="w", base_dir=tmp_path)
+    for key, value in (("pool_size", "0"), ("isolation", '"none"'), ("memory_mb", "1"), ("max_file_mb", "0"),
+                       ("per_principal", "0"), ("max_processes", "0"), ("cpu_s", "0")):
+        with pytest.raises(ConfigError, match=rf"sandbox\.{key}"):
+            parse_workspace(f"[sandbox]\n{key} = {value}\n", source="w", base_dir=tmp_path)
 
 
 def test_the_cut_is_never_silent() -> None:
