@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -229,6 +230,26 @@ def test_the_engines_refuse_on_their_own(dbs: SqlDatabases) -> None:
             with pytest.raises(psycopg.Error):
                 pg.execute(sql)
     assert MARKER in pg_state(dbs)[1][1]
+
+
+def test_a_lock_past_the_parser_does_not_outlive_its_query(dbs: SqlDatabases) -> None:
+    """Session-level advisory locks need no privilege and outlive a rollback: the engine layer
+    releases them when a query ends, so one that got past the function allow-list would still not
+    stay on a pooled connection."""
+    import asyncio
+
+    from opensupervisor.tools.sql_engines import ReadOnlyDatabase
+
+    async def lock_twice() -> tuple[list[list[tuple[Any, ...]]], object]:
+        db = ReadOnlyDatabase(dbs.pg_url, Path("."), timeout_s=5, tables=["reviews"])
+        try:
+            rows = [(await db.query(f"SELECT pg_advisory_lock({key}) IS NULL AS locked", 10)).rows
+                    for key in (4242, 4243)]
+            return rows, pg_state(dbs)[3]  # while the pool still holds its connections
+        finally:
+            await db.aclose()
+
+    assert asyncio.run(lock_twice()) == ([[(False,)], [(False,)]], (0,))
 
 
 def test_the_server_warns_at_start_when_a_login_reads_more_than_its_space(dbs: SqlDatabases, tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ class ReadOnlyDatabase:
                         return self._run(raw.cursor(), named, sql, bounds, deadline,
                                          lambda: raw.cancel_safe(timeout=2))
                 finally:
-                    raw.rollback()
+                    _end(raw)
         except sql_duckdb.WorkerError as exc:
             raise self._worker_error(exc) from exc
         except _ERRORS as exc:
@@ -288,6 +288,17 @@ class ReadOnlyDatabase:
             self._workers.close()
         if self.engine is not None:
             self.engine.dispose()
+
+
+def _end(raw: Any) -> None:
+    """End a PostgreSQL query's transaction and release any session-level advisory lock it took: such a
+    lock outlives the rollback and would stay on the pooled connection (the function allow-list
+    refuses the lock functions; this holds even if a query got past it). One round trip, as the
+    rollback alone."""
+    try:
+        raw.execute("ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()")
+    except psycopg.Error:
+        raw.rollback()  # a broken connection: the pool drops it, and its locks with it
 
 
 def database_error(exc: BaseException) -> str:
