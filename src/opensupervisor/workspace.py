@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from opensupervisor.errors import ConfigError
 from opensupervisor.identity.grants import check_object
 from opensupervisor.identity.limits import RateLimit, check_limits
+from opensupervisor.outbound import parse_pattern
 from opensupervisor.wire.validation import param_path
 
 Provider = Literal["embedded", "openai-chat", "openai-responses", "anthropic", "scripted"]
@@ -110,9 +111,17 @@ class Background(_Section):
 class RemoteMcp(_Section):
     """OpenAI's ``mcp`` tool, whose server URL comes with the request."""
 
-    # Glob patterns (``fnmatch``) a ``server_url`` must match; empty: no request may name a server.
+    # URL patterns a ``server_url`` must match, part by part (``opensupervisor.outbound``); empty: no
+    # request may name a server.
     allowed_server_urls: list[str] = Field(default_factory=list)
     timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("allowed_server_urls")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            parse_pattern(pattern)  # a ValueError names the pattern
+        return patterns
 
 
 class TracingSection(_Section):

@@ -1,4 +1,5 @@
-"""Bounded HTTP answers from the servers tools call (MCP servers, apps).
+"""Bounded HTTP answers from the servers tools call (MCP servers, apps), and addresses checked
+where each request is made.
 
 A tool's output is cut at the workspace's cap before the model sees it, but the bytes of an answer
 are in the server's memory before that: a server that answers a gigabyte would take a gigabyte.
@@ -8,14 +9,17 @@ Answers are counted while they stream in and refused past ``MAX_RESPONSE_BYTES``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
 import httpx
 
+from opensupervisor.outbound import DEFAULT_PORTS
+
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 T = TypeVar("T")
+AddressCheck = Callable[[str, int], Awaitable[None]]
 
 
 class ResponseTooLarge(httpx.TransportError):
@@ -27,13 +31,22 @@ class ResponseTooLarge(httpx.TransportError):
 
 
 class AnswerLimit:
-    """The cap of one client's answers. ``exceeded`` is set when one passes it: the MCP SDK swallows
-    the transport error of a streamed answer (the call would wait for its timeout), so callers wait
-    on this as well."""
+    """The cap of one client's answers, and the check of each request's address. ``tripped`` is set
+    when an answer passes the cap or an address is refused: the MCP SDK swallows the transport
+    errors of its requests (the call would wait for its timeout), so callers wait on this as well."""
 
-    def __init__(self, limit: int = MAX_RESPONSE_BYTES) -> None:
+    def __init__(self, limit: int = MAX_RESPONSE_BYTES, check: AddressCheck | None = None) -> None:
         self.limit = limit
-        self.exceeded = asyncio.Event()
+        self.tripped = asyncio.Event()
+        self.error: Exception = ResponseTooLarge(limit)
+        # Called with the host and port before every request: where the address is checked when the
+        # connection is made, not only when the URL was accepted.
+        self.check = check
+
+    def trip(self, error: Exception) -> Exception:
+        self.error = error
+        self.tripped.set()
+        return error
 
     def mcp_client(self, headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None,
                    auth: httpx.Auth | None = None) -> httpx.AsyncClient:
@@ -44,7 +57,7 @@ class AnswerLimit:
     async def run(self, work: Awaitable[T]) -> T:
         """``work``'s result, or ``ResponseTooLarge`` as soon as an answer passes the cap."""
         task = asyncio.ensure_future(work)
-        tripped = asyncio.ensure_future(self.exceeded.wait())
+        tripped = asyncio.ensure_future(self.tripped.wait())
         try:
             await asyncio.wait((task, tripped), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -52,7 +65,7 @@ class AnswerLimit:
                 if not pending.done():
                     pending.cancel()
         if not task.done() or task.cancelled():
-            raise ResponseTooLarge(self.limit)
+            raise self.error
         return task.result()
 
 
@@ -66,8 +79,7 @@ class _BoundedStream(httpx.AsyncByteStream):
         async for chunk in self._inner:
             seen += len(chunk)
             if seen > self._limit.limit:
-                self._limit.exceeded.set()
-                raise ResponseTooLarge(self._limit.limit)
+                raise self._limit.trip(ResponseTooLarge(self._limit.limit))
             yield chunk
 
     async def aclose(self) -> None:
@@ -83,6 +95,11 @@ class BoundedTransport(httpx.AsyncBaseTransport):
         self._limit = limit
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._limit.check is not None:
+            try:
+                await self._limit.check(request.url.host, request.url.port or DEFAULT_PORTS[request.url.scheme])
+            except Exception as exc:
+                raise self._limit.trip(exc) from exc
         response = await self._inner.handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(response.status_code, headers=response.headers,

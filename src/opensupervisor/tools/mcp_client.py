@@ -30,7 +30,7 @@ from mcp.types import CallToolResult, ListToolsResult
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef
 from opensupervisor.errors import ToolError
-from opensupervisor.tools.http_bounds import AnswerLimit, ResponseTooLarge
+from opensupervisor.tools.http_bounds import AddressCheck, AnswerLimit, ResponseTooLarge
 from opensupervisor.tools.oauth import TokenRequestFailed
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ class Session:
 class McpServer:
     def __init__(self, label: str, url: str, *, headers: dict[str, str], timeout_s: float,
                  allowed_tools: list[str] | None, cache_s: float = 30.0, transport: Transport = "auto",
-                 auth: httpx.Auth | None = None) -> None:
+                 auth: httpx.Auth | None = None, check: AddressCheck | None = None,
+                 opaque_errors: bool = False) -> None:
         self.label = label
         self.url = url
         self._headers = headers
@@ -64,6 +65,10 @@ class McpServer:
         self.allowed = set(allowed_tools) if allowed_tools is not None else None
         self.cache_s = cache_s
         self.transport: Transport = transport
+        # A server a request named: its address is checked at each connection, and every failure
+        # reads the same (what answered, or did not, must not tell a port scanner anything).
+        self.check = check
+        self.opaque_errors = opaque_errors
         self._tools: list[ToolDef] = []
         self._listed_at = -1e9
         self._lock = asyncio.Lock()
@@ -87,7 +92,7 @@ class McpServer:
 
     @asynccontextmanager
     async def _open(self, transport: Transport) -> AsyncIterator[Session]:
-        limit = AnswerLimit()
+        limit = AnswerLimit(check=self.check)
         if transport == "sse":
             stream = sse_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth,
                                 httpx_client_factory=limit.mcp_client)
@@ -109,10 +114,12 @@ class McpServer:
                 async with asyncio.timeout(self.timeout_s), self.session() as session:
                     listed = await session.list_tools()
             except TimeoutError as exc:
+                if self.opaque_errors:
+                    raise ToolError(f"the MCP server '{self.label}' is unavailable ({self._reason(exc)})") from exc
                 raise ToolError(f"the MCP server '{self.label}' did not list its tools within "
                                 f"{self.timeout_s:g} seconds") from exc
             except Exception as exc:  # connection refused, HTTP 401, a broken stream …: all mean "down"
-                raise ToolError(f"the MCP server '{self.label}' is unavailable ({_reason(exc)})") from exc
+                raise ToolError(f"the MCP server '{self.label}' is unavailable ({self._reason(exc)})") from exc
             self._tools = [ToolDef(t.name, t.description, dict(t.inputSchema), kind="mcp", server_label=self.label,
                                    annotations=t.annotations.model_dump(exclude_none=True) if t.annotations else None)
                            for t in listed.tools if self.allowed is None or t.name in self.allowed]
@@ -129,13 +136,16 @@ class McpServer:
             raise ToolError(f"the MCP server '{self.label}' did not answer within {self.timeout_s:g} seconds") from exc
         except Exception as exc:
             held.broken()  # the next call of the run opens a fresh session
-            raise ToolError(f"the MCP server '{self.label}' failed the call ({_reason(exc)})") from exc
+            raise ToolError(f"the MCP server '{self.label}' failed the call ({self._reason(exc)})") from exc
         text = "\n".join(_content_text(c) for c in result.content)
         if result.isError:
             raise ToolError(f"the MCP tool '{name}' reported an error: {text or 'no details'}")
         if not text and result.structuredContent is None:
             return "(the tool returned no content)"
         return text or orjson.dumps(result.structuredContent).decode()
+
+    def _reason(self, exc: BaseException) -> str:
+        return "it could not be reached or refused the request" if self.opaque_errors else _reason(exc)
 
 
 class _HeldSession:

@@ -13,7 +13,6 @@ The Supervisor API's older dialect, ``{"type": "mcp", "mcp": {"name", "descripti
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import hashlib
 import re
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
@@ -86,6 +86,7 @@ class McpToolSpec(BaseModel):
 class RemoteServers:
     def __init__(self, workspace: Workspace, connections: ToolsetFactory) -> None:
         self.settings = workspace.mcp
+        self.patterns = [outbound.parse_pattern(p) for p in workspace.mcp.allowed_server_urls]
         # The ``connection`` kind as registered when a request comes (local, or a Databricks workspace's).
         self.connections = connections
         self._servers: OrderedDict[str, McpServer] = OrderedDict()
@@ -112,10 +113,16 @@ class RemoteServers:
         if not tool.server_url:
             raise InvalidRequest(f"Missing required parameter: '{param}.server_url'.", param=f"{param}.server_url",
                                  code="missing_required_parameter")
-        if not any(fnmatch.fnmatchcase(tool.server_url, p) for p in self.settings.allowed_server_urls):
-            raise InvalidRequest(f"The MCP server URL '{tool.server_url}' is not allowed on this server "
-                                 "(the operator lists the allowed ones in [mcp] allowed_server_urls).",
-                                 param=f"{param}.server_url", code="server_url_not_allowed")
+        try:
+            parts, pattern = outbound.allowed(tool.server_url, self.patterns)
+        except outbound.UrlRefused as exc:  # the URL is not echoed: it may carry credentials
+            raise InvalidRequest(f"The MCP server URL is refused: {exc}.", param=f"{param}.server_url",
+                                 code="server_url_not_allowed") from exc
+        try:
+            outbound.check_headers(tool.headers or {})
+        except outbound.UrlRefused as exc:
+            raise InvalidRequest(f"The MCP server's headers are refused: {exc}.", param=f"{param}.headers",
+                                 code="invalid_value") from exc
         headers = dict(tool.headers or {})
         if tool.authorization:
             headers["Authorization"] = f"Bearer {tool.authorization}"
@@ -123,8 +130,11 @@ class RemoteServers:
         key = hashlib.sha256(orjson.dumps([tool.server_url, headers], option=orjson.OPT_SORT_KEYS)).hexdigest()
         server = self._servers.get(key)
         if server is None:
+            # A host matched by a wildcard must resolve to public addresses, checked at each connection.
+            literal = outbound.address_of(parts.hostname or "") is not None  # checked when the URL was accepted
+            check = None if pattern.exact_host or literal else outbound.check_address
             server = McpServer(tool.server_label, tool.server_url, headers=headers, timeout_s=self.settings.timeout_s,
-                               allowed_tools=None)
+                               allowed_tools=None, check=check, opaque_errors=True)
             self._servers[key] = server
             if len(self._servers) > MAX_SERVERS:
                 self._servers.popitem(last=False)
