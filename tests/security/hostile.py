@@ -13,6 +13,7 @@ returns the tool outputs the model was given.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 
 import openai
 import orjson
+import psycopg
 
 from opensupervisor.testing.asgi import FakeUpstream, Send, send_json, send_sse
 from opensupervisor.testing.chat_upstream import USAGE, _chunk, _usage_chunk
@@ -300,3 +302,31 @@ def ask_space(rig: Rig, space_id: str, sql: str) -> tuple[str, str]:
         stored = http.get(f"/v1/responses/{response.id}")
     assert stored.status_code == 200, stored.text
     return output, stored.text
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pg_state(dbs: SqlDatabases) -> tuple[object, ...]:
+    """What a space's query must never change in its PostgreSQL database: the tables' contents,
+    replication slots, advisory locks (held by any session, the pool's included), large objects and
+    the tables themselves."""
+    with psycopg.connect(dbs.pg_admin_url, autocommit=True) as conn:
+        return tuple(conn.execute(query).fetchone() for query in (
+            "SELECT count(*), sum(id), string_agg(body, ',' ORDER BY id) FROM reviews",
+            "SELECT count(*), string_agg(ssn, ',') FROM secret",
+            "SELECT count(*) FROM pg_replication_slots",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT count(*) FROM pg_largeobject_metadata",
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"))
+
+
+def harmless_attack(rig: Rig, dbs: SqlDatabases, space: str, sql: str) -> str:
+    """The tool output of one query, after checking that it leaked, wrote and locked nothing."""
+    before = (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs))
+    output, stored = ask_space(rig, space, sql)
+    assert MARKER not in output and MARKER not in stored
+    assert (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs)) == before
+    return output

@@ -9,7 +9,6 @@ advisory locks and large objects unchanged.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,13 @@ from tests.security.hostile import (
     MARKER,
     Rig,
     SqlDatabases,
-    ask_space,
     hostile_server,
     make_sql_files,
+    pg_state,
     postgres_space_database,
     sql_spaces_body,
 )
+from tests.security.hostile import harmless_attack as attack
 
 ENGINES = ("sq", "dk", "pg")
 
@@ -46,29 +46,6 @@ def rig(dbs: SqlDatabases) -> Iterator[Rig]:
         yield running
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def pg_state(dbs: SqlDatabases) -> tuple[object, ...]:
-    with psycopg.connect(dbs.pg_admin_url, autocommit=True) as conn:
-        return tuple(conn.execute(query).fetchone() for query in (
-            "SELECT count(*), sum(id), string_agg(body, ',' ORDER BY id) FROM reviews",
-            "SELECT count(*), string_agg(ssn, ',') FROM secret",
-            "SELECT count(*) FROM pg_replication_slots",
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())",
-            "SELECT count(*) FROM pg_largeobject_metadata",
-            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"))
-
-
-def attack(rig: Rig, dbs: SqlDatabases, space: str, sql: str) -> str:
-    """The tool output of one attack, after checking that it leaked and wrote nothing."""
-    before = (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs))
-    output, stored = ask_space(rig, space, sql)
-    assert MARKER not in output and MARKER not in stored
-    assert (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs)) == before
-    return output
 
 
 # (spaces, SQL, what the refusal names). The table allow-list, resolved in scope:

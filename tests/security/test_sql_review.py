@@ -12,12 +12,9 @@ use the same syntax plainly still work.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import duckdb
-import psycopg
 import pytest
 
 from tests.conftest import require_postgres
@@ -25,12 +22,12 @@ from tests.security.hostile import (
     MARKER,
     Rig,
     SqlDatabases,
-    ask_space,
     hostile_server,
     make_sql_files,
     postgres_space_database,
     sql_spaces_body,
 )
+from tests.security.hostile import harmless_attack as attack
 
 ENGINES = ("sq", "dk", "pg")
 Attack = tuple[tuple[str, ...], str, str]  # (spaces, SQL, what the refusal names)
@@ -53,27 +50,6 @@ def rig(dbs: SqlDatabases) -> Iterator[Rig]:
         yield running
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def pg_state(dbs: SqlDatabases) -> tuple[object, ...]:
-    """The space database's advisory locks (held by any session, the pool's included) and tables."""
-    with psycopg.connect(dbs.pg_admin_url, autocommit=True) as conn:
-        return tuple(conn.execute(query).fetchone() for query in (
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())",
-            "SELECT count(*), string_agg(body, ',' ORDER BY id) FROM reviews",
-            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"))
-
-
-def attack(rig: Rig, dbs: SqlDatabases, space: str, sql: str) -> str:
-    """The tool output of one query, after checking that it leaked, wrote and locked nothing."""
-    before = (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs))
-    output, stored = ask_space(rig, space, sql)
-    assert MARKER not in output and MARKER not in stored
-    assert (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs)) == before
-    return output
 
 
 # (spaces, SQL, what the refusal names): each of these leaked the marker or locked, before the fix.
