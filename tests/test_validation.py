@@ -144,6 +144,67 @@ def test_invalid_create_requests(server: Server, case: str, body: Any, status: i
             assert_error(http.post(f"{prefix}/responses", json=body), status, param, fragment)
 
 
+def nested(depth: int, leaf: Any, wrap: Any) -> Any:
+    for _ in range(depth):
+        leaf = wrap(leaf)
+    return leaf
+
+
+def deep_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = nested(levels, {"type": "object"}, lambda s: {"type": "object", "properties": {"a": s}})
+    return schema
+
+
+DEEP: list[tuple[str, Any, str]] = [
+    ("deep input list", {"model": MODEL, "input": [{"role": "user", "content": "hi",
+                                                     "x": nested(300, [1], lambda v: [v])}]}, "input[0].x"),
+    ("deep metadata", {"model": MODEL, "input": "hi", "metadata": nested(70, "x", lambda v: {"k": v})}, "metadata.k"),
+    ("deep tool schema", {"model": MODEL, "input": "hi", "tools": [dict(FN, parameters=deep_schema(100))]},
+     "tools[0].parameters.properties.a"),
+    ("deep text format", {"model": MODEL, "input": "hi", "text": {"format": {
+        "type": "json_schema", "name": "f", "schema": deep_schema(40)}}}, "text.format.schema.properties.a"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "where"), DEEP, ids=[c[0] for c in DEEP])
+def test_bodies_nested_too_deep_are_400_naming_where(server: Server, case: str, body: Any, where: str) -> None:
+    """Nesting that would break a later recursive step (orjson writes at most 254 levels, schema
+    checks recurse) is refused when the body is parsed, on every route that parses JSON."""
+    admin_body = {"deep": nested(100, 1, lambda v: [v])}
+    with server.http() as http:
+        for resp, prefix in ((http.post("/v1/responses", json=body), where),
+                             (http.put("/admin/v1/rate-limits/test-model", json=admin_body), "deep")):
+            assert resp.status_code == 400, resp.text
+            error = resp.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["code"] == "invalid_value"
+            assert error["param"].startswith(prefix) and "nested more than 64 levels" in error["message"]
+
+
+def test_a_schema_the_checker_cannot_walk_is_400(server: Server) -> None:
+    """Within the nesting bound, a schema deep enough to exhaust the checker's recursion is still a 400."""
+    import sys
+
+    from opensupervisor.errors import InvalidRequest
+    from opensupervisor.wire.request import _check_schema
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        with pytest.raises(InvalidRequest, match="nested too deeply") as info:
+            _check_schema(deep_schema(31), "tools[0].parameters")
+    finally:
+        sys.setrecursionlimit(limit)
+    assert info.value.param == "tools[0].parameters"
+
+
+def test_a_token_lifetime_past_ten_years_is_400(server: Server) -> None:
+    with server.http() as http:
+        assert http.post("/admin/v1/principals", json={"name": "longevity"}).status_code == 200
+        for lifetime in (10**15, 400 * 366 * 24 * 3600):
+            resp = http.post("/admin/v1/principals/longevity/tokens", json={"lifetime_seconds": lifetime})
+            assert_error(resp, 400, "lifetime_seconds", "less than or equal")
+
+
 def test_malformed_json_and_non_objects(server: Server) -> None:
     with server.http() as http:
         error = assert_error(http.post("/v1/responses", content=b"{not json"), 400, None, "could not parse")

@@ -9,7 +9,7 @@ import click
 from tabulate import tabulate
 
 from opensupervisor.cli_support import with_store
-from opensupervisor.store.principals import Kind, Principals
+from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Kind, Principals
 from opensupervisor.store.usage import GroupBy, Usage
 
 T = TypeVar("T")
@@ -76,8 +76,8 @@ def tokens() -> None:
 
 @tokens.command("create")
 @click.argument("name")
-@click.option("--lifetime-days", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Expire after this many days (default: never).")
+@click.option("--lifetime-days", type=click.FloatRange(min=0, min_open=True, max=MAX_TOKEN_LIFETIME_S / 86400),
+              default=None, help="Expire after this many days (default: never; at most ten years).")
 @click.option("--comment", default=None, help="What the token is for.")
 def tokens_create(name: str, lifetime_days: float | None, comment: str | None) -> None:
     """Make a token for NAME and print it (the only time it is shown)."""

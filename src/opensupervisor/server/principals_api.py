@@ -18,7 +18,7 @@ from opensupervisor.errors import InvalidRequest, NotFound
 from opensupervisor.identity.grants import check_object
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import JSONResponse
-from opensupervisor.store.principals import Conflict
+from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Conflict
 from opensupervisor.store.usage import GroupBy
 from opensupervisor.wire.request import parse_json_body
 from opensupervisor.wire.validation import raise_validation
@@ -37,7 +37,7 @@ class NewPrincipal(BaseModel):
 
 class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    lifetime_seconds: int | None = Field(default=None, ge=1)
+    lifetime_seconds: int | None = Field(default=None, ge=1, le=MAX_TOKEN_LIFETIME_S)
     comment: str | None = Field(default=None, max_length=1000)
 
 

@@ -22,6 +22,8 @@ from opensupervisor.store.store import Store, now_ms
 
 Kind = Literal["user", "service_principal", "group"]
 TOKEN_PREFIX = "osp_"
+# Ten years: a longer lifetime is a mistake, and far past it the expiry overflows a date.
+MAX_TOKEN_LIFETIME_S = 10 * 366 * 24 * 3600
 
 
 class Conflict(ValueError):

@@ -152,6 +152,10 @@ class ParsedRequest(BaseModel):
     tools: list[ToolSpec]
 
 
+# How deep a request body may nest (OpenAI's items need a handful of levels; JSON Schemas a few dozen).
+MAX_JSON_DEPTH = 64
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """Decode a request body, refusing anything but a JSON object."""
     try:
@@ -162,7 +166,47 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         ) from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    # Fewer brackets than the bound cannot nest past it: most bodies skip the walk.
+    too_deep = _too_deep(data) if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH else None
+    if too_deep is not None:
+        raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep at '{too_deep}'.",
+                             param=too_deep, code="invalid_value")
     return data
+
+
+def _too_deep(data: dict[str, Any]) -> str | None:
+    """The path of the first value nested past ``MAX_JSON_DEPTH`` (the body is stored, traced and
+    validated recursively later: orjson writes at most 254 levels, JSON Schema checks recurse), or None.
+    Only containers are walked, and a path is spelled only for a body that is too deep."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_JSON_DEPTH:
+                    return _path_past(data, MAX_JSON_DEPTH + 1)
+                stack.append((child, depth + 1))
+    return None
+
+
+def _path_past(value: Any, depth: int) -> str:
+    """The path to the first container ``depth`` levels down."""
+    path = ""
+    for _ in range(depth):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        key, value = next((k, v) for k, v in items if isinstance(v, (dict, list)) and _deeper_than(v, depth))
+        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else str(key))
+        depth -= 1
+    return path
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` holds containers ``levels - 1`` more levels down (walked only for a refusal)."""
+    if levels <= 1:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(isinstance(c, (dict, list)) and _deeper_than(c, levels - 1) for c in children)
 
 
 def parse_create_request(data: dict[str, Any]) -> ParsedRequest:
@@ -213,11 +257,7 @@ def _check_function_tool(param: str, tool: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"function tool '{fn.name}' must match ^[a-zA-Z0-9_-]{{1,64}}$",
                              param=f"{param}.name", code="invalid_value")
     if fn.parameters is not None:
-        try:
-            Draft202012Validator.check_schema(fn.parameters)
-        except SchemaError as exc:
-            raise InvalidRequest(f"Invalid JSON Schema in '{param}.parameters': {exc.message}",
-                                 param=f"{param}.parameters", code="invalid_value") from exc
+        _check_schema(fn.parameters, f"{param}.parameters")
         if fn.parameters.get("type", "object") != "object":
             raise InvalidRequest(f"'{param}.parameters' must be a JSON Schema of type 'object'.",
                                  param=f"{param}.parameters", code="invalid_value")
@@ -284,11 +324,18 @@ def _check_json_schema_format(fmt: TextFormat) -> None:
     if fmt.schema_ is None:
         raise InvalidRequest("Missing required parameter: 'text.format.schema'.", param="text.format.schema",
                              code="missing_required_parameter")
+    _check_schema(fmt.schema_, "text.format.schema")
+
+
+def _check_schema(schema: dict[str, Any], param: str) -> None:
     try:
-        Draft202012Validator.check_schema(fmt.schema_)
+        Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        raise InvalidRequest(f"Invalid JSON Schema in 'text.format.schema': {exc.message}",
-                             param="text.format.schema", code="invalid_value") from exc
+        raise InvalidRequest(f"Invalid JSON Schema in '{param}': {exc.message}", param=param,
+                             code="invalid_value") from exc
+    except RecursionError as exc:  # a schema the checker cannot walk is not one a model can be held to
+        raise InvalidRequest(f"Invalid JSON Schema in '{param}': it is nested too deeply.", param=param,
+                             code="invalid_value") from exc
 
 
 def _check_trace_destination(dest: TraceDestination) -> None:
