@@ -174,39 +174,35 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return data
 
 
+Link = tuple[Any, Any] | None  # (the parent's link, the key or index), up to the body itself
+
+
 def _too_deep(data: dict[str, Any]) -> str | None:
     """The path of the first value nested past ``MAX_JSON_DEPTH`` (the body is stored, traced and
     validated recursively later: orjson writes at most 254 levels, JSON Schema checks recurse), or None.
-    Only containers are walked, and a path is spelled only for a body that is too deep."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
+    Only containers are walked, once each; each keeps a link to its parent, so a path is spelled only
+    for a body that is too deep."""
+    stack: list[tuple[Any, int, Link]] = [(data, 0, None)]
     while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value
-        for child in children:
+        value, depth, link = stack.pop()
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in children:
             if isinstance(child, (dict, list)):
                 if depth >= MAX_JSON_DEPTH:
-                    return _path_past(data, MAX_JSON_DEPTH + 1)
-                stack.append((child, depth + 1))
+                    return _spelled((link, key))
+                stack.append((child, depth + 1, (link, key)))
     return None
 
 
-def _path_past(value: Any, depth: int) -> str:
-    """The path to the first container ``depth`` levels down."""
+def _spelled(link: Link) -> str:
+    keys: list[Any] = []
+    while link is not None:
+        link, key = link
+        keys.append(key)
     path = ""
-    for _ in range(depth):
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        key, value = next((k, v) for k, v in items if isinstance(v, (dict, list)) and _deeper_than(v, depth))
+    for key in reversed(keys):
         path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else str(key))
-        depth -= 1
     return path
-
-
-def _deeper_than(value: Any, levels: int) -> bool:
-    """Whether ``value`` holds containers ``levels - 1`` more levels down (walked only for a refusal)."""
-    if levels <= 1:
-        return True
-    children = value.values() if isinstance(value, dict) else value
-    return any(isinstance(c, (dict, list)) and _deeper_than(c, levels - 1) for c in children)
 
 
 def parse_create_request(data: dict[str, Any]) -> ParsedRequest:
