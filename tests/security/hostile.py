@@ -330,3 +330,17 @@ def harmless_attack(rig: Rig, dbs: SqlDatabases, space: str, sql: str) -> str:
     assert MARKER not in output and MARKER not in stored
     assert (digest(dbs.sqlite), digest(dbs.duckdb), pg_state(dbs)) == before
     return output
+
+
+def per_space(attacks: list[tuple[tuple[str, ...], str, str]]) -> list[Any]:
+    """``(spaces, SQL, reason)`` attacks as test parameters, one per space (ids ``<space>-<n>``)."""
+    import pytest
+
+    return [pytest.param(space, sql, reason, id=f"{space}-{i}")
+            for i, (spaces, sql, reason) in enumerate(attacks) for space in spaces]
+
+
+def refused(rig: Rig, dbs: SqlDatabases, space: str, sql: str, reason: str) -> None:
+    """The attack leaked, wrote and locked nothing, and the model read why it was refused."""
+    output = harmless_attack(rig, dbs, space, sql)
+    assert output.startswith("Error: ") and reason in output, output

@@ -24,7 +24,9 @@ from tests.security.hostile import (
     SqlDatabases,
     hostile_server,
     make_sql_files,
+    per_space,
     postgres_space_database,
+    refused,
     sql_spaces_body,
 )
 from tests.security.hostile import harmless_attack as attack
@@ -102,16 +104,13 @@ STILL_REFUSED: list[Attack] = [
     (("sq",), "SELECT * FROM SQLITE_MASTER", "the system catalog sqlite_master"),
     (("sq",), "SELECT * FROM reviews INDEXED BY secret", "the table secret is not"),
 ]
-ATTACKS = [pytest.param(space, sql, reason, id=f"{space}-{i}")
-           for i, (spaces, sql, reason) in enumerate(WRITTEN_BARE + MISREAD + STILL_REFUSED)
-           for space in spaces]
+ATTACKS = per_space(WRITTEN_BARE + MISREAD + STILL_REFUSED)
 
 
 @pytest.mark.parametrize(("space", "sql", "reason"), ATTACKS)
 def test_sql_the_database_would_read_differently_is_refused(rig: Rig, dbs: SqlDatabases, space: str, sql: str,
                                                             reason: str) -> None:
-    output = attack(rig, dbs, space, sql)
-    assert output.startswith("Error: ") and reason in output, output
+    refused(rig, dbs, space, sql, reason)
 
 
 # The same syntax, written plainly, is an analyst's.
