@@ -117,8 +117,9 @@ class GenieSpaces:
                 space.max_output_chars or self.limits.max_tool_output_chars)
 
     async def inspection(self, space_id: str) -> Inspection:
-        """What the database holds beside the space's tables, read at first use; a login that can
-        read more than the space lists is logged as a warning (its grants are the real boundary)."""
+        """What the database holds beside the space's tables, read once (at start, else at first use);
+        a login that can read more than the space lists is logged as a warning (its grants are the
+        real boundary)."""
         if space_id not in self._inspections:
             space = self.spaces[space_id]
             found = await self.database(space_id).inspect(sorted(set(space.database_roles.values())))

@@ -8,7 +8,7 @@
   no network, no extensions), its configuration locked, a memory limit and one thread.
 - PostgreSQL: read-only transactions with statement, lock and idle timeouts and a fixed search path,
   as the caller's role where the space maps users to roles (``tools.sql_postgres``); the grants of
-  the space's login are the boundary, and a login that can read more is reported at first use.
+  the space's login are the boundary, and a login that can read more is reported at start.
 
 Every query has a deadline that a watchdog enforces from outside (``tools.sql_watchdog``), and its
 result is bounded as it is fetched (``tools.sql_results``).

@@ -1,8 +1,8 @@
 """PostgreSQL's own enforcement for a space: the session a model's query runs in, and its grants.
 
 The database's grants are the real boundary: give each space a login (or ``database_roles``) that
-can read only the space's tables (``ROLE_SNIPPET``), and the server warns at a space's first use
-when its login can read anything else. Each query runs in a read-only transaction with a statement,
+can read only the space's tables (the README has the SQL that makes one), and the server warns at
+start when its login can read anything else. Each query runs in a read-only transaction with a statement,
 lock and idle timeout and a search path of only the space's schemas, as the caller's role when the
 space maps users to roles.
 """
@@ -10,16 +10,6 @@ space maps users to roles.
 from __future__ import annotations
 
 from typing import Any
-
-# Ready to paste, for the README: a login that can read exactly one space's tables.
-ROLE_SNIPPET = """\
-CREATE ROLE genie_sales LOGIN PASSWORD 'change-me';
-REVOKE ALL ON SCHEMA public FROM PUBLIC;          -- PostgreSQL < 15 grants CREATE on public to all
-GRANT CONNECT ON DATABASE shop TO genie_sales;
-GRANT USAGE ON SCHEMA sales TO genie_sales;
-GRANT SELECT ON sales.orders, sales.customers TO genie_sales;
-ALTER ROLE genie_sales SET default_transaction_read_only = on;
-"""
 
 _READABLE = """
 SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
