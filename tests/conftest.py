@@ -152,7 +152,9 @@ def anyio_backend() -> str:
 def process_env(config: Path | None, database_url: str | None, extra: dict[str, str] | None) -> dict[str, str]:
     """The environment of an ``opensupervisor`` child process (tests' plugin modules importable)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSUPERVISOR_")}
-    env.update(OPENSUPERVISOR_ADMIN_TOKEN=TOKEN, PYTHONPATH=str(TESTS.parent))
+    # The caller's own PYTHONPATH stays in front (a checkout other than the installed one).
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env.update(OPENSUPERVISOR_ADMIN_TOKEN=TOKEN, PYTHONPATH=os.pathsep.join([*paths, str(TESTS.parent)]))
     if config is not None:
         env["OPENSUPERVISOR_CONFIG"] = str(config)
     if database_url is not None:
