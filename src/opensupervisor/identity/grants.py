@@ -9,14 +9,15 @@ object                 named in a request as                 privilege
 ``genie_space:<id>``   ``genie_space.id``                    ``CAN_RUN``
 ``function:<name>``    ``uc_function.name``                  ``EXECUTE``
 ``knowledge_assistant:<id>``  ``knowledge_assistant_id``     ``CAN_QUERY``
-``connection:<name>``  ``uc_connection.name`` (and dialects)  ``USE_CONNECTION``
+``connection:<name>``  ``uc_connection.name``, ``mcp.connection_name``  ``USE_CONNECTION``
 ``app:<name>``         ``app.name``, ``agent_endpoint.endpoint_name``  ``CAN_USE``
 =====================  ====================================  ================
 
 An object with no grant at all follows the workspace's ``[access] default`` (``allow``: every
 caller may use it; ``deny``: only admins). An object with grants may be used by admins and by the
 grantees, directly or through a group. A request that names anything its caller may not use is
-refused before the loop starts: ``403`` with ``param`` at the model or the tool.
+refused before the loop starts: ``403`` with ``param`` at the model or the tool. What a tool entry
+names is resolved once (``tools.targets``), for this check and for the tool alike.
 """
 
 from __future__ import annotations
@@ -30,13 +31,6 @@ from opensupervisor.identity.principal import Principal
 
 PRIVILEGES = {"model": "CAN_QUERY", "genie_space": "CAN_RUN", "function": "EXECUTE",
               "knowledge_assistant": "CAN_QUERY", "connection": "USE_CONNECTION", "app": "CAN_USE"}
-# tools[i].type → (object kind, the key of its configuration that names the object)
-TOOL_OBJECTS = {
-    "genie_space": ("genie_space", "id"), "genie": ("genie_space", "space_id"), "uc_function": ("function", "name"),
-    "knowledge_assistant": ("knowledge_assistant", "knowledge_assistant_id"),
-    "uc_connection": ("connection", "name"), "connection": ("connection", "name"),
-    "mcp": ("connection", "connection_name"), "app": ("app", "name"), "agent_endpoint": ("app", "endpoint_name"),
-}
 Default = Literal["allow", "deny"]
 
 
@@ -70,18 +64,13 @@ class Grants:
             return self.default == "allow"
         return principal.name in grantees or bool(grantees & principal.groups)
 
-    def check_request(self, principal: Principal, model: str, tools: Iterable[tuple[str, str, dict[str, object]]]
-                      ) -> None:
-        """Refuse the first model or tool ``principal`` may not use; ``tools`` are (param, type, config)."""
+    def check_request(self, principal: Principal, model: str, tools: Iterable[tuple[str, str, str]]) -> None:
+        """Refuse the first model or tool ``principal`` may not use; ``tools`` are (param, kind, name) of
+        each object a tool entry names, as the tool's factory will resolve it."""
         if not self.may(principal, f"model:{model}"):
             raise Forbidden(f"You do not have CAN_QUERY on model '{model}'.", param="model")
-        for param, tool_type, config in tools:
-            target = TOOL_OBJECTS.get(tool_type)
-            if target is None:
-                continue
-            kind, key = target
-            name = config.get(key)
-            if isinstance(name, str) and not self.may(principal, f"{kind}:{name}"):
+        for param, kind, name in tools:
+            if not self.may(principal, f"{kind}:{name}"):
                 raise Forbidden(f"You do not have {PRIVILEGES[kind]} on {kind.replace('_', ' ')} '{name}'.",
                                 param=param)
 

@@ -44,6 +44,14 @@ class Accounting:
             self.inference.record(Exchange(response["id"], started, seconds, 200, redact_request(request), response,
                                            run.ctx.principal.name, response["model"]))
 
+    def direct(self, row: dict[str, Any], ticket: Ticket | None) -> None:
+        """A call that ran outside a response (a Genie message, embeddings) ended: ``row`` is its usage."""
+        if self.usage is not None:
+            self.usage.record(row)
+        if self.limiter is not None and ticket is not None:
+            self.limiter.charge(ticket, int(row["input_tokens"]) + int(row["output_tokens"]) +
+                                int(row["tool_input_tokens"]) + int(row["tool_output_tokens"]))
+
     @contextlib.asynccontextmanager
     async def admission(self, principal: Principal, model: str) -> AsyncIterator[Ticket | None]:
         """Count a request against its rate limits (429 when over); if preparing it fails after that,

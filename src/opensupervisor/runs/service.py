@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.accounting import RATE_BUCKETS, Accounting
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps
+from opensupervisor.runs.gate import Gate
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
 from opensupervisor.runs.traces import RunTraces
@@ -83,13 +84,14 @@ class ResponseService:
                  engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
                  background_limits: BackgroundLimits | None = None, *, tracing: Tracing | None = None,
                  trace_store: TraceStore | None = None, access: Access | None = None,
-                 accounting: Accounting | None = None) -> None:
+                 accounting: Accounting | None = None, space_model: Callable[[str], str | None] | None = None) -> None:
         self.store = store
         self.signer = signer
         self.vault = vault
         self.traces = RunTraces(tracing or Tracing(), trace_store)
         self.access = access or Access({})
         self.accounting = accounting or Accounting()
+        self.gate = Gate(self.access, self.accounting, *([space_model] if space_model is not None else []))
         self.catalog = catalog
         self.tools = tools
         self.limits = limits
@@ -109,7 +111,7 @@ class ResponseService:
         """
         body = parsed.body
         catalog_model = self.catalog.get(body.model)
-        self.access.grants.check_request(principal, body.model, [(t.param, t.type, t.config) for t in parsed.tools])
+        self.gate.check(principal, body.model, parsed.tools)
         bound = self.tools.bind(parsed.tools)
         history = await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]

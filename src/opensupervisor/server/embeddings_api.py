@@ -2,6 +2,8 @@
 
 The model knowledge assistants use (``all-MiniLM-L6-v2-int8``), for clients that want the same
 vectors: ``input`` is a string or a list of strings; ``encoding_format`` ``float`` or ``base64``.
+Like every model, it needs the caller's CAN_QUERY (``model:all-MiniLM-L6-v2-int8``) and counts
+against its rate limits and in usage.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class EmbeddingsRequest(BaseModel):
 
 async def create_embeddings(request: Request) -> Response:
     state: AppState = request.app.state.os
-    authenticate(request, state.admin_token)
+    principal = authenticate(request, state.admin_token)
     try:
         body = EmbeddingsRequest.model_validate(parse_json_body(await request.body()))
     except ValidationError as exc:
@@ -49,12 +51,15 @@ async def create_embeddings(request: Request) -> Response:
     for i, text in enumerate(texts):
         if not text:
             raise InvalidRequest(f"'input[{i}]' is empty.", param=f"input[{i}]", code="invalid_value")
+    gate = state.service.gate
+    gate.check_model(principal, BUNDLED)
     embedder = LocalEmbedder.shared()
-    vectors = await embedder.embed_batched(texts, 64)
+    async with gate.direct(principal, BUNDLED, "embeddings") as use:
+        vectors = await embedder.embed_batched(texts, 64)
+        use.input_tokens = tokens = embedder.count_tokens(texts)
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64"
              else np.asarray(v, dtype=np.float64).round(8).tolist()} for i, v in enumerate(vectors)]
-    tokens = embedder.count_tokens(texts)
     return JSONResponse({"object": "list", "data": data, "model": BUNDLED,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

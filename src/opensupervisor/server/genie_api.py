@@ -34,10 +34,12 @@ def _state(request: Request) -> tuple[AppState, Principal, GenieSpaces]:
     return state, principal, state.spaces
 
 
-def _space_id(request: Request, spaces: GenieSpaces) -> str:
+def _space_id(request: Request, state: AppState, principal: Principal) -> str:
+    """The path's space; one the caller may not run is as absent as one that does not exist."""
     space_id = str(request.path_params["space_id"])
-    if space_id not in spaces.spaces:
+    if space_id not in state.spaces.spaces:
         raise NotFound(f"Genie space '{space_id}' does not exist.", param="space_id")
+    state.service.gate.check_space(principal, space_id, None)
     return space_id
 
 
@@ -51,16 +53,16 @@ async def _content(request: Request) -> str:
 
 
 async def get_space(request: Request) -> Response:
-    _, _, spaces = _state(request)
-    space_id = _space_id(request, spaces)
+    state, principal, spaces = _state(request)
+    space_id = _space_id(request, state, principal)
     space = spaces.spaces[space_id]
     return JSONResponse({"space_id": space_id, "title": space.title or space_id,
                          "description": space.description or "", "warehouse_id": ""})
 
 
 async def start_conversation(request: Request) -> Response:
-    state, principal, spaces = _state(request)
-    space_id = _space_id(request, spaces)
+    state, principal, _ = _state(request)
+    space_id = _space_id(request, state, principal)
     content = await _content(request)
     conversation_id = uuid.uuid4().hex
     message = await _answer(state, principal, space_id, conversation_id, content, [])
@@ -72,8 +74,8 @@ async def start_conversation(request: Request) -> Response:
 
 
 async def create_message(request: Request) -> Response:
-    state, principal, spaces = _state(request)
-    space_id = _space_id(request, spaces)
+    state, principal, _ = _state(request)
+    space_id = _space_id(request, state, principal)
     content = await _content(request)
     earlier = await _conversation(state, principal, space_id, request.path_params["conversation_id"])
     pairs = [(m.message["content"], _query(m.message)) for m in earlier if _query(m.message)]
@@ -95,8 +97,8 @@ async def get_query_result(request: Request) -> Response:
 
 
 async def _message(request: Request) -> StoredMessage:
-    state, principal, spaces = _state(request)
-    space_id = _space_id(request, spaces)
+    state, principal, _ = _state(request)
+    space_id = _space_id(request, state, principal)
     messages = await _conversation(state, principal, space_id, request.path_params["conversation_id"])
     found = next((m for m in messages if m.message["message_id"] == request.path_params["message_id"]), None)
     if found is None:
@@ -121,11 +123,19 @@ async def _answer(state: AppState, principal: Principal, space_id: str, conversa
                                "space_id": space_id, "content": content, "created_timestamp": now,
                                "last_updated_timestamp": now, "attachments": []}
     result: dict[str, Any] | None = None
-    try:
-        answer = await state.spaces.ask(space_id, content, None, principal, earlier)
-    except ToolError as exc:
-        message.update(status="FAILED", error={"error": str(exc), "type": "GENERIC_CHAT_COMPLETION_EXCEPTION"})
-    else:
+    model = state.spaces.sql_model(space_id, None)
+    if model is None:
+        raise NotFound(f"Genie space '{space_id}' has no model to write its SQL.", param="space_id")
+    gate = state.service.gate
+    gate.check_space(principal, space_id, model)
+    answer: Answer | None = None
+    async with gate.direct(principal, model, "genie") as use:
+        try:
+            answer = await state.spaces.ask(space_id, content, None, principal, earlier)
+        except ToolError as exc:
+            use.status = "failed"
+            message.update(status="FAILED", error={"error": str(exc), "type": "GENERIC_CHAT_COMPLETION_EXCEPTION"})
+    if answer is not None:
         attachment_id = uuid.uuid4().hex
         result = _statement(attachment_id, answer)
         summary = f"{answer.description or 'The query'} returned {len(answer.rows.rows)} rows."

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from opensupervisor.errors import NotFound
 from opensupervisor.identity.limits import RateLimit, check_limits
+from opensupervisor.knowledge.local_embedder import BUNDLED
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_json_body
@@ -43,7 +44,7 @@ class GatewayBody(LimitsBody):
 
 def _model(request: Request, state: AppState, key: str) -> str:
     model = str(request.path_params[key])
-    if model not in state.workspace.models:
+    if model not in state.workspace.models and model != BUNDLED:  # the embedding model is limited like any
         raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
     return model
 

@@ -12,7 +12,6 @@ Either kind follows the app's ``require_approval`` policy, as connections do (de
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from typing import Any, Literal
 
@@ -76,8 +75,8 @@ class Apps:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    def factory(self, spec: ToolSpec, workspace: Workspace, key: str = "name") -> Toolset:
-        name = config_name(spec, key, self.apps, "App")
+    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        name = config_name(spec, self.apps, "App")
         if name in self.mcp:
             return ConnectionTools(self.mcp[name], spec.param, self.apps[name].require_approval)
         return AppTool(self, name, config_description(spec))
@@ -145,5 +144,5 @@ def register(registry: ToolRegistry, workspace: Workspace, self_url: str = "") -
     registry.register("app", apps.factory)
     # The Supervisor API's older dialect, {"type": "agent_endpoint", "agent_endpoint": {"name",
     # "description", "endpoint_name"}}: an agent serving endpoint, which an app here stands for.
-    registry.register("agent_endpoint", functools.partial(apps.factory, key="endpoint_name"))
+    registry.register("agent_endpoint", apps.factory)
     return apps

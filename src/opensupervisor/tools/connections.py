@@ -178,7 +178,7 @@ class Connections:
             del self._user_servers[key]
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        name = config_name(spec, "name", self.servers, "Connection")
+        name = config_name(spec, self.servers, "Connection")
         entry = self.entries[name]
         if entry.per_user:
             return ConnectionTools(self.servers[name], spec.param, entry.require_approval,

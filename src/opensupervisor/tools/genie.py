@@ -12,7 +12,6 @@ uses that example's trusted SQL without asking the model.
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -174,7 +173,7 @@ class GenieSpaces:
             sql = await self.checked(space_id, example.sql)
             return Answer(example.sql, f"Trusted example query for: {example.question}",
                           await self.run(space_id, sql, role))
-        name = space.model or run_model or next(iter(self.catalog.names()), None)
+        name = self.sql_model(space_id, run_model)
         if name is None:
             raise ToolError("no model is configured to write SQL for this space")
         items: list[dict[str, Any]] = []
@@ -184,8 +183,17 @@ class GenieSpaces:
         return await _text_to_sql(self, space_id, self.catalog.get(name), items, await self.schema(space_id),
                                   role)
 
-    def factory(self, spec: ToolSpec, workspace: Workspace, key: str = "id") -> Toolset:
-        space_id = config_name(spec, key, self.spaces, "Genie space")
+    def sql_model(self, space_id: str, run_model: str | None) -> str | None:
+        """The catalog model that writes a space's SQL: its own, the run's, else the catalog's first."""
+        return self.spaces[space_id].model or run_model or next(iter(self.catalog.names()), None)
+
+    def own_model(self, space_id: str) -> str | None:
+        """The model a space sets for itself (a caller needs CAN_QUERY on it too); None for unknown ids."""
+        space = self.spaces.get(space_id)
+        return space.model if space is not None else None
+
+    def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
+        space_id = config_name(spec, self.spaces, "Genie space")
         return SpaceTools(self, space_id, config_description(spec))
 
     async def aclose(self) -> None:
@@ -336,5 +344,5 @@ def register(registry: ToolRegistry, workspace: Workspace, catalog: ModelCatalog
     registry.register("genie_space", spaces.factory)
     # The Supervisor API's older dialect, {"type": "genie", "genie": {"name", "description", "space_id"}},
     # as apps built on its first version send it.
-    registry.register("genie", functools.partial(spaces.factory, key="space_id"))
+    registry.register("genie", spaces.factory)
     return spaces

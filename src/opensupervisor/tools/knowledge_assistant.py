@@ -122,7 +122,7 @@ class KnowledgeAssistants:
         return self._searchers[ka]
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        ka = config_name(spec, "knowledge_assistant_id", self.entries, "Knowledge assistant")
+        ka = config_name(spec, self.entries, "Knowledge assistant")
         return KnowledgeTool(self, ka, config_description(spec))
 
     def url(self, ka: str, path: str, heading: str) -> str:

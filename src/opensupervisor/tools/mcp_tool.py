@@ -25,6 +25,7 @@ from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
+from opensupervisor.tools import targets
 from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory
 from opensupervisor.wire.request import ToolSpec
@@ -92,11 +93,8 @@ class RemoteServers:
         self._servers: OrderedDict[str, McpServer] = OrderedDict()
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        if spec.type in spec.raw and isinstance(spec.raw[spec.type], dict):  # the older nested dialect
-            config = dict(spec.config)
-            if "connection_name" in config:
-                config["name"] = config.pop("connection_name")
-            return self.connections(spec.model_copy(update={"config": config}), workspace)
+        if targets.names_connection(spec):  # the older nested dialect: ``connection_name`` is the connection
+            return self.connections(spec, workspace)
         try:
             tool = McpToolSpec.model_validate(spec.config)
         except ValidationError as exc:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Container
 from opensupervisor.core.contracts import Toolset
 from opensupervisor.core.toolbox import BoundToolset
 from opensupervisor.errors import ConfigError, InvalidRequest
+from opensupervisor.tools import targets
 from opensupervisor.tools.functions import ClientFunctions
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace
@@ -54,17 +55,15 @@ class ToolRegistry:
         return bound
 
 
-def config_name(spec: ToolSpec, key: str, known: Container[str] | None, what: str) -> str:
-    """The name (or id) a hosted tool entry selects, e.g. ``{"type": "app", "app": {"name": …}}``;
-    missing or unknown is a 400 naming ``tools[i].<type>.<key>``. ``known`` None: any name (a remote
-    service says whether it exists)."""
-    param = f"{spec.param}.{spec.type}.{key}"
-    value = spec.config.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    if known is not None and value not in known:
-        raise InvalidRequest(f"{what} '{value}' does not exist in this workspace.", param=param, code="invalid_value")
-    return value
+def config_name(spec: ToolSpec, known: Container[str] | None, what: str) -> str:
+    """The name (or id) a hosted tool entry selects, as ``targets.target`` resolves it for the grant
+    check too; missing or unknown is a 400 naming ``tools[i].<type>.<key>``. ``known`` None: any
+    name (a remote service says whether it exists)."""
+    found = targets.require(spec)
+    if known is not None and found.name not in known:
+        raise InvalidRequest(f"{what} '{found.name}' does not exist in this workspace.", param=found.param,
+                             code="invalid_value")
+    return found.name
 
 
 def config_description(spec: ToolSpec) -> str | None:

@@ -146,7 +146,7 @@ class FunctionCatalog:
             raise ConfigError(f"functions.{full_name}: {exc}") from exc
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
-        name = config_name(spec, "name", self.functions.keys() | self.registered.keys(), "Function")
+        name = config_name(spec, self.functions.keys() | self.registered.keys(), "Function")
         function = self.lookup(name)
         assert function is not None
         alias = spec.config.get("name_alias")

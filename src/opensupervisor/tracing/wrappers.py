@@ -7,9 +7,10 @@ model calls tools make themselves (text to SQL, grounded answers) in ``"tool_mod
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from opensupervisor import metrics
@@ -97,6 +98,17 @@ def _observe(span: SpanRecord, event: ModelEvent, text: list[str], calls: list[d
 def _inputs(request: ModelRequest) -> dict[str, Any]:
     return {"instructions": request.instructions, "messages": request.items,
             "tools": [t.name for t in request.tools], "tool_choice": request.tool_choice}
+
+
+@contextlib.contextmanager
+def counting_model_calls() -> Iterator[list[dict[str, Any]]]:
+    """The model calls tools make inside this block, outside any run (the Genie conversation API)."""
+    calls: list[dict[str, Any]] = []
+    token = _tool_model_calls.set(calls)
+    try:
+        yield calls
+    finally:
+        _tool_model_calls.reset(token)
 
 
 async def traced_tool_call(ctx: RunContext, name: str, tool_type: str, arguments: dict[str, Any],

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from opensupervisor.core.contracts import Toolset
 from opensupervisor.errors import InvalidRequest
-from opensupervisor.identity.grants import TOOL_OBJECTS
+from opensupervisor.tools import targets
 from opensupervisor.tools.databricks.client import CredentialLookup, DatabricksClient, DatabricksSection, Routing
 from opensupervisor.tools.databricks.functions import RemoteFunction
 from opensupervisor.tools.databricks.genie import RemoteGenie
@@ -38,7 +38,7 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
     routes = section.tools
 
     def genie(spec: ToolSpec, space_id: str) -> Toolset:
-        return RemoteGenie(client, space_id, f"{spec.param}.{spec.type}.{_key(spec.type)}", config_description(spec))
+        return RemoteGenie(client, space_id, targets.require(spec).param, config_description(spec))
 
     def function(spec: ToolSpec, name: str) -> Toolset:
         return RemoteFunction(client, name, f"{spec.param}.uc_function.name", config_description(spec),
@@ -48,7 +48,7 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
         return remote_connection(client, name, spec.param)
 
     def app(spec: ToolSpec, name: str) -> Toolset:
-        return remote_app(client, name, f"{spec.param}.{spec.type}.{_key(spec.type)}")
+        return remote_app(client, name, targets.require(spec).param)
 
     def assistant(spec: ToolSpec, ka: str) -> Toolset:
         return knowledge_assistant(client, ka, f"{spec.param}.knowledge_assistant.knowledge_assistant_id",
@@ -64,26 +64,20 @@ def register(registry: ToolRegistry, workspace: Workspace, credentials: Credenti
                                     ("connection", routes.uc_connection, connection),
                                     ("app", routes.app, app), ("agent_endpoint", routes.agent_endpoint, agent)):
         if mode != "local":
-            registry.register(tool_type, routed(registry.factory(tool_type), remote, _key(tool_type), mode))
+            registry.register(tool_type, routed(registry.factory(tool_type), remote, mode))
     return client
 
 
-def _key(tool_type: str) -> str:
-    """The key of a tool entry that names its object (``genie_space.id``, ``uc_function.name`` …)."""
-    return TOOL_OBJECTS[tool_type][1]
-
-
-def routed(local: ToolsetFactory | None, remote: Remote, key: str, mode: Routing) -> ToolsetFactory:
+def routed(local: ToolsetFactory | None, remote: Remote, mode: Routing) -> ToolsetFactory:
     """``databricks``: every id is the workspace's; ``local_first``: the workspace file's ids stay local."""
 
     def factory(spec: ToolSpec, workspace: Workspace) -> Toolset:
-        param = f"{spec.param}.{spec.type}.{key}"
         if mode == "local_first" and local is not None:
             try:
                 return local(spec, workspace)
             except InvalidRequest as exc:
-                if exc.param != param or exc.code != "invalid_value":
+                if exc.param != targets.require(spec).param or exc.code != "invalid_value":
                     raise
-        return remote(spec, config_name(spec, key, None, ""))
+        return remote(spec, config_name(spec, None, ""))
 
     return factory
