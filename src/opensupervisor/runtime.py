@@ -103,7 +103,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     inference = _inference_tables(settings, ws)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,
-                              access=access, accounting=Accounting(usage, limiter, inference))
+                              access=access, accounting=Accounting(usage, limiter, inference),
+                              approval_lifetime_s=ws.limits.approval_lifetime_s)
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
