@@ -327,8 +327,8 @@ class ResponseService:
         items = prior + record.input_items
         ctx.history = items
         signer = self.signer.bound(principal.id)
-        # The request that created the response recorded its answers as used by it: not again here,
-        # where a resumed run would find them used (by itself) or past their lifetime.
+        # The request that created the response recorded its answers as used by it. Not again here:
+        # a run resumed late could find them past their lifetime, and be refused its own approval.
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
                   emitter=Emitter(_as_created(record.response)), limits=self.limits, signer=signer,
                   answers=approval.answers(items, len(prior), signer, toolbox.lookup))
