@@ -6,8 +6,11 @@ published background-mode apps use it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,7 +18,9 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks_openai import DatabricksOpenAI
 
-from tests.conftest import ASGIThread, Server, ThreadServer, wait_until
+from opensupervisor.testing.asgi import Send, send_sse
+from opensupervisor.testing.chat_upstream import ChatUpstream, _chunk, _usage_chunk
+from tests.conftest import ASGIThread, ProcessServer, Server, ThreadServer, wait_until
 from tests.mcp_servers import NOTES, tools_server
 from tests.test_databricks_client import count_history_items
 
@@ -180,3 +185,74 @@ def test_an_mcp_app_asks_too(dbx: DatabricksOpenAI) -> None:
     second = finished(dbx, input=[approval(request)], previous_response_id=first.id,
                       tools=[{"type": "app", "app": {"name": "calc"}}])
     assert second.output_text == "Done." and NOTES == ["buy milk"]
+
+
+def test_a_background_continuation_uses_its_approval_once(dbx: DatabricksOpenAI) -> None:
+    first = finished(dbx, input="note this", tools=[conn("tools")])
+    [request] = first.output
+    second = finished(dbx, input=[approval(request)], previous_response_id=first.id, tools=[conn("tools")])
+    assert second.output_text == "Done."
+    with pytest.raises(openai.BadRequestError) as again:
+        dbx.responses.create(model="agent", input=[approval(request)], previous_response_id=first.id,
+                             tools=[conn("tools")], background=True)
+    assert (again.value.body["param"], again.value.body["code"]) == ("input[0]", "approval_already_used")
+    assert NOTES == ["buy milk"]
+
+
+class HangingUpstream(ChatUpstream):
+    """Calls ``note`` first; after the tool result, the first answer hangs (the test kills the server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns: Counter[int] = Counter()
+
+    async def answer(self, req: dict[str, Any], headers: dict[bytes, bytes], send: Send) -> None:
+        turn = sum(1 for m in req["messages"] if m.get("role") == "tool")
+        self.turns[turn] += 1
+        if turn == 0:
+            call = {"index": 0, "id": "call_n", "type": "function",
+                    "function": {"name": "note", "arguments": '{"text": "resumed"}'}}
+            chunks = [_chunk({"role": "assistant", "tool_calls": [call]}), _chunk({}, "tool_calls")]
+        else:
+            if self.turns[turn] == 1:
+                await asyncio.sleep(5)
+            chunks = [_chunk({"role": "assistant", "content": "Noted."}), _chunk({}, "stop")]
+        await send_sse(send, b"".join([*chunks, _usage_chunk(), b"data: [DONE]\n\n"]))
+
+
+def test_a_resumed_run_acts_on_its_approval_once(tmp_path: Path) -> None:
+    """Killed after the approved call ran: the resumed run is not refused for its own approval and
+    does not run the call again."""
+    upstream = HangingUpstream()
+    NOTES.clear()
+    with ASGIThread(upstream) as model_url, ASGIThread(tools_server().streamable_http_app()) as mcp_url:
+        workspace = tmp_path / "workspace.toml"
+        workspace.write_text(f"""
+[models.staged]
+provider = "openai-chat"
+base_url = "{model_url}/v1"
+upstream_model = "staged"
+max_retries = 0
+
+[connections.tools]
+url = "{mcp_url}/mcp"
+""")
+        tools = [conn("tools")]
+        process = ProcessServer(tmp_path, config=workspace)
+        with process as first_server:
+            client = first_server.client()
+            asked = client.responses.create(model="staged", input="note it", tools=tools, background=True)
+            wait_until(lambda: client.responses.retrieve(asked.id).status == "completed", what="the request")
+            [request] = client.responses.retrieve(asked.id).output
+            approved = client.responses.create(model="staged", input=[approval(request)], tools=tools,
+                                               previous_response_id=asked.id, background=True)
+            wait_until(lambda: upstream.turns[1] == 1, what="the run to wait on the model after the call")
+            assert NOTES == ["resumed"]
+            process.kill()
+        with ProcessServer(tmp_path, config=workspace, log_name="restarted.log") as second_server:
+            client = second_server.client()
+            wait_until(lambda: client.responses.retrieve(approved.id).status == "completed", timeout=60,
+                       what="the resumed run")
+            done = client.responses.retrieve(approved.id)
+    assert [i.type for i in done.output] == ["function_call", "function_call_output", "message"]
+    assert done.output_text == "Noted." and NOTES == ["resumed"]

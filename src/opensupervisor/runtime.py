@@ -104,7 +104,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,
                               access=access, accounting=Accounting(usage, limiter, inference),
-                              space_model=spaces.own_model)
+                              space_model=spaces.own_model, approval_lifetime_s=ws.limits.approval_lifetime_s)
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))

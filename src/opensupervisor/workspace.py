@@ -66,6 +66,8 @@ class Limits(_Section):
     max_tool_output_chars: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
     # Each value of a SQL result (Genie spaces, SQL functions) is cut at this many characters.
     max_cell_chars: int = Field(default=2048, ge=16, le=16 * 1024 * 1024)
+    # How long an MCP approval request may be answered (its record of use is kept as long).
+    approval_lifetime_s: float = Field(default=7 * 86400.0, ge=60, le=366 * 86400)
 
 
 class SandboxSection(_Section):

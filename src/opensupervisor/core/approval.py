@@ -2,8 +2,11 @@
 
 A call to a tool that needs approval does not run: the run ends with an ``mcp_approval_request``
 item, and the client continues (full history resent, or ``previous_response_id``) with an
-``mcp_approval_response``. The request's id is signed with a key the server keeps, so a client
-cannot approve a call the model never asked for, or change its arguments on the way back.
+``mcp_approval_response``. The request's id is signed with a key the server keeps, over the caller
+it was issued to and what it asks, so a client cannot approve a call the model never asked for,
+change its arguments on the way back, or answer another caller's request. Each request is answered
+once: the server records which response acted on its answer (``store.approvals``), and a second
+answer is refused unless the conversation already holds what the first one led to.
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ from opensupervisor.wire.items import Item
 PREFIX = "mcpr_"
 _NONCE = 24
 _MAC = 32
+_MODEL_ITEMS = frozenset({"reasoning", "function_call", "mcp_call", "mcp_approval_request"})
 
 
 @dataclass(frozen=True, slots=True)
 class ApprovalSigner:
     key: bytes
+    # The principal the requests are issued to: signed into each id, so that only they can answer it.
+    principal: str = ""
+
+    def bound(self, principal: str) -> ApprovalSigner:
+        return ApprovalSigner(self.key, principal)
 
     def request_id(self, nonce: str, server_label: str, name: str, arguments: str) -> str:
-        """``mcpr_`` + nonce + MAC over what the user is asked to approve (61 characters)."""
-        message = "\x1f".join((nonce, server_label, name, arguments)).encode()
+        """``mcpr_`` + nonce + MAC over whom and what the user is asked to approve (61 characters)."""
+        parts = (nonce, self.principal, server_label, name, arguments)
+        # Length-prefixed: no choice of label, name or arguments can shift text between parts.
+        message = b"".join(len(b).to_bytes(4, "big") + b for b in (p.encode() for p in parts))
         return PREFIX + nonce[:_NONCE] + hmac.new(self.key, message, hashlib.sha256).hexdigest()[:_MAC]
 
     def genuine(self, request: Item) -> bool:
@@ -47,18 +58,26 @@ class Answer:
     request: Item
     approve: bool
     reason: str | None
+    # Where the answer is in the request's ``input``, for the error that refuses it.
+    index: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return str(self.request["id"])
 
 
 def answers(history: list[Item], input_start: int, signer: ApprovalSigner,
             lookup: Callable[[str], ToolDef | None]) -> list[Answer]:
     """The new input's approval responses, each matched to its request in the conversation.
 
-    An answer the conversation already acted on (the resent history holds the call it led to) is
-    skipped, so resending a full history never runs a call twice. Anything that does not match is
-    a 400 naming the input item.
+    An answer the conversation already acted on is skipped, so resending a full history never runs a
+    call twice: an approval whose call is there, a denial whose call is there or that the model's
+    output follows. Anything that does not match is a 400 naming the input item. Whether an answer
+    was used before is for the caller to check (``refusal`` words the error).
     """
     requests: dict[str, tuple[int, Item]] = {}
     acted = _acted_on(history)
+    last_output = max((pos for pos, i in enumerate(history) if _from_model(i)), default=-1)
     out: dict[str, Answer] = {}
     for pos, item in enumerate(history):
         kind = item["type"]
@@ -75,7 +94,8 @@ def answers(history: list[Item], input_start: int, signer: ApprovalSigner,
                                  param=f"{param}.approval_request_id", code="invalid_value")
         where, request = found
         if not signer.genuine(request):
-            raise InvalidRequest(f"The MCP approval request '{rid}' was not issued by this server, or was changed.",
+            raise InvalidRequest(f"The MCP approval request '{rid}' was not issued by this server to this caller, "
+                                 "or was changed.",
                                  param=f"input[{where - input_start}]" if where >= input_start else param,
                                  code="invalid_value")
         if rid in out:
@@ -87,9 +107,21 @@ def answers(history: list[Item], input_start: int, signer: ApprovalSigner,
                 f"The MCP approval request '{rid}' is for tool '{request['name']}' of '{request['server_label']}', "
                 "which is not one of this request's tools.", param=f"{param}.approval_request_id",
                 code="invalid_value")
-        if rid not in acted:
-            out[rid] = Answer(request, bool(item["approve"]), item.get("reason"))
+        approve = bool(item["approve"])
+        if rid not in acted and (approve or pos > last_output):
+            out[rid] = Answer(request, approve, item.get("reason"), pos - input_start)
     return list(out.values())
+
+
+def refusal(answer: Answer, why: str) -> InvalidRequest:
+    """The 400 for an answer the record of used approvals refuses (``store.approvals``)."""
+    rid, param = answer.request_id, f"input[{answer.index}]"
+    if why == "used":
+        return InvalidRequest(f"The MCP approval request '{rid}' was already answered: an approval or denial is "
+                              "used once.", param=param, code="approval_already_used")
+    return InvalidRequest(f"The MCP approval request '{rid}' cannot be answered: it was not issued to this caller, "
+                          "it expired, or the response that issued it was deleted.",
+                          param=f"{param}.approval_request_id", code="approval_not_found")
 
 
 def _acted_on(history: list[Item]) -> set[str]:
@@ -97,6 +129,12 @@ def _acted_on(history: list[Item]) -> set[str]:
     done = {i["call_id"] for i in history if i["type"] == "function_call"}
     done.update(i["approval_request_id"] for i in history if i["type"] == "mcp_call" and i.get("approval_request_id"))
     return done
+
+
+def _from_model(item: Item) -> bool:
+    """Output of a model turn: a denial it follows was already told to the model."""
+    kind = item["type"]
+    return kind in _MODEL_ITEMS or (kind == "message" and item.get("role") == "assistant")
 
 
 def denial_text(reason: str | None) -> str:

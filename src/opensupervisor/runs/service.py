@@ -30,6 +30,7 @@ from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import Ticket
 from opensupervisor.models.catalog import ModelCatalog
+from opensupervisor.runs import approvals
 from opensupervisor.runs.accounting import RATE_BUCKETS, Accounting
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps
@@ -38,6 +39,7 @@ from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store import Store
+from opensupervisor.store.approvals import DEFAULT_LIFETIME_S, IssuedApprovals
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.tracing.spans import Tracing
@@ -84,9 +86,11 @@ class ResponseService:
                  engine: DurableEngine, signer: ApprovalSigner, vault: Vault,
                  background_limits: BackgroundLimits | None = None, *, tracing: Tracing | None = None,
                  trace_store: TraceStore | None = None, access: Access | None = None,
-                 accounting: Accounting | None = None, space_model: Callable[[str], str | None] | None = None) -> None:
+                 accounting: Accounting | None = None, space_model: Callable[[str], str | None] | None = None,
+                 approval_lifetime_s: float = DEFAULT_LIFETIME_S) -> None:
         self.store = store
         self.signer = signer
+        self.approvals = IssuedApprovals(store, approval_lifetime_s)
         self.vault = vault
         self.traces = RunTraces(tracing or Tracing(), trace_store)
         self.access = access or Access({})
@@ -128,15 +132,17 @@ class ResponseService:
                                           max_output_chars=self.limits.max_tool_output_chars)
             _check_context(model, body, items)
             response = new_response(response_id, parsed, model=body.model)
+            signer = self.signer.bound(principal.id)
             run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
-                      emitter=Emitter(response), limits=self.limits, signer=self.signer,
-                      answers=approval.answers(items, len(history), self.signer, toolbox.lookup))
+                      emitter=Emitter(response), limits=self.limits, signer=signer,
+                      answers=approval.answers(items, len(history), signer, toolbox.lookup))
             if echo_history and body.background:
                 run.echo = _echo(input_items)
             recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                                 request=self.vault.seal_request(raw), stream=body.stream,
                                 background=body.background, input_items=input_items,
                                 options=_options(run, traceparent))
+            await approvals.use(run, self.approvals)  # last: a request refused before this uses none
             return Prepared(run, recorder, traceparent=traceparent)
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
@@ -172,8 +178,11 @@ class ResponseService:
         started, began = time.perf_counter(), time.time()
         run = prepared.run
         run.ctx.trace = self.traces.start(run, prepared.traceparent)
+        stream = self.traces.events(run, run_loop(run))
+        if approvals.asks(run):
+            stream = approvals.issuing(run, self.approvals, stream)
         try:
-            async for event in recorder.record(self.traces.events(run, run_loop(run))):
+            async for event in recorder.record(stream):
                 yield event
         except RunCancelled as exc:
             log.info("response %s was cancelled while running", prepared.response["id"])
@@ -242,6 +251,7 @@ class ResponseService:
         limits = self.background_limits
         if await self.store.count_queued() >= limits.max_queued:
             await self.accounting.release(prepared.run)
+            await self.approvals.release(prepared.response["id"])  # it never ran: its answers stand
             raise QueueFull(f"Too many background responses are queued ({limits.max_queued}); retry later.")
         response_id = prepared.response["id"]
         here = len(self.background.live) < limits.worker_concurrency
@@ -319,9 +329,12 @@ class ResponseService:
         prior = await dbos_steps("history", history) if body.previous_response_id else []
         items = prior + record.input_items
         ctx.history = items
+        signer = self.signer.bound(principal.id)
+        # The request that created the response recorded its answers as used by it. Not again here:
+        # a run resumed late could find them past their lifetime, and be refused its own approval.
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
-                  emitter=Emitter(_as_created(record.response)), limits=self.limits, signer=self.signer,
-                  answers=approval.answers(items, len(prior), self.signer, toolbox.lookup))
+                  emitter=Emitter(_as_created(record.response)), limits=self.limits, signer=signer,
+                  answers=approval.answers(items, len(prior), signer, toolbox.lookup))
         if record.options.get("echo_history"):
             run.echo = _echo(record.input_items)
         recorder = Recorder(self.store, response_id=response_id, owner=record.owner, request=record.request,
@@ -385,6 +398,7 @@ class ResponseService:
             raise InvalidRequest("Cannot delete an in-flight response.", param="response_id")
         if not await self.store.delete(response_id, _owner(principal)):
             raise _not_found(response_id)
+        await self.approvals.forget(response_id)  # its unanswered approval requests go with it
         return {"id": response_id, "object": "response", "deleted": True}
 
     async def input_items(self, response_id: str, principal: Principal, *, limit: int, order: str,

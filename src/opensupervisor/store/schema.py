@@ -201,3 +201,20 @@ user_credentials = Table(
     Column("sealed", Text, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
 )
+
+# MCP approval requests as issued, whatever the issuing response's ``store``: to whom, by which
+# response, until when they may be answered, and which response acted on the answer (``used_by``,
+# set once). Rows are removed once past ``expires_at``.
+approvals = Table(
+    "os_approvals",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("principal", String(255), nullable=False),
+    Column("response_id", String(64), nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("used_by", String(64), nullable=True),
+    Column("used_at", BigInteger, nullable=True),
+    Index("ix_os_approvals_expires", "expires_at"),
+    Index("ix_os_approvals_response", "response_id"),
+)
