@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import httpx
 
@@ -22,8 +22,10 @@ class TokenRequestFailed(Exception):
 
 class ClientCredentials(httpx.Auth):
     def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str | None, *,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, transport: Callable[[], httpx.AsyncBaseTransport] | None = None) -> None:
         self.token_url = token_url
+        # Each token request's transport (one pinned to public addresses for an admin's wildcard URL).
+        self.transport = transport
         self.client_id = client_id
         self._secret = client_secret
         self.scope = scope
@@ -47,7 +49,9 @@ class ClientCredentials(httpx.Auth):
                 return self._token
             form = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
             try:
-                async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                transport = self.transport() if self.transport is not None else None
+                async with httpx.AsyncClient(timeout=self.timeout_s, transport=transport,
+                                             follow_redirects=False) as client:
                     answer = await client.post(self.token_url, data=form, auth=(self.client_id, self._secret))
             except httpx.HTTPError as exc:
                 raise TokenRequestFailed(f"the token endpoint is unreachable ({type(exc).__name__})") from exc
