@@ -125,3 +125,21 @@ def test_an_oauth_token_endpoint_is_pinned_too(server: Server, dns: FakeDns) -> 
             http.delete("/admin/v1/connections/tokens")
     assert_unreached(answer, token, 0)
     assert "oauth-secret-5521" not in answer.text
+
+
+def test_by_default_an_admin_reaches_public_addresses_only(server: Server, target: tuple[int, Hits]) -> None:
+    """Without ``[outbound]``: a loopback or private literal is refused when stored (400), and a name
+    that resolves to loopback is refused where the connection is made, reading as any failure."""
+    port, hits = target
+    with server.http() as http:
+        for url in [f"http://127.0.0.1:{port}/mcp", f"http://[::1]:{port}/mcp", "http://10.0.0.1/mcp",
+                    "http://169.254.169.254/latest"]:
+            answer = http.put("/admin/v1/connections/local", json={"url": url})
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "url", answer.text
+        assert http.put("/admin/v1/connections/local", json={"url": f"http://localhost:{port}/mcp",
+                                                             "timeout_s": 3}).status_code == 200
+        before = hits.count
+        answer = http.post("/v1/responses", json={"model": "agent", "input": "add", "tools": [
+            {"type": "uc_connection", "uc_connection": {"name": "local"}}]})
+        http.delete("/admin/v1/connections/local")
+    assert_unreached(answer, hits, before)

@@ -50,7 +50,7 @@ class DatabricksSection(BaseModel):
     """The workspace file's ``[databricks]``."""
 
     model_config = ConfigDict(extra="forbid")
-    host: str = Field(pattern=r"^https?://")
+    host: str  # http(s)://…, parsed as every outbound URL is
     token_env: str | None = None
     client_id: str | None = None
     client_secret_env: str | None = None
