@@ -1,7 +1,8 @@
 """OAuth 2.0 client credentials for MCP servers: a bearer token fetched, cached and renewed.
 
 The client authenticates to the token endpoint with HTTP Basic (``client_secret_basic``). A token is
-reused until shortly before it expires; a 401 from the MCP server renews it once.
+reused until shortly before it expires; a 401 from the MCP server renews it once. A redirect from
+the token endpoint is an error, never followed (the client secret would go along).
 """
 
 from __future__ import annotations
