@@ -116,6 +116,10 @@ url = "{urls['sse']}"
 
 [connections.many]
 url = "{urls['many']}"
+
+[outbound]
+# Stored connections may reach the loopback servers of these tests (any port, any path).
+allowed_urls = ["http://127.0.0.1:*/*"]
 """)
     with ThreadServer(f"sqlite:///{folder}/state.db", folder / "workspace.toml") as running:
         yield running
@@ -152,8 +156,12 @@ def test_a_stored_connection_keeps_its_secret_sealed(server: Server, upstreams: 
         assert SECRET.encode() not in file.read_bytes() and CLIENT_SECRET.encode() not in file.read_bytes()
 
 
-def test_oauth_tokens_are_reused_and_a_wrong_secret_is_a_clear_failure(server: Server, upstreams: Any) -> None:
+def test_oauth_tokens_are_reused_and_a_wrong_secret_is_a_clear_failure(server: Server, upstreams: Any,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A stored connection's failures read the same to the client (its URL is an admin's choice, not
+    the operator's): the cause is in the server log."""
     up, urls = upstreams
+    caplog.set_level(logging.WARNING)
     oauth = {"token_url": urls["token"], "client_id": "robot", "client_secret": CLIENT_SECRET}
     with server.http() as http:
         assert http.put("/admin/v1/connections/robot2", json={"url": urls["guarded"], "oauth": oauth,
@@ -166,20 +174,22 @@ def test_oauth_tokens_are_reused_and_a_wrong_secret_is_a_clear_failure(server: S
         http.put("/admin/v1/connections/robot3", json={"url": urls["guarded"],
                                                        "oauth": dict(oauth, client_secret="wrong")})
         failed = http.post("/v1/responses", json={"model": "agent", "input": "add", "tools": [conn("robot3")]})
-    assert failed.status_code == 502 and "OAuth: the token endpoint answered HTTP 401" in failed.text
-    assert "wrong" not in failed.json()["error"]["message"].replace("the MCP server", "")
+    assert failed.status_code == 502 and failed.json()["error"]["message"] == \
+        "'robot3': the MCP server 'robot3' is unavailable (it could not be reached or refused the request)"
+    assert "OAuth: the token endpoint answered HTTP 401" in caplog.text and "wrong" not in caplog.text
 
 
 def test_admin_api_validation(server: Server) -> None:
     with server.http() as http:
         cases = [
-            ("counted", {"url": "http://x/mcp"}, "name"),
-            ("bad name!", {"url": "http://x/mcp"}, "name"),
-            ("x", {"url": "http://x/mcp", "transport": "carrier-pigeon"}, "transport"),
-            ("x", {"url": "http://x/mcp", "bearer_token_env": "OS_TEST_NOT_SET_ANYWHERE"}, "bearer_token_env"),
+            ("counted", {"url": "http://127.0.0.1:1/mcp"}, "name"),
+            ("bad name!", {"url": "http://127.0.0.1:1/mcp"}, "name"),
+            ("x", {"url": "http://127.0.0.1:1/mcp", "transport": "carrier-pigeon"}, "transport"),
+            ("x", {"url": "http://127.0.0.1:1/mcp", "bearer_token_env": "OS_TEST_NOT_SET_ANYWHERE"},
+             "bearer_token_env"),
             ("x", {}, "url"),
-            ("x", {"url": "http://x/mcp", "require_approval": "sometimes"}, "require_approval"),
-            ("x", {"url": "http://x/mcp", "per_user": "maybe"}, "per_user"),
+            ("x", {"url": "http://127.0.0.1:1/mcp", "require_approval": "sometimes"}, "require_approval"),
+            ("x", {"url": "http://127.0.0.1:1/mcp", "per_user": "maybe"}, "per_user"),
         ]
         for name, body, param in cases:
             answer = http.put(f"/admin/v1/connections/{name}", json=body)
@@ -233,7 +243,9 @@ def test_cancelling_a_run_cancels_its_call(server: Server) -> None:
 
 def test_the_cli_stores_connections(upstreams: Any, tmp_path: Path) -> None:
     _, urls = upstreams
-    env = process_env(None, f"sqlite:///{tmp_path}/state.db", {"OPENSUPERVISOR_DATA_DIR": str(tmp_path / "data")})
+    (tmp_path / "workspace.toml").write_text('[outbound]\nallowed_urls = ["http://127.0.0.1:*/*"]\n')
+    env = process_env(tmp_path / "workspace.toml", f"sqlite:///{tmp_path}/state.db",
+                      {"OPENSUPERVISOR_DATA_DIR": str(tmp_path / "data")})
     cli = [sys.executable, "-m", "opensupervisor"]
     add = subprocess.run([*cli, "connections", "add", "search", "--url", urls["counted"], "--bearer-token-stdin",
                           "--require-approval", "always"], input=SECRET + "\n", env=env, capture_output=True,

@@ -29,7 +29,13 @@ class OpenSupervisorError(Exception):
 
 
 class ConfigError(OpenSupervisorError):
-    """The workspace file, an environment variable or a CLI flag is wrong."""
+    """The workspace file, an environment variable or a CLI flag is wrong. ``param`` and ``code``
+    name the field and the kind of mistake, for an admin API that was sent the same entry."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 class APIError(OpenSupervisorError):

@@ -14,6 +14,7 @@ import copy
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
@@ -25,6 +26,8 @@ SEALED = "__sealed__"
 REDACTED = "<redacted>"
 # Fields of a request's tool entries that hold credentials, by tool type.
 SECRET_TOOL_FIELDS = {"mcp": ("headers", "authorization")}
+# The field of a request's tool entries that holds a URL the server calls (the ``mcp`` tool's).
+URL_TOOL_FIELD = "server_url"
 
 
 class Vault:
@@ -58,8 +61,26 @@ class Vault:
 
 
 def redact_request(raw: dict[str, Any]) -> dict[str, Any]:
-    """A request (as sent or as stored) with its tools' credentials replaced: what logs may keep."""
-    return _map_secrets(raw, lambda value: REDACTED)
+    """A request (as sent or as stored) with its tools' credentials replaced: what logs may keep.
+    A URL that carries credentials (``http://user:password@host``) is refused before any run, but a
+    refused request is logged too: such a URL is replaced whole."""
+    redacted = _map_secrets(raw, lambda value: REDACTED)
+    tools = redacted.get("tools")
+    if not isinstance(tools, list) or not any(_has_userinfo(t.get(URL_TOOL_FIELD)) for t in tools
+                                              if isinstance(t, dict)):
+        return redacted
+    scrubbed = [dict(t, **{URL_TOOL_FIELD: REDACTED}) if isinstance(t, dict) and _has_userinfo(t.get(URL_TOOL_FIELD))
+                else t for t in tools]
+    return {**redacted, "tools": scrubbed}
+
+
+def _has_userinfo(url: Any) -> bool:
+    if not isinstance(url, str) or "@" not in url:
+        return False
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return True
 
 
 def redact_tool(tool: dict[str, Any]) -> dict[str, Any]:

@@ -126,6 +126,21 @@ class RemoteMcp(_Section):
         return patterns
 
 
+class OutboundSection(_Section):
+    """Where URLs set through the admin API and CLI may lead (a stored connection's ``url`` and
+    OAuth ``token_url``), as patterns of ``opensupervisor.outbound``. The default allows any host
+    on any port, public addresses only; loopback and private hosts only where a pattern names them."""
+
+    allowed_urls: list[str] = Field(default_factory=lambda: ["http://*:*/*", "https://*:*/*"])
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            parse_pattern(pattern)  # a ValueError names the pattern
+        return patterns
+
+
 class TracingSection(_Section):
     """What spans record (redaction): request and tool inputs, model and tool outputs."""
 
@@ -166,6 +181,7 @@ class Workspace(_Section):
     limits: Limits = Field(default_factory=Limits)
     background: Background = Field(default_factory=Background)
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
+    outbound: OutboundSection = Field(default_factory=OutboundSection)
     tracing: TracingSection = Field(default_factory=TracingSection)
     access: AccessSection = Field(default_factory=AccessSection)
     sandbox: SandboxSection = Field(default_factory=SandboxSection)

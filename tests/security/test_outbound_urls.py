@@ -79,6 +79,20 @@ def refusals(port: int) -> list[str]:
         "https://a.example.com/mcp/../admin",        # dot segments under a path glob
         "https://a.example.com/mcp/%2e%2e/admin",
         "https://a.example.com/mcp/./x",
+        f"HTTP://user:hunter2@{here}/mcp",           # upper case changes nothing
+        f"HTTP://{here}/other",
+        f"http://%31%32%37.0.0.1:{port}/mcp",        # a percent-encoded host
+        f"http://127.0.0.1%2e:{port}/mcp",
+        f"http://[fe80::1%25lo]:{port}/mcp",         # an IPv6 zone
+        f"http://\u24dbocalhost:{port}/mcp",        # a host outside ASCII ("ⓛocalhost")
+        f"http://0177.0.0.1:{port}/mcp",             # loopback in octal
+        f"http://017700000001:{port}/mcp",
+        f"http://127.0.0.1.:{port}/mcp",             # a trailing dot
+        f"http://[::127.0.0.1]:{port}/mcp",          # IPv6 forms that embed loopback
+        f"http://[64:ff9b::7f00:1]:{port}/mcp",
+        f"http://[2002:7f00:1::]:{port}/mcp",
+        f"http://224.0.0.1:{port}/mcp",              # multicast
+        f"http://{here}/mcp?x=\r\nHost: evil",       # a header smuggled through the URL
     ]
 
 
@@ -142,9 +156,14 @@ timeout_s = 5
     assert answers[0].json()["error"]["message"].endswith("(it could not be reached or refused the request)")
 
 
-def test_the_allowed_server_still_works(server: Server, mcp_server: tuple[str, CountInitialize]) -> None:
+@pytest.mark.parametrize("spelling", [str.lower, str.upper])
+def test_the_allowed_server_still_works(server: Server, mcp_server: tuple[str, CountInitialize],
+                                        spelling: Any) -> None:
+    """Scheme and host are matched as parsed (in lower case): ``HTTP://`` is the same server."""
     client = openai.OpenAI(base_url=server.v1, api_key=server.token, max_retries=0)
-    response = client.responses.create(model="agent", input="hello", tools=[mcp(f"{mcp_server[0]}/mcp")])
+    scheme, rest = mcp_server[0].split("://")
+    response = client.responses.create(model="agent", input="hello",
+                                       tools=[mcp(f"{spelling(scheme)}://{rest}/mcp")])
     assert response.output[0].type == "mcp_list_tools" and response.output[0].tools
 
 

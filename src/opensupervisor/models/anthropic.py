@@ -38,8 +38,10 @@ class AnthropicModel(Model):
         api_key = os.environ.get(api_key_env or "ANTHROPIC_API_KEY", "")
         if not api_key:
             raise ConfigError(f"model '{name}': environment variable {api_key_env or 'ANTHROPIC_API_KEY'} is not set")
+        # The SDK follows redirects by default; a redirect would lead the request, and its key, elsewhere.
         self.client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_s,
-                                               max_retries=max_retries)
+                                               max_retries=max_retries,
+                                               http_client=anthropic.DefaultAsyncHttpxClient(follow_redirects=False))
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import assert_never
 
+from opensupervisor import outbound
 from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, NotFound
 from opensupervisor.models.fallback import FallbackModel
@@ -24,6 +25,12 @@ def build_model(name: str, entry: ModelEntry, base_dir: Path) -> Model:
 
 def _build(name: str, entry: ModelEntry, base_dir: Path) -> Model:
     provider = entry.provider
+    if entry.base_url is not None:
+        try:
+            entry = entry.model_copy(update={"base_url": outbound.parse_url(entry.base_url).geturl()})
+        except outbound.UrlRefused as exc:  # never the URL itself: it may hold credentials
+            raise ConfigError(f"model '{name}': base_url is refused: {exc}", param="base_url",
+                              code="url_not_allowed") from exc
     if provider == "embedded":
         # Imported here: loading llama.cpp is only worth it when a workspace uses it.
         from opensupervisor.models.embedded import EmbeddedModel

@@ -90,7 +90,8 @@ class HTTPUpstream:
 
     async def _send(self, body: bytes) -> aiohttp.ClientResponse:
         try:
-            response = await self._client().post(self.url, data=body)
+            # A redirect is never followed (it would lead the request, and its key, elsewhere): an error.
+            response = await self._client().post(self.url, data=body, allow_redirects=False)
         except TimeoutError as exc:
             raise ModelTimeout(f"model '{self.model}' timed out") from exc
         except aiohttp.ClientError as exc:

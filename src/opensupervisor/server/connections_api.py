@@ -2,6 +2,7 @@
 
 A stored connection's secrets (``bearer_token``, ``oauth.client_secret``, ``headers``) are sealed
 with the server's key and never returned: reads show the kind of auth and the header names only.
+Its ``url`` and ``oauth.token_url`` must match the workspace's ``[outbound] allowed_urls``.
 Every server process picks a change up within a few seconds (this one at once).
 """
 
@@ -16,7 +17,7 @@ from opensupervisor.errors import ConfigError, InvalidRequest, NotFound
 from opensupervisor.runtime import connection_rows
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import AppState, JSONResponse
-from opensupervisor.tools.connections import NAME, ConnectionEntry, build_server
+from opensupervisor.tools.connections import NAME, ConnectionEntry
 from opensupervisor.wire.request import parse_json_body
 from opensupervisor.wire.validation import raise_validation
 
@@ -57,10 +58,10 @@ async def put_connection(request: Request) -> Response:
     except ValidationError as exc:
         raise_validation(exc)
     try:
-        build_server(name, entry)  # every credential it names must be at hand
+        state.connections.build(name, entry)  # every credential it names at hand, its URLs and headers allowed
     except ConfigError as exc:
-        raise InvalidRequest(str(exc).removeprefix(f"connections.{name}: "), param=_param_of(str(exc)),
-                             code="invalid_value") from exc
+        message = str(exc).removeprefix(f"connections.{name}: ").removeprefix(f"connections.{name}.")
+        raise InvalidRequest(message, param=exc.param or _param_of(str(exc)), code=exc.code or "invalid_value") from exc
     await state.stored_connections.put(name, entry.without_secrets(), entry.secrets())
     await _reload(state)
     return JSONResponse(_describe(state, name))

@@ -19,11 +19,12 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError
 from opensupervisor.tools.connections import ApprovalPolicy, ConnectionTools, asks_approval
-from opensupervisor.tools.http_bounds import ResponseTooLarge, read_bounded
+from opensupervisor.tools.http_bounds import REDIRECTS, ResponseTooLarge, read_bounded
 from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.wire.request import ToolSpec
@@ -58,6 +59,7 @@ class Apps:
             entry = section_entry(AppEntry, f"apps.{name}", raw)
             if entry.url.startswith("/"):  # an app this server serves (the demo's)
                 entry = entry.model_copy(update={"url": self_url + entry.url})
+            entry = entry.model_copy(update={"url": _parsed(name, entry.url)})
             if entry.api_key_env:
                 key = os.environ.get(entry.api_key_env, "")
                 if not key:
@@ -92,7 +94,11 @@ class Apps:
             headers["Authorization"] = f"Bearer {self._keys[name]}"
         try:
             async with asyncio.timeout(entry.timeout_s), self.session().post(
-                    f"{entry.url.rstrip('/')}/responses", data=orjson.dumps(body), headers=headers) as resp:
+                    f"{entry.url.rstrip('/')}/responses", data=orjson.dumps(body), headers=headers,
+                    allow_redirects=False) as resp:
+                if resp.status in REDIRECTS:  # never followed: it would lead to a URL nobody configured
+                    raise ToolError(f"the app '{name}' answered with a redirect (HTTP {resp.status}), which is "
+                                    "not followed")
                 raw = await read_bounded(resp)
         except TimeoutError as exc:
             raise ToolError(f"the app '{name}' did not answer within {entry.timeout_s:g} seconds") from exc
@@ -130,6 +136,16 @@ class AppTool(Toolset):
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         return await self.apps.ask(self.name, str(arguments["question"]))
+
+
+def _parsed(name: str, url: str) -> str:
+    """The app's URL as parsed; one with credentials, a backslash or another ambiguity is refused."""
+    if url.startswith("/"):  # this server's own path, in a process that serves none (the CLI): never called
+        return url
+    try:
+        return outbound.parse_url(url).geturl()
+    except outbound.UrlRefused as exc:  # never the URL itself: it may hold credentials
+        raise ConfigError(f"apps.{name}.url: the URL is refused: {exc}", param="url", code="url_not_allowed") from exc
 
 
 def _output_text(response: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -27,16 +28,19 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, Forbidden, ToolError, UpstreamUnavailable
 from opensupervisor.identity import Principal
+from opensupervisor.tools.http_bounds import PinnedTransport
 from opensupervisor.tools.mcp_client import McpServer, Transport
 from opensupervisor.tools.oauth import ClientCredentials
 from opensupervisor.tools.registry import ToolRegistry, config_name
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
+log = logging.getLogger(__name__)
 ApprovalPolicy = Literal["background", "always", "never"]
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 MAX_USER_SERVERS = 10_000
@@ -102,21 +106,46 @@ def with_secrets(entry: dict[str, Any], secrets: dict[str, Any]) -> ConnectionEn
     return ConnectionEntry.model_validate(data)
 
 
-def build_server(name: str, entry: ConnectionEntry) -> McpServer:
-    """The client for one connection; a missing credential is a ``ConfigError`` naming it."""
+def build_server(name: str, entry: ConnectionEntry, allowed: list[outbound.Pattern] | None = None) -> McpServer:
+    """The client for one connection; a missing credential, or a URL or header that is refused, is a
+    ``ConfigError`` naming it. ``allowed``: the patterns an admin's URLs must match (``[outbound]
+    allowed_urls``); None for the workspace file's, which are only parsed."""
+    url, public_only = _checked_url(name, "url", entry.url, allowed)
+    try:
+        outbound.check_headers(entry.headers)
+    except outbound.UrlRefused as exc:
+        raise ConfigError(f"connections.{name}.headers: {exc}", param="headers") from exc
     headers = dict(entry.headers)
     token = entry.bearer_token or _env(name, entry.bearer_token_env, "bearer_token_env")
     if token:
         headers["Authorization"] = f"Bearer {token}"
     auth = None
     if entry.oauth is not None:
+        token_url, pinned = _checked_url(name, "oauth.token_url", entry.oauth.token_url, allowed)
         secret = entry.oauth.client_secret or _env(name, entry.oauth.client_secret_env, "oauth.client_secret_env")
         if not secret:
-            raise ConfigError(f"connections.{name}.oauth: client_secret_env (or a stored client secret) is required")
-        auth = ClientCredentials(entry.oauth.token_url, entry.oauth.client_id, secret, entry.oauth.scope,
-                                 timeout_s=entry.timeout_s)
-    return McpServer(name, entry.url, headers=headers, timeout_s=entry.timeout_s, allowed_tools=entry.allowed_tools,
-                     transport=entry.transport, auth=auth)
+            raise ConfigError(f"connections.{name}.oauth: client_secret_env (or a stored client secret) is required",
+                              param="oauth")
+        auth = ClientCredentials(token_url, entry.oauth.client_id, secret, entry.oauth.scope,
+                                 timeout_s=entry.timeout_s, transport=PinnedTransport if pinned else None)
+    # An admin's connection fails with one message, whatever happened: the detail goes to the log.
+    return McpServer(name, url, headers=headers, timeout_s=entry.timeout_s, allowed_tools=entry.allowed_tools,
+                     transport=entry.transport, auth=auth, public_only=public_only, opaque_errors=allowed is not None)
+
+
+def _checked_url(name: str, field: str, url: str, allowed: list[outbound.Pattern] | None) -> tuple[str, bool]:
+    """The URL to call (as parsed) and whether its connections must be pinned to public addresses."""
+    if allowed is None and url.startswith("/"):
+        # This server's own path, in a process that serves none (the CLI): never called there.
+        return url, False
+    try:
+        if allowed is None:
+            return outbound.parse_url(url).geturl(), False
+        parts, pattern = outbound.allowed(url, allowed, "[outbound] allowed_urls")
+    except outbound.UrlRefused as exc:  # never the URL itself: it may hold credentials
+        raise ConfigError(f"connections.{name}.{field}: the URL is refused: {exc}", param=field,
+                          code="url_not_allowed") from exc
+    return parts.geturl(), not pattern.exact_host
 
 
 def _env(name: str, variable: str | None, field: str) -> str | None:
@@ -137,6 +166,8 @@ class Connections:
 
     def __init__(self, workspace: Workspace, self_url: str = "") -> None:
         self.self_url = self_url
+        # Where stored connections may lead; the workspace file's own are the operator's to choose.
+        self.allowed = [outbound.parse_pattern(p) for p in workspace.outbound.allowed_urls]
         # Where per-user connections find each caller's token (the store's, set at start-up).
         self.credentials: CredentialLookup | None = None
         self._user_servers: dict[tuple[str, str, str], McpServer] = {}
@@ -162,15 +193,20 @@ class Connections:
             if name in self.in_file or self.stored.get(name, (None,))[0] == updated_at:
                 continue
             try:
-                server = build_server(name, entry)
-            except ConfigError:
-                continue  # checked when it was stored; an environment change is logged by the caller
+                server = self.build(name, entry)
+            except ConfigError as exc:  # checked when it was stored: the environment or the workspace changed
+                log.warning("stored connection %r is not used: %s", name, exc)
+                continue
             self.entries[name], self.servers[name] = entry, server
             self.stored[name] = (updated_at, entry)
             self._forget_users(name)
         for name in set(self.stored) - seen:
             del self.stored[name], self.entries[name], self.servers[name]
             self._forget_users(name)
+
+    def build(self, name: str, entry: ConnectionEntry) -> McpServer:
+        """``build_server`` with the rules for where the entry comes from (the file, or an admin)."""
+        return build_server(name, entry, None if name in self.in_file else self.allowed)
 
     def _forget_users(self, name: str) -> None:
         """A changed or removed connection: its users' clients go (they held its old URL and headers)."""
@@ -198,7 +234,7 @@ class Connections:
                 self._user_servers.clear()  # old tokens and idle users; each is rebuilt on demand
             entry = self.entries[name].model_copy(update={"bearer_token": token, "bearer_token_env": None,
                                                           "oauth": None})
-            server = self._user_servers[key] = build_server(name, entry)
+            server = self._user_servers[key] = self.build(name, entry)
         return server
 
 

@@ -3,7 +3,11 @@
 Tool lists are cached for a short time (a run lists once; runs share the cache). The calls of one
 run share one session, opened at its first call and closed when the run ends. Every operation has
 a timeout; a server that is down, slow, or answers an error becomes a ``ToolError`` whose text
-names the server, never its credentials.
+names the server, never its credentials. Redirects are errors, never followed.
+
+A server whose URL a request or an admin chose (``opaque_errors``) fails with one message whatever
+went wrong (refused, timed out, not resolved, TLS, not MCP, a redirect): the error must not tell a
+port scanner what is there. The cause goes to the server log.
 
 ``transport``: ``streamable_http``, ``sse`` (the older HTTP+SSE transport), or ``auto``: Streamable
 HTTP first and, when the server does not speak it, SSE from then on.
@@ -30,11 +34,12 @@ from mcp.types import CallToolResult, ListToolsResult
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef
 from opensupervisor.errors import ToolError
-from opensupervisor.tools.http_bounds import AddressCheck, AnswerLimit, ResponseTooLarge
+from opensupervisor.tools.http_bounds import AddressRefused, AnswerLimit, RedirectRefused, ResponseTooLarge
 from opensupervisor.tools.oauth import TokenRequestFailed
 
 log = logging.getLogger(__name__)
 Transport = Literal["auto", "streamable_http", "sse"]
+OPAQUE = "it could not be reached or refused the request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +60,7 @@ class Session:
 class McpServer:
     def __init__(self, label: str, url: str, *, headers: dict[str, str], timeout_s: float,
                  allowed_tools: list[str] | None, cache_s: float = 30.0, transport: Transport = "auto",
-                 auth: httpx.Auth | None = None, check: AddressCheck | None = None,
-                 opaque_errors: bool = False) -> None:
+                 auth: httpx.Auth | None = None, public_only: bool = False, opaque_errors: bool = False) -> None:
         self.label = label
         self.url = url
         self._headers = headers
@@ -65,9 +69,10 @@ class McpServer:
         self.allowed = set(allowed_tools) if allowed_tools is not None else None
         self.cache_s = cache_s
         self.transport: Transport = transport
-        # A server a request named: its address is checked at each connection, and every failure
-        # reads the same (what answered, or did not, must not tell a port scanner anything).
-        self.check = check
+        # A host matched by a wildcard: each connection goes only to public addresses, checked as it
+        # is made. Opaque: every failure reads the same (what answered, or did not, must not tell a
+        # port scanner anything).
+        self.public_only = public_only
         self.opaque_errors = opaque_errors
         self._tools: list[ToolDef] = []
         self._listed_at = -1e9
@@ -92,7 +97,7 @@ class McpServer:
 
     @asynccontextmanager
     async def _open(self, transport: Transport) -> AsyncIterator[Session]:
-        limit = AnswerLimit(check=self.check)
+        limit = AnswerLimit(public_only=self.public_only)
         if transport == "sse":
             stream = sse_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth,
                                 httpx_client_factory=limit.mcp_client)
@@ -145,7 +150,11 @@ class McpServer:
         return text or orjson.dumps(result.structuredContent).decode()
 
     def _reason(self, exc: BaseException) -> str:
-        return "it could not be reached or refused the request" if self.opaque_errors else _reason(exc)
+        reason = _reason(exc)
+        if not self.opaque_errors:
+            return reason
+        log.warning("MCP server %r: %s", self.label, reason)  # the operator's detail, never the client's
+        return OPAQUE
 
 
 class _HeldSession:
@@ -221,7 +230,7 @@ def _reason(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     if isinstance(exc, TokenRequestFailed):
         return f"OAuth: {exc}"
-    if isinstance(exc, ResponseTooLarge):
+    if isinstance(exc, ResponseTooLarge | RedirectRefused | AddressRefused):
         return str(exc)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     return f"HTTP {status}" if status else type(exc).__name__

@@ -124,15 +124,15 @@ class RemoteServers:
         headers = dict(tool.headers or {})
         if tool.authorization:
             headers["Authorization"] = f"Bearer {tool.authorization}"
+        # The URL as parsed (scheme and host in lower case) is the one called: what was checked.
+        url = parts.geturl()
         # One client per URL and credentials, so that runs share its cached tool list.
-        key = hashlib.sha256(orjson.dumps([tool.server_url, headers], option=orjson.OPT_SORT_KEYS)).hexdigest()
+        key = hashlib.sha256(orjson.dumps([url, headers], option=orjson.OPT_SORT_KEYS)).hexdigest()
         server = self._servers.get(key)
         if server is None:
-            # A host matched by a wildcard must resolve to public addresses, checked at each connection.
-            literal = outbound.address_of(parts.hostname or "") is not None  # checked when the URL was accepted
-            check = None if pattern.exact_host or literal else outbound.check_address
-            server = McpServer(tool.server_label, tool.server_url, headers=headers, timeout_s=self.settings.timeout_s,
-                               allowed_tools=None, check=check, opaque_errors=True)
+            # A host matched by a wildcard: each connection only to public addresses, checked as it is made.
+            server = McpServer(tool.server_label, url, headers=headers, timeout_s=self.settings.timeout_s,
+                               allowed_tools=None, public_only=not pattern.exact_host, opaque_errors=True)
             self._servers[key] = server
             if len(self._servers) > MAX_SERVERS:
                 self._servers.popitem(last=False)

@@ -1,14 +1,15 @@
 """OAuth 2.0 client credentials for MCP servers: a bearer token fetched, cached and renewed.
 
 The client authenticates to the token endpoint with HTTP Basic (``client_secret_basic``). A token is
-reused until shortly before it expires; a 401 from the MCP server renews it once.
+reused until shortly before it expires; a 401 from the MCP server renews it once. A redirect from
+the token endpoint is an error, never followed (the client secret would go along).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import httpx
 
@@ -22,8 +23,10 @@ class TokenRequestFailed(Exception):
 
 class ClientCredentials(httpx.Auth):
     def __init__(self, token_url: str, client_id: str, client_secret: str, scope: str | None, *,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, transport: Callable[[], httpx.AsyncBaseTransport] | None = None) -> None:
         self.token_url = token_url
+        # Each token request's transport (one pinned to public addresses for an admin's wildcard URL).
+        self.transport = transport
         self.client_id = client_id
         self._secret = client_secret
         self.scope = scope
@@ -47,7 +50,9 @@ class ClientCredentials(httpx.Auth):
                 return self._token
             form = {"grant_type": "client_credentials", **({"scope": self.scope} if self.scope else {})}
             try:
-                async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                transport = self.transport() if self.transport is not None else None
+                async with httpx.AsyncClient(timeout=self.timeout_s, transport=transport,
+                                             follow_redirects=False) as client:
                     answer = await client.post(self.token_url, data=form, auth=(self.client_id, self._secret))
             except httpx.HTTPError as exc:
                 raise TokenRequestFailed(f"the token endpoint is unreachable ({type(exc).__name__})") from exc

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.errors import ConfigError, ToolError
 from opensupervisor.tools.mcp_client import McpServer
@@ -49,7 +50,7 @@ class DatabricksSection(BaseModel):
     """The workspace file's ``[databricks]``."""
 
     model_config = ConfigDict(extra="forbid")
-    host: str = Field(pattern=r"^https?://")
+    host: str  # http(s)://…, parsed as every outbound URL is
     token_env: str | None = None
     client_id: str | None = None
     client_secret_env: str | None = None
@@ -65,6 +66,14 @@ class DatabricksSection(BaseModel):
     # Approval of the workspace's MCP connections' and apps' calls, as a local connection's require_approval.
     connection_approval: Literal["background", "always", "never"] = "background"
     tools: ToolRouting = Field(default_factory=ToolRouting)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        try:
+            return outbound.parse_url(host).geturl()
+        except outbound.UrlRefused as exc:  # never the URL itself: it may hold credentials
+            raise ValueError(f"the URL is refused: {exc}") from exc
 
     @model_validator(mode="after")
     def _one_identity(self) -> DatabricksSection:
@@ -108,7 +117,8 @@ class DatabricksClient:
         self.key = key or os.urandom(32)
         self.host = section.host.rstrip("/")
         self.credentials = credentials
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(section.timeout_s, connect=10.0))
+        # Redirects are answers, never followed: they would take the identity's token to another URL.
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(section.timeout_s, connect=10.0), follow_redirects=False)
         self._config: Any = None
         self._lock = asyncio.Lock()
         self.genie_turns = asyncio.Semaphore(section.genie_concurrency)
@@ -175,6 +185,9 @@ class DatabricksClient:
                 if time.monotonic() + wait < deadline:
                     await asyncio.sleep(wait)
                     continue
+            if answer.is_redirect:
+                raise ToolError(f"the Databricks workspace answered {path} with a redirect (HTTP "
+                                f"{answer.status_code}), which is not followed")
             if answer.status_code >= 400:
                 raise _failure(answer)
             if not answer.content:

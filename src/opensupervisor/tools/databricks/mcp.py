@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
@@ -77,6 +78,10 @@ def remote_app(client: DatabricksClient, name: str, param: str) -> Toolset:
         url = app.get("url")
         if not isinstance(url, str) or not url:
             raise ToolError(f"the app '{name}' has no URL (is it running?)")
-        return url.rstrip("/") + "/mcp"
+        try:
+            parts = outbound.parse_url(url)
+        except outbound.UrlRefused as exc:  # the workspace's answer; never repeated (it may hold credentials)
+            raise ToolError(f"the app '{name}' has a URL this server does not call: {exc}") from exc
+        return parts.geturl().rstrip("/") + "/mcp"
 
     return RemoteMcp(client, name, param, locate)
