@@ -11,7 +11,7 @@ from typing import TypeVar
 import click
 from tabulate import tabulate
 
-from opensupervisor.admin import PrincipalAdmin, usage_report
+from opensupervisor.admin.identity import PrincipalAdmin, usage_report
 from opensupervisor.cli_support import with_store
 from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Kind, Principals
 from opensupervisor.store.usage import Usage

@@ -8,14 +8,6 @@ refusal is an ``APIError`` naming its field: the API returns it as an error body
 message and exits non-zero. So both surfaces apply the same rules, with the same messages.
 
 Each service takes the objects it changes; a server passes its live ones, the CLI builds what one
-command needs (the other servers pick a change up within seconds).
+command needs (the other servers pick a change up within seconds). Import each from its module
+(``opensupervisor.admin.connections`` …): a command pays only for what it uses.
 """
-
-from opensupervisor.admin.connections import ConnectionAdmin
-from opensupervisor.admin.credentials import CredentialAdmin
-from opensupervisor.admin.functions import FunctionAdmin
-from opensupervisor.admin.governance import GrantAdmin, LimitAdmin
-from opensupervisor.admin.identity import PrincipalAdmin, usage_report
-
-__all__ = ["ConnectionAdmin", "CredentialAdmin", "FunctionAdmin", "GrantAdmin", "LimitAdmin", "PrincipalAdmin",
-           "usage_report"]

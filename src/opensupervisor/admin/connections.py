@@ -13,10 +13,9 @@ from typing import Any
 
 from opensupervisor.admin.common import log, parse
 from opensupervisor.errors import ConfigError, InvalidRequest, NotFound
-from opensupervisor.runtime import connection_rows
-from opensupervisor.store.connections import StoredConnections
+from opensupervisor.store.connections import Row, StoredConnections
 from opensupervisor.store.credentials import UserCredentials
-from opensupervisor.tools.connections import NAME, ConnectionEntry, Connections, build_server
+from opensupervisor.tools.connections import NAME, ConnectionEntry, Connections, build_server, with_secrets
 
 
 class ConnectionAdmin:
@@ -73,6 +72,11 @@ class ConnectionAdmin:
         entry = self.connections.entries[name]
         origin = "workspace" if name in self.connections.in_file else "stored"
         return {"name": name, "origin": origin, **entry.public()}
+
+
+def connection_rows(rows: list[Row]) -> list[tuple[str, ConnectionEntry, int]]:
+    """Stored rows as ``Connections.load`` takes them: each entry with its secrets unsealed."""
+    return [(name, with_secrets(entry, secrets), updated) for name, entry, secrets, updated in rows]
 
 
 def _param_of(message: str) -> str:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from opensupervisor.admin import FunctionAdmin
+from opensupervisor.admin.functions import FunctionAdmin
 from opensupervisor.errors import Forbidden
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import AppState, JSONResponse

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from opensupervisor.admin import ConnectionAdmin
+from opensupervisor.admin.connections import ConnectionAdmin
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_json_body

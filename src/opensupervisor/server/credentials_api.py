@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from opensupervisor.admin import CredentialAdmin
+from opensupervisor.admin.credentials import CredentialAdmin
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_json_body

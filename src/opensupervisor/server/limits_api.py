@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from opensupervisor.admin import LimitAdmin
+from opensupervisor.admin.governance import LimitAdmin
 from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_json_body

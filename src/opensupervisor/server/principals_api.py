@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from opensupervisor.admin import GrantAdmin, PrincipalAdmin, usage_report
+from opensupervisor.admin.governance import GrantAdmin
+from opensupervisor.admin.identity import PrincipalAdmin, usage_report
 from opensupervisor.server.admin_api import admin_state, json_body
 from opensupervisor.server.state import JSONResponse
 
