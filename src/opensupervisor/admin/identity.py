@@ -79,7 +79,8 @@ class PrincipalAdmin:
             raise InvalidRequest(_sentence(exc), param="member", code="invalid_value") from exc
         log.info("%s %s group %s", member, "joined" if present else "left", group)
         found = await self.principals.by_name(member)
-        assert found is not None  # set_member found it
+        if found is None:  # removed meanwhile
+            raise NotFound(f"Principal '{member}' does not exist.", param="member")
         return found
 
     async def issue_token(self, name: str, fields: Mapping[str, object]) -> tuple[str, TokenRow]:
