@@ -10,34 +10,31 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import uvicorn
 from cryptography.fernet import Fernet
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, TaskID
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from opensupervisor.cli_governance import grants, rate_limits
 from opensupervisor.cli_identity import tokens, usage, users
 from opensupervisor.cli_support import with_store
 from opensupervisor.errors import ConfigError
-from opensupervisor.knowledge.ingest import IngestReport, OutsideSources
-from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
-from opensupervisor.models.catalog import ModelCatalog
-from opensupervisor.runtime import connection_rows, running
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.store import Store, engine_url
-from opensupervisor.store.connections import StoredConnections
-from opensupervisor.store.functions import RegisteredFunctions
-from opensupervisor.tools.connections import ConnectionEntry, Connections, build_server
-from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
-from opensupervisor.tools.sandbox import Sandbox
-from opensupervisor.tools.uc_functions import FunctionCatalog, FunctionEntry
-from opensupervisor.vault import Vault
 from opensupervisor.workspace import load_workspace
+
+if TYPE_CHECKING:
+    from opensupervisor.admin.connections import ConnectionAdmin
+    from opensupervisor.admin.functions import FunctionAdmin
+    from opensupervisor.knowledge.ingest import IngestReport
+
+# Each command imports the parts it runs (tools, durable execution, knowledge) when it runs:
+# a command that only writes the store starts in a fraction of the time.
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -109,6 +106,8 @@ def worker(config: str | None, concurrency: int | None, log_level: str) -> None:
         engine_url(settings.database_url)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    from opensupervisor.runtime import running
+
     console.print(f"Worker for workspace [bold]{workspace.name}[/bold]; state in "
                   f"{_without_password(settings.database_url)}  (Ctrl+C to stop)")
 
@@ -148,25 +147,31 @@ def functions_add(name: str, python_file: str | None, sql: str | None, database_
     """Register (or replace) function NAME, e.g. main.support.flag_urgent."""
     if (python_file is None) == (sql is None):
         raise click.UsageError("give either --python FILE or --sql BODY")
-    entry: dict[str, Any] = {"language": "python" if python_file else "sql", "timeout_s": timeout_s}
+    fields: dict[str, Any] = {"language": "python" if python_file else "sql", "timeout_s": timeout_s}
     if description:
-        entry["description"] = description
-    source_code = None
+        fields["description"] = description
     if python_file:
         with open(python_file, encoding="utf-8") as f:
-            source_code = f.read()
+            fields["source_code"] = f.read()
     else:
-        entry.update(sql=sql, database_url=database_url, parameters=[_param(p) for p in params])
-    registered = _catalog_call(config, lambda catalog, table: _add(catalog, table, name, entry, source_code))
-    console.print(f"Registered [bold]{name}[/bold] as tool {registered}")
+        fields.update(sql=sql, parameters=[_param(p) for p in params])
+        if database_url:
+            fields["database_url"] = database_url
+    registered = _functions_call(config, lambda admin: admin.put(name, fields))
+    console.print(f"Registered [bold]{name}[/bold] as tool {registered['tool_name']}")
 
 
 @functions.command("list")
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
 def functions_list(config: str | None) -> None:
-    """The registered functions (the workspace file's are in the file)."""
-    for name, entry, _, _ in _catalog_call(config, lambda catalog, table: table.all()):
-        click.echo(f"{name}\t{entry['language']}\t{entry.get('description', '')}")
+    """Every function: name, language, origin (workspace or registered), description."""
+
+    async def listing(admin: FunctionAdmin) -> list[dict[str, Any]]:
+        await admin.reload()
+        return admin.listing()
+
+    for row in sorted(_functions_call(config, listing), key=lambda r: str(r["name"])):
+        click.echo(f"{row['name']}\t{row['language']}\t{row['origin']}\t{row['description'] or ''}")
 
 
 @functions.command("remove")
@@ -174,8 +179,7 @@ def functions_list(config: str | None) -> None:
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
 def functions_remove(name: str, config: str | None) -> None:
     """Remove registered function NAME."""
-    if not _catalog_call(config, lambda catalog, table: table.remove(name)):
-        raise click.ClickException(f"no registered function {name}")
+    _functions_call(config, lambda admin: admin.remove(name))
     console.print(f"Removed {name}")
 
 
@@ -193,7 +197,8 @@ def connections() -> None:
 @click.option("--transport", type=click.Choice(["auto", "streamable_http", "sse"]), default="auto", show_default=True)
 @click.option("--bearer-token-env", default=None, help="Environment variable holding a bearer token.")
 @click.option("--bearer-token-stdin", is_flag=True, help="Read a bearer token from standard input and store it.")
-@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE", help="An extra header (stored sealed).")
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE",
+              callback=lambda ctx, param, values: _headers(values), help="An extra header (stored sealed).")
 @click.option("--oauth-token-url", default=None, help="OAuth client credentials: the token endpoint.")
 @click.option("--oauth-client-id", default=None)
 @click.option("--oauth-client-secret-env", default=None, help="Environment variable holding the client secret.")
@@ -202,30 +207,32 @@ def connections() -> None:
 @click.option("--allowed-tool", "allowed", multiple=True, help="Offer only these tools. Repeat for each.")
 @click.option("--require-approval", type=click.Choice(["background", "always", "never"]), default="background",
               show_default=True)
+@click.option("--per-user", is_flag=True, help="On behalf of the user: each caller's own stored token.")
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True)
 @click.option("--description", default=None)
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
 def connections_add(name: str, url: str, transport: str, bearer_token_env: str | None, bearer_token_stdin: bool,
-                    headers: tuple[str, ...], oauth_token_url: str | None, oauth_client_id: str | None,
+                    headers: dict[str, str], oauth_token_url: str | None, oauth_client_id: str | None,
                     oauth_client_secret_env: str | None, oauth_client_secret_stdin: bool, oauth_scope: str | None,
-                    allowed: tuple[str, ...], require_approval: str, timeout_s: float, description: str | None,
-                    config: str | None) -> None:
+                    allowed: tuple[str, ...], require_approval: str, per_user: bool, timeout_s: float,
+                    description: str | None, config: str | None) -> None:
     """Store (or replace) connection NAME."""
     if bearer_token_stdin and oauth_client_secret_stdin:
         raise click.UsageError("only one secret can come from standard input")
     secret = _read_secret() if bearer_token_stdin or oauth_client_secret_stdin else None
-    data: dict[str, Any] = {"url": url, "transport": transport, "require_approval": require_approval,
-                            "timeout_s": timeout_s, "headers": dict(h.partition("=")[::2] for h in headers)}
-    data.update({k: v for k, v in (("bearer_token_env", bearer_token_env), ("description", description)) if v})
+    fields: dict[str, Any] = {"url": url, "transport": transport, "require_approval": require_approval,
+                              "timeout_s": timeout_s, "headers": headers, "per_user": per_user}
+    fields.update({k: v for k, v in (("bearer_token_env", bearer_token_env), ("description", description)) if v})
     if bearer_token_stdin:
-        data["bearer_token"] = secret
+        fields["bearer_token"] = secret
     if allowed:
-        data["allowed_tools"] = list(allowed)
-    if oauth_token_url or oauth_client_id:
-        data["oauth"] = {"token_url": oauth_token_url, "client_id": oauth_client_id, "scope": oauth_scope,
-                         "client_secret_env": oauth_client_secret_env,
-                         "client_secret": secret if oauth_client_secret_stdin else None}
-    _connections_call(config, lambda conns, stored: _put_connection(conns, stored, name, data))
+        fields["allowed_tools"] = list(allowed)
+    oauth = {"token_url": oauth_token_url, "client_id": oauth_client_id, "scope": oauth_scope,
+             "client_secret_env": oauth_client_secret_env,
+             "client_secret": secret if oauth_client_secret_stdin else None}
+    if any(oauth.values()):
+        fields["oauth"] = {k: v for k, v in oauth.items() if v is not None}
+    _connections_call(config, lambda admin: admin.put(name, fields))
     console.print(f"Stored connection [bold]{name}[/bold]")
 
 
@@ -234,26 +241,32 @@ def connections_add(name: str, url: str, transport: str, bearer_token_env: str |
 def connections_list(config: str | None) -> None:
     """Every connection (the workspace file's and the stored ones), without secrets."""
 
-    async def names(conns: Connections, stored: StoredConnections) -> list[str]:
-        return [f"{n}\t{'workspace' if n in conns.in_file else 'stored'}\t{conns.entries[n].url}\t"
-                f"{conns.entries[n].public()['auth']}" for n in sorted(conns.entries)]
+    async def listing(admin: ConnectionAdmin) -> list[dict[str, Any]]:
+        return admin.listing()
 
-    for line in _connections_call(config, names):
-        click.echo(line)
+    for row in _connections_call(config, listing):
+        click.echo(f"{row['name']}\t{row['origin']}\t{row['url']}\t{row['auth']}")
 
 
 @connections.command("remove")
 @click.argument("name")
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Workspace file.")
 def connections_remove(name: str, config: str | None) -> None:
-    """Remove stored connection NAME."""
-    if not _connections_call(config, lambda conns, stored: stored.remove(name)):
-        raise click.ClickException(f"no stored connection {name}")
+    """Remove stored connection NAME, and every user's credential for it."""
+    _connections_call(config, lambda admin: admin.remove(name))
     console.print(f"Removed {name}")
 
 
 def _read_secret() -> str:
     return sys.stdin.readline().strip()
+
+
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    pairs = [v.partition("=") for v in values]
+    bad = [v for v, (_, sep, _) in zip(values, pairs, strict=True) if not sep]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not NAME=VALUE", param_hint="--header")
+    return {key: value for key, _, value in pairs}
 
 
 @main.command()
@@ -264,6 +277,11 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
     """Index knowledge assistants' source folders (all of them, or the ASSISTANTS named).
 
     Incremental: unchanged files are skipped, changed ones replaced, deleted ones removed."""
+    from opensupervisor.knowledge.ingest import OutsideSources
+    from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
+    from opensupervisor.models.catalog import ModelCatalog
+    from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
+
     settings = Settings.from_env()
 
     async def run() -> list[tuple[str, IngestReport]]:
@@ -309,24 +327,20 @@ def secret_key() -> None:
     click.echo(Fernet.generate_key().decode())
 
 
-async def _put_connection(conns: Connections, stored: StoredConnections, name: str, data: dict[str, Any]) -> None:
-    if name in conns.in_file:
-        raise ConfigError(f"connection {name} is declared in the workspace file; change it there")
-    try:
-        entry = ConnectionEntry.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        raise ConfigError(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
-    build_server(name, entry)
-    await stored.put(name, entry.without_secrets(), entry.secrets())
+def _connections_call(config: str | None, action: Callable[[ConnectionAdmin], Awaitable[T]]) -> T:
+    """Run ``action`` with the workspace's connections and the stored ones, as a server holds them."""
+    from opensupervisor.admin.connections import ConnectionAdmin
+    from opensupervisor.store.connections import StoredConnections
+    from opensupervisor.store.credentials import UserCredentials
+    from opensupervisor.tools.connections import Connections
+    from opensupervisor.vault import Vault
 
-
-def _connections_call(config: str | None, action: Callable[[Connections, StoredConnections], Awaitable[T]]) -> T:
     async def run(store: Store, settings: Settings) -> T:
-        stored = StoredConnections(store, Vault.load(settings.data_dir))
-        conns = Connections(load_workspace(config or settings.config))
-        conns.load(connection_rows(await stored.all()))
-        return await action(conns, stored)
+        vault = Vault.load(settings.data_dir)
+        admin = ConnectionAdmin(Connections(load_workspace(config or settings.config)),
+                                StoredConnections(store, vault), UserCredentials(store, vault))
+        await admin.reload()
+        return await action(admin)
 
     return with_store(run)
 
@@ -337,23 +351,18 @@ def _param(text: str) -> dict[str, Any]:
     return {"name": name, "type": kind or "string", **({"description": description} if description else {})}
 
 
-async def _add(catalog: FunctionCatalog, table: RegisteredFunctions, name: str, entry: dict[str, Any],
-               source_code: str | None) -> str:
-    try:
-        function = catalog.build(name, FunctionEntry.model_validate(entry), source_code)
-    except ValidationError as exc:
-        raise ConfigError(str(exc.errors(include_url=False)[0]["msg"])) from exc
-    await table.put(name, entry, source_code)
-    return function.tool.name
-
-
-def _catalog_call(config: str | None, action: Callable[[FunctionCatalog, RegisteredFunctions], Awaitable[T]]) -> T:
+def _functions_call(config: str | None, action: Callable[[FunctionAdmin], Awaitable[T]]) -> T:
     """Run ``action`` with the workspace's function catalog and the store's registered functions."""
+    from opensupervisor.admin.functions import FunctionAdmin
+    from opensupervisor.store.functions import RegisteredFunctions
+    from opensupervisor.tools.sandbox import Sandbox
+    from opensupervisor.tools.uc_functions import FunctionCatalog
+
     async def run(store: Store, settings: Settings) -> T:
         workspace = load_workspace(config or settings.config)
         catalog = FunctionCatalog(workspace, Sandbox.from_section(workspace.sandbox), settings.data_dir / "functions")
         try:
-            return await action(catalog, RegisteredFunctions(store))
+            return await action(FunctionAdmin(catalog, RegisteredFunctions(store)))
         finally:
             await catalog.aclose()
 
@@ -380,3 +389,5 @@ def _without_password(url: str) -> str:
 main.add_command(users)
 main.add_command(tokens)
 main.add_command(usage)
+main.add_command(grants)
+main.add_command(rate_limits)

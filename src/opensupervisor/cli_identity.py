@@ -1,22 +1,27 @@
-"""``opensupervisor users``, ``tokens`` and ``usage``: principals, personal access tokens, who used what."""
+"""``opensupervisor users``, ``tokens`` and ``usage``: principals, personal access tokens, who used what.
+
+Every command is an admin service's operation (``opensupervisor.admin``), as the admin API's is.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import click
 from tabulate import tabulate
 
+from opensupervisor.admin.identity import PrincipalAdmin, usage_report
 from opensupervisor.cli_support import with_store
 from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Kind, Principals
-from opensupervisor.store.usage import GroupBy, Usage
+from opensupervisor.store.usage import Usage
 
 T = TypeVar("T")
 
 
-def _call(action: Callable[[Principals], Awaitable[T]]) -> T:
-    return with_store(lambda store, settings: action(Principals(store)))
+def _call(action: Callable[[PrincipalAdmin], Awaitable[T]]) -> T:
+    # Nothing of the grants is kept in this process: servers reload them within seconds.
+    return with_store(lambda store, settings: action(PrincipalAdmin(Principals(store))))
 
 
 @click.group()
@@ -31,11 +36,11 @@ def users() -> None:
 @click.option("--group", is_flag=True, help="A group of users (members are added with add-member).")
 def users_add(name: str, admin: bool, service: bool, group: bool) -> None:
     """Add a user (or service principal, or group) NAME."""
-    if group and (admin or service):
-        raise click.UsageError("a group is neither an admin nor a service principal")
+    if group and service:
+        raise click.UsageError("a principal is a group or a service principal, not both")
     kind: Kind = "group" if group else "service_principal" if service else "user"
-    _call(lambda p: p.create(name, kind, admin))
-    click.echo(f"added {kind} {name}", err=True)
+    row = _call(lambda p: p.create({"name": name, "kind": kind, "admin": admin}))
+    click.echo(f"added {row.kind} {row.name}", err=True)
 
 
 @users.command("list")
@@ -48,9 +53,9 @@ def users_list() -> None:
 @users.command("remove")
 @click.argument("name")
 def users_remove(name: str) -> None:
-    """Remove NAME, its group memberships and its tokens."""
-    if not _call(lambda p: p.remove(name)):
-        raise click.ClickException(f"no principal named {name}")
+    """Remove NAME with its group memberships, tokens and stored credentials, and from stored grants."""
+    _call(lambda p: p.remove(name))
+    click.echo(f"removed {name}", err=True)
 
 
 @users.command("add-member")
@@ -58,7 +63,7 @@ def users_remove(name: str) -> None:
 @click.argument("member")
 def users_add_member(group: str, member: str) -> None:
     """Put MEMBER in GROUP."""
-    _call(lambda p: p.set_member(group, member, True))
+    _call(lambda p: p.set_member(group, {"member": member}, True))
 
 
 @users.command("remove-member")
@@ -66,7 +71,7 @@ def users_add_member(group: str, member: str) -> None:
 @click.argument("member")
 def users_remove_member(group: str, member: str) -> None:
     """Take MEMBER out of GROUP."""
-    _call(lambda p: p.set_member(group, member, False))
+    _call(lambda p: p.set_member(group, {"member": member}, False))
 
 
 @click.group()
@@ -78,11 +83,13 @@ def tokens() -> None:
 @click.argument("name")
 @click.option("--lifetime-days", type=click.FloatRange(min=0, min_open=True, max=MAX_TOKEN_LIFETIME_S / 86400),
               default=None, help="Expire after this many days (default: never; at most ten years).")
-@click.option("--comment", default=None, help="What the token is for.")
+@click.option("--comment", default=None, help="What the token is for (at most 1,000 characters).")
 def tokens_create(name: str, lifetime_days: float | None, comment: str | None) -> None:
     """Make a token for NAME and print it (the only time it is shown)."""
-    lifetime = None if lifetime_days is None else int(lifetime_days * 86400)
-    token, record = _call(lambda p: p.issue_token(name, lifetime_s=lifetime, comment=comment))
+    fields: dict[str, object] = {"comment": comment}
+    if lifetime_days is not None:
+        fields["lifetime_seconds"] = max(1, round(lifetime_days * 86400))
+    token, record = _call(lambda p: p.issue_token(name, fields))
     click.echo(token)
     click.echo(f"token {record.id} for {name}: keep it now, it is not shown again", err=True)
 
@@ -101,23 +108,20 @@ def tokens_list(name: str | None) -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke token TOKEN_ID (every server refuses it within seconds)."""
-    if not _call(lambda p: p.revoke(token_id)):
-        raise click.ClickException(f"no active token {token_id}")
+    _call(lambda p: p.revoke(token_id))
 
 
 @click.command("usage")
 @click.option("--by", "group_by", default="principal", show_default=True,
-              help="Comma-separated: principal, model, day.")
+              help="Comma-separated: principal, model, day (empty: one total).")
 @click.option("--since", default=None, help="First day (YYYY-MM-DD).")
 @click.option("--until", default=None, help="Last day (YYYY-MM-DD).")
 @click.option("--principal", default=None, help="Only this caller.")
 def usage(group_by: str, since: str | None, until: str | None, principal: str | None) -> None:
     """Who used what: responses, tokens, model and tool calls, mean latency."""
-    keys = [g for g in group_by.split(",") if g]
-    if not keys or any(g not in ("principal", "model", "day") for g in keys):
-        raise click.UsageError("--by takes principal, model and day, comma-separated")
-    rows = with_store(lambda store, settings: Usage(store).report(cast("list[GroupBy]", keys), since=since,
-                                                                   until=until, principal=principal))
+    report = with_store(lambda store, settings: usage_report(Usage(store), group_by, since=since, until=until,
+                                                             principal=principal))
+    keys: list[str] = list(report["group_by"])
     columns = [*keys, "responses", "input_tokens", "output_tokens", "tool_input_tokens", "tool_output_tokens",
                "model_calls", "tool_calls", "mean_latency_ms", "not_completed"]
-    click.echo(tabulate([[row[c] for c in columns] for row in rows], headers=columns, tablefmt="github"))
+    click.echo(tabulate([[row[c] for c in columns] for row in report["data"]], headers=columns, tablefmt="github"))

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import click
 
-from opensupervisor.errors import ConfigError
+from opensupervisor.errors import APIError, ConfigError
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
 from opensupervisor.store.principals import Conflict
@@ -17,8 +17,9 @@ T = TypeVar("T")
 
 
 def with_store(action: Callable[[Store, Settings], Awaitable[T]]) -> T:
-    """Run ``action`` against the migrated store of ``$OPENSUPERVISOR_*``; a configuration mistake or a
-    conflict is a clean command-line error."""
+    """Run ``action`` against the migrated store of ``$OPENSUPERVISOR_*``. A configuration mistake,
+    a conflict or a refusal of the admin services is a clean command-line error, with the message
+    the admin API gives."""
     settings = Settings.from_env()
 
     async def run() -> T:
@@ -31,5 +32,7 @@ def with_store(action: Callable[[Store, Settings], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
+    except APIError as exc:
+        raise click.ClickException(exc.message) from exc
     except (ConfigError, Conflict) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from opensupervisor import __version__
+from opensupervisor.admin.connections import connection_rows
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
 from opensupervisor.identity.grants import Access
@@ -21,7 +22,6 @@ from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
-from opensupervisor.store.connections import Row as StoredRow
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.credentials import UserCredentials
 from opensupervisor.store.functions import RegisteredFunctions
@@ -182,10 +182,6 @@ def _counters(settings: Settings, store: Store) -> Counters:
 
         return RedisCounters(settings.redis_url)
     return DatabaseCounters(store)
-
-
-def connection_rows(rows: list[StoredRow]) -> list[tuple[str, connections.ConnectionEntry, int]]:
-    return [(name, connections.with_secrets(entry, secrets), updated) for name, entry, secrets, updated in rows]
 
 
 def _loop_limits(ws: Workspace) -> LoopLimits:

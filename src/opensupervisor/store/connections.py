@@ -1,4 +1,8 @@
-"""Connections registered at run time: the entry without secrets, and the secrets sealed."""
+"""Connections registered at run time: the entry without secrets, and the secrets sealed.
+
+Removing one removes every user's credential for it in the same transaction: a later connection of
+the same name (which may point elsewhere) must never receive them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import delete, insert, select
 
-from opensupervisor.store.schema import connections
+from opensupervisor.store.schema import connections, user_credentials
 from opensupervisor.store.store import Store, now_ms
 from opensupervisor.vault import Vault
 
@@ -32,9 +36,13 @@ class StoredConnections:
         await self.store.write(write)
 
     async def remove(self, name: str) -> bool:
+        """Remove ``name`` and its users' credentials; False when no such connection is stored."""
         def write() -> bool:
             with self.store.engine.begin() as conn:
-                return bool(conn.execute(delete(connections).where(connections.c.name == name)).rowcount)
+                if not conn.execute(delete(connections).where(connections.c.name == name)).rowcount:
+                    return False
+                conn.execute(delete(user_credentials).where(user_credentials.c.connection == name))
+                return True
 
         return await self.store.write(write)
 

@@ -49,17 +49,21 @@ class UserCredentials:
         return removed
 
     async def remove_connection(self, connection: str) -> int:
-        """Every user's credential for a connection that is being removed (a new connection of the
-        same name must not receive them)."""
+        """Remove every user's credential for ``connection`` (left by one that is gone: a new
+        connection of the same name must not receive them)."""
         def write() -> int:
             with self.store.engine.begin() as conn:
                 return int(conn.execute(delete(user_credentials).where(
                     user_credentials.c.connection == connection)).rowcount)
 
         removed = await self.store.write(write)
+        self.forget(connection)
+        return removed
+
+    def forget(self, connection: str) -> None:
+        """Drop what this process keeps of a connection's credentials (it was removed or replaced)."""
         for key in [k for k in self._cache if k[0] == connection]:
             del self._cache[key]
-        return removed
 
     async def token(self, connection: str, principal_id: str) -> str | None:
         key = (connection, principal_id)

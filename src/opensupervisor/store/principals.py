@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import and_, delete, insert, select, update
+import orjson
+from sqlalchemy import Connection, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opensupervisor.identity import Principal
-from opensupervisor.store.schema import group_members, principals, tokens
+from opensupervisor.store.schema import grants, group_members, principals, tokens, user_credentials
 from opensupervisor.store.store import Store, now_ms
 
 Kind = Literal["user", "service_principal", "group"]
@@ -66,6 +67,15 @@ class TokenCheck:
 
     principal: Principal | None
     problem: str | None  # "expired", "revoked", or None when valid (or unknown: principal None)
+
+
+def _leave_grants(conn: Connection, name: str) -> None:
+    """Take ``name`` out of every stored grant (an emptied one stays: its object is for admins only)."""
+    for row in conn.execute(select(grants.c.object, grants.c.principals)).all():
+        names = orjson.loads(row.principals)
+        if name in names:
+            conn.execute(update(grants).where(grants.c.object == row.object).values(
+                principals=orjson.dumps([n for n in names if n != name]).decode(), updated_at=now_ms()))
 
 
 def token_hash(token: str) -> str:
@@ -124,7 +134,9 @@ class Principals:
         return next((p for p in await self.all() if p.name == name), None)
 
     async def remove(self, name: str) -> bool:
-        """Remove a principal, its memberships and its tokens (its responses stay, owned by its id)."""
+        """Remove a principal with its memberships, tokens and stored credentials, and take it out of
+        the stored grants, which name principals: a later principal of the same name gets none of
+        them. Its responses stay, owned by its id."""
         def write() -> bool:
             with self.store.engine.begin() as conn:
                 found = conn.execute(select(principals.c.id).where(principals.c.name == name)).scalar()
@@ -133,6 +145,8 @@ class Principals:
                 conn.execute(delete(tokens).where(tokens.c.principal_id == found))
                 conn.execute(delete(group_members).where((group_members.c.member_id == found)
                                                          | (group_members.c.group_id == found)))
+                conn.execute(delete(user_credentials).where(user_credentials.c.principal_id == found))
+                _leave_grants(conn, name)
                 conn.execute(delete(principals).where(principals.c.id == found))
                 return True
 

@@ -160,6 +160,8 @@ def _env(name: str, variable: str | None, field: str) -> str | None:
 class CredentialLookup(Protocol):
     async def token(self, connection: str, principal_id: str) -> str | None: ...
 
+    def forget(self, connection: str) -> None: ...
+
 
 class Connections:
     """The workspace file's connections and the stored ones (which may not reuse a file's name)."""
@@ -209,9 +211,12 @@ class Connections:
         return build_server(name, entry, None if name in self.in_file else self.allowed)
 
     def _forget_users(self, name: str) -> None:
-        """A changed or removed connection: its users' clients go (they held its old URL and headers)."""
+        """A changed or removed connection: its users' clients go (they held its old URL and headers),
+        and so do the tokens read for it (one removed elsewhere took them from the store)."""
         for key in [k for k in self._user_servers if k[0] == name]:
             del self._user_servers[key]
+        if self.credentials is not None:
+            self.credentials.forget(name)
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, self.servers, "Connection")

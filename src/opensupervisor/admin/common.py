@@ -1,0 +1,24 @@
+"""What the admin services share: parsing input into a model, and the audit log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from opensupervisor.wire.validation import raise_validation
+
+# One line per change, never a secret: who can tell what changed, whichever surface changed it.
+log = logging.getLogger("opensupervisor.admin")
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], fields: Mapping[str, object]) -> M:
+    """``fields`` (a JSON body, or the CLI's flags under the same names) as ``model``; the first
+    problem is an ``InvalidRequest`` naming its field."""
+    try:
+        return model.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise_validation(exc)
