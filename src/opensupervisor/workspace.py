@@ -146,6 +146,14 @@ class AccessSection(_Section):
         return grants
 
 
+class AuthSection(_Section):
+    """Failed authentication (``opensupervisor.server.auth_failures``): after this many failures
+    from one client address within a minute, its requests without valid credentials get 429 until
+    the window clears (0: never)."""
+
+    max_failures_per_minute: int = Field(default=100, ge=0, le=1_000_000)
+
+
 class InferenceTableSection(_Section):
     """Requests and responses logged as rows of ``<table_name_prefix>_payload`` in ``catalog.schema``
     (``opensupervisor.runs.inference_tables``)."""
@@ -166,6 +174,7 @@ class Workspace(_Section):
     mcp: RemoteMcp = Field(default_factory=RemoteMcp)
     tracing: TracingSection = Field(default_factory=TracingSection)
     access: AccessSection = Field(default_factory=AccessSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
     sandbox: SandboxSection = Field(default_factory=SandboxSection)
     inference_table: InferenceTableSection | None = None
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
