@@ -87,16 +87,16 @@ def assert_no_server_path(text: str, folder: Path) -> None:
 def test_citations_are_relative_to_the_sources(served: Served, ka: str, phrase: str) -> None:
     response = served.server.client().responses.create(model="agent", input=phrase, tools=[tool(ka)])
     _, output, message = response.output
-    urls = SOURCE_LINE.findall(str(output.output))  # type: ignore[union-attr]
+    urls = SOURCE_LINE.findall(str(output.output))
     assert urls and all(u.startswith(("handbook/", "extra%20notes/")) for u in urls), urls
-    [citation] = message.content[0].annotations  # type: ignore[union-attr]
+    [citation] = message.content[0].annotations
     assert citation.url == urls[0] and "#" in citation.url
     assert_no_server_path(response.model_dump_json(warnings=False), served.folder)
 
 
 def test_names_that_need_quoting_are_quoted(served: Served) -> None:
     response = served.server.client().responses.create(model="agent", input="two folders", tools=[tool("pair")])
-    urls = SOURCE_LINE.findall(str(response.output[1].output))  # type: ignore[union-attr]
+    urls = SOURCE_LINE.findall(str(response.output[1].output))
     assert "extra%20notes/Vacation%20%C3%A9%201.md#vacation-extras" in urls
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from opensupervisor import __version__
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
+from opensupervisor.demo import token as demo_token
 from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
@@ -68,6 +69,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     """Migrate the store, build the catalog and tools, join durable execution; undo it all on exit."""
     store = Store(settings.database_url)
     await store.migrate()
+    # Before the apps and connections that send it are built.
+    await demo_token.settle(ws, lambda: shared_key(store, "demo_servers"))
     catalog = ModelCatalog(ws)
     registry = ToolRegistry(ws)
     spaces = genie.register(registry, ws, catalog)

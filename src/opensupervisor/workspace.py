@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from opensupervisor.demo import token as demo_token
 from opensupervisor.errors import ConfigError
 from opensupervisor.identity.grants import check_object
 from opensupervisor.identity.limits import RateLimit, check_limits
@@ -212,14 +213,18 @@ def load_workspace(path: str | Path | None) -> Workspace:
     if not path:
         demo = resources.files("opensupervisor").joinpath(DEMO_WORKSPACE)
         # Its database and functions ship beside it, in the installed package.
-        return parse_workspace(demo.read_text(encoding="utf-8"), source="demo workspace",
-                               base_dir=Path(str(demo)).parent)
+        workspace = parse_workspace(demo.read_text(encoding="utf-8"), source="demo workspace",
+                                    base_dir=Path(str(demo)).parent)
+        demo_token.reserve(workspace)
+        return workspace
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read workspace file {file}: {exc.strerror}") from exc
-    return parse_workspace(text, source=str(file), base_dir=file.resolve().parent)
+    workspace = parse_workspace(text, source=str(file), base_dir=file.resolve().parent)
+    demo_token.reserve(workspace)
+    return workspace
 
 
 def parse_workspace(text: str, *, source: str, base_dir: Path) -> Workspace:

@@ -69,6 +69,8 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             if demo is not None:
                 await demo.start(stack)
             rt = await stack.enter_async_context(running(settings, ws, tool_setup))
+            if demo is not None:
+                demo.take_token()
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
                                     rt.registered, rt.connections, rt.stored_connections, rt.assistants,
                                     Principals(rt.store), rt.access, rt.stored_grants, rt.usage,
