@@ -11,11 +11,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from opensupervisor.files import private_dir, private_sqlite
+
 
 def side_engine(url: str, *, pool_size: int = 4) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, pool_size=pool_size)
+    private_sqlite(url)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -51,7 +54,7 @@ class CatalogTables:
                 return self._engines["pg"], f"{catalog}__{schema}"
             path = self.path_of(catalog, schema)
             if path.name not in self._engines:
-                self.folder.mkdir(parents=True, exist_ok=True)
+                private_dir(self.folder)
                 self._engines[path.name] = side_engine(f"sqlite:///{path}")
             return self._engines[path.name], None
 
