@@ -102,7 +102,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     signer = ApprovalSigner(await shared_key(store, "mcp_approval"))
     tracing = Tracing(recording=Recording(ws.tracing.record_inputs, ws.tracing.record_outputs),
                       processors=exporters_from_env(), version=__version__)
-    trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
+    trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url,
+                             max_destinations_per_principal=ws.tracing.max_destinations_per_principal)
     inference = _inference_tables(settings, ws)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,

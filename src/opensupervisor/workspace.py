@@ -130,6 +130,8 @@ class TracingSection(_Section):
 
     record_inputs: bool = True
     record_outputs: bool = True
+    # ``trace_destination``s (catalog, schema, table prefix) one non-admin principal may have.
+    max_destinations_per_principal: int = Field(default=10, ge=1, le=10_000)
 
 
 class AccessSection(_Section):
