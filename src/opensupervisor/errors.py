@@ -111,8 +111,8 @@ class RateLimited(APIError):
     status_code = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message, param=None, code="rate_limit_exceeded")
+    def __init__(self, message: str, *, retry_after_s: float, code: str = "rate_limit_exceeded") -> None:
+        super().__init__(message, param=None, code=code)
         self.headers = {"Retry-After": str(max(1, math.ceil(min(retry_after_s, 86400.0))))}
 
 

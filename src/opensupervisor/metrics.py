@@ -28,6 +28,9 @@ MODEL_SECONDS = Histogram("opensupervisor_model_call_duration_seconds", "Duratio
 TOOL_SECONDS = Histogram("opensupervisor_tool_call_duration_seconds", "Duration of hosted tool calls by tool type",
                          ["tool_type", "outcome"], registry=REGISTRY,
                          buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120))
+AUTH_FAILURES = Counter("opensupervisor_auth_failures",
+                        "Requests refused for their credentials (missing, malformed, unknown, expired, revoked), "
+                        "or because their address failed too often (blocked)", ["reason"], registry=REGISTRY)
 QUEUED = Gauge("opensupervisor_background_queued", "Background responses waiting for a worker (all processes)",
                registry=REGISTRY)
 BACKGROUND = Gauge("opensupervisor_background_runs_in_flight", "Background runs running in this process",

@@ -12,6 +12,7 @@ from opensupervisor import __version__
 from opensupervisor.admin.connections import connection_rows
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
+from opensupervisor.demo import token as demo_token
 from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
@@ -68,6 +69,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     """Migrate the store, build the catalog and tools, join durable execution; undo it all on exit."""
     store = Store(settings.database_url)
     await store.migrate()
+    # Before the apps and connections that send it are built.
+    await demo_token.settle(ws, lambda: shared_key(store, "demo_servers"))
     catalog = ModelCatalog(ws)
     registry = ToolRegistry(ws)
     spaces = genie.register(registry, ws, catalog)
@@ -99,7 +102,8 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     signer = ApprovalSigner(await shared_key(store, "mcp_approval"))
     tracing = Tracing(recording=Recording(ws.tracing.record_inputs, ws.tracing.record_outputs),
                       processors=exporters_from_env(), version=__version__)
-    trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url)
+    trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url,
+                             max_destinations_per_principal=ws.tracing.max_destinations_per_principal)
     inference = _inference_tables(settings, ws)
     service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
                               vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,

@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from opensupervisor.files import private_file
+
 DATA_DIR = Path(".opensupervisor")
 
 
@@ -79,7 +81,6 @@ def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
     if path.exists():
         return path.read_text(encoding="utf-8").strip(), False
     token = "os-" + secrets.token_urlsafe(32)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
+    private_file(path)
     path.write_text(token + "\n", encoding="utf-8")
     return token, True

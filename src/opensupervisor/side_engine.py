@@ -11,11 +11,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from opensupervisor.files import private_dir, private_sqlite
+
 
 def side_engine(url: str, *, pool_size: int = 4) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, pool_size=pool_size)
+    private_sqlite(url)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -39,21 +42,28 @@ class CatalogTables:
         self._ready: set[str] = set()
         self._lock = threading.Lock()
 
-    def path_of(self, catalog: str, schema: str) -> Path:
-        return self.folder / f"{catalog}.{schema}.db"
+    def path_of(self, catalog: str, schema: str, owner: str | None = None) -> Path:
+        """The SQLite file; an owner's files are in a folder of their own."""
+        return (self.folder if owner is None else self.folder / owner) / f"{catalog}.{schema}.db"
 
-    def engine(self, catalog: str, schema: str) -> tuple[Engine, str | None]:
+    def schema_of(self, catalog: str, schema: str, owner: str | None = None) -> str:
+        """The PostgreSQL schema; an owner's start with ``<owner>$``, which no shared one can (names
+        hold letters, digits and underscores only)."""
+        return f"{catalog}__{schema}" if owner is None else f"{owner}${catalog}__{schema}"
+
+    def engine(self, catalog: str, schema: str, owner: str | None = None) -> tuple[Engine, str | None]:
         """The engine and the schema (None on SQLite) where ``catalog.schema``'s tables live."""
         with self._lock:
             if self.url is not None:
                 if "pg" not in self._engines:
                     self._engines["pg"] = side_engine(self.url, pool_size=2)
-                return self._engines["pg"], f"{catalog}__{schema}"
-            path = self.path_of(catalog, schema)
-            if path.name not in self._engines:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._engines[path.name] = side_engine(f"sqlite:///{path}")
-            return self._engines[path.name], None
+                return self._engines["pg"], self.schema_of(catalog, schema, owner)
+            path = self.path_of(catalog, schema, owner)
+            key = str(path)
+            if key not in self._engines:
+                private_dir(path.parent)
+                self._engines[key] = side_engine(f"sqlite:///{path}")
+            return self._engines[key], None
 
     def ensure(self, conn: Connection, metadata: MetaData, schema: str | None) -> None:
         """Create the schema and ``metadata``'s tables, once per process."""

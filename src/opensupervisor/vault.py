@@ -20,6 +20,7 @@ import orjson
 from cryptography.fernet import Fernet, InvalidToken
 
 from opensupervisor.errors import ConfigError
+from opensupervisor.files import private_dir
 
 KEY_ENV = "OPENSUPERVISOR_SECRET_KEY"
 SEALED = "__sealed__"
@@ -121,7 +122,7 @@ def _key_file(path: Path) -> bytes:
     starting together agree on one key."""
     if path.exists():
         return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     aside = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from opensupervisor.demo import token as demo_token
 from opensupervisor.errors import ConfigError
 from opensupervisor.identity.grants import check_object
 from opensupervisor.identity.limits import RateLimit, check_limits
@@ -146,6 +147,8 @@ class TracingSection(_Section):
 
     record_inputs: bool = True
     record_outputs: bool = True
+    # ``trace_destination``s (catalog, schema, table prefix) one non-admin principal may have.
+    max_destinations_per_principal: int = Field(default=10, ge=1, le=10_000)
 
 
 class AccessSection(_Section):
@@ -161,6 +164,14 @@ class AccessSection(_Section):
         for obj in grants:
             check_object(obj)
         return grants
+
+
+class AuthSection(_Section):
+    """Failed authentication (``opensupervisor.server.auth_failures``): after this many failures
+    from one client address within a minute, its requests without valid credentials get 429 until
+    the window clears (0: never)."""
+
+    max_failures_per_minute: int = Field(default=100, ge=0, le=1_000_000)
 
 
 class InferenceTableSection(_Section):
@@ -184,6 +195,7 @@ class Workspace(_Section):
     outbound: OutboundSection = Field(default_factory=OutboundSection)
     tracing: TracingSection = Field(default_factory=TracingSection)
     access: AccessSection = Field(default_factory=AccessSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
     sandbox: SandboxSection = Field(default_factory=SandboxSection)
     inference_table: InferenceTableSection | None = None
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
@@ -221,14 +233,18 @@ def load_workspace(path: str | Path | None) -> Workspace:
     if not path:
         demo = resources.files("opensupervisor").joinpath(DEMO_WORKSPACE)
         # Its database and functions ship beside it, in the installed package.
-        return parse_workspace(demo.read_text(encoding="utf-8"), source="demo workspace",
-                               base_dir=Path(str(demo)).parent)
+        workspace = parse_workspace(demo.read_text(encoding="utf-8"), source="demo workspace",
+                                    base_dir=Path(str(demo)).parent)
+        demo_token.reserve(workspace)
+        return workspace
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read workspace file {file}: {exc.strerror}") from exc
-    return parse_workspace(text, source=str(file), base_dir=file.resolve().parent)
+    workspace = parse_workspace(text, source=str(file), base_dir=file.resolve().parent)
+    demo_token.reserve(workspace)
+    return workspace
 
 
 def parse_workspace(text: str, *, source: str, base_dir: Path) -> Workspace:

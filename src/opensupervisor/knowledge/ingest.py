@@ -55,7 +55,7 @@ def source_files(roots: list[Path], report: IngestReport) -> list[SourceFile]:
     for root in roots:
         base = root.resolve()
         if not base.is_dir():
-            report.failed[str(root)] = "not a folder"
+            report.failed[root.name] = "not a folder"  # its name as configured: reports never show server paths
             continue
         for path in sorted(root.rglob("*")):
             key = _key(roots, root, path)

@@ -30,6 +30,7 @@ from sqlalchemy import event
 from opensupervisor import __version__
 from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest
 from opensupervisor.errors import ConfigError, ModelError
+from opensupervisor.files import private_sqlite
 from opensupervisor.store.store import engine_url
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,7 @@ def system_database_url(store_url: str, override: str | None) -> str:
 
 def _sqlite_engine(url: str) -> sa.Engine:
     """DBOS's SQLite engine with WAL: commits do not wait for the disk (measured: 50x faster here)."""
+    private_sqlite(url)
     engine = sa.create_engine(url)
 
     @event.listens_for(engine, "connect")

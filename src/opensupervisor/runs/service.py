@@ -37,12 +37,13 @@ from opensupervisor.runs.durable import DurableEngine, DurableModel, dbos_steps
 from opensupervisor.runs.gate import Gate
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.recorder import Recorder
+from opensupervisor.runs.traces import DESTINATION as TRACE_DESTINATION
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store import Store
 from opensupervisor.store.approvals import DEFAULT_LIFETIME_S, IssuedApprovals
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
-from opensupervisor.tracing.spans import Tracing
+from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination, Tracing
 from opensupervisor.tracing.tables import TraceStore
 from opensupervisor.tracing.wrappers import TracedModel
 from opensupervisor.vault import Vault
@@ -121,10 +122,13 @@ class ResponseService:
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
         items = history + input_items
         check_call_pairs(items, len(history))
+        destination = await self.traces.admit(principal, body)
         # A request refused from here on gives its call back (admission releases it).
         async with self.accounting.admission(principal, body.model) as ticket:
             response_id = new_id("response")
             ctx = RunContext(response_id=response_id, principal=principal, request=parsed, history=items)
+            if destination is not None:
+                ctx.state[TRACE_DESTINATION] = destination
             if ticket is not None:
                 ctx.state[RATE_BUCKETS] = ticket
             model = TracedModel(catalog_model, ctx)
@@ -316,6 +320,7 @@ class ResponseService:
         response_id = record.response["id"]
         principal = _restored_principal(record.owner, record.options)
         ctx = RunContext(response_id=response_id, principal=principal, request=parsed)
+        _restore_destination(ctx, record.options)
         if record.options.get(RATE_BUCKETS):
             ctx.state[RATE_BUCKETS] = Ticket(list(record.options[RATE_BUCKETS]), minute=0)
         durable = DurableModel(self.catalog.get(body.model), dbos_steps)
@@ -454,7 +459,21 @@ def _options(run: Run, traceparent: str | None) -> dict[str, Any]:
         options["traceparent"] = traceparent
     if run.ctx.state.get(RATE_BUCKETS):
         options[RATE_BUCKETS] = run.ctx.state[RATE_BUCKETS].buckets
+    destination = run.ctx.state.get(TRACE_DESTINATION)
+    if isinstance(destination, Destination):
+        options["trace_owner"] = destination.owner
     return options
+
+
+def _restore_destination(ctx: RunContext, options: dict[str, Any]) -> None:
+    """The destination as it was admitted (a run stored before owners were kept: its owner's)."""
+    dest = ctx.request.body.trace_destination
+    if dest is None:
+        return
+    principal = ctx.principal
+    owner = options.get("trace_owner", None if principal.is_admin else principal.id)
+    ctx.state[TRACE_DESTINATION] = Destination(dest.catalog_name, dest.schema_name,
+                                               dest.table_prefix or DEFAULT_PREFIX, owner)
 
 
 def _restored_principal(owner: str, options: dict[str, Any]) -> Principal:

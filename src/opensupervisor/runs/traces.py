@@ -13,11 +13,16 @@ from typing import Any
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.core.loop import Run
+from opensupervisor.identity import Principal
 from opensupervisor.tracing.mlflow_format import trace_dict
 from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination, RunTrace, Tracing
 from opensupervisor.tracing.tables import TraceStore
 from opensupervisor.vault import redact_tool
+from opensupervisor.wire.request import CreateResponseRequest
 from opensupervisor.wire.response import Response
+
+# The run state key of the destination ``admit`` chose (its owner is kept with a stored run).
+DESTINATION = "trace_destination"
 
 
 class RunTraces:
@@ -25,11 +30,21 @@ class RunTraces:
         self.tracing = tracing
         self.store = store
 
+    async def admit(self, principal: Principal, body: CreateResponseRequest) -> Destination | None:
+        """Where the run's ``trace_destination`` is for ``principal`` (refused with a 400 when it
+        may not have it); None without one."""
+        dest = body.trace_destination
+        if dest is None:
+            return None
+        if self.store is None:  # nothing is written: no table to scope
+            return Destination(dest.catalog_name, dest.schema_name, dest.table_prefix or DEFAULT_PREFIX)
+        return await self.store.destinations.admit(principal, dest.catalog_name, dest.schema_name,
+                                                   dest.table_prefix)
+
     def start(self, run: Run, traceparent: str | None) -> RunTrace | None:
         body = run.ctx.request.body
-        dest = body.trace_destination
-        destination = None if dest is None else Destination(dest.catalog_name, dest.schema_name,
-                                                            dest.table_prefix or DEFAULT_PREFIX)
+        found = run.ctx.state.get(DESTINATION)
+        destination = found if isinstance(found, Destination) else None
         keep = body.databricks_options is not None and body.databricks_options.return_trace
         return self.tracing.start("opensupervisor.response", inputs=_inputs(run), traceparent=traceparent,
                                   destination=destination, keep=keep)

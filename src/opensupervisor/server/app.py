@@ -17,6 +17,7 @@ from opensupervisor.demo.servers import DemoServers
 from opensupervisor.errors import APIError
 from opensupervisor.runtime import ToolSetup, running
 from opensupervisor.server.auth import ResolveCaller
+from opensupervisor.server.auth_failures import FailedAuth
 from opensupervisor.server.routes import routes
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.settings import Settings, ensure_admin_token
@@ -68,10 +69,13 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             if demo is not None:
                 await demo.start(stack)
             rt = await stack.enter_async_context(running(settings, ws, tool_setup))
+            if demo is not None:
+                demo.take_token()
             app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
                                     rt.registered, rt.connections, rt.stored_connections, rt.assistants,
                                     Principals(rt.store), rt.access, rt.stored_grants, rt.usage,
-                                    rt.limiter, rt.stored_limits, rt.credentials, int(time.time()))
+                                    rt.limiter, rt.stored_limits, rt.credentials, int(time.time()),
+                                    FailedAuth(ws.auth.max_failures_per_minute))
             yield
 
     return Starlette(

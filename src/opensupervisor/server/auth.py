@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opensupervisor.errors import Unauthorized
 from opensupervisor.identity import ADMIN, Principal
+from opensupervisor.server.auth_failures import AuthFailure
 from opensupervisor.store.principals import TOKEN_PREFIX
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 
 def bearer_token(request: Request) -> str:
+    """The token a request presents; an ``AuthFailure`` says why there is none."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     scheme = scheme.lower()
@@ -31,25 +33,39 @@ def bearer_token(request: Request) -> str:
         try:
             user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError) as exc:
-            raise Unauthorized("The Basic credentials are not valid base64.") from exc
+            raise _failed("The Basic credentials are not valid base64.", "malformed") from exc
         if user == "token" and password:
             return password
-        raise Unauthorized("Basic auth needs the user name 'token' and the token as the password.")
-    raise Unauthorized(
-        "You didn't provide an API key. Send 'Authorization: Bearer <token>' or Basic auth with user 'token'.")
+        raise _failed("Basic auth needs the user name 'token' and the token as the password.", "malformed")
+    raise _failed("You didn't provide an API key. Send 'Authorization: Bearer <token>' or Basic auth with user "
+                  "'token'.", "missing" if not header.strip() else "malformed")
+
+
+class _NoToken(Exception):
+    def __init__(self, failure: AuthFailure) -> None:
+        self.failure = failure
+
+
+def _failed(message: str, reason: str) -> _NoToken:
+    return _NoToken(AuthFailure(Unauthorized(message), reason))
 
 
 AUTH_KEY = "opensupervisor.auth"
 
 
 def authenticate(request: Request, admin_token: str = "") -> Principal:
-    """The caller, as ``ResolveCaller`` found it; 401 when the request has no valid token."""
+    """The caller, as ``ResolveCaller`` found it; 401 when the request has no valid token (429 when
+    its address has failed too often, see ``auth_failures``)."""
     found = request.scope.get("state", {}).get(AUTH_KEY)
     if isinstance(found, Principal):
         return found
-    if isinstance(found, Unauthorized):
-        raise found
-    raise Unauthorized("You didn't provide an API key.")
+    failure = found if isinstance(found, AuthFailure) else AuthFailure(
+        Unauthorized("You didn't provide an API key."), "missing")
+    state = getattr(request.app.state, "os", None)
+    if state is None:
+        raise failure.error
+    address = request.client.host if request.client is not None else "unknown"
+    raise state.auth_failures.refuse(address, failure)
 
 
 class ResolveCaller:
@@ -66,17 +82,19 @@ class ResolveCaller:
                 scope.setdefault("state", {})[AUTH_KEY] = await self._resolve(Request(scope), state)
         await self.app(scope, receive, send)
 
-    async def _resolve(self, request: Request, state: AppState) -> Principal | Unauthorized:
+    async def _resolve(self, request: Request, state: AppState) -> Principal | AuthFailure:
         try:
             token = bearer_token(request)
-        except Unauthorized as exc:
-            return exc
+        except _NoToken as exc:
+            return exc.failure
         if hmac.compare_digest(token.encode(), state.admin_token.encode()):
             return ADMIN
         if not token.startswith(TOKEN_PREFIX):
-            return Unauthorized("Incorrect API key provided.")
+            return AuthFailure(Unauthorized("Incorrect API key provided."), "unknown")
         check = await state.principals.cached_check(token)
         if check.principal is not None:
             return check.principal
-        return Unauthorized(f"The API key provided has {check.problem}." if check.problem
-                            else "Incorrect API key provided.")
+        if check.problem:
+            return AuthFailure(Unauthorized(f"The API key provided has {check.problem}."),
+                               "revoked" if "revoked" in check.problem else "expired")
+        return AuthFailure(Unauthorized("Incorrect API key provided."), "unknown")

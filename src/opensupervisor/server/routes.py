@@ -135,14 +135,29 @@ async def compact_response(request: Request) -> Response:
     raise NotFound("POST /responses/compact is not supported by this server.", code="unsupported_endpoint")
 
 
+def _model_object(state: AppState, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": state.started_at,
+            "owned_by": state.workspace.models[name].provider}
+
+
 async def list_models(request: Request) -> Response:
-    _principal(request)
+    """The models the caller may query (``CAN_QUERY``); the others are not named at all."""
+    principal = _principal(request)
     state = _state(request)
-    data: list[dict[str, Any]] = [
-        {"id": name, "object": "model", "created": state.started_at, "owned_by": entry.provider}
-        for name, entry in state.workspace.models.items()
-    ]
+    grants = state.access.grants
+    data = [_model_object(state, name) for name in state.workspace.models if grants.may(principal, f"model:{name}")]
     return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    principal = _principal(request)
+    state = _state(request)
+    name = request.path_params["model_id"]
+    # A model the caller may not query answers as one that does not exist: names reveal nothing.
+    if name not in state.workspace.models or not state.access.grants.may(principal, f"model:{name}"):
+        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.", param="model",
+                       code="model_not_found")
+    return JSONResponse(_model_object(state, name))
 
 
 async def databricks_config(request: Request) -> Response:
@@ -188,5 +203,6 @@ def routes() -> list[BaseRoute]:
             Route(f"{prefix}/responses/{{response_id}}/cancel", cancel_response, methods=["POST"]),
             Route(f"{prefix}/responses/{{response_id}}/input_items", list_input_items, methods=["GET"]),
             Route(f"{prefix}/models", list_models, methods=["GET"]),
+            Route(f"{prefix}/models/{{model_id:path}}", retrieve_model, methods=["GET"]),
         ]
     return out

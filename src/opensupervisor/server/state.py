@@ -11,6 +11,7 @@ from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.service import ResponseService
+from opensupervisor.server.auth_failures import FailedAuth
 from opensupervisor.settings import Settings
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.credentials import UserCredentials
@@ -54,3 +55,4 @@ class AppState:
     stored_limits: StoredRateLimits
     credentials: UserCredentials
     started_at: int
+    auth_failures: FailedAuth

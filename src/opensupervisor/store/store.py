@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import ConfigError
+from opensupervisor.files import private_sqlite
 from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
 
@@ -84,9 +85,7 @@ class Store:
         self.url = engine_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
-            db = make_url(self.url).database
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite(self.url)
         self.engine: Engine = create_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE,
                                             pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:

@@ -54,7 +54,8 @@ class KnowledgeAssistantEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: list[str] = Field(min_length=1)
     description: str | None = None
-    # Citations link to base_url + the file's path in its folder; default: a file:// URL.
+    # Citations link to base_url + the file's path in its folder; default: that path after the
+    # folder's name (``handbook/leave-policy.md#vacation``).
     base_url: str | None = None
     top_k: int = Field(default=5, ge=1, le=20)
     # The catalog model that writes the grounded answer; default: the model of the run.
@@ -131,9 +132,10 @@ class KnowledgeAssistants:
         if base:
             target = base.rstrip("/") + "/" + quote(path)
         else:
+            # Relative to the assistant's sources, named by their folder: the server's own paths are
+            # nobody else's business (``path`` already starts with the folder when there are several).
             roots = self.roots[ka]
-            folder = roots[0] if len(roots) == 1 else roots[0].parent
-            target = (folder / path).as_uri()
+            target = quote(f"{roots[0].name}/{path}" if len(roots) == 1 else path)
         return f"{target}#{anchor}" if anchor else target
 
     async def ask(self, ctx: RunContext, ka: str, question: str, source: str | None) -> str:

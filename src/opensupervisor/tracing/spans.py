@@ -45,11 +45,13 @@ def dumps(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """Where a run's spans are written: ``trace_destination`` as the client sent it."""
+    """Where a run's spans are written: ``trace_destination`` as the client sent it, in the namespace
+    of ``owner`` (a principal id; None: the shared one, where admins write)."""
 
     catalog: str
     schema: str
     prefix: str = DEFAULT_PREFIX
+    owner: str | None = None
 
     def trace_id(self, hex_id: str) -> str:
         return f"trace:/{self.catalog}.{self.schema}.{self.prefix}/{hex_id}"

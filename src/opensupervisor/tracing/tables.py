@@ -32,6 +32,7 @@ from sqlalchemy import (
 from opensupervisor.batches import BatchWriter
 from opensupervisor.metrics import REGISTRY
 from opensupervisor.side_engine import CatalogTables
+from opensupervisor.tracing.destinations import TraceDestinations
 from opensupervisor.tracing.spans import Destination, RunTrace, SpanRecord, dumps
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ def log_rows(span: SpanRecord, resource: str, scope: str) -> list[dict[str, Any]
 class TraceStore:
     """Where ``trace_destination`` tables live: SQLite files in ``folder``, or PostgreSQL at ``url``."""
 
-    def __init__(self, folder: Path, url: str | None = None, *, max_queued: int = 10_000) -> None:
+    def __init__(self, folder: Path, url: str | None = None, *, max_queued: int = 10_000,
+                 max_destinations_per_principal: int = 10) -> None:
         self.tables = CatalogTables(folder, url)
+        self.destinations = TraceDestinations(self.tables, max_destinations_per_principal)
         self._runs = BatchWriter(self._write_batch, what="traces", batch=BATCH, linger_s=LINGER_S,
                                  max_queued=max_queued, dropped=DROPPED)
 
@@ -128,7 +131,7 @@ class TraceStore:
         self.tables.dispose()
 
     def write(self, destination: Destination, runs: list[RunTrace]) -> None:
-        engine, schema = self.tables.engine(destination.catalog, destination.schema)
+        engine, schema = self.tables.engine(destination.catalog, destination.schema, destination.owner)
         metadata = MetaData(schema=schema)
         spans, logs = spans_table(metadata, destination.prefix), logs_table(metadata, destination.prefix)
         with engine.begin() as conn:
@@ -143,5 +146,5 @@ class TraceStore:
 
     def path_of(self, destination: Destination) -> Path:
         """The SQLite file of a destination."""
-        return self.tables.path_of(destination.catalog, destination.schema)
+        return self.tables.path_of(destination.catalog, destination.schema, destination.owner)
 
