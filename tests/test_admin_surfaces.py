@@ -94,6 +94,9 @@ provider = "scripted"
 [access.grants]
 "app:declared" = ["someone"]
 
+[outbound]
+allowed_urls = ["http://127.0.0.1:*/*"]  # stored connections lead to the loopback MCP server
+
 [connections.fixed]
 url = "{mcp}/mcp"
 require_approval = "never"

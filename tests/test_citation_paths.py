@@ -68,7 +68,8 @@ sources = ["nowhere"]
 
             def ingested() -> bool:
                 data = http.get("/admin/v1/knowledge_assistants").json()["data"]
-                return all(a["version"] > 0 for a in data if a["id"] != "gone")
+                # A version appears before the last folder is in: wait for ingestion to end too.
+                return all(a["version"] > 0 and not a["ingesting"] for a in data if a["id"] != "gone")
 
             wait_until(ingested, what="the assistants to be ingested")
         yield Served(running, folder)
