@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
-import uvicorn
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 from rich.console import Console
@@ -28,6 +27,7 @@ from opensupervisor.knowledge.ingest import IngestReport, OutsideSources
 from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runtime import connection_rows, running
+from opensupervisor.server import serving
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.store import Store, engine_url
 from opensupervisor.store.connections import StoredConnections
@@ -86,9 +86,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
     })
     if settings.config:
         os.environ["OPENSUPERVISOR_CONFIG"] = settings.config
-    uvicorn.run("opensupervisor.server.app:create_app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=workers, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    serving.serve(settings, workspace, workers=workers, log_level=log_level)
 
 
 @main.command()
