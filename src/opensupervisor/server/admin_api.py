@@ -19,7 +19,7 @@ from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.tools.uc_functions import Function, FunctionEntry
 from opensupervisor.wire.request import parse_json_body
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import check_timeout, raise_validation
 
 BASE = "/admin/v1/functions"
 
@@ -66,6 +66,7 @@ async def put_function(request: Request) -> Response:
                              param="source", code="invalid_value")
     try:
         entry = FunctionEntry.model_validate(body)
+        check_timeout(entry.timeout_s)
         function = state.functions.build(name, entry, source_code)
     except ValidationError as exc:
         raise_validation(exc)

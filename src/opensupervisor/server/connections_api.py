@@ -18,7 +18,7 @@ from opensupervisor.server.admin_api import admin_state
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.tools.connections import NAME, ConnectionEntry, build_server
 from opensupervisor.wire.request import parse_json_body
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import check_timeout, raise_validation
 
 BASE = "/admin/v1/connections"
 WHAT = "connections"
@@ -56,6 +56,7 @@ async def put_connection(request: Request) -> Response:
         entry = ConnectionEntry.model_validate(parse_json_body(await request.body()))
     except ValidationError as exc:
         raise_validation(exc)
+    check_timeout(entry.timeout_s)
     try:
         build_server(name, entry)  # every credential it names must be at hand
     except ConfigError as exc:

@@ -176,7 +176,7 @@ async def delete_grant(request: Request) -> Response:
     return JSONResponse({"object": obj, "deleted": True})
 
 
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 async def usage_report(request: Request) -> Response:

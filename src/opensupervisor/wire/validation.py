@@ -13,6 +13,8 @@ from opensupervisor.errors import InvalidRequest
 # The largest count a client may send anywhere: every integer field and query parameter is bounded
 # by at most this, so no value can overflow the narrowest column it may reach (PostgreSQL INTEGER).
 INT32_MAX = 2**31 - 1
+# The longest a timeout sent through the API may be (a day): longer ones overflow event-loop timers.
+MAX_TIMEOUT_S = 86400.0
 # ASCII digits only: int() would also take "1_000", " 5" and other scripts' digits.
 _INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 
@@ -64,3 +66,10 @@ def query_int(query: Mapping[str, str], name: str, *, default: int, low: int, hi
         raise InvalidRequest(f"Invalid value for '{name}': must be between {low} and {high}.", param=name,
                              code="invalid_value")
     return int(value)
+
+
+def check_timeout(value: float, name: str = "timeout_s") -> None:
+    """A timeout sent through the API (the models that hold it also serve the workspace file)."""
+    if value > MAX_TIMEOUT_S:
+        raise InvalidRequest(f"Invalid value for '{name}': must be at most {MAX_TIMEOUT_S:g} seconds.", param=name,
+                             code="invalid_value")
