@@ -23,6 +23,7 @@ from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
 from opensupervisor.server.limits_api import limits_routes
+from opensupervisor.server.openapi import openapi_routes
 from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
@@ -145,6 +146,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/ai-gateway/v2/endpoints", ai_gateway_endpoints, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
+        *openapi_routes(),
         *genie_routes(),
         *admin_routes(),
         *connection_routes(),
