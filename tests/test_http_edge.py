@@ -19,6 +19,7 @@ from tests.conftest import MODEL, ProcessServer, Server
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 120
+MAX_BODY_BYTES = 4096
 # How late past its bound a connection may still be closed (a loaded 2-core machine).
 SLACK_S = 3.0
 WORKSPACE = f"""
@@ -29,6 +30,7 @@ header_timeout_s = {HEADER_TIMEOUT_S}
 body_timeout_s = {BODY_TIMEOUT_S}
 max_connections = {MAX_CONNECTIONS}
 max_header_bytes = 16384
+max_body_bytes = {MAX_BODY_BYTES}
 
 [models.{MODEL}]
 provider = "scripted"
@@ -144,11 +146,11 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(edge: Server) -> None:
 
 def test_a_body_sent_a_byte_at_a_time_is_cut_off(edge: Server) -> None:
     head = (f"POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {edge.token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n").encode()
+            f"Content-Type: application/json\r\nContent-Length: 3000\r\n\r\n").encode()
     with _connect(edge) as sock:
         sock.sendall(head)
         started = time.monotonic()
-        raw = _trickle(sock, b'{"model": "' + b"m" * 4990, deadline=started + BODY_TIMEOUT_S + SLACK_S)
+        raw = _trickle(sock, b'{"model": "' + b"m" * 2990, deadline=started + BODY_TIMEOUT_S + SLACK_S)
     assert time.monotonic() - started >= BODY_TIMEOUT_S - 0.2
     _assert_error(*_response(raw), 408, "request_timeout")
 
@@ -194,3 +196,29 @@ def test_a_declared_oversize_body_is_refused_before_it_is_sent(edge: Server) -> 
         status, _, body = _response(sock.recv(65536))
     assert status == 413
     assert body["error"]["code"] == "request_too_large"
+
+
+ROUTES = [("POST", "/v1/responses"), ("POST", "/mlflow/v1/responses"), ("POST", "/v1/embeddings"),
+          ("POST", "/admin/v1/principals"), ("PUT", f"/admin/v1/rate-limits/{MODEL}"),
+          ("PUT", "/admin/v1/functions/main.big.f"), ("PUT", "/admin/v1/connections/big"),
+          ("PUT", "/v1/databricks/credential"), ("POST", "/api/2.0/genie/spaces/s/start-conversation"),
+          ("POST", "/admin/v1/knowledge_assistants/k/ingest"), ("POST", "/no/such/route")]
+# These answer 404 (nothing of that name here) before they read a body; only a declared length is refused.
+UNREAD = {"/v1/databricks/credential", "/api/2.0/genie/spaces/s/start-conversation",
+          "/admin/v1/knowledge_assistants/k/ingest", "/no/such/route"}
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_bounds_its_body(edge: Server, method: str, path: str) -> None:
+    body = json.dumps({"model": MODEL, "input": "x" * MAX_BODY_BYTES}).encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the bytes received are counted
+        yield from (body[i:i + 512] for i in range(0, len(body), 512))
+
+    with edge.http() as http:
+        for content in (body,) if path in UNREAD else (body, chunks()):
+            resp = http.request(method, path, content=content)
+            assert resp.status_code == 413, resp.text
+            assert resp.json()["error"] == {"message": f"The request body is larger than the limit of "
+                                            f"{MAX_BODY_BYTES} bytes.", "type": "invalid_request_error",
+                                            "param": None, "code": "request_too_large"}
