@@ -115,6 +115,13 @@ def test_oversized_headers_are_a_json_431(edge: Server, sizes: tuple[int, ...]) 
     _assert_error(status, response_headers, body, 431, "request_headers_too_large")
 
 
+def test_a_head_of_blank_lines_past_the_bound_is_refused(edge: Server) -> None:
+    with _connect(edge) as sock:
+        sock.sendall(b"\r\n" * 20_000)
+        status, headers, body = _response(_read_to_close(sock, deadline=time.monotonic() + 10))
+    assert status in (400, 431) and headers["content-type"] == "application/json", body
+
+
 def test_headers_just_under_the_bound_are_served(edge: Server) -> None:
     response = httpx.get(f"{edge.url}/healthz", headers={"X-Filler": "v" * 15_000})
     assert response.status_code == 200

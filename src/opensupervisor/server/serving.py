@@ -87,7 +87,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self._arm(self.limits.header_timeout_s, self._head_timed_out)
         super().data_received(data)
         # Still in the head (a chunk holding a head's end and its body does not count against it).
-        if self._in_head and self._head_bytes > self.limits.max_header_bytes:
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
             self._refuse_head()
 
     def on_headers_complete(self) -> None:
@@ -120,7 +120,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         limit = self.limits.max_header_bytes
-        if len(self.url) > limit:
+        if len(getattr(self, "url", b"")) > limit:  # set once the parser has seen a request begin
             self._refuse(HeadTooLarge(f"The request line is longer than the limit of {limit} bytes.",
                                       request_line=True))
         else:
