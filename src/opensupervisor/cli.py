@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import uvicorn
 from cryptography.fernet import Fernet
 from rich.console import Console
 from rich.progress import Progress, TaskID
@@ -83,9 +82,9 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
     })
     if settings.config:
         os.environ["OPENSUPERVISOR_CONFIG"] = settings.config
-    uvicorn.run("opensupervisor.server.app:create_app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=workers, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+    from opensupervisor.server import serving
+
+    serving.serve(settings, workspace, workers=workers, log_level=log_level)
 
 
 @main.command()

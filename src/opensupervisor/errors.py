@@ -7,8 +7,11 @@
     │   ├── Unauthorized            401
     │   ├── NotFound                404
     │   ├── Forbidden               403
+    │   ├── RequestTimeout          408 (headers or body not received in time)
     │   ├── PayloadTooLarge         413
-    │   └── QueueFull, RateLimited  429 with Retry-After
+    │   ├── HeadTooLarge            414 / 431 (request line / headers past the bound)
+    │   ├── QueueFull, RateLimited  429 with Retry-After
+    │   └── Overloaded              503 with Retry-After (every connection slot is taken)
     ├── ModelError                  a model or its upstream failed; the response fails with it
     │   └── ModelTimeout
     ├── ToolError                   a hosted tool failed; the model reads the message as the tool output
@@ -94,6 +97,24 @@ class PayloadTooLarge(APIError):
         super().__init__(message, param=param, code=code)
 
 
+class RequestTimeout(APIError):
+    """The client did not send the request's headers or body within the bound."""
+
+    status_code = 408
+    headers = {"Connection": "close"}  # what is left of the request is not worth reading
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param=None, code="request_timeout")
+
+
+class HeadTooLarge(APIError):
+    """The request line (414) or the request line and headers together (431) are past the bound."""
+
+    def __init__(self, message: str, *, request_line: bool) -> None:
+        super().__init__(message, param=None, code="uri_too_long" if request_line else "request_headers_too_large")
+        self.status_code = 414 if request_line else 431
+
+
 class QueueFull(APIError):
     """The bounded queue of background responses is full; the client should retry later."""
 
@@ -114,6 +135,17 @@ class RateLimited(APIError):
     def __init__(self, message: str, *, retry_after_s: float, code: str = "rate_limit_exceeded") -> None:
         super().__init__(message, param=None, code=code)
         self.headers = {"Retry-After": str(max(1, math.ceil(min(retry_after_s, 86400.0))))}
+
+
+class Overloaded(APIError):
+    """This process holds as many connections as it may; the client should retry (maybe elsewhere)."""
+
+    status_code = 503
+    error_type = "server_error"
+    headers = {"Retry-After": "1"}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param=None, code="server_overloaded")
 
 
 class UpstreamUnavailable(APIError):

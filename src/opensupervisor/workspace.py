@@ -61,7 +61,12 @@ class ModelEntry(_Section):
 class Limits(_Section):
     max_turns: int = Field(default=16, ge=1, le=1000)
     tool_timeout_s: float = Field(default=120.0, gt=0)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024**3)
+    # What one client may hold of a server process (see the README's "Limits of the HTTP server").
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
     # Every hosted tool's output is cut at this many characters, with a note the model reads (a
     # tool kind may set its own cap, e.g. a Genie space's ``max_output_chars``).
     max_tool_output_chars: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)

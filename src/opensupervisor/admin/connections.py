@@ -16,6 +16,7 @@ from opensupervisor.errors import ConfigError, InvalidRequest, NotFound
 from opensupervisor.store.connections import Row, StoredConnections
 from opensupervisor.store.credentials import UserCredentials
 from opensupervisor.tools.connections import NAME, ConnectionEntry, Connections, with_secrets
+from opensupervisor.wire.validation import check_timeout
 
 
 class ConnectionAdmin:
@@ -41,6 +42,7 @@ class ConnectionAdmin:
             raise InvalidRequest(f"Connection '{name}' is declared in the workspace file; change it there.",
                                  param="name", code="invalid_value")
         entry = parse(ConnectionEntry, fields)
+        check_timeout(entry.timeout_s)
         try:
             self.connections.build(name, entry)  # every credential it names at hand, its URLs and headers allowed
         except ConfigError as exc:

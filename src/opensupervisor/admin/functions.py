@@ -13,6 +13,7 @@ from opensupervisor.admin.common import log, parse
 from opensupervisor.errors import ConfigError, InvalidRequest, NotFound
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.tools.uc_functions import Function, FunctionCatalog, FunctionEntry
+from opensupervisor.wire.validation import check_timeout
 
 
 class FunctionAdmin:
@@ -42,6 +43,7 @@ class FunctionAdmin:
             raise InvalidRequest("A registered function sends its code as 'source_code', not a 'source' path.",
                                  param="source", code="invalid_value")
         entry = parse(FunctionEntry, body)
+        check_timeout(entry.timeout_s)
         try:
             function = self.catalog.build(name, entry, source_code)
         except ConfigError as exc:

@@ -14,7 +14,7 @@ from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Conflict, Prin
 from opensupervisor.store.usage import GroupBy, Usage
 
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,255}$")
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits only: \d takes any script's
 GROUP_BY = ("principal", "model", "day")
 
 

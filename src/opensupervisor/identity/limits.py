@@ -40,6 +40,8 @@ COUNTER_ERRORS = Counter("opensupervisor_rate_limit_counter_errors",
 WINDOW_S = 60.0
 MAX_LIMITS = 20
 MAX_GROUP_LIMITS = 5
+# Far above any real limit, and small enough for every counter and column that holds one.
+MAX_PER_MINUTE = 10**12
 Key = Literal["endpoint", "user", "user_group", "service_principal"]
 
 
@@ -50,8 +52,8 @@ class RateLimit(BaseModel):
 
     key: Key = "endpoint"
     principal: str | None = Field(default=None, min_length=1)
-    calls: int | None = Field(default=None, ge=0)
-    tokens: int | None = Field(default=None, ge=0)
+    calls: int | None = Field(default=None, ge=0, le=MAX_PER_MINUTE)
+    tokens: int | None = Field(default=None, ge=0, le=MAX_PER_MINUTE)
     renewal_period: Literal["minute"] = "minute"
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ from opensupervisor.errors import APIError
 from opensupervisor.runtime import ToolSetup, running
 from opensupervisor.server.auth import ResolveCaller
 from opensupervisor.server.auth_failures import FailedAuth
+from opensupervisor.server.request_body import BoundedBody
 from opensupervisor.server.routes import routes
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.settings import Settings, ensure_admin_token
@@ -81,7 +82,8 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
     return Starlette(
         routes=routes() + (demo.routes() if demo is not None else []),
         lifespan=lifespan,
-        middleware=[Middleware(ResolveCaller)],
+        middleware=[Middleware(BoundedBody, max_bytes=ws.limits.max_body_bytes, timeout_s=ws.limits.body_timeout_s),
+                    Middleware(ResolveCaller)],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -23,6 +24,7 @@ from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.store.genie import GenieMessages, StoredMessage
 from opensupervisor.tools.genie import Answer, GenieSpaces
 from opensupervisor.wire.request import parse_json_body
+from opensupervisor.wire.validation import raise_validation
 
 BASE = "/api/2.0/genie/spaces"
 TYPE_NAMES = {bool: "BOOLEAN", int: "LONG", float: "DOUBLE", str: "STRING"}
@@ -43,10 +45,19 @@ def _space_id(request: Request, state: AppState, principal: Principal) -> str:
     return space_id
 
 
+class GenieMessage(BaseModel):
+    """A question to a space; the SDK's other fields (attachments, …) are accepted and ignored."""
+
+    model_config = ConfigDict(strict=True)
+    content: str
+
+
 async def _content(request: Request) -> str:
-    body = parse_json_body(await request.body())
-    content = body.get("content")
-    if not isinstance(content, str) or not content.strip():
+    try:
+        content = GenieMessage.model_validate(parse_json_body(await request.body())).content
+    except ValidationError as exc:
+        raise_validation(exc)
+    if not content.strip():
         raise InvalidRequest("Missing required parameter: 'content'.", param="content",
                              code="missing_required_parameter")
     return content.strip()

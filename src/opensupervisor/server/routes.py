@@ -12,7 +12,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from opensupervisor.core.events import Event
-from opensupervisor.errors import APIError, InvalidRequest, NotFound, PayloadTooLarge
+from opensupervisor.errors import APIError, InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.metrics import REGISTRY
 from opensupervisor.server.admin_api import admin_routes
@@ -23,10 +23,12 @@ from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
 from opensupervisor.server.limits_api import limits_routes
+from opensupervisor.server.openapi import openapi_routes
 from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import sse_stream
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
+from opensupervisor.wire.validation import INT32_MAX, query_int
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -41,20 +43,6 @@ def _principal(request: Request) -> Principal:
     return authenticate(request, _state(request).admin_token)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _sse(events: AsyncIterator[Event]) -> StreamingResponse:
     return StreamingResponse(sse_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -65,7 +53,7 @@ async def create_response(request: Request) -> Response:
     service = state.service
     started, raw = time.time(), None
     try:
-        raw = parse_json_body(await _read_body(request, state.workspace.limits.max_body_bytes))
+        raw = parse_json_body(await request.body())
         parsed = parse_create_request(raw)
         prepared = await service.prepare(parsed, principal, raw, echo_history=not request.url.path.startswith("/v1/"),
                                          traceparent=request.headers.get("traceparent"))
@@ -90,18 +78,9 @@ async def retrieve_response(request: Request) -> Response:
     query = request.query_params
     if query.get("stream", "false").lower() != "true":
         return JSONResponse(await service.get(response_id, principal))
-    after = _int_param(query.get("starting_after"), "starting_after", default=-1)
+    # -1 replays the whole log; a sequence number is an INTEGER column.
+    after = query_int(query, "starting_after", default=-1, low=-1, high=INT32_MAX)
     return _sse(await service.resume(response_id, principal, after))
-
-
-def _int_param(value: str | None, name: str, *, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InvalidRequest(f"Invalid value for '{name}': expected an integer.", param=name,
-                             code="invalid_value") from exc
 
 
 async def delete_response(request: Request) -> Response:
@@ -117,10 +96,7 @@ async def cancel_response(request: Request) -> Response:
 async def list_input_items(request: Request) -> Response:
     principal = _principal(request)
     query = request.query_params
-    limit = _int_param(query.get("limit"), "limit", default=20)
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("Invalid value for 'limit': must be between 1 and 100.", param="limit",
-                             code="invalid_value")
+    limit = query_int(query, "limit", default=20, low=1, high=100)
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order",
@@ -185,6 +161,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/ai-gateway/v2/endpoints", ai_gateway_endpoints, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
+        *openapi_routes(),
         *genie_routes(),
         *admin_routes(),
         *connection_routes(),

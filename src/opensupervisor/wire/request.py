@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.wire.items import Item, normalize_input
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import INT32_MAX, raise_validation
 
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,255}$")
@@ -102,8 +102,8 @@ class CreateResponseRequest(_Strict):
     store: bool = True
     stream: bool = False
     background: bool = False
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    max_tool_calls: int | None = Field(default=None, ge=0)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_tool_calls: int | None = Field(default=None, ge=0, le=INT32_MAX)
     text: TextConfig | None = None
     previous_response_id: str | None = Field(default=None, min_length=1)
     include: list[str] | None = None

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import NoReturn
 
 from pydantic import ValidationError
 
 from opensupervisor.errors import InvalidRequest
+
+# The largest count a client may send anywhere: every integer field and query parameter is bounded
+# by at most this, so no value can overflow the narrowest column it may reach (PostgreSQL INTEGER).
+INT32_MAX = 2**31 - 1
+# The longest a timeout sent through the API may be (a day): longer ones overflow event-loop timers.
+MAX_TIMEOUT_S = 86400.0
+# ASCII digits only: int() would also take "1_000", " 5" and other scripts' digits.
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:
@@ -42,3 +52,24 @@ def raise_validation(exc: ValidationError, prefix: str = "") -> NoReturn:
     if err["type"] == "missing":
         raise InvalidRequest(f"Missing required parameter: '{path}'.", param=path, code="missing_required_parameter")
     raise InvalidRequest(f"Invalid value for '{path}': {err['msg']}.", param=path or None, code="invalid_value")
+
+
+def query_int(query: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]``; anything else is a 400 naming it."""
+    value = query.get(name)
+    if value is None:
+        return default
+    if not _INTEGER.fullmatch(value):
+        raise InvalidRequest(f"Invalid value for '{name}': expected an integer.", param=name, code="invalid_value")
+    # A bound fits in 19 digits: longer values are out of range without converting thousands of digits.
+    if len(value) > 20 or not low <= int(value) <= high:
+        raise InvalidRequest(f"Invalid value for '{name}': must be between {low} and {high}.", param=name,
+                             code="invalid_value")
+    return int(value)
+
+
+def check_timeout(value: float, name: str = "timeout_s") -> None:
+    """A timeout sent through the API (the models that hold it also serve the workspace file)."""
+    if value > MAX_TIMEOUT_S:
+        raise InvalidRequest(f"Invalid value for '{name}': must be at most {MAX_TIMEOUT_S:g} seconds.", param=name,
+                             code="invalid_value")
