@@ -56,7 +56,9 @@ def _dumps(value: Any) -> str:
 
 
 def _without_output(response: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in response.items() if k != "output"}
+    """The response as stored: its output items live in their own rows. ``output`` keeps its place
+    (empty), so that a response read back has its keys in the order it was streamed with."""
+    return dict(response, output=[])
 
 
 class Stored(NamedTuple):
