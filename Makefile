@@ -52,6 +52,7 @@ bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/mcp_calls.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/rate_limits.py
+	$(BIN)/python bench/memory.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor

@@ -141,7 +141,7 @@ def test_cancel_and_run_writes_never_overlap(store_url: str) -> None:
         assert await store.delete(third["id"], "u")
         assert await store.append(third["id"], output={0: {"id": "x", "type": "message"}}, guard=True, new_events=[
             Event({"type": "response.output_item.done", "sequence_number": 1})]) is False
-        assert await store.events_after(third["id"], -1) == []
+        assert list(await store.events_after(third["id"], -1)) == []
         await store.close()
 
     asyncio.run(scenario())

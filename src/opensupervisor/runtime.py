@@ -190,7 +190,8 @@ def _counters(settings: Settings, store: Store) -> Counters:
 
 def _loop_limits(ws: Workspace) -> LoopLimits:
     return LoopLimits(max_turns=ws.limits.max_turns, tool_timeout_s=ws.limits.tool_timeout_s,
-                      max_tool_output_chars=ws.limits.max_tool_output_chars)
+                      max_tool_output_chars=ws.limits.max_tool_output_chars,
+                      max_output_chars=ws.limits.max_output_chars)
 
 
 def _background_limits(ws: Workspace, concurrency: int) -> BackgroundLimits:

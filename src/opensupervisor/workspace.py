@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opensupervisor.demo import token as demo_token
 from opensupervisor.errors import ConfigError
@@ -16,6 +16,8 @@ from opensupervisor.identity.limits import RateLimit, check_limits
 from opensupervisor.outbound import parse_pattern
 from opensupervisor.wire.validation import param_path
 
+# The highest output cap a workspace may set, in characters.
+MAX_OUTPUT_CHARS = 1024 * 1024 * 1024
 Provider = Literal["embedded", "openai-chat", "openai-responses", "anthropic", "scripted"]
 
 
@@ -51,6 +53,17 @@ class ModelEntry(_Section):
     script: list[dict[str, Any]] = Field(default_factory=list)
     # Queries and tokens per minute (``opensupervisor.identity.limits``), as the AI Gateway sets them.
     rate_limits: list[RateLimit] = Field(default_factory=list)
+    # The most max_output_tokens a request may ask (sent upstream when a request sets none), and
+    # this model's cap on a response's streamed characters (default: ``[limits] max_output_chars``).
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_chars: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_CHARS)
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ModelEntry:
+        cap, default = self.max_output_tokens, self.defaults.max_output_tokens
+        if cap is not None and default is not None and default > cap:
+            raise ValueError(f"defaults.max_output_tokens ({default}) is above max_output_tokens ({cap})")
+        return self
 
     @field_validator("rate_limits")
     @classmethod
@@ -74,6 +87,9 @@ class Limits(_Section):
     max_cell_chars: int = Field(default=2048, ge=16, le=16 * 1024 * 1024)
     # How long an MCP approval request may be answered (its record of use is kept as long).
     approval_lifetime_s: float = Field(default=7 * 86400.0, ge=60, le=366 * 86400)
+    # A response's streamed text and call arguments end here (``incomplete``, reason
+    # max_output_tokens); a model entry may set its own.
+    max_output_chars: int = Field(default=1024 * 1024, ge=1, le=MAX_OUTPUT_CHARS)
 
 
 class SandboxSection(_Section):

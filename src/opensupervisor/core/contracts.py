@@ -53,6 +53,8 @@ class ModelRequest:
     tool_choice: str = "auto"
     text_format: dict[str, Any] | None = None
     max_output_tokens: int | None = None
+    # Characters of text and arguments the response may still stream (adapters that buffer stop there).
+    max_output_chars: int | None = None
     parallel_tool_calls: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
     reasoning: dict[str, Any] | None = None
@@ -122,6 +124,10 @@ class Model(ABC):
     context_window: int | None = None
     # Settings (temperature, top_p, …, max_output_tokens) used when a request does not set them.
     defaults: dict[str, Any] = {}
+    # The most ``max_output_tokens`` a request may ask of this model, and its cap on streamed
+    # characters (the workspace's ``[limits] max_output_chars`` when None).
+    max_output_tokens: int | None = None
+    max_output_chars: int | None = None
 
     @abstractmethod
     def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:

@@ -18,14 +18,27 @@ class Event:
     """One streaming event, encoded when it is made.
 
     Encoding at once freezes the event: the items it shows keep changing as the run goes on, and the
-    same bytes serve the SSE writer and the event log.
+    same bytes serve the SSE writer and the event log. An event that shows a finished item or the
+    finished response (``final``) is encoded only when it is written, and the bytes are not kept:
+    what it shows no longer changes, and it may carry a whole answer, which the item already holds.
     """
 
-    __slots__ = ("data", "json")
+    __slots__ = ("_json", "data")
 
     def __init__(self, data: dict[str, Any], raw: bytes | None = None) -> None:
         self.data = data
-        self.json = raw if raw is not None else orjson.dumps(data)
+        self._json: bytes | None = raw if raw is not None else orjson.dumps(data)
+
+    @classmethod
+    def final(cls, data: dict[str, Any]) -> Event:
+        event = cls.__new__(cls)
+        event.data = data
+        event._json = None
+        return event
+
+    @property
+    def json(self) -> bytes:
+        return self._json if self._json is not None else orjson.dumps(self.data)
 
     @property
     def type(self) -> str:
@@ -40,6 +53,30 @@ class Event:
         return cls(orjson.loads(raw), raw)
 
 
+class TextBuffer:
+    """Text that streams in as many small pieces, held as a few large ones.
+
+    Adding each delta to one string copies the whole text every time (a long answer costs its
+    length squared), and a string per delta costs some 50 bytes besides its text.
+    """
+
+    __slots__ = ("_chunks", "_pieces")
+    JOIN_EVERY = 256
+
+    def __init__(self, start: str = "") -> None:
+        self._chunks = [start] if start else []
+        self._pieces: list[str] = []
+
+    def add(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if len(self._pieces) >= self.JOIN_EVERY:
+            self._chunks.append("".join(self._pieces))
+            self._pieces = []
+
+    def value(self) -> str:
+        return "".join(self._chunks + self._pieces)
+
+
 class Emitter:
     """Builds the events of one response and keeps the response object in step with them."""
 
@@ -50,17 +87,21 @@ class Emitter:
         self.output_tokens = 0
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        # Characters of message text and call arguments streamed so far (what the output cap counts).
+        self.output_chars = 0
+        # The text of each item still streaming, by item id: its field is set when the item is done.
+        self._streaming: dict[str, TextBuffer] = {}
 
-    def event(self, kind: str, **fields: Any) -> Event:
+    def event(self, kind: str, *, final: bool = False, **fields: Any) -> Event:
         data = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
-        return Event(data)
+        return Event.final(data) if final else Event(data)
 
     def snapshot(self) -> Response:
         return dict(self.response, output=list(self.response["output"]))
 
-    def lifecycle(self, kind: str) -> Event:
-        return self.event(kind, response=self.snapshot())
+    def lifecycle(self, kind: str, *, final: bool = False) -> Event:
+        return self.event(kind, final=final, response=self.snapshot())
 
     def set_status(self, status: str) -> None:
         self.response["status"] = status
@@ -74,7 +115,7 @@ class Emitter:
 
     def item_done(self, item: Item) -> Event:
         index = self.index_of(item)
-        return self.event("response.output_item.done", output_index=index, item=item)
+        return self.event("response.output_item.done", final=True, output_index=index, item=item)
 
     def index_of(self, item: Item) -> int:
         output = self.response["output"]
@@ -96,9 +137,23 @@ class Emitter:
                                         output_index=added.data["output_index"], content_index=0,
                                         part=part)]
 
+    def _stream(self, item: Item, delta: str) -> None:
+        buffer = self._streaming.get(item["id"])
+        if buffer is None:
+            holder, key = _streamed_field(item)
+            buffer = self._streaming[item["id"]] = TextBuffer(holder[key])
+        buffer.add(delta)
+        self.output_chars += len(delta)
+
+    def settle_text(self, item: Item) -> None:
+        """Give a streamed item its whole text (a message's text, a call's arguments)."""
+        buffer = self._streaming.pop(item.get("id", ""), None)
+        if buffer is not None:
+            holder, key = _streamed_field(item)
+            holder[key] = buffer.value()
+
     def text_delta(self, item: Item, delta: str) -> Event:
-        part = item["content"][0]
-        part["text"] += delta
+        self._stream(item, delta)
         return self.event("response.output_text.delta", item_id=item["id"], output_index=self.index_of(item),
                           content_index=0, delta=delta, logprobs=[])
 
@@ -115,14 +170,15 @@ class Emitter:
         return events
 
     def finish_message(self, item: Item, status: str = "completed") -> list[Event]:
+        self.settle_text(item)
         index = self.index_of(item)
         part = item["content"][0]
         item["status"] = status
         return [
-            self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                       text=part["text"], logprobs=[]),
-            self.event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                       part=part),
+            self.event("response.output_text.done", final=True, item_id=item["id"], output_index=index,
+                       content_index=0, text=part["text"], logprobs=[]),
+            self.event("response.content_part.done", final=True, item_id=item["id"], output_index=index,
+                       content_index=0, part=part),
             self.item_done(item),
         ]
 
@@ -132,15 +188,16 @@ class Emitter:
         return item, self.item_added(item)
 
     def call_delta(self, item: Item, delta: str) -> Event:
-        item["arguments"] += delta
+        self._stream(item, delta)
         return self.event("response.function_call_arguments.delta", item_id=item["id"],
                           output_index=self.index_of(item), delta=delta)
 
     def finish_call(self, item: Item) -> list[Event]:
+        self.settle_text(item)
         item["status"] = "completed"
         index = self.index_of(item)
         return [
-            self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+            self.event("response.function_call_arguments.done", final=True, item_id=item["id"], output_index=index,
                        name=item["name"], arguments=item["arguments"]),
             self.item_done(item),
         ]
@@ -173,15 +230,17 @@ class Emitter:
         return item, [added, self.event("response.mcp_call.in_progress", item_id=item["id"], output_index=index)]
 
     def mcp_call_delta(self, item: Item, delta: str) -> Event:
-        item["arguments"] += delta
+        self._stream(item, delta)
         return self.event("response.mcp_call_arguments.delta", item_id=item["id"], output_index=self.index_of(item),
                           delta=delta)
 
     def mcp_call_arguments_done(self, item: Item) -> Event:
-        return self.event("response.mcp_call_arguments.done", item_id=item["id"], output_index=self.index_of(item),
-                          arguments=item["arguments"])
+        self.settle_text(item)
+        return self.event("response.mcp_call_arguments.done", final=True, item_id=item["id"],
+                          output_index=self.index_of(item), arguments=item["arguments"])
 
     def finish_mcp_call(self, item: Item, output: str | None, error: str | None) -> list[Event]:
+        self.settle_text(item)
         index = self.index_of(item)
         if error is None:
             item.update(status="completed", output=output, error=None)
@@ -211,6 +270,7 @@ class Emitter:
             if item["type"] == "message":
                 events += self.finish_message(item, "incomplete")
             else:
+                self.settle_text(item)
                 item["status"] = "incomplete"
                 events.append(self.item_done(item))
         return events
@@ -235,8 +295,18 @@ class Emitter:
             self.response["error"] = error
         if self.response["usage"] is None:
             self.add_usage(0, 0)
+        for item in self.response["output"]:
+            self.settle_text(item)
         kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(status, "response.failed")
-        return self.lifecycle(kind)
+        return self.lifecycle(kind, final=True)
 
     def error_event(self, code: str, message: str) -> Event:
         return self.event("error", code=code, message=message, param=None)
+
+
+def _streamed_field(item: Item) -> tuple[dict[str, Any], str]:
+    """Where a streamed item keeps its text: a message's first content part, a call's arguments."""
+    if item["type"] == "message":
+        part: dict[str, Any] = item["content"][0]
+        return part, "text"
+    return item, "arguments"

@@ -34,6 +34,10 @@ class LoopLimits:
     max_turns: int = 16
     tool_timeout_s: float = 120.0
     max_tool_output_chars: int = DEFAULT_OUTPUT_CHARS
+    # The response's cap on streamed text and arguments, and the model's cap on max_output_tokens
+    # (sent when the request sets none).
+    max_output_chars: int | None = None
+    max_output_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -119,7 +123,8 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
             yield em.finish("incomplete", reason="max_turns")
             return
         builder = TurnBuilder(em, run.history, served=run.model.name, tools=run.toolbox.lookup, signer=run.signer,
-                              cite=lambda text: citations_for(text, sources_in(run.history)))
+                              cite=lambda text: citations_for(text, sources_in(run.history)),
+                              max_chars=run.limits.max_output_chars)
         async for event in _model_turn(run, _model_request(run, turn), builder):
             yield event
         turn += 1
@@ -197,7 +202,8 @@ def _model_request(run: Run, turn: int) -> ModelRequest:
     if choice == "none":
         tools = []
     settings = dict(run.model.defaults)
-    max_output_tokens = body.max_output_tokens or settings.pop("max_output_tokens", None)
+    max_output_tokens = (body.max_output_tokens or settings.pop("max_output_tokens", None)
+                         or run.limits.max_output_tokens)
     settings.pop("max_output_tokens", None)
     settings.update({k: getattr(body, k) for k in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
                      if getattr(body, k) is not None})
@@ -210,6 +216,8 @@ def _model_request(run: Run, turn: int) -> ModelRequest:
         tool_choice=choice if tools else "none",
         text_format=run.emitter.response["text"]["format"],
         max_output_tokens=max_output_tokens,
+        max_output_chars=None if run.limits.max_output_chars is None else
+        run.limits.max_output_chars - run.emitter.output_chars,
         parallel_tool_calls=body.parallel_tool_calls,
         settings=settings,
         reasoning=run.emitter.response["reasoning"],
@@ -237,6 +245,8 @@ async def _model_turn(run: Run, request: ModelRequest, turn: TurnBuilder) -> Asy
         async for event in stream:
             for e in turn.on(event):
                 yield e
+            if turn.capped:
+                break  # the output cap: closing the stream closes the upstream's connection
     for e in turn.end():
         yield e
 

@@ -61,26 +61,50 @@ class TurnBuilder:
     message: Item | None = None
     call: Item | None = None
     calls: list[Item] = field(default_factory=list)
+    # The arguments of an approval request as they stream (shown once whole).
+    _pending_arguments: list[str] = field(default_factory=list)
     finish: FinishReason = "stop"
     outcome: Outcome | None = None
     # The catalog model that answered this turn: the requested one unless a fallback took over.
     served: str = ""
+    # The response's cap on streamed characters (text and arguments, all turns together); reaching
+    # it ends the turn as the model's own token limit would (``capped``: stop reading the model).
+    max_chars: int | None = None
+    capped: bool = False
 
     def on(self, event: ModelEvent) -> list[Event]:
         if isinstance(event, TextDelta):
-            return self._text(event.text)
+            text = self._room(event.text)
+            return self._text(text) if text else []
         if isinstance(event, ToolCallStart):
+            if self.capped:
+                return []
             out = self._close_message() + self._close_call()
             return out + self._start_call(event)
         if isinstance(event, ToolCallDelta):
-            return self._call_delta(event.arguments)
+            arguments = self._room(event.arguments)
+            return self._call_delta(arguments) if arguments else []
         if isinstance(event, Usage):
             self.em.add_usage(event.input_tokens, event.output_tokens, event.cached_tokens, event.reasoning_tokens)
         elif isinstance(event, Finish):
-            self.finish = event.reason
+            if not self.capped:
+                self.finish = event.reason
         elif isinstance(event, Served):
             self.served = event.model
         return []
+
+    def _room(self, delta: str) -> str:
+        """``delta``, or as much of it as the output cap leaves."""
+        if self.capped:
+            return ""
+        if self.max_chars is None:
+            return delta
+        left = self.max_chars - self.em.output_chars
+        if len(delta) < left:
+            return delta
+        self.capped = True
+        self.finish = "length"
+        return delta[:max(left, 0)]
 
     def _text(self, delta: str) -> list[Event]:
         out = self._close_call()
@@ -110,7 +134,8 @@ class TurnBuilder:
         if call is None:
             return []
         if call["type"] == "mcp_approval_request":
-            call["arguments"] += delta
+            self.em.output_chars += len(delta)
+            self._pending_arguments.append(delta)
             return []
         if call["type"] == "mcp_call":
             return [self.em.mcp_call_delta(call, delta)]
@@ -122,6 +147,8 @@ class TurnBuilder:
         call, self.call = self.call, None
         if call["type"] == "mcp_approval_request":
             assert self.signer is not None
+            call["arguments"] += "".join(self._pending_arguments)
+            self._pending_arguments.clear()
             call["id"] = self.signer.request_id(self.em.nonce(), call["server_label"], call["name"], call["arguments"])
             call["status"] = "completed"
             return self.em.whole_item(call)
@@ -133,6 +160,7 @@ class TurnBuilder:
         if self.message is None:
             return []
         message, self.message = self.message, None
+        self.em.settle_text(message)
         events = self.em.annotate(message, self.cite(message["content"][0]["text"])) if self.cite else []
         events += self.em.finish_message(message, "incomplete" if self.finish == "length" else "completed")
         self.history.append(copy_item(message))

@@ -20,6 +20,8 @@ def build_model(name: str, entry: ModelEntry, base_dir: Path) -> Model:
     model.provider = entry.provider
     model.context_window = entry.context_window or model.context_window
     model.defaults = entry.defaults.model_dump(exclude_none=True)
+    model.max_output_tokens = entry.max_output_tokens
+    model.max_output_chars = entry.max_output_chars
     return model
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import replace
 
 from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest, Served
 from opensupervisor.errors import ModelError
@@ -21,13 +22,15 @@ class FallbackModel(Model):
         self.provider = primary.provider
         self.context_window = primary.context_window
         self.defaults = primary.defaults
+        self.max_output_tokens = primary.max_output_tokens
+        self.max_output_chars = primary.max_output_chars
         self.chain = [primary, *fallbacks]
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         for position, model in enumerate(self.chain):
             produced = False
             try:
-                async with aclosing(model.request_stream(request)) as stream:
+                async with aclosing(model.request_stream(_within(request, model))) as stream:
                     async for event in stream:
                         if not produced and position > 0:
                             yield Served(model.name)
@@ -39,3 +42,11 @@ class FallbackModel(Model):
                     raise
                 log.warning("model %s failed (%s); falling back to %s", model.name, exc.code,
                             self.chain[position + 1].name)
+
+
+def _within(request: ModelRequest, model: Model) -> ModelRequest:
+    """The request as ``model`` may take it: no more output tokens than its own cap."""
+    cap = model.max_output_tokens
+    if cap is None or (request.max_output_tokens is not None and request.max_output_tokens <= cap):
+        return request
+    return replace(request, max_output_tokens=cap)

@@ -47,6 +47,7 @@ class OpenAIChatModel(Model):
         calls: dict[int, list[str]] = {}
         finish: FinishReason | None = None
         done = False
+        buffered = 0  # characters of call arguments held until the end
         async with aclosing(self.http.stream_json(self._params(request))) as chunks:
             async for chunk in chunks:
                 if chunk is None:
@@ -57,8 +58,13 @@ class OpenAIChatModel(Model):
                     log.warning("model %s: upstream error mid-stream: %s", self.name,
                                 self.http.scrub(str(chunk["error"])))
                     raise ModelError(f"model '{self.name}': the upstream reported an error while streaming")
-                for event in _chunk_events(chunk, calls):
+                events, arguments = _chunk_events(chunk, calls)
+                for event in events:
                     yield event
+                buffered += arguments
+                if request.max_output_chars is not None and buffered > request.max_output_chars:
+                    finish = "length"  # past the response's output cap: stop reading the upstream
+                    break
                 choices = chunk.get("choices") or []
                 if choices and choices[0].get("finish_reason"):
                     finish = _FINISH.get(choices[0]["finish_reason"], "stop")
@@ -95,8 +101,10 @@ class OpenAIChatModel(Model):
         return params
 
 
-def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[ModelEvent]:
+def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> tuple[list[ModelEvent], int]:
+    """A chunk's events, and the characters of call arguments it added to ``calls``."""
     events: list[ModelEvent] = []
+    arguments = 0
     usage = chunk.get("usage")
     if usage:
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
@@ -104,7 +112,7 @@ def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[Mo
                             cached_tokens=cached))
     choices = chunk.get("choices") or []
     if not choices:
-        return events
+        return events, 0
     delta = choices[0].get("delta") or {}
     if delta.get("content"):
         events.append(TextDelta(delta["content"]))
@@ -116,7 +124,8 @@ def _chunk_events(chunk: dict[str, Any], calls: dict[int, list[str]]) -> list[Mo
             entry[1] = function["name"]
         if function.get("arguments"):
             entry.append(function["arguments"])
-    return events
+            arguments += len(function["arguments"])
+    return events, arguments
 
 
 def to_chat_messages(request: ModelRequest) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -113,7 +113,7 @@ class BackgroundRuns:
         """Until the run has recorded its end (its task goes on to finish the workflow)."""
         await live.ended()
 
-    def follow(self, response_id: str, after: int) -> AsyncIterator[Event]:
+    def follow(self, response_id: str, after: int) -> AsyncGenerator[Event]:
         live = self.live.get(response_id)
         return live.follow(after) if live is not None else self._follow_stored(response_id, after)
 

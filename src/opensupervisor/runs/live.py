@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
+from opensupervisor.core.eventlog import DeltaRun, EventLog
 from opensupervisor.core.events import Event
 
 
 class LiveRun:
-    """The event log of a running response, kept in memory until it ends.
+    """The event log of a running response, kept in memory until it ends (compact: ``core.eventlog``).
 
     Followers (a streaming create, a resumed ``GET ?stream=true``) read from any position and then
     wait for new events, so a client that disconnects loses nothing and the run goes on without it.
@@ -18,7 +19,7 @@ class LiveRun:
 
     def __init__(self, response_id: str) -> None:
         self.response_id = response_id
-        self.events: list[Event] = []
+        self.log = EventLog(keep_text=True)
         self.done = False
         self.task: asyncio.Task[Any] | None = None
         self.cancel_requested = False
@@ -30,7 +31,7 @@ class LiveRun:
 
     async def publish(self, event: Event) -> None:
         async with self._changed:
-            self.events.append(event)
+            self.log.append(event)
             self._changed.notify_all()
 
     async def close(self) -> None:
@@ -42,18 +43,24 @@ class LiveRun:
         async with self._changed:
             await self._changed.wait_for(lambda: self.done)
 
-    async def follow(self, after: int = -1) -> AsyncIterator[Event]:
+    async def follow(self, after: int = -1) -> AsyncGenerator[Event]:
         """Events with ``sequence_number > after``, then live ones until the run ends."""
-        position = 0
+        log, position, sent = self.log, 0, after
         while True:
             async with self._changed:
-                while position >= len(self.events) and not self.done:
+                while log.last_sequence <= sent and not self.done:
                     await self._changed.wait()
-                batch = self.events[position:]
-                position = len(self.events)
+                batch = log.entries[position:]
                 finished = self.done
-            for event in batch:
-                if event.sequence_number > after:
-                    yield event
-            if finished and position >= len(self.events):
+            position += max(len(batch) - 1, 0)  # the last entry is read again: a run of deltas grows
+            for entry in batch:
+                for event in entry.events(sent) if isinstance(entry, DeltaRun) else (entry,):
+                    if event.sequence_number > sent:
+                        sent = event.sequence_number
+                        yield event
+            if finished and sent >= log.last_sequence:
                 return
+
+    @property
+    def last_sequence(self) -> int:
+        return self.log.last_sequence

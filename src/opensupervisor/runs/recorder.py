@@ -13,6 +13,9 @@ A durable run (``runs.durable``) writes only what a finished step made final: wh
 in flight (``hold``) its items wait for the call's checkpoint, because a run resumed after a crash
 asks the model again and may get another answer. A resumed run replays events that are already in
 the log (``resume_after``); they are not written twice.
+
+Nothing waits for a write as a whole event: deltas are kept as their lengths (``core.eventlog``),
+finished events as the objects they show, and the log stores each text once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from opensupervisor.core.eventlog import EventLog, rows
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunCancelled
 from opensupervisor.store import Store
@@ -45,7 +49,9 @@ class Recorder:
         # Background runs check at each write whether they were cancelled elsewhere, until they
         # record their own cancellation.
         self.guard = background
-        self._pending: list[Event] = []
+        self._pending = EventLog(keep_text=False)
+        # Output indexes of the items written so far (the log may refer to them).
+        self._stored: set[int] = set()
         self._created = created
         self.resume_after = resume_after
         self.hold = hold
@@ -70,7 +76,11 @@ class Recorder:
         terminal = kind in TERMINAL_EVENTS
         if terminal:
             self.finished = True
-        if self.store is None or event.sequence_number <= self.resume_after:
+        if self.store is None:
+            return
+        if event.sequence_number <= self.resume_after:
+            if kind == "response.output_item.done":
+                self._stored.add(event.data["output_index"])
             return
         if self.live or kind == "response.output_item.done":
             self._pending.append(event)
@@ -83,14 +93,16 @@ class Recorder:
 
     async def open(self, events: list[Event]) -> None:
         """Write a response's first events in the transaction that creates it."""
-        self._pending += events
+        for event in events:
+            self._pending.append(event)
         await self._flush(events[-1].data["response"], terminal=False)
 
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
         assert self.store is not None
-        pending, self._pending = self._pending, []
-        done = {e.data["output_index"]: e.data["item"] for e in pending if e.type == "response.output_item.done"}
-        events = pending if self.live else []
+        pending = self._pending.take()
+        done = {e.data["output_index"]: e.data["item"] for e in pending
+                if isinstance(e, Event) and e.type == "response.output_item.done"}
+        events = rows(pending, self._stored | done.keys(), self._pending.items) if self.live else []
         if not self._created:
             assert response is not None
             self._created = True
@@ -98,9 +110,12 @@ class Recorder:
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
                                     input_items=self.input_items, output=output, new_events=events,
                                     options=self.options)
+            self._stored.update(done)
             return
-        if await self.store.append(self.response_id, output=done, new_events=events, response=response,
-                                   guard=self.guard):
+        written = await self.store.append(self.response_id, output=done, new_events=events, response=response,
+                                          guard=self.guard)
+        self._stored.update(done)  # a refused write still writes the items
+        if written:
             return
         self.finished = False
         rejected = next((e.sequence_number for e in events if e.type in TERMINAL_EVENTS), None)

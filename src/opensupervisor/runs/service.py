@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
@@ -116,6 +116,7 @@ class ResponseService:
         """
         body = parsed.body
         catalog_model = self.catalog.get(body.model)
+        _check_output_tokens(catalog_model, body)
         self.gate.check(principal, body.model, parsed.tools)
         bound = self.tools.bind(parsed.tools)
         history = await self._prior_history(body.previous_response_id, principal)
@@ -138,7 +139,7 @@ class ResponseService:
             response = new_response(response_id, parsed, model=body.model)
             signer = self.signer.bound(principal.id)
             run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
-                      emitter=Emitter(response), limits=self.limits, signer=signer,
+                      emitter=Emitter(response), limits=_model_limits(catalog_model, self.limits), signer=signer,
                       answers=approval.answers(items, len(history), signer, toolbox.lookup))
             if echo_history and body.background:
                 run.echo = _echo(input_items)
@@ -246,7 +247,7 @@ class ResponseService:
         assert final is not None
         return final
 
-    async def start_background(self, prepared: Prepared) -> tuple[Response, AsyncIterator[Event]]:
+    async def start_background(self, prepared: Prepared) -> tuple[Response, AsyncGenerator[Event]]:
         """Record the response as queued and start its durable run: here when this process has room
         (no queue wait, and its creator streams it token by token), else on the queue for any worker.
 
@@ -323,7 +324,8 @@ class ResponseService:
         _restore_destination(ctx, record.options)
         if record.options.get(RATE_BUCKETS):
             ctx.state[RATE_BUCKETS] = Ticket(list(record.options[RATE_BUCKETS]), minute=0)
-        durable = DurableModel(self.catalog.get(body.model), dbos_steps)
+        catalog_model = self.catalog.get(body.model)
+        durable = DurableModel(catalog_model, dbos_steps)
         model = TracedModel(durable, ctx)
         toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
                                       steps=dbos_steps, max_output_chars=self.limits.max_tool_output_chars)
@@ -338,7 +340,8 @@ class ResponseService:
         # The request that created the response recorded its answers as used by it. Not again here:
         # a run resumed late could find them past their lifetime, and be refused its own approval.
         run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items,
-                  emitter=Emitter(_as_created(record.response)), limits=self.limits, signer=signer,
+                  emitter=Emitter(_as_created(record.response)), limits=_model_limits(catalog_model, self.limits),
+                  signer=signer,
                   answers=approval.answers(items, len(prior), signer, toolbox.lookup))
         if record.options.get("echo_history"):
             run.echo = _echo(record.input_items)
@@ -347,7 +350,7 @@ class ResponseService:
                             resume_after=record.last_sequence, hold=durable.holding)
         return Prepared(run, recorder, traceparent=record.options.get("traceparent"))
 
-    async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncIterator[Event]:
+    async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncGenerator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends."""
         stored = await self.store.meta(response_id, _owner(principal))
         if stored is None:
@@ -361,10 +364,9 @@ class ResponseService:
                 "This response cannot be streamed because it was not created with stream=true.", param="stream")
         live = self.background.live.get(response_id)
         if live is not None:
-            last = live.events[-1].sequence_number if live.events else -1
+            last = live.last_sequence
         else:
-            logged = await self.store.events_after(response_id, -1)
-            last = logged[-1].sequence_number if logged else -1
+            last = await self.store.last_sequence(response_id)
         if after > last and (live is None or live.done) and response["status"] in TERMINAL_STATUSES:
             raise InvalidRequest(f"starting_after={after} is past the end of the event log (last is {last}).",
                                  param="starting_after")
@@ -433,6 +435,19 @@ def _check_context(model: Model, body: CreateResponseRequest, items: list[Item])
             reserve=body.max_output_tokens or 0)
     except ContextOverflow as exc:
         raise InvalidRequest(str(exc), param="input", code="context_length_exceeded") from exc
+
+
+def _check_output_tokens(model: Model, body: CreateResponseRequest) -> None:
+    cap, asked = model.max_output_tokens, body.max_output_tokens
+    if cap is not None and asked is not None and asked > cap:
+        raise InvalidRequest(f"max_output_tokens ({asked}) is above the most model '{body.model}' allows ({cap}).",
+                             param="max_output_tokens", code="invalid_value")
+
+
+def _model_limits(model: Model, limits: LoopLimits) -> LoopLimits:
+    """The loop's limits for a run of ``model``: its own output caps over the workspace's."""
+    return replace(limits, max_output_chars=model.max_output_chars or limits.max_output_chars,
+                   max_output_tokens=model.max_output_tokens)
 
 
 def _as_created(response: Response) -> Response:

@@ -68,7 +68,7 @@ class RunTraces:
             return event
         output = {"trace": trace_dict(run_trace)}
         run.emitter.response["databricks_output"] = output
-        return Event({**event.data, "response": {**response, "databricks_output": output}})
+        return Event.final({**event.data, "response": {**response, "databricks_output": output}})
 
     def abandon(self, run: Run) -> None:
         """A run that ended without its terminal event passing here (cancelled, abandoned)."""

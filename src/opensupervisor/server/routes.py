@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from opensupervisor.core.events import Event
@@ -25,13 +25,12 @@ from opensupervisor.server.knowledge_api import knowledge_routes
 from opensupervisor.server.limits_api import limits_routes
 from opensupervisor.server.openapi import openapi_routes
 from opensupervisor.server.principals_api import principal_routes
-from opensupervisor.server.sse import sse_stream
+from opensupervisor.server.sse import EventStream
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
 from opensupervisor.wire.validation import INT32_MAX, query_int
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _state(request: Request) -> AppState:
@@ -43,8 +42,8 @@ def _principal(request: Request) -> Principal:
     return authenticate(request, _state(request).admin_token)
 
 
-def _sse(events: AsyncIterator[Event]) -> StreamingResponse:
-    return StreamingResponse(sse_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
+def _sse(events: AsyncGenerator[Event]) -> Response:
+    return EventStream(events)
 
 
 async def create_response(request: Request) -> Response:

@@ -3,31 +3,96 @@
 Written by hand on purpose: each event is already JSON (encoded once by ``core.events``), and the
 protocol fixes the framing (``\\n`` line endings, ``event:`` equal to ``type``, no ``id:``, a final
 ``data: [DONE]``); a general SSE library would re-encode and add keep-alive tasks per response.
+
+``EventStream`` is the ASGI response: it watches for the client leaving while it streams, and then
+closes the stream of events at once, which stops the run and closes its model's connection (the
+run records how it ended); it does not go on reading what the model already sent.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+
+import anyio
+import anyio.lowlevel
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from opensupervisor.core.events import Event
 
 log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
+HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+           (b"x-accel-buffering", b"no")]
+# An event larger than this is not copied into a frame but sent in slices of this size: the HTTP
+# server copies each body it sends once more (chunked encoding) and buffers what the socket does
+# not take, so a whole answer in one body would be held three times.
+LARGE = 256 * 1024
+# Frames between looks at whether the client is gone, when the events come without a pause.
+CHECK_EVERY = 32
 
 
 def encode(event: Event) -> bytes:
     return b"event: " + event.type.encode() + b"\ndata: " + event.json + b"\n\n"
 
 
-async def sse_stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+async def sse_stream(events: AsyncIterator[Event]) -> AsyncGenerator[bytes]:
+    """The frames of ``events`` (a large event in slices), then ``[DONE]``."""
     last = -1
     try:
         async for event in events:
             last = event.sequence_number
-            yield encode(event)
+            data = event.json
+            if len(data) < LARGE:
+                yield b"event: " + event.type.encode() + b"\ndata: " + data + b"\n\n"
+            else:
+                yield b"event: " + event.type.encode() + b"\ndata: "
+                for start in range(0, len(data), LARGE):
+                    yield data[start:start + LARGE]
+                del data  # the end of the frame should not keep a whole answer alive
+                yield b"\n\n"
     except Exception:  # the stream's outer boundary: the client gets an error event, never a cut stream
         log.exception("stream failed after event %d", last)
         yield encode(Event({"type": "error", "sequence_number": last + 1, "code": "server_error",
                             "message": "The server had an error while streaming this response.", "param": None}))
     yield DONE
+
+
+class EventStream(Response):
+    """An SSE response that stops its events as soon as the client disconnects."""
+
+    def __init__(self, events: AsyncGenerator[Event]) -> None:  # no body to render: no Response.__init__
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+                tg.cancel_scope.cancel()  # interrupts a wait for the next event (a slow model)
+
+            tg.start_soon(watch)
+            await self._stream(send, gone)
+            tg.cancel_scope.cancel()
+
+    async def _stream(self, send: Send, gone: anyio.Event) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        # aclosing: however this ends, the events' generators (the run, its model call) close now.
+        async with aclosing(self.events), aclosing(sse_stream(self.events)) as frames:
+            sent = 0
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                sent += 1
+                if sent % CHECK_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()  # lets the watcher see a disconnect
+                if gone.is_set():
+                    return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, ParamSpec, TypeVar
@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from opensupervisor.core.eventlog import LogSlice, Row, compact, parse, plain
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import ConfigError
 from opensupervisor.files import private_sqlite
@@ -56,7 +57,9 @@ def _dumps(value: Any) -> str:
 
 
 def _without_output(response: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in response.items() if k != "output"}
+    """The response as stored: its output items live in their own rows. ``output`` keeps its place
+    (empty), so that a response read back has its keys in the order it was streamed with."""
+    return dict(response, output=[])
 
 
 class Stored(NamedTuple):
@@ -141,7 +144,7 @@ class Store:
     # -- writes --------------------------------------------------------------------------------
 
     async def create(self, response: dict[str, Any], *, owner: str, request: dict[str, Any], stream: bool,
-                     input_items: list[Item], output: list[Item], new_events: list[Event],
+                     input_items: list[Item], output: list[Item], new_events: Sequence[Event | Row],
                      options: dict[str, Any] | None = None) -> None:
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
@@ -160,7 +163,7 @@ class Store:
 
         await self.write(write)
 
-    async def append(self, response_id: str, *, output: dict[int, Item], new_events: list[Event],
+    async def append(self, response_id: str, *, output: dict[int, Item], new_events: Sequence[Event | Row],
                      response: dict[str, Any] | None = None, guard: bool = False) -> bool:
         """Add finished output items (by output index) and the events so far, in one transaction.
 
@@ -190,8 +193,7 @@ class Store:
                     if _status(conn, response_id) is None:
                         return False  # deleted meanwhile: nothing of it is written any more
                     if guard:
-                        event_rows[:] = [r for r, e in zip(event_rows, new_events, strict=True)
-                                         if e.type not in TERMINAL_EVENTS]
+                        event_rows[:] = [r for r in event_rows if r["type"] not in TERMINAL_EVENTS]
                 self._insert(conn, rows, event_rows)
                 return bool(changed) or not guard
 
@@ -236,11 +238,12 @@ class Store:
                                     error={"code": "server_error", "message": message})
                     last = conn.execute(select(func.max(events.c.sequence_number)).where(
                         events.c.response_id == row.id)).scalar()
-                    ending = Event({"type": "response.failed", "sequence_number": (last or 0) + 1,
-                                    "response": dict(response, output=_items(conn, row.id, "output"))})
+                    output = _items(conn, row.id, "output")
+                    ending = Event.final({"type": "response.failed", "sequence_number": (last or 0) + 1,
+                                          "response": dict(response, output=output)})
                     conn.execute(update(responses).where(responses.c.id == row.id).values(
                         status="failed", response=_dumps(response)))
-                    self._insert(conn, [], _event_rows(row.id, [ending]))
+                    self._insert(conn, [], _event_rows(row.id, [compact(ending, set(range(len(output))))]))
                 return len(rows)
 
         return await self.write(write)
@@ -282,9 +285,11 @@ class Store:
 
     def _insert(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
-        for table, rows in ((items, item_rows), (events, event_rows)):
-            if rows:
-                conn.execute(self.dialect_insert(table).on_conflict_do_nothing(), rows)
+        if item_rows:
+            conn.execute(self.dialect_insert(items).on_conflict_do_nothing(), item_rows)
+        if event_rows:
+            conn.execute(self.dialect_insert(events).on_conflict_do_nothing(),
+                         [{k: v for k, v in r.items() if k != "type"} for r in event_rows])
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -391,14 +396,32 @@ class Store:
 
         return await self.run(read)
 
-    async def events_after(self, response_id: str, after: int) -> list[Event]:
+    async def events_after(self, response_id: str, after: int) -> LogSlice:
+        """The log after sequence number ``after``, with the output items its compact rows show."""
         query = select(events.c.event).where(
             and_(events.c.response_id == response_id, events.c.sequence_number > after)
         ).order_by(events.c.sequence_number)
 
-        def read() -> list[Event]:
+        def read() -> LogSlice:
             with self.engine.connect() as conn:
-                return [Event.from_json(r.event.encode()) for r in conn.execute(query)]
+                entries, needed = parse(r.event for r in conn.execute(query))
+                shown: dict[int, Item] = {}
+                if needed:
+                    shown = {r.position: orjson.loads(r.item) for r in conn.execute(
+                        select(items.c.position, items.c.item).where(
+                            items.c.response_id == response_id, items.c.kind == "output",
+                            items.c.position.in_(sorted(needed))))}
+            return LogSlice(entries, shown, after)
+
+        return await self.run(read)
+
+    async def last_sequence(self, response_id: str) -> int:
+        """The sequence number of the last event in the log (-1 when there is none)."""
+        def read() -> int:
+            with self.engine.connect() as conn:
+                last = conn.execute(select(func.max(events.c.sequence_number)).where(
+                    events.c.response_id == response_id)).scalar()
+            return -1 if last is None else int(last)
 
         return await self.run(read)
 
@@ -408,9 +431,14 @@ def _item_rows(response_id: str, kind: str, new: dict[int, Item]) -> list[dict[s
              "item": _dumps(it)} for pos, it in new.items()]
 
 
-def _event_rows(response_id: str, new: list[Event]) -> list[dict[str, Any]]:
-    return [{"response_id": response_id, "sequence_number": e.sequence_number, "event": e.json.decode()}
-            for e in new]
+def _event_rows(response_id: str, new: Sequence[Event | Row]) -> list[dict[str, Any]]:
+    """Rows of the log (``type`` is dropped on insert: it says which rows a refused write keeps)."""
+    out = []
+    for entry in new:
+        row = plain(entry) if isinstance(entry, Event) else entry
+        out.append({"response_id": response_id, "sequence_number": row.sequence_number, "event": row.event,
+                    "type": row.type})
+    return out
 
 
 def now_ms() -> int:

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from opensupervisor import metrics
@@ -54,12 +55,14 @@ class TracedModel(Model):
         calls: list[dict[str, str]] = []
         error: str | None = "the model call was abandoned"
         try:
-            async for event in self.inner.request_stream(request):
-                if isinstance(event, Usage):
-                    self._count(event)
-                if span is not None:
-                    _observe(span, event, text, calls)
-                yield event
+            # aclosing: a run that stops reading closes the model's connection now, not when collected.
+            async with aclosing(self.inner.request_stream(request)) as stream:
+                async for event in stream:
+                    if isinstance(event, Usage):
+                        self._count(event)
+                    if span is not None:
+                        _observe(span, event, text, calls)
+                    yield event
             error = None
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
