@@ -66,6 +66,12 @@ class Limits(_Section):
     max_tool_output_chars: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
     # Each value of a SQL result (Genie spaces, SQL functions) is cut at this many characters.
     max_cell_chars: int = Field(default=2048, ge=16, le=16 * 1024 * 1024)
+    # The arguments text of one hosted call; a longer one gets an error output and does not run.
+    max_tool_arguments_chars: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    # Hosted calls that run per model turn and per response; past either the response ends
+    # "incomplete" (a request's lower ``max_tool_calls`` is honoured as OpenAI does).
+    max_hosted_calls_per_turn: int = Field(default=32, ge=1, le=10_000)
+    max_hosted_calls_per_response: int = Field(default=256, ge=1, le=100_000)
 
 
 class SandboxSection(_Section):
