@@ -205,8 +205,12 @@ async def _answer_approvals(run: Run) -> AsyncIterator[Event]:
 
 def _model_request(run: Run, turn: int) -> ModelRequest:
     body = run.ctx.request.body
-    budget = None if body.max_tool_calls is None else body.max_tool_calls - run.hosted_calls
-    tools = run.toolbox.offered(hosted=budget is None or budget > 0)
+    # Once either budget is spent the model is offered no hosted tools, so a model that reads its
+    # tools answers instead of being cut off.
+    budget = run.limits.max_hosted_calls_per_response
+    if body.max_tool_calls is not None:
+        budget = min(budget, body.max_tool_calls)
+    tools = run.toolbox.offered(hosted=run.hosted_calls < budget)
     choice = _tool_choice(run, turn)
     if choice == "none":
         tools = []
