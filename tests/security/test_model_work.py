@@ -26,6 +26,8 @@ import pytest
 from mcp.server.fastmcp import FastMCP
 
 import opensupervisor
+from opensupervisor.errors import ConfigError
+from opensupervisor.workspace import parse_workspace
 from tests.conftest import ASGIThread, Server, ThreadServer, wait_until
 from tests.security.hostile import MODEL, HostileUpstream, Play, Rig, tool_outputs, workspace_text
 from tests.toolkinds import ledger
@@ -388,3 +390,12 @@ def _client_round_trip(rig: Rig, ids: list[str], *, full_history: bool) -> None:
 def test_client_function_calls_round_trip(rig: Rig, ids: list[str], full_history: bool) -> None:
     _client_round_trip(rig, ids, full_history=full_history)
 
+
+
+def test_the_limits_are_checked_when_the_workspace_loads(tmp_path: Path) -> None:
+    for key in ("max_hosted_calls_per_turn", "max_hosted_calls_per_response", "max_tool_arguments_chars"):
+        with pytest.raises(ConfigError, match=rf"limits\.{key}"):
+            parse_workspace(f"[limits]\n{key} = 0\n", source="w", base_dir=tmp_path)
+    limits = parse_workspace("", source="w", base_dir=tmp_path).limits
+    assert (limits.max_hosted_calls_per_turn, limits.max_hosted_calls_per_response,
+            limits.max_tool_arguments_chars) == (32, 256, 65536)
