@@ -170,7 +170,7 @@ def test_the_function_schema_comes_from_unity_catalog() -> None:
     assert schema([{"name": "customer_id", "type_name": "STRING", "comment": "Customer identifier"},
                    {"name": "limit", "type_name": "INT", "parameter_default": "10"}]) == {
         "type": "object", "additionalProperties": False, "required": ["customer_id"],
-        "properties": {"customer_id": {"type": "string", "description": "Customer identifier"},
+        "properties": {"customer_id": {"type": "string", "description": "Customer identifier", "maxLength": 16384},
                        "limit": {"type": "integer", "default": 10}}}
 
 

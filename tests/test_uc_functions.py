@@ -148,10 +148,11 @@ def test_the_tool_schema_is_read_from_the_source(folder: Path) -> None:
     assert tool.parameters == {
         "type": "object", "additionalProperties": False, "required": ["review_id"],
         "properties": {"review_id": {"type": "integer", "description": "The review to flag."},
-                       "reason": {"type": "string", "description": "Why it is urgent.", "default": "customer at risk"}}}
+                       "reason": {"type": "string", "description": "Why it is urgent.", "default": "customer at risk",
+                                  "maxLength": 16384}}}
     scores = catalog.functions["main.support.scores"].tool.parameters
-    assert scores["properties"] == {"values": {"type": "array", "items": {"type": "number"}},
-                                    "weights": {"type": "object", "default": None}}
+    assert scores["properties"] == {"values": {"type": "array", "items": {"type": "number"}, "maxItems": 1000},
+                                    "weights": {"type": "object", "default": None, "maxProperties": 100}}
     assert catalog.functions["main.support.count_reviews"].tool.parameters["required"] == ["body"]
     assert ModelCatalog(ws).get("fn").name == "fn"
 

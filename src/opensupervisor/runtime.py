@@ -189,9 +189,13 @@ def _counters(settings: Settings, store: Store) -> Counters:
 
 
 def _loop_limits(ws: Workspace) -> LoopLimits:
-    return LoopLimits(max_turns=ws.limits.max_turns, tool_timeout_s=ws.limits.tool_timeout_s,
-                      max_tool_output_chars=ws.limits.max_tool_output_chars,
-                      max_output_chars=ws.limits.max_output_chars)
+    limits = ws.limits
+    return LoopLimits(max_turns=limits.max_turns, tool_timeout_s=limits.tool_timeout_s,
+                      max_tool_output_chars=limits.max_tool_output_chars,
+                      max_output_chars=limits.max_output_chars,
+                      max_tool_arguments_chars=limits.max_tool_arguments_chars,
+                      max_hosted_calls_per_turn=limits.max_hosted_calls_per_turn,
+                      max_hosted_calls_per_response=limits.max_hosted_calls_per_response)
 
 
 def _background_limits(ws: Workspace, concurrency: int) -> BackgroundLimits:

@@ -90,6 +90,12 @@ class Limits(_Section):
     # A response's streamed text and call arguments end here (``incomplete``, reason
     # max_output_tokens); a model entry may set its own.
     max_output_chars: int = Field(default=1024 * 1024, ge=1, le=MAX_OUTPUT_CHARS)
+    # The arguments text of one hosted call; a longer one gets an error output and does not run.
+    max_tool_arguments_chars: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    # Hosted calls that run per model turn and per response; past either the response ends
+    # "incomplete" (a request's lower ``max_tool_calls`` is honoured as OpenAI does).
+    max_hosted_calls_per_turn: int = Field(default=32, ge=1, le=10_000)
+    max_hosted_calls_per_response: int = Field(default=256, ge=1, le=100_000)
 
 
 class SandboxSection(_Section):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.core.approval import Answer, ApprovalSigner, denial_text, model_view
+from opensupervisor.core.arguments import DEFAULT_ARGUMENTS_CHARS
 from opensupervisor.core.bounds import DEFAULT_OUTPUT_CHARS
 from opensupervisor.core.citations import citations_for, sources_in
 from opensupervisor.core.context import RunContext
@@ -38,6 +39,11 @@ class LoopLimits:
     # (sent when the request sets none).
     max_output_chars: int | None = None
     max_output_tokens: int | None = None
+    max_tool_arguments_chars: int = DEFAULT_ARGUMENTS_CHARS
+    # Hosted calls that run, in one model turn and in the whole response; past either the calls
+    # left do not run and the response ends ``incomplete`` (reason ``max_tool_calls``).
+    max_hosted_calls_per_turn: int = 32
+    max_hosted_calls_per_response: int = 256
 
 
 @dataclass(slots=True)
@@ -51,6 +57,8 @@ class Run:
     emitter: Emitter
     limits: LoopLimits = field(default_factory=LoopLimits)
     hosted_calls: int = 0
+    # Set when a hosted call limit of the workspace stopped calls from running: the run ends there.
+    limited: str | None = None
     # Items repeated at the start of ``output`` before the model runs (see ``runs.service``).
     echo: list[Item] = field(default_factory=list)
     # Signs approval requests; without it no call waits for approval.
@@ -119,6 +127,11 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         yield event
     turn = 0
     while True:
+        if run.limited is not None:
+            for event in settle(run, run.limited):
+                yield event
+            yield em.finish("incomplete", reason="max_tool_calls")
+            return
         if turn >= run.limits.max_turns:
             yield em.finish("incomplete", reason="max_turns")
             return
@@ -140,7 +153,8 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         assert isinstance(outcome, CalledTools)
         async for event in _tool_step(run, outcome.calls):
             yield event
-        if any(c["type"] == "mcp_approval_request" or not _is_hosted(run, c) for c in outcome.calls):
+        if run.limited is None and any(c["type"] == "mcp_approval_request" or not _is_hosted(run, c)
+                                       for c in outcome.calls):
             yield em.finish("completed")  # the client answers: its function calls, or the approvals
             return
 
@@ -196,8 +210,12 @@ async def _answer_approvals(run: Run) -> AsyncIterator[Event]:
 
 def _model_request(run: Run, turn: int) -> ModelRequest:
     body = run.ctx.request.body
-    budget = None if body.max_tool_calls is None else body.max_tool_calls - run.hosted_calls
-    tools = run.toolbox.offered(hosted=budget is None or budget > 0)
+    # Once either budget is spent the model is offered no hosted tools, so a model that reads its
+    # tools answers instead of being cut off.
+    budget = run.limits.max_hosted_calls_per_response
+    if body.max_tool_calls is not None:
+        budget = min(budget, body.max_tool_calls)
+    tools = run.toolbox.offered(hosted=run.hosted_calls < budget)
     choice = _tool_choice(run, turn)
     if choice == "none":
         tools = []
@@ -255,8 +273,10 @@ async def _tool_step(run: Run, calls: list[Item], given: dict[str, str] | None =
     """Run the hosted calls of a turn concurrently and emit their outputs in call order.
 
     Client calls and approval requests stay pending (the caller ends the run); unknown or
-    disallowed tools and calls past ``max_tool_calls`` get an error output so the model can recover.
-    ``given`` holds outputs already decided (denied approvals).
+    disallowed tools and calls past the request's ``max_tool_calls`` get an error output so the
+    model can recover. Calls past the workspace's hosted call limits do not run and stay
+    unanswered: ``run.limited`` says why, and the run ends. ``given`` holds outputs already decided
+    (denied approvals).
     """
     body = run.ctx.request.body
     hosted: list[Item] = []
@@ -271,6 +291,8 @@ async def _tool_step(run: Run, calls: list[Item], given: dict[str, str] | None =
             continue
         elif body.max_tool_calls is not None and run.hosted_calls >= body.max_tool_calls:
             outputs[_key(call)] = f"Error: the tool call limit ({body.max_tool_calls}) was reached."
+        elif (why := _over_limit(run, len(hosted))) is not None:
+            run.limited = run.limited or why
         else:
             run.hosted_calls += 1
             hosted.append(call)
@@ -282,6 +304,16 @@ async def _tool_step(run: Run, calls: list[Item], given: dict[str, str] | None =
         if output is not None:
             for e in _output(run, call, output):
                 yield e
+
+
+def _over_limit(run: Run, this_turn: int) -> str | None:
+    """Why one more hosted call may not run, by the workspace's limits (None: it may)."""
+    limits = run.limits
+    if this_turn >= limits.max_hosted_calls_per_turn:
+        return f"the limit of {limits.max_hosted_calls_per_turn} hosted tool calls per turn was reached"
+    if run.hosted_calls >= limits.max_hosted_calls_per_response:
+        return f"the limit of {limits.max_hosted_calls_per_response} hosted tool calls per response was reached"
+    return None
 
 
 def _key(call: Item) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from jsonschema import Draft202012Validator
 
+from opensupervisor.core import arguments as bounds
 from opensupervisor.core.bounds import DEFAULT_OUTPUT_CHARS, cap_output
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
@@ -56,18 +57,21 @@ class ToolBox:
 
     def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float,
                  steps: Steps = direct, listings: list[tuple[str, list[ToolDef]]] | None = None,
-                 max_output_chars: int = DEFAULT_OUTPUT_CHARS) -> None:
+                 max_output_chars: int = DEFAULT_OUTPUT_CHARS,
+                 max_arguments_chars: int = bounds.DEFAULT_ARGUMENTS_CHARS) -> None:
         self._entries = entries
         self._allowed = allowed
         self.timeout_s = timeout_s
         self.max_output_chars = max_output_chars
+        self.max_arguments_chars = max_arguments_chars
         self.steps = steps
         # (server label, tools) of each toolset whose listing shows as an ``mcp_list_tools`` item.
         self.listings = listings or []
 
     @classmethod
     async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0,
-                    steps: Steps = direct, max_output_chars: int = DEFAULT_OUTPUT_CHARS) -> ToolBox:
+                    steps: Steps = direct, max_output_chars: int = DEFAULT_OUTPUT_CHARS,
+                    max_arguments_chars: int = bounds.DEFAULT_ARGUMENTS_CHARS) -> ToolBox:
         """List every toolset's tools (a listing that may change is one step)."""
         entries: dict[str, _Entry] = {}
         listings: list[tuple[str, list[ToolDef]]] = []
@@ -88,7 +92,8 @@ class ToolBox:
                     raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
                                          param=f"tools[{b.index}]", code="invalid_value")
                 entries[tool.name] = _Entry(tool, b.toolset, b.type, Draft202012Validator(tool.parameters))
-        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps, listings, max_output_chars)
+        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps, listings, max_output_chars,
+                   max_arguments_chars)
 
     def offered(self, *, hosted: bool = True) -> list[ToolDef]:
         """The tools the model may call now (``allowed_tools`` is a hard filter, not a hint)."""
@@ -121,6 +126,8 @@ class ToolBox:
 
     async def _run_one(self, ctx: RunContext, name: str, arguments: str) -> str:
         entry = self._entries[name]
+        if len(arguments) > self.max_arguments_chars:  # before parsing: the size is the work
+            return bounds.too_long(name, len(arguments), self.max_arguments_chars)
         try:
             args = orjson.loads(arguments or "{}")
         except orjson.JSONDecodeError as exc:
@@ -129,8 +136,8 @@ class ToolBox:
             return f"Error: the arguments for '{name}' must be a JSON object."
         problem = next(iter(entry.validator.iter_errors(args)), None)
         if problem is not None:
-            where = "/".join(str(p) for p in problem.absolute_path) or "arguments"
-            return f"Error: invalid arguments for '{name}' at {where}: {problem.message}"
+            return bounds.invalid(name, problem)
+
         async def call() -> str:
             # Cut before the span and the step record it: what the model, the trace and a resumed
             # durable run see is the same bounded text.

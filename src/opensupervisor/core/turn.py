@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,13 @@ from opensupervisor.core.contracts import (
     Usage,
 )
 from opensupervisor.core.events import Emitter, Event
+from opensupervisor.wire.ids import derived_id
 from opensupervisor.wire.items import Item
+
+# A model's call id is kept only when it is short and plain: the strictest upstreams take at most
+# 40 characters of [A-Za-z0-9_-] (OpenAI's Chat Completions, Anthropic's tool_use ids).
+MAX_CALL_ID_CHARS = 40
+_PLAIN_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CALL_ID_CHARS}}}")
 
 
 @dataclass(slots=True)
@@ -71,6 +78,8 @@ class TurnBuilder:
     # it ends the turn as the model's own token limit would (``capped``: stop reading the model).
     max_chars: int | None = None
     capped: bool = False
+    # Call ids the conversation already uses (filled on the turn's first call).
+    used_ids: set[str] | None = None
 
     def on(self, event: ModelEvent) -> list[Event]:
         if isinstance(event, TextDelta):
@@ -125,9 +134,28 @@ class TurnBuilder:
             self.call, events = self.em.start_mcp_call(label, event.name)
             self.calls.append(self.call)
             return events
-        self.call, added = self.em.start_call(event.call_id, event.name)
+        self.call, added = self.em.start_call(self._call_id(event.call_id), event.name)
         self.calls.append(self.call)
         return [added]
+
+    def _call_id(self, proposed: object) -> str:
+        """The model's call id when it is plain and new to the conversation, else one of ours.
+
+        Outputs are paired with calls by id, so a repeated id (in this turn or an earlier one) would
+        lose an output; a long or odd one would be refused by the next model request, or carried
+        into every later one. Ours is derived from the output position: a resumed durable run
+        makes the same one.
+        """
+        if self.used_ids is None:
+            self.used_ids = {str(i["call_id"]) for i in self.history
+                             if i.get("type") in ("function_call", "function_call_output")}
+        call_id, attempt = proposed if isinstance(proposed, str) else "", 0
+        position = len(self.em.response["output"])
+        while call_id in self.used_ids or not _PLAIN_ID.fullmatch(call_id):
+            call_id = derived_id("call", f"{self.em.response['id']}/{attempt}", position)[:MAX_CALL_ID_CHARS]
+            attempt += 1
+        self.used_ids.add(call_id)
+        return call_id
 
     def _call_delta(self, delta: str) -> list[Event]:
         call = self.call

@@ -8,6 +8,7 @@ requested path that climbs out, is refused.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,11 +104,12 @@ async def ingest(index: KnowledgeIndex, ka: str, roots: list[Path], embedder: Em
             report.unchanged.append(source.key)
             continue
         try:
-            document = read_document(source.path)
+            # Parsing (PDF, HTML) takes a while: in a thread, so a server ingesting keeps serving.
+            document = await asyncio.to_thread(read_document, source.path)
         except UnreadableDocument as exc:
             report.failed[source.key] = str(exc)
             continue
-        pieces = chunk_document(document)
+        pieces = await asyncio.to_thread(chunk_document, document)
         texts = [f"{document.title}. {c.heading}\n{c.text}" for c in pieces]
         vectors = await embedder.embed_batched(texts, BATCH)
         await index.replace(ka, source.key, fingerprint, document.title, pieces, vectors, embedder.name)

@@ -81,28 +81,63 @@ class Searcher:
         """The ``top_k`` best passages; ``source`` keeps documents whose path matches a glob.
         ``hybrid`` fuses both rankings by reciprocal rank, the lexical one weighted."""
         loaded = await self._current()
-        passages = loaded.snapshot.passages
-        if not passages:
+        if not loaded.snapshot.passages:
             return []
-        allowed = None if source is None else np.array([fnmatch.fnmatchcase(p.path, source) for p in passages])
         pool = max(top_k * 4, 20)
-        rankings: list[tuple[float, list[int]]] = []
+        query_vector: np.ndarray[Any, Any] | None = None
+        nearest: list[int] | None = None
         if mode in ("hybrid", "vector"):
             query_vector = (await self.embedder.embed([query]))[0]
             if self.index.pgvector:
-                ids = await self.index.nearest(self.ka, query_vector, pool, source)
-                rankings.append((1.0, [loaded.position[i] for i in ids if i in loaded.position]))
-            else:
-                rankings.append((1.0, _top(loaded.snapshot.vectors @ query_vector, allowed, pool)))
-        if mode in ("hybrid", "lexical"):
-            await asyncio.to_thread(loaded.bm25)  # built off the event loop the first time
-            rankings.append((lexical_weight if mode == "hybrid" else 1.0, _lexical(loaded, query, allowed, pool)))
-        fused: dict[int, float] = {}
-        for weight, ranking in rankings:
-            for rank, i in enumerate(ranking):
-                fused[i] = fused.get(i, 0.0) + weight / (RRF_K + rank + 1)
-        best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
-        return [Hit(passages[i], score) for i, score in best]
+                nearest = await self.index.nearest(self.ka, query_vector, pool, source)
+        # Matching the glob, scoring and fusing grow with the passages (and a model-written glob):
+        # in a thread, so the event loop goes on serving everyone else meanwhile.
+        return await asyncio.to_thread(_rank, loaded, _Query(query, query_vector, nearest, source, mode,
+                                                             lexical_weight, top_k, pool))
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    text: str
+    vector: np.ndarray[Any, Any] | None
+    # The passage ids PostgreSQL found nearest (pgvector), else None: the vectors are here.
+    nearest: list[int] | None
+    source: str | None
+    mode: Mode
+    lexical_weight: float
+    top_k: int
+    pool: int
+
+
+def _rank(loaded: _Loaded, query: _Query) -> list[Hit]:
+    passages = loaded.snapshot.passages
+    # PostgreSQL filtered its own ranking by the glob; only a ranking made here needs the match.
+    needed = query.source is not None and (query.nearest is None or query.mode != "vector")
+    allowed = _matching(passages, query.source) if needed and query.source is not None else None
+    rankings: list[tuple[float, list[int]]] = []
+    if query.nearest is not None:
+        rankings.append((1.0, [loaded.position[i] for i in query.nearest if i in loaded.position]))
+    elif query.vector is not None:
+        rankings.append((1.0, _top(loaded.snapshot.vectors @ query.vector, allowed, query.pool)))
+    if query.mode in ("hybrid", "lexical"):
+        weight = query.lexical_weight if query.mode == "hybrid" else 1.0
+        rankings.append((weight, _lexical(loaded, query.text, allowed, query.pool)))
+    fused: dict[int, float] = {}
+    for weight, ranking in rankings:
+        for rank, i in enumerate(ranking):
+            fused[i] = fused.get(i, 0.0) + weight / (RRF_K + rank + 1)
+    best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:query.top_k]
+    return [Hit(passages[i], score) for i, score in best]
+
+
+def _matching(passages: list[Passage], glob: str) -> np.ndarray[Any, Any]:
+    """Which passages' documents match ``glob``: each document path is matched once, not per passage."""
+    pattern = re.compile(fnmatch.translate(glob))
+    matches: dict[str, bool] = {}
+    for p in passages:
+        if p.path not in matches:
+            matches[p.path] = pattern.match(p.path) is not None
+    return np.array([matches[p.path] for p in passages])
 
 
 def _top(scores: np.ndarray[Any, Any], allowed: np.ndarray[Any, Any] | None, n: int) -> list[int]:

@@ -196,7 +196,7 @@ def _turn_schema(tools: list[ToolDef], choice: str) -> dict[str, Any]:
     """Answer, or call one of the tools with arguments that fit its schema."""
     offered = [t for t in tools if t.name == choice] or tools
     branches = [{"type": "object", "properties": {
-        "action": {"const": "call"}, "tool": {"const": t.name}, "arguments": _grammar_safe(t.parameters)},
+        "action": {"const": "call"}, "tool": {"const": t.name}, "arguments": _unsized(_grammar_safe(t.parameters))},
         "required": ["action", "tool", "arguments"]} for t in offered]
     if choice not in ("required",) and choice not in {t.name for t in tools}:
         branches.insert(0, {"type": "object", "properties": {"action": {"const": "answer"}, "text": {"type": "string"}},
@@ -208,6 +208,28 @@ def _grammar_safe(schema: dict[str, Any]) -> dict[str, Any]:
     # Keywords llama.cpp's schema converter does not know only describe; dropping them keeps the
     # constraint it can enforce.
     return {k: v for k, v in schema.items() if k not in ("$schema", "title", "examples")}
+
+
+_SIZES = frozenset({"maxLength", "maxItems", "maxProperties"})
+
+
+def _unsized(schema: Any) -> Any:
+    """A tool's schema without its size bounds, at every level: llama.cpp writes a bound out as one
+    grammar rule per character or item, and refuses (or takes long over) the thousands a tool's
+    bound allows. The server checks the bounds before the tool runs."""
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v for k, v in schema.items() if k not in _SIZES}
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(out.get(key), dict):
+            out[key] = _unsized(out[key])
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: _unsized(sub) for name, sub in out[key].items()}
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(out.get(key), list):
+            out[key] = [_unsized(sub) for sub in out[key]]
+    return out
 
 
 def _format_schema(text_format: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 - Executors: this process beats its heartbeat; when another executor of the same pool died (its
   heartbeat went quiet, or on this host its process is gone) its unfinished runs are handed to DBOS
-  recovery, which re-queues them for whichever live process takes them first.
+  recovery, which re-queues them for whichever live process takes them first, and its foreground
+  responses (streamed to a client that is gone with it) are failed with a reason.
 - Reconciliation: a response whose run has no workflow (the process died between storing it and
   starting or queueing it) is queued; one whose workflow will never run again (it ended without recording the
   response's end, or another release started it) is failed with a reason.
@@ -31,6 +32,7 @@ RECONCILE_S = 10.0
 KEEP_WORKFLOWS_S = 3600.0
 LOST = "The run of this response stopped and cannot be resumed."
 OTHER_RELEASE = "The run of this response was started by another release of the server and cannot be resumed."
+STOPPED = "The server stopped while answering this response."
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,10 @@ class Maintenance:
                 log.exception("background housekeeping failed; retrying in %.0f s", interval_s)
 
     async def _beat(self) -> None:
-        await self.executors.beat(self.engine.executor_id)
+        if not await self.executors.beat(self.engine.executor_id):
+            # Taken for dead after a long pause: register again, or nobody would notice its end.
+            log.warning("executor %s was taken for dead; registering it again", self.engine.executor_id)
+            await self.executors.register(self.engine.executor_id, self.engine.host, self.engine.pid)
         await self.recover_dead()
 
     async def recover_dead(self) -> int:
@@ -83,6 +88,11 @@ class Maintenance:
             count = await self.engine.recover(executor.id)
             if count:
                 log.warning("executor %s stopped; %d of its background runs resume elsewhere", executor.id, count)
+            # Nothing can resume a foreground run: its client was connected to the process that died.
+            foreground = await self.executors.foreground_of(executor.id)
+            if foreground:
+                failed = await self.store.fail(foreground, STOPPED)
+                log.warning("executor %s stopped; %d of its responses in progress failed", executor.id, failed)
             await self.executors.remove(executor.id)
             recovered += count
         return recovered

@@ -41,6 +41,7 @@ from opensupervisor.runs.traces import DESTINATION as TRACE_DESTINATION
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store import Store
 from opensupervisor.store.approvals import DEFAULT_LIFETIME_S, IssuedApprovals
+from opensupervisor.store.executors import EXECUTOR_OPTION
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination, Tracing
@@ -134,7 +135,8 @@ class ResponseService:
                 ctx.state[RATE_BUCKETS] = ticket
             model = TracedModel(catalog_model, ctx)
             toolbox = await ToolBox.build(ctx, bound, timeout_s=self.limits.tool_timeout_s,
-                                          max_output_chars=self.limits.max_tool_output_chars)
+                                          max_output_chars=self.limits.max_tool_output_chars,
+                                          max_arguments_chars=self.limits.max_tool_arguments_chars)
             _check_context(model, body, items)
             response = new_response(response_id, parsed, model=body.model)
             signer = self.signer.bound(principal.id)
@@ -146,9 +148,15 @@ class ResponseService:
             recorder = Recorder(self.store if body.store else None, response_id=response_id, owner=principal.id,
                                 request=self.vault.seal_request(raw), stream=body.stream,
                                 background=body.background, input_items=input_items,
-                                options=_options(run, traceparent))
+                                options=self._options(run, traceparent))
             await approvals.use(run, self.approvals)  # last: a request refused before this uses none
             return Prepared(run, recorder, traceparent=traceparent)
+
+    def _options(self, run: Run, traceparent: str | None) -> dict[str, Any]:
+        options = _options(run, traceparent)
+        if not run.ctx.request.body.background:  # which process answers it, should that one die
+            options[EXECUTOR_OPTION] = self.engine.executor_id
+        return options
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:
         if previous_id is None:
@@ -328,7 +336,8 @@ class ResponseService:
         durable = DurableModel(catalog_model, dbos_steps)
         model = TracedModel(durable, ctx)
         toolbox = await ToolBox.build(ctx, self.tools.bind(parsed.tools), timeout_s=self.limits.tool_timeout_s,
-                                      steps=dbos_steps, max_output_chars=self.limits.max_tool_output_chars)
+                                      steps=dbos_steps, max_output_chars=self.limits.max_tool_output_chars,
+                                      max_arguments_chars=self.limits.max_tool_arguments_chars)
 
         async def history() -> list[Item]:
             return await self._prior_history(body.previous_response_id, principal)

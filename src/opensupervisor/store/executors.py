@@ -1,17 +1,23 @@
-"""The registry of processes that run background responses, with their heartbeats.
+"""The registry of processes that run responses, with their heartbeats.
 
 DBOS recovers a process's unfinished workflows only when asked for that process's executor id;
-this registry is how the live processes sharing a database notice that one of them died.
+this registry is how the live processes sharing a database notice that one of them died. A
+foreground (not background) response names the executor that runs it in its stored options, so
+that the responses of a process that died can be ended.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import orjson
 from sqlalchemy import delete, insert, select, update
 
-from opensupervisor.store.schema import executors
-from opensupervisor.store.store import Store, now_ms
+from opensupervisor.store.schema import executors, responses
+from opensupervisor.store.store import RUNNING, Store, now_ms
+
+# The key of a foreground response's stored options that names the executor running it.
+EXECUTOR_OPTION = "executor"
 
 
 class Executor(NamedTuple):
@@ -37,13 +43,26 @@ class Executors:
 
         await self.store.write(write)
 
-    async def beat(self, executor_id: str) -> None:
-        def write() -> None:
+    async def beat(self, executor_id: str) -> bool:
+        """False when this executor is no longer registered (another process took it for dead)."""
+        def write() -> bool:
             with self.store.engine.begin() as conn:
                 self.store.no_wait_for_disk(conn)
-                conn.execute(update(executors).where(executors.c.id == executor_id).values(heartbeat_at=now_ms()))
+                return bool(conn.execute(update(executors).where(executors.c.id == executor_id).values(
+                    heartbeat_at=now_ms())).rowcount)
 
-        await self.store.write(write)
+        return await self.store.write(write)
+
+    async def foreground_of(self, executor_id: str) -> list[str]:
+        """The ids of the running foreground responses that ``executor_id`` runs."""
+        def read() -> list[str]:
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(select(responses.c.id, responses.c.options).where(
+                    responses.c.background.is_(False), responses.c.status.in_(RUNNING)))
+                return [r.id for r in rows
+                        if r.options and orjson.loads(r.options).get(EXECUTOR_OPTION) == executor_id]
+
+        return await self.store.run(read)
 
     async def others(self, executor_id: str) -> list[Executor]:
         def read() -> list[Executor]:

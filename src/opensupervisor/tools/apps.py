@@ -20,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor import outbound
+from opensupervisor.core.arguments import text_property
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError
@@ -31,7 +32,7 @@ from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
 
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
-                   "properties": {"question": {"type": "string", "description": "What to ask the app"}}}
+                   "properties": {"question": text_property("What to ask the app")}}
 
 
 class AppEntry(BaseModel):

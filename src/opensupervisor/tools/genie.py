@@ -21,6 +21,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from tabulate import tabulate
 
+from opensupervisor.core.arguments import text_property
 from opensupervisor.core.bounds import cap_cell
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import Model, ModelRequest, ToolDef, Toolset
@@ -43,7 +44,7 @@ SQL_FORMAT = {"type": "json_schema", "name": "sql_query", "strict": True, "schem
     "type": "object", "additionalProperties": False, "required": ["sql", "description"],
     "properties": {"sql": {"type": "string"}, "description": {"type": "string"}}}}
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
-                   "properties": {"question": {"type": "string", "description": "The question, in plain words"}}}
+                   "properties": {"question": text_property("The question, in plain words")}}
 
 
 class ExampleQuery(BaseModel):

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor import tracing
+from opensupervisor.core.arguments import MAX_GLOB_CHARS, MAX_QUESTION_CHARS, text_property
 from opensupervisor.core.citations import format_sources
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ModelRequest, ToolDef, Toolset
@@ -77,8 +78,8 @@ def tool_name(ka: str) -> str:
 QUESTION_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["question"],
     "properties": {
-        "question": {"type": "string", "description": "The question, in full sentences"},
-        "source": {"type": "string", "description": "Optional: only documents whose path matches this glob"},
+        "question": text_property("The question, in full sentences"),
+        "source": text_property("Optional: only documents whose path matches this glob", MAX_GLOB_CHARS),
     },
 }
 
@@ -139,6 +140,10 @@ class KnowledgeAssistants:
         return f"{target}#{anchor}" if anchor else target
 
     async def ask(self, ctx: RunContext, ka: str, question: str, source: str | None) -> str:
+        # The tool box holds calls to the schema; this holds for every other caller too.
+        if len(question) > MAX_QUESTION_CHARS or (source is not None and len(source) > MAX_GLOB_CHARS):
+            raise ToolError(f"the question may have at most {MAX_QUESTION_CHARS:,} characters and the source glob "
+                            f"at most {MAX_GLOB_CHARS:,}")
         entry = self.entries[ka]
         searcher = self.searcher(ka)
         with tracing.span("retrieve", "RETRIEVER", inputs={"query": question, "source": source},

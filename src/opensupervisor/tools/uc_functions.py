@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from opensupervisor.core.arguments import bounded
 from opensupervisor.core.bounds import cap_cell
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
@@ -263,7 +264,7 @@ def _sql_schema(parameters: list[SqlParameter]) -> dict[str, Any]:
             prop["description"] = p.description
         if p.default is not None:
             prop["default"] = p.default
-        properties[p.name] = prop
+        properties[p.name] = bounded(prop)
     return {"type": "object", "properties": properties,
             "required": [p.name for p in parameters if p.default is None], "additionalProperties": False}
 
@@ -288,7 +289,7 @@ def _python_signature(file: Path, name: str, full_name: str) -> tuple[str | None
         if arg.arg in defaults:
             with contextlib.suppress(ValueError):  # a default that is not a literal is simply not shown
                 prop["default"] = ast.literal_eval(defaults[arg.arg])
-        properties[arg.arg] = prop
+        properties[arg.arg] = bounded(prop)
     required = [a.arg for a in args if a.arg not in defaults]
     return summary, {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 

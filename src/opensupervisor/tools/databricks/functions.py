@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from opensupervisor import tracing
+from opensupervisor.core.arguments import bounded
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
@@ -121,7 +122,7 @@ def schema(params: list[dict[str, Any]]) -> dict[str, Any]:
             prop["default"] = _default(str(p["parameter_default"]))
         else:
             required.append(p["name"])
-        properties[p["name"]] = prop
+        properties[p["name"]] = bounded(prop)
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 

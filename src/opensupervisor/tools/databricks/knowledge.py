@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from opensupervisor import tracing
+from opensupervisor.core.arguments import text_property
 from opensupervisor.core.citations import format_sources
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
@@ -22,7 +23,7 @@ from opensupervisor.tools.knowledge_assistant import tool_name as ka_tool_name
 
 # A local assistant's question, without its ``source`` filter: a remote assistant searches as it sees fit.
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
-                   "properties": {"question": {"type": "string", "description": "The question, in full sentences"}}}
+                   "properties": {"question": text_property("The question, in full sentences")}}
 
 
 class RemoteEndpoint(Toolset):
