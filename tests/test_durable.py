@@ -69,7 +69,7 @@ def until_answer_is_requested(rig: Rig, client: openai.OpenAI, response_id: str)
     def waiting() -> bool:
         return rig.upstream.turns[3] == 1 and len(client.responses.retrieve(response_id).output) == 6
 
-    wait_until(waiting, timeout=30, what="the run to reach its last model call")
+    wait_until(waiting, timeout=90, what="the run to reach its last model call")
     return client.responses.retrieve(response_id).output
 
 

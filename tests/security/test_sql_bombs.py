@@ -74,7 +74,7 @@ def busy_query_threads() -> list[str]:
 
 GIANT_CELLS = [
     ("sq", "SELECT printf('%.*c', 900000, 'x') AS big, 1 AS n", "900,000 characters, cut at 2,048"),
-    ("dk", "SELECT repeat('x', 20000000) AS big, 1 AS n", "20,000,000 characters, cut at 2,048"),
+    ("dk", "SELECT repeat('x', 5000000) AS big, 1 AS n", "5,000,000 characters, cut at 2,048"),
     ("pg", "SELECT repeat('x', 20000000) AS big, 1 AS n", "20,000,000 characters, cut at 2,048"),
     ("pg", "SELECT repeat('ab', 5000)::bytea AS big, 1 AS n", "cut at 2,048"),
 ]
@@ -92,7 +92,9 @@ def test_a_giant_value_is_cut_by_the_database(rig: Rig, space: str, sql: str, no
 MANY_ROWS = {
     "sq": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
           "SELECT i, printf('%.*c', 3000, 'y') AS pad FROM n",
-    "dk": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
+    # DuckDB builds the whole sorted result before the first row: a smaller one stays far past the
+    # output cap and well inside the 2-second limit on a busy machine.
+    "dk": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
           "SELECT i, repeat('y', 3000) AS pad FROM n ORDER BY i",
     "pg": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
           "SELECT i, repeat('y', 3000) AS pad FROM n",

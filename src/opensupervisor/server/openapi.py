@@ -69,7 +69,8 @@ def _responses_operations(prefix: str) -> list[Operation]:
         Operation("get", f"{one}/input_items", "List a response's input items", "responses",
                   query={"limit": {"type": "integer", "minimum": 1, "maximum": 100},
                          "order": {"enum": ["asc", "desc"]}, "after": STRING}),
-        Operation("get", f"{prefix}/models", "List the models", "models"),
+        Operation("get", f"{prefix}/models", "List the models the caller may query", "models"),
+        Operation("get", f"{prefix}/models/{{model_id}}", "Retrieve a model the caller may query", "models"),
         Operation("post", f"{prefix}/embeddings", "Embed texts with the local embedding model", "embeddings",
                   EmbeddingsRequest),
     ]
