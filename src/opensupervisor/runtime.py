@@ -17,12 +17,16 @@ from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.accounting import Accounting
+from opensupervisor.runs.assemble import RunDeps
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
+from opensupervisor.runs.gate import Gate
 from opensupervisor.runs.inference_tables import InferenceTables, TableConfig
 from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.runs.service import BackgroundLimits, ResponseService
+from opensupervisor.runs.traces import RunTraces
 from opensupervisor.settings import Settings
 from opensupervisor.store import Store
+from opensupervisor.store.approvals import IssuedApprovals
 from opensupervisor.store.connections import StoredConnections
 from opensupervisor.store.credentials import UserCredentials
 from opensupervisor.store.functions import RegisteredFunctions
@@ -105,10 +109,11 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
     trace_store = TraceStore(settings.data_dir / "traces", settings.trace_database_url,
                              max_destinations_per_principal=ws.tracing.max_destinations_per_principal)
     inference = _inference_tables(settings, ws)
-    service = ResponseService(store, catalog, registry, _loop_limits(ws), ENGINE, signer,
-                              vault, _background_limits(ws, concurrency), tracing=tracing, trace_store=trace_store,
-                              access=access, accounting=Accounting(usage, limiter, inference),
-                              space_model=spaces.own_model, approval_lifetime_s=ws.limits.approval_lifetime_s)
+    service = ResponseService(RunDeps(catalog, _loop_limits(ws), signer, store), registry, ENGINE, vault,
+                              gate=Gate(access, Accounting(usage, limiter, inference), spaces.own_model),
+                              traces=RunTraces(tracing, trace_store),
+                              approvals=IssuedApprovals(store, ws.limits.approval_lifetime_s),
+                              background_limits=_background_limits(ws, concurrency))
     try:
         await ENGINE.attach(service, _engine_config(settings, ws, concurrency))
         maintenance = Maintenance(store, ENGINE, _housekeeping(ws))

@@ -14,16 +14,32 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from opensupervisor.core.contracts import ToolDef
+from opensupervisor.core.contracts import ToolDef, Toolset, WrapperToolset
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.wire.items import Item
+
+if TYPE_CHECKING:
+    from opensupervisor.core.context import RunContext
 
 PREFIX = "mcpr_"
 _NONCE = 24
 _MAC = 32
 _MODEL_ITEMS = frozenset({"reasoning", "function_call", "mcp_call", "mcp_approval_request"})
+
+
+class AskFirst(WrapperToolset):
+    """A toolset whose tools wait for the user's approval where ``rule`` says so (each tool kind has
+    its own policy: a connection's ``require_approval``, an ``mcp`` tool's filters)."""
+
+    def __init__(self, inner: Toolset, rule: Callable[[RunContext, ToolDef], bool]) -> None:
+        super().__init__(inner)
+        self.rule = rule
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        return [replace(t, approval=self.rule(ctx, t)) for t in await self.inner.list_tools(ctx)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opensupervisor.identity import Principal
-from opensupervisor.tracing.spans import RunTrace
 from opensupervisor.wire.request import ParsedRequest
 
 
@@ -19,8 +18,6 @@ class RunContext:
     request: ParsedRequest
     # Free slots for toolsets and wrappers (per-run caches, conversation ids …), never for the loop.
     state: dict[str, Any] = field(default_factory=dict)
-    # The run's trace, when something reads it (``opensupervisor.tracing``).
-    trace: RunTrace | None = None
     # The conversation before this run (earlier responses of the chain and the new input), read-only:
     # for toolsets that keep state with a remote service across a chain (a Genie conversation).
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -1,7 +1,8 @@
 """The two small contracts the loop runs on: a ``Model`` and a ``Toolset``.
 
 Providers (``opensupervisor.models``) and hosted tools (``opensupervisor.tools``) implement them;
-cross-cutting concerns (timeouts, fallbacks, tracing, durability, approval) wrap them.
+cross-cutting concerns (timeouts, fallbacks, tracing, durability, approval) wrap them, as subclasses
+of ``WrapperModel`` and ``WrapperToolset`` (``runs.assemble`` applies them in one order).
 """
 
 from __future__ import annotations
@@ -181,3 +182,38 @@ class Toolset(ABC):
     @abstractmethod
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         """Run one tool; the returned text becomes the ``function_call_output``. Raise to report failure."""
+
+
+class WrapperModel(Model):
+    """A model around another (tracing, durability, fallbacks): it is the inner model as far as
+    anyone can tell, and passes calls through unless it overrides them."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.provider = inner.provider
+        self.context_window = inner.context_window
+        self.defaults = inner.defaults
+        self.max_output_tokens = inner.max_output_tokens
+        self.max_output_chars = inner.max_output_chars
+
+    def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
+        return self.inner.request_stream(request)
+
+    async def aclose(self) -> None:
+        """The inner model belongs to whoever made it (the catalog closes its models)."""
+
+
+class WrapperToolset(Toolset):
+    """A toolset around another (timeouts, approval, tracing, durability): same tools, same listing."""
+
+    def __init__(self, inner: Toolset) -> None:
+        self.inner = inner
+        self.listing_may_change = inner.listing_may_change
+        self.listing_label = inner.listing_label
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        return await self.inner.list_tools(ctx)
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        return await self.inner.call_tool(ctx, name, arguments)

@@ -14,6 +14,18 @@ from opensupervisor.wire.response import Response, usage
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 
+def terminal_type(status: str) -> str:
+    """The terminal event of a response that ended ``status``: a cancelled or failed one ends with
+    ``response.failed`` (OpenAI has no cancelled event)."""
+    return {"completed": "response.completed", "incomplete": "response.incomplete"}.get(status, "response.failed")
+
+
+def terminal_event(response: dict[str, Any], sequence_number: int) -> Event:
+    """The terminal event of a stored ``response``, for whoever ends it outside its run."""
+    return Event.final({"type": terminal_type(response["status"]), "sequence_number": sequence_number,
+                        "response": response})
+
+
 class Event:
     """One streaming event, encoded when it is made.
 
@@ -297,8 +309,7 @@ class Emitter:
             self.add_usage(0, 0)
         for item in self.response["output"]:
             self.settle_text(item)
-        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(status, "response.failed")
-        return self.lifecycle(kind, final=True)
+        return self.lifecycle(terminal_type(status), final=True)
 
     def error_event(self, code: str, message: str) -> Event:
         return self.event("error", code=code, message=message, param=None)

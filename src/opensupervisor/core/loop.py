@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from opensupervisor.core.approval import Answer, ApprovalSigner, denial_text, model_view
 from opensupervisor.core.arguments import DEFAULT_ARGUMENTS_CHARS
@@ -59,7 +59,7 @@ class Run:
     hosted_calls: int = 0
     # Set when a hosted call limit of the workspace stopped calls from running: the run ends there.
     limited: str | None = None
-    # Items repeated at the start of ``output`` before the model runs (see ``runs.service``).
+    # Items repeated at the start of ``output`` before the model runs (see ``runs.assemble``).
     echo: list[Item] = field(default_factory=list)
     # Signs approval requests; without it no call waits for approval.
     signer: ApprovalSigner | None = None
@@ -99,9 +99,20 @@ def opening(em: Emitter) -> list[Event]:
 
 
 def _fail(run: Run, code: str, message: str) -> list[Event]:
+    return ending(run, "failed", code=code, message=message)
+
+
+def ending(run: Run, status: Literal["failed", "incomplete", "cancelled"], *, code: str = "server_error",
+           message: str = "", reason: str | None = None, why: str | None = None) -> list[Event]:
+    """The last events of a run that stops before its answer: the output left continuable
+    (``settle``, told ``why``), an ``error`` event when it failed, then the terminal event."""
     em = run.emitter
-    return [*settle(run, "the response failed"), em.error_event(code, message),
-            em.finish("failed", error={"code": code, "message": message})]
+    if status == "failed":
+        return [*settle(run, why or "the response failed"), em.error_event(code, message),
+                em.finish("failed", error={"code": code, "message": message})]
+    if status == "incomplete":
+        return [*settle(run, why or f"the response ended early ({reason})"), em.finish("incomplete", reason=reason)]
+    return [*settle(run, why or "the response was cancelled"), em.finish("cancelled")]
 
 
 def settle(run: Run, why: str) -> list[Event]:
@@ -128,12 +139,12 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
     turn = 0
     while True:
         if run.limited is not None:
-            for event in settle(run, run.limited):
+            for event in ending(run, "incomplete", reason="max_tool_calls", why=run.limited):
                 yield event
-            yield em.finish("incomplete", reason="max_tool_calls")
             return
         if turn >= run.limits.max_turns:
-            yield em.finish("incomplete", reason="max_turns")
+            for event in ending(run, "incomplete", reason="max_turns"):
+                yield event
             return
         builder = TurnBuilder(em, run.history, served=run.model.name, tools=run.toolbox.lookup, signer=run.signer,
                               cite=lambda text: citations_for(text, sources_in(run.history)),
@@ -143,9 +154,8 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
         turn += 1
         outcome = builder.outcome
         if isinstance(outcome, Truncated):
-            for event in settle(run, f"the response ended early ({outcome.reason})"):
+            for event in ending(run, "incomplete", reason=outcome.reason):
                 yield event
-            yield em.finish("incomplete", reason=outcome.reason)
             return
         if isinstance(outcome, Answered):
             yield em.finish("completed")

@@ -1,38 +1,22 @@
-"""The tools of one run: which the model is offered, where each call goes, and running hosted calls."""
+"""The tools of one run: which the model is offered, where each call goes, and checking each call's
+arguments before it goes there.
+
+The toolsets arrive wrapped (``runs.assemble``): timeouts, tracing and durable steps are theirs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
 
 import orjson
 from jsonschema import Draft202012Validator
 
 from opensupervisor.core import arguments as bounds
-from opensupervisor.core.bounds import DEFAULT_OUTPUT_CHARS, cap_output
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
-from opensupervisor.tracing.wrappers import traced_tool_call
 from opensupervisor.wire.request import AllowedToolsChoice, FunctionToolChoice
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class Steps(Protocol):
-    """Runs one named unit of a run's work. Durable runs checkpoint each one (``runs.durable``), so a
-    resumed run gets the recorded result instead of doing the work again."""
-
-    def __call__(self, name: str, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
-
-
-async def direct(name: str, fn: Callable[[], Awaitable[T]]) -> T:
-    """Steps that just run."""
-    return await fn()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,45 +39,34 @@ class _Entry:
 class ToolBox:
     """Every tool of a run by name, with the request's ``tool_choice`` applied."""
 
-    def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None, timeout_s: float,
-                 steps: Steps = direct, listings: list[tuple[str, list[ToolDef]]] | None = None,
-                 max_output_chars: int = DEFAULT_OUTPUT_CHARS,
+    def __init__(self, entries: dict[str, _Entry], allowed: set[str] | None,
+                 listings: list[tuple[str, list[ToolDef]]] | None = None,
                  max_arguments_chars: int = bounds.DEFAULT_ARGUMENTS_CHARS) -> None:
         self._entries = entries
         self._allowed = allowed
-        self.timeout_s = timeout_s
-        self.max_output_chars = max_output_chars
         self.max_arguments_chars = max_arguments_chars
-        self.steps = steps
         # (server label, tools) of each toolset whose listing shows as an ``mcp_list_tools`` item.
         self.listings = listings or []
 
     @classmethod
-    async def build(cls, ctx: RunContext, bound: list[BoundToolset], *, timeout_s: float = 120.0,
-                    steps: Steps = direct, max_output_chars: int = DEFAULT_OUTPUT_CHARS,
+    async def build(cls, ctx: RunContext, bound: list[BoundToolset], *,
                     max_arguments_chars: int = bounds.DEFAULT_ARGUMENTS_CHARS) -> ToolBox:
-        """List every toolset's tools (a listing that may change is one step)."""
+        """List every toolset's tools; a toolset that cannot list them fails the request."""
         entries: dict[str, _Entry] = {}
         listings: list[tuple[str, list[ToolDef]]] = []
         for b in bound:
-            toolset = b.toolset
-
-            async def listing(toolset: Toolset = toolset, index: int = b.index) -> list[ToolDef]:
-                try:
-                    return await toolset.list_tools(ctx)
-                except ToolError as exc:  # a tool that cannot even list its tools: the request cannot run
-                    raise UpstreamUnavailable(str(exc), param=f"tools[{index}]") from exc
-
-            tools = await (steps if toolset.listing_may_change else direct)(f"list_tools:{b.type}", listing)
-            if toolset.listing_label is not None:
-                listings.append((toolset.listing_label, tools))
+            try:
+                tools = await b.toolset.list_tools(ctx)
+            except ToolError as exc:
+                raise UpstreamUnavailable(str(exc), param=f"tools[{b.index}]") from exc
+            if b.toolset.listing_label is not None:
+                listings.append((b.toolset.listing_label, tools))
             for tool in tools:
                 if tool.name in entries:
                     raise InvalidRequest(f"Two tools are named '{tool.name}'; tool names must be unique.",
                                          param=f"tools[{b.index}]", code="invalid_value")
                 entries[tool.name] = _Entry(tool, b.toolset, b.type, Draft202012Validator(tool.parameters))
-        return cls(entries, _allowed_names(ctx, entries), timeout_s, steps, listings, max_output_chars,
-                   max_arguments_chars)
+        return cls(entries, _allowed_names(ctx, entries), listings, max_arguments_chars)
 
     def offered(self, *, hosted: bool = True) -> list[ToolDef]:
         """The tools the model may call now (``allowed_tools`` is a hard filter, not a hint)."""
@@ -111,18 +84,12 @@ class ToolBox:
     async def run(self, ctx: RunContext, calls: list[tuple[str, str]], *, parallel: bool = True) -> list[str]:
         """Run hosted calls ``(name, arguments JSON)`` and return their outputs in call order.
 
-        Independent calls run concurrently; a failing call becomes an error text the model can read.
-        Each call is one step, validation and timeout included, so its outcome is recorded whole.
+        Independent calls run concurrently; a call whose arguments do not fit its tool gets an error
+        text the model can read, and does not reach the tool.
         """
         if parallel:
-            return list(await asyncio.gather(*(self._step(ctx, n, a) for n, a in calls)))
-        return [await self._step(ctx, n, a) for n, a in calls]
-
-    async def _step(self, ctx: RunContext, name: str, arguments: str) -> str:
-        async def call() -> str:
-            return await self._run_one(ctx, name, arguments)
-
-        return await self.steps(f"tool:{name}", call)
+            return list(await asyncio.gather(*(self._run_one(ctx, n, a) for n, a in calls)))
+        return [await self._run_one(ctx, n, a) for n, a in calls]
 
     async def _run_one(self, ctx: RunContext, name: str, arguments: str) -> str:
         entry = self._entries[name]
@@ -137,26 +104,7 @@ class ToolBox:
         problem = next(iter(entry.validator.iter_errors(args)), None)
         if problem is not None:
             return bounds.invalid(name, problem)
-
-        async def call() -> str:
-            # Cut before the span and the step record it: what the model, the trace and a resumed
-            # durable run see is the same bounded text.
-            return cap_output(await self._call(ctx, entry, name, args),
-                              entry.tool.max_output_chars or self.max_output_chars)
-
-        return await traced_tool_call(ctx, name, entry.type, args, call)
-
-    async def _call(self, ctx: RunContext, entry: _Entry, name: str, args: dict[str, Any]) -> str:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return await entry.toolset.call_tool(ctx, name, args)
-        except ToolError as exc:
-            return f"Error: {exc}"
-        except TimeoutError:
-            return f"Error: '{name}' did not finish within {self.timeout_s:g} seconds."
-        except Exception as exc:  # a broken tool must not fail the run: the model reads what happened
-            log.exception("tool %s failed", name)
-            return f"Error: '{name}' failed: {type(exc).__name__}: {exc}"
+        return await entry.toolset.call_tool(ctx, name, args)
 
 
 def _allowed_names(ctx: RunContext, entries: dict[str, _Entry]) -> set[str] | None:

@@ -10,20 +10,17 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import replace
 
-from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest, Served
+from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest, Served, WrapperModel
 from opensupervisor.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 
-class FallbackModel(Model):
+class FallbackModel(WrapperModel):
+    """The primary model as far as anyone can tell; its fallbacks answer only when it cannot."""
+
     def __init__(self, primary: Model, fallbacks: list[Model]) -> None:
-        self.name = primary.name
-        self.provider = primary.provider
-        self.context_window = primary.context_window
-        self.defaults = primary.defaults
-        self.max_output_tokens = primary.max_output_tokens
-        self.max_output_chars = primary.max_output_chars
+        super().__init__(primary)
         self.chain = [primary, *fallbacks]
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:

@@ -12,15 +12,13 @@ from typing import Any
 
 import orjson
 
-from opensupervisor.core.loop import Run
 from opensupervisor.errors import APIError
 from opensupervisor.identity import Principal
 from opensupervisor.identity.limits import RateLimiter, Ticket
+from opensupervisor.runs.assemble import Prepared
 from opensupervisor.runs.inference_tables import Exchange, InferenceTables
 from opensupervisor.store.usage import Usage
 from opensupervisor.vault import redact_request
-
-RATE_BUCKETS = "rate_buckets"  # RunContext.state: the Ticket of an admitted run (where its tokens count)
 
 
 @dataclass(slots=True)
@@ -29,18 +27,19 @@ class Accounting:
     limiter: RateLimiter | None = None
     inference: InferenceTables | None = None
 
-    def finished(self, run: Run, request: dict[str, Any], mode: str, started: float, seconds: float) -> None:
-        """A run ended (``request``: as sent or as stored)."""
+    def finished(self, prepared: Prepared, mode: str, started: float, seconds: float) -> None:
+        """A run ended."""
+        run, spans = prepared.run, prepared.spans
         response = run.emitter.response
         if self.usage is not None:
-            self.usage.record(_usage_row(run, mode, seconds))
-        ticket = run.ctx.state.get(RATE_BUCKETS)
-        if self.limiter is not None and isinstance(ticket, Ticket):
-            tools = run.ctx.state.get("tool_model_calls", [])
+            self.usage.record(_usage_row(prepared, mode, seconds))
+        ticket = prepared.plan.ticket
+        if self.limiter is not None and ticket is not None:
             spent = int((response.get("usage") or {}).get("total_tokens", 0)) + \
-                sum(c["input_tokens"] + c["output_tokens"] for c in tools)
+                sum(c["input_tokens"] + c["output_tokens"] for c in spans.tool_model_calls)
             self.limiter.charge(ticket, spent)
         if self.inference is not None:
+            request = prepared.recorder.request  # as stored: sealed secrets stay sealed
             self.inference.record(Exchange(response["id"], started, seconds, 200, redact_request(request), response,
                                            run.ctx.principal.name, response["model"]))
 
@@ -64,10 +63,9 @@ class Accounting:
                 await self.limiter.release(ticket)
             raise
 
-    async def release(self, run: Run) -> None:
+    async def release(self, ticket: Ticket | None) -> None:
         """Give back the call of a request that was admitted but will not run."""
-        ticket = run.ctx.state.pop(RATE_BUCKETS, None)
-        if self.limiter is not None and isinstance(ticket, Ticket):
+        if self.limiter is not None and ticket is not None:
             await self.limiter.release(ticket)
 
     def refused(self, principal: Principal, raw: dict[str, Any] | None, error: APIError, started: float) -> None:
@@ -80,11 +78,11 @@ class Accounting:
                                        principal.name, model if isinstance(model, str) else None))
 
 
-def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:
+def _usage_row(prepared: Prepared, mode: str, seconds: float) -> dict[str, Any]:
+    run, spans = prepared.run, prepared.spans
     response = run.emitter.response
     usage = response.get("usage") or {}
-    calls = run.ctx.state.get("model_calls", [])
-    tools = run.ctx.state.get("tool_model_calls", [])
+    calls, tools = spans.model_calls, spans.tool_model_calls
     return {"response_id": response["id"], "principal": run.ctx.principal.name, "model": response["model"],
             "day": time.strftime("%Y-%m-%d", time.gmtime(response["created_at"])),
             "created_at": int(response["created_at"]), "mode": mode, "status": response["status"],
@@ -92,4 +90,4 @@ def _usage_row(run: Run, mode: str, seconds: float) -> dict[str, Any]:
             "model_calls": len(calls), "tool_calls": run.hosted_calls, "latency_ms": int(seconds * 1000),
             "tool_input_tokens": sum(int(c["input_tokens"]) for c in tools),
             "tool_output_tokens": sum(int(c["output_tokens"]) for c in tools),
-            "calls": orjson.dumps(calls + tools).decode()}
+            "calls": orjson.dumps([*calls, *tools]).decode()}

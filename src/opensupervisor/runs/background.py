@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import anyio
 
 from opensupervisor import metrics
-from opensupervisor.core.events import TERMINAL_EVENTS, Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.store import Store, Stored
 from opensupervisor.wire.response import TERMINAL_STATUSES
@@ -150,9 +150,7 @@ class BackgroundRuns:
             return Event({"type": "error", "sequence_number": seq, "code": "server_error", "message": ABANDONED,
                           "param": None})
         full = await self.store.get(response_id, None) or response
-        kind = {"completed": "response.completed", "incomplete": "response.incomplete"}.get(
-            response["status"], "response.failed")
-        return Event({"type": kind, "sequence_number": seq, "response": full})
+        return terminal_event(full, seq)
 
     async def aclose(self) -> None:
         """Stop the runs of this process without recording an end: another process (or this one,

@@ -4,7 +4,8 @@ A background response runs as a DBOS workflow whose id is the response id. Every
 every hosted tool call (and each tool listing) is a DBOS step: when the process running it dies,
 another process (or the same one restarted) runs the workflow again, and each finished step returns
 its recorded result instead of calling the model or the tool a second time. The loop is the same
-loop as everywhere else; only its model and its ``Steps`` are wrapped here.
+loop as everywhere else; only its model and its toolsets are wrapped here (``DurableModel``,
+``DurableCalls``, ``RecordedListing``).
 
 DBOS keeps one instance per process. ``DurableEngine`` owns it and serves every app of the process
 (production runs one; tests run several), which register as runners.
@@ -21,17 +22,28 @@ import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
 from sqlalchemy import event
 
 from opensupervisor import __version__
-from opensupervisor.core.contracts import Model, ModelEvent, ModelRequest
+from opensupervisor.core.contracts import (
+    Model,
+    ModelEvent,
+    ModelRequest,
+    ToolDef,
+    Toolset,
+    WrapperModel,
+    WrapperToolset,
+)
 from opensupervisor.errors import ConfigError, ModelError
 from opensupervisor.files import private_sqlite
 from opensupervisor.store.store import engine_url
+
+if TYPE_CHECKING:
+    from opensupervisor.core.context import RunContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +54,13 @@ WORKFLOW = "opensupervisor.background_response"
 APP_VERSION = f"opensupervisor-{__version__}"
 # Connections per process to DBOS's database (its default of 20 exhausts PostgreSQL's 100 at five processes).
 SYSTEM_POOL_SIZE = 6
+
+
+class Steps(Protocol):
+    """Runs one named unit of a run's work. Durable runs checkpoint each one, so a resumed run gets
+    the recorded result instead of doing the work again."""
+
+    def __call__(self, name: str, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
 
 
 async def dbos_steps(name: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -60,7 +79,7 @@ class _Outcome:
     error: tuple[str, str, bool] | None = None
 
 
-class DurableModel(Model):
+class DurableModel(WrapperModel):
     """A model whose every call is one step, streamed live while it runs.
 
     The call runs in a task that feeds its events to the loop as they come and returns them all as
@@ -68,14 +87,9 @@ class DurableModel(Model):
     ``in_flight`` tells the recorder that what the loop has seen of this call is not final yet.
     """
 
-    def __init__(self, inner: Model, steps: Callable[[str, Callable[[], Awaitable[_Outcome]]],
-                                                     Awaitable[_Outcome]]) -> None:
-        self.inner = inner
+    def __init__(self, inner: Model, steps: Steps) -> None:
+        super().__init__(inner)
         self.steps = steps
-        self.name = inner.name
-        self.provider = inner.provider
-        self.context_window = inner.context_window
-        self.defaults = inner.defaults
         self.in_flight = False
 
     def holding(self) -> bool:
@@ -116,8 +130,33 @@ class DurableModel(Model):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def aclose(self) -> None:
-        """The wrapped model belongs to the catalog, which closes it."""
+
+
+class DurableCalls(WrapperToolset):
+    """A toolset whose every call is one step: a resumed run gets the recorded output (the work of
+    the wrappers inside, its span and its timeout, included) and never calls the tool again."""
+
+    def __init__(self, inner: Toolset, steps: Steps) -> None:
+        super().__init__(inner)
+        self.steps = steps
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        return await self.steps(f"tool:{name}", lambda: self.inner.call_tool(ctx, name, arguments))
+
+
+class RecordedListing(WrapperToolset):
+    """A toolset whose listing is one step when it may change (a remote server's): a resumed run,
+    and every wrapper above this one, sees the tools the run saw before."""
+
+    def __init__(self, inner: Toolset, steps: Steps, tool_type: str) -> None:
+        super().__init__(inner)
+        self.steps = steps
+        self.tool_type = tool_type
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        if not self.listing_may_change:
+            return await self.inner.list_tools(ctx)
+        return await self.steps(f"list_tools:{self.tool_type}", lambda: self.inner.list_tools(ctx))
 
 
 class Runner(Protocol):

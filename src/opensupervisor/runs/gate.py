@@ -23,7 +23,7 @@ from opensupervisor.identity import Principal
 from opensupervisor.identity.grants import Access
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.tools.targets import target
-from opensupervisor.tracing.wrappers import counting_model_calls
+from opensupervisor.tracing.wrappers import ModelCall, counting_model_calls
 from opensupervisor.wire.request import ToolSpec
 
 
@@ -37,7 +37,7 @@ class DirectUse:
 
     input_tokens: int = 0
     status: str = "completed"
-    calls: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[ModelCall] = field(default_factory=list)
 
 
 @dataclass(slots=True)

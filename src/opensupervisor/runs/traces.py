@@ -14,15 +14,13 @@ from typing import Any
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.core.loop import Run
 from opensupervisor.identity import Principal
+from opensupervisor.runs.assemble import Prepared
 from opensupervisor.tracing.mlflow_format import trace_dict
 from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination, RunTrace, Tracing
 from opensupervisor.tracing.tables import TraceStore
 from opensupervisor.vault import redact_tool
 from opensupervisor.wire.request import CreateResponseRequest
 from opensupervisor.wire.response import Response
-
-# The run state key of the destination ``admit`` chose (its owner is kept with a stored run).
-DESTINATION = "trace_destination"
 
 
 class RunTraces:
@@ -41,23 +39,23 @@ class RunTraces:
         return await self.store.destinations.admit(principal, dest.catalog_name, dest.schema_name,
                                                    dest.table_prefix)
 
-    def start(self, run: Run, traceparent: str | None) -> RunTrace | None:
-        body = run.ctx.request.body
-        found = run.ctx.state.get(DESTINATION)
-        destination = found if isinstance(found, Destination) else None
-        keep = body.databricks_options is not None and body.databricks_options.return_trace
-        return self.tracing.start("opensupervisor.response", inputs=_inputs(run), traceparent=traceparent,
-                                  destination=destination, keep=keep)
+    def start(self, prepared: Prepared) -> None:
+        run, plan = prepared.run, prepared.plan
+        options = plan.request.body.databricks_options
+        keep = options is not None and options.return_trace
+        prepared.spans.trace = self.tracing.start("opensupervisor.response", inputs=_inputs(run),
+                                                  traceparent=plan.traceparent, destination=plan.destination,
+                                                  keep=keep)
 
-    async def events(self, run: Run, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    async def events(self, prepared: Prepared, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         async for event in events:
-            run_trace = run.ctx.trace
+            run_trace = prepared.spans.trace
             if run_trace is not None and event.type in TERMINAL_EVENTS:
-                event = self._finish(run, run_trace, event)
+                prepared.spans.trace = None
+                event = self._finish(prepared.run, run_trace, event)
             yield event
 
     def _finish(self, run: Run, run_trace: RunTrace, event: Event) -> Event:
-        run.ctx.trace = None
         response = event.data["response"]
         status = response["status"]
         error = None if status == "completed" else ((response.get("error") or {}).get("message") or status)
@@ -70,12 +68,12 @@ class RunTraces:
         run.emitter.response["databricks_output"] = output
         return Event.final({**event.data, "response": {**response, "databricks_output": output}})
 
-    def abandon(self, run: Run) -> None:
+    def abandon(self, prepared: Prepared) -> None:
         """A run that ended without its terminal event passing here (cancelled, abandoned)."""
-        run_trace = run.ctx.trace
+        run_trace = prepared.spans.trace
         if run_trace is not None:
-            run.ctx.trace = None
-            run_trace.finish(outputs=None, error=f"the response ended {run.emitter.response['status']}")
+            prepared.spans.trace = None
+            run_trace.finish(outputs=None, error=f"the response ended {prepared.response['status']}")
             self._store(run_trace)
 
     def _store(self, run_trace: RunTrace) -> None:

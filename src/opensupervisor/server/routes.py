@@ -76,7 +76,7 @@ async def retrieve_response(request: Request) -> Response:
     response_id = request.path_params["response_id"]
     query = request.query_params
     if query.get("stream", "false").lower() != "true":
-        return JSONResponse(await service.get(response_id, principal))
+        return JSONResponse(await service.stored.get(response_id, principal))
     # -1 replays the whole log; a sequence number is an INTEGER column.
     after = query_int(query, "starting_after", default=-1, low=-1, high=INT32_MAX)
     return _sse(await service.resume(response_id, principal, after))
@@ -84,12 +84,12 @@ async def retrieve_response(request: Request) -> Response:
 
 async def delete_response(request: Request) -> Response:
     principal = _principal(request)
-    return JSONResponse(await _state(request).service.delete(request.path_params["response_id"], principal))
+    return JSONResponse(await _state(request).service.stored.delete(request.path_params["response_id"], principal))
 
 
 async def cancel_response(request: Request) -> Response:
     principal = _principal(request)
-    return JSONResponse(await _state(request).service.cancel(request.path_params["response_id"], principal))
+    return JSONResponse(await _state(request).service.stored.cancel(request.path_params["response_id"], principal))
 
 
 async def list_input_items(request: Request) -> Response:
@@ -100,7 +100,7 @@ async def list_input_items(request: Request) -> Response:
     if order not in ("asc", "desc"):
         raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order",
                              code="invalid_value")
-    page = await _state(request).service.input_items(
+    page = await _state(request).service.stored.input_items(
         request.path_params["response_id"], principal, limit=limit, order=order, after=query.get("after"))
     return JSONResponse(page)
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse, plain
-from opensupervisor.core.events import TERMINAL_EVENTS, Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
 from opensupervisor.errors import ConfigError
 from opensupervisor.files import private_sqlite
 from opensupervisor.store.schema import events, items, responses
@@ -239,8 +239,7 @@ class Store:
                     last = conn.execute(select(func.max(events.c.sequence_number)).where(
                         events.c.response_id == row.id)).scalar()
                     output = _items(conn, row.id, "output")
-                    ending = Event.final({"type": "response.failed", "sequence_number": (last or 0) + 1,
-                                          "response": dict(response, output=output)})
+                    ending = terminal_event(dict(response, output=output), (last or 0) + 1)
                     conn.execute(update(responses).where(responses.c.id == row.id).values(
                         status="failed", response=_dumps(response)))
                     self._insert(conn, [], _event_rows(row.id, [compact(ending, set(range(len(output))))]))

@@ -24,7 +24,7 @@ from opensupervisor.core.arguments import text_property
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ToolError
-from opensupervisor.tools.connections import ApprovalPolicy, ConnectionTools, asks_approval
+from opensupervisor.tools.connections import ApprovalPolicy, asking, connection_tools
 from opensupervisor.tools.http_bounds import REDIRECTS, ResponseTooLarge, read_bounded
 from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
@@ -81,8 +81,8 @@ class Apps:
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, self.apps, "App")
         if name in self.mcp:
-            return ConnectionTools(self.mcp[name], spec.param, self.apps[name].require_approval)
-        return AppTool(self, name, config_description(spec))
+            return connection_tools(self.mcp[name], spec.param, self.apps[name].require_approval)
+        return asking(AppTool(self, name, config_description(spec)), self.apps[name].require_approval)
 
     async def ask(self, name: str, question: str) -> str:
         """The app's answer text; a failure of any kind is a ``ToolError`` (never the app's key)."""
@@ -132,8 +132,7 @@ class AppTool(Toolset):
         self.description = description or apps.apps[name].description or f"Asks the {name} app"
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
-        ask = asks_approval(self.apps.apps[self.name].require_approval, ctx)
-        return [ToolDef(tool_name(self.name), self.description, QUESTION_SCHEMA, server_label=self.name, approval=ask)]
+        return [ToolDef(tool_name(self.name), self.description, QUESTION_SCHEMA, server_label=self.name)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         return await self.apps.ask(self.name, str(arguments["question"]))

@@ -18,7 +18,6 @@ server sees, and limits, the user themselves. A caller with no token stored may 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor import outbound
+from opensupervisor.core.approval import AskFirst
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, Forbidden, ToolError, UpstreamUnavailable
@@ -48,6 +48,16 @@ MAX_USER_SERVERS = 10_000
 
 def asks_approval(policy: ApprovalPolicy, ctx: RunContext) -> bool:
     return policy == "always" or (policy == "background" and ctx.request.body.background)
+
+
+def asking(toolset: Toolset, policy: ApprovalPolicy) -> Toolset:
+    """``toolset`` with each of its tools waiting for approval as ``policy`` says."""
+    return AskFirst(toolset, lambda ctx, _tool: asks_approval(policy, ctx))
+
+
+def connection_tools(server: McpServer, param: str, policy: ApprovalPolicy, *,
+                     per_user: Callable[[RunContext], Awaitable[McpServer]] | None = None) -> Toolset:
+    return asking(ConnectionTools(server, param, per_user=per_user), policy)
 
 
 class OAuthEntry(BaseModel):
@@ -222,9 +232,9 @@ class Connections:
         name = config_name(spec, self.servers, "Connection")
         entry = self.entries[name]
         if entry.per_user:
-            return ConnectionTools(self.servers[name], spec.param, entry.require_approval,
-                                   per_user=lambda ctx: self.server_for(name, ctx.principal, spec.param))
-        return ConnectionTools(self.servers[name], spec.param, entry.require_approval)
+            return connection_tools(self.servers[name], spec.param, entry.require_approval,
+                                    per_user=lambda ctx: self.server_for(name, ctx.principal, spec.param))
+        return connection_tools(self.servers[name], spec.param, entry.require_approval)
 
     async def server_for(self, name: str, principal: Principal, param: str) -> McpServer:
         """The connection as ``principal``: their own token in place of any shared credential."""
@@ -247,11 +257,10 @@ class ConnectionTools(Toolset):
     # The server's list may change between a run's first listing and its resumption.
     listing_may_change = True
 
-    def __init__(self, server: McpServer, param: str, policy: ApprovalPolicy, *,
+    def __init__(self, server: McpServer, param: str, *,
                  per_user: Callable[[RunContext], Awaitable[McpServer]] | None = None) -> None:
         self.server = server
         self.param = param
-        self.policy = policy
         self.per_user = per_user
 
     async def _server(self, ctx: RunContext) -> McpServer:
@@ -260,11 +269,9 @@ class ConnectionTools(Toolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         server = await self._server(ctx)
         try:
-            tools = await server.list_tools()
+            return await server.list_tools()
         except ToolError as exc:
             raise UpstreamUnavailable(f"'{server.label}': {exc}", param=self.param) from exc
-        ask = asks_approval(self.policy, ctx)
-        return [dataclasses.replace(t, approval=ask) for t in tools]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         try:

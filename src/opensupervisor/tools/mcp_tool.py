@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from opensupervisor import outbound
+from opensupervisor.core.approval import AskFirst
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
@@ -99,7 +100,7 @@ class RemoteServers:
             tool = McpToolSpec.model_validate(spec.config)
         except ValidationError as exc:
             raise_validation(exc, spec.param)
-        return RemoteMcpTools(self._server(tool, spec.param), tool, spec.param)
+        return AskFirst(RemoteMcpTools(self._server(tool, spec.param), tool, spec.param), lambda _ctx, t: tool.asks(t))
 
     def _server(self, tool: McpToolSpec, param: str) -> McpServer:
         if not LABEL.match(tool.server_label):
@@ -154,7 +155,7 @@ class RemoteMcpTools(Toolset):
             tools = await self.server.list_tools()
         except ToolError as exc:
             raise UpstreamUnavailable(f"'{self.spec.server_label}': {exc}", param=self.param) from exc
-        return [dataclasses.replace(t, server_label=self.spec.server_label, items="mcp", approval=self.spec.asks(t))
+        return [dataclasses.replace(t, server_label=self.spec.server_label, items="mcp")
                 for t in tools if self.spec.allows(t)]
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:

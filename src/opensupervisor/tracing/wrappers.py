@@ -1,8 +1,8 @@
 """Spans around the two contracts: a ``CHAT_MODEL`` span per model call, a ``TOOL`` span per tool call.
 
 Without a trace they only count and time the calls (``/metrics``). Either way, each model call's
-tokens are counted for usage: the loop's in ``RunContext.state["model_calls"]``, and those of the
-model calls tools make themselves (text to SQL, grounded answers) in ``"tool_model_calls"``.
+tokens are counted for usage (``RunSpans``): the loop's in ``model_calls``, and those of the model
+calls tools make themselves (text to SQL, grounded answers) in ``tool_model_calls``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import contextvars
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from opensupervisor import metrics
 from opensupervisor.core.contracts import (
@@ -24,29 +25,48 @@ from opensupervisor.core.contracts import (
     TextDelta,
     ToolCallDelta,
     ToolCallStart,
+    Toolset,
     Usage,
+    WrapperModel,
+    WrapperToolset,
 )
 from opensupervisor.tracing.spans import TOKEN_USAGE, RunTrace, SpanRecord, end_span, span
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
 
+
+class ModelCall(TypedDict):
+    """One model call's tokens, as a usage row's ``calls`` lists them."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    # What a tool asked its own model for (``genie_sql``, ``knowledge_answer`` …).
+    purpose: NotRequired[str]
+
+
+@dataclass(slots=True)
+class RunSpans:
+    """What the tracing wrappers of one run share: its trace, while it runs, and the calls counted."""
+
+    trace: RunTrace | None = None
+    model_calls: list[ModelCall] = field(default_factory=list)
+    tool_model_calls: list[ModelCall] = field(default_factory=list)
+
+
 # Where the model calls of the tool call running in this task are counted (a run's list).
-_tool_model_calls: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+_tool_model_calls: contextvars.ContextVar[list[ModelCall] | None] = contextvars.ContextVar(
     "tool_model_calls", default=None)
 
 
-class TracedModel(Model):
-    def __init__(self, inner: Model, ctx: RunContext) -> None:
-        self.inner = inner
-        self.ctx = ctx
-        self.name = inner.name
-        self.provider = inner.provider
-        self.context_window = inner.context_window
-        self.defaults = inner.defaults
+class TracedModel(WrapperModel):
+    def __init__(self, inner: Model, spans: RunSpans) -> None:
+        super().__init__(inner)
+        self.spans = spans
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
-        run = self.ctx.trace
+        run = self.spans.trace
         started = time.perf_counter()
         span = None if run is None else run.child(
             self.inner.name, "CHAT_MODEL", inputs=_inputs(request),
@@ -59,7 +79,8 @@ class TracedModel(Model):
             async with aclosing(self.inner.request_stream(request)) as stream:
                 async for event in stream:
                     if isinstance(event, Usage):
-                        self._count(event)
+                        self.spans.model_calls.append({"model": self.name, "input_tokens": event.input_tokens,
+                                                       "output_tokens": event.output_tokens})
                     if span is not None:
                         _observe(span, event, text, calls)
                     yield event
@@ -74,13 +95,23 @@ class TracedModel(Model):
             metrics.MODEL_CALLS.labels(self.name, "error" if error else "ok").inc()
             metrics.MODEL_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
-    def _count(self, usage: Usage) -> None:
-        """Each model call's tokens, for usage tracking (``store.usage``)."""
-        self.ctx.state.setdefault("model_calls", []).append(
-            {"model": self.name, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens})
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+class TracedToolset(WrapperToolset):
+    """Each call inside its ``TOOL`` span (spans the tool opens nest under it); the model calls it
+    makes are counted in the run's ``tool_model_calls``."""
+
+    def __init__(self, inner: Toolset, spans: RunSpans, tool_type: str) -> None:
+        super().__init__(inner)
+        self.spans = spans
+        self.tool_type = tool_type
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        token = _tool_model_calls.set(self.spans.tool_model_calls)
+        try:
+            return await _tool_call(self.spans.trace, name, self.tool_type, arguments,
+                                    lambda: self.inner.call_tool(ctx, name, arguments))
+        finally:
+            _tool_model_calls.reset(token)
 
 
 def _observe(span: SpanRecord, event: ModelEvent, text: list[str], calls: list[dict[str, str]]) -> None:
@@ -104,23 +135,12 @@ def _inputs(request: ModelRequest) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def counting_model_calls() -> Iterator[list[dict[str, Any]]]:
+def counting_model_calls() -> Iterator[list[ModelCall]]:
     """The model calls tools make inside this block, outside any run (the Genie conversation API)."""
-    calls: list[dict[str, Any]] = []
+    calls: list[ModelCall] = []
     token = _tool_model_calls.set(calls)
     try:
         yield calls
-    finally:
-        _tool_model_calls.reset(token)
-
-
-async def traced_tool_call(ctx: RunContext, name: str, tool_type: str, arguments: dict[str, Any],
-                           call: Callable[[], Awaitable[str]]) -> str:
-    """Run one tool call inside its ``TOOL`` span (spans the tool opens nest under it); the model
-    calls it makes are counted in the run's ``tool_model_calls``."""
-    token = _tool_model_calls.set(ctx.state.setdefault("tool_model_calls", []))
-    try:
-        return await _tool_call(ctx.trace, name, tool_type, arguments, call)
     finally:
         _tool_model_calls.reset(token)
 

@@ -17,7 +17,7 @@ from opensupervisor import outbound
 from opensupervisor.core.context import RunContext
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError, UpstreamUnavailable
-from opensupervisor.tools.connections import ConnectionTools
+from opensupervisor.tools.connections import connection_tools
 from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity, segment
 from opensupervisor.tools.mcp_client import McpServer
 
@@ -34,7 +34,7 @@ class RemoteMcp(Toolset):
         self.param = param
         self.locate = locate
 
-    async def _tools(self, ctx: RunContext) -> ConnectionTools:
+    async def _tools(self, ctx: RunContext) -> Toolset:
         identity = await self.client.identity(ctx)
         url = await self.locate(identity)
         # One MCP client per server and identity, kept across requests (its tool list is cached).
@@ -47,7 +47,7 @@ class RemoteMcp(Toolset):
             server = servers[key] = McpServer(self.name, url, headers=dict(identity.headers),
                                               timeout_s=self.client.section.timeout_s, allowed_tools=None,
                                               transport="streamable_http")
-        return ConnectionTools(server, self.param, self.client.section.connection_approval)
+        return connection_tools(server, self.param, self.client.section.connection_approval)
 
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         try:
