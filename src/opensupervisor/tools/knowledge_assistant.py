@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from opensupervisor import tracing
 from opensupervisor.core.arguments import MAX_GLOB_CHARS, MAX_QUESTION_CHARS, text_property
 from opensupervisor.core.citations import format_sources
-from opensupervisor.core.context import RunContext
+from opensupervisor.core.context import RunContext, Slot
 from opensupervisor.core.contracts import ModelRequest, ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ModelError, ToolError
 from opensupervisor.knowledge.embeddings import Embedder, OpenAIEmbeddings
@@ -74,6 +75,16 @@ class KnowledgeAssistantEntry(BaseModel):
 def tool_name(ka: str) -> str:
     return prefixed_tool_name("ka_", ka)
 
+
+
+
+@dataclass(slots=True)
+class _Citations:
+    used: int = 0
+
+
+# The citation numbers a run's assistants handed out so far.
+CITATIONS: Slot[_Citations] = Slot("citation_numbers", _Citations)
 
 QUESTION_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["question"],
@@ -232,8 +243,9 @@ class KnowledgeTool(Toolset):
 
 def allocate_citations(ctx: RunContext, count: int) -> list[int]:
     """Citation numbers unique within the run, so several assistants' sources never collide."""
-    first = int(ctx.state.get("citation_numbers", 0)) + 1
-    ctx.state["citation_numbers"] = first + count - 1
+    numbers = ctx.slot(CITATIONS)
+    first = numbers.used + 1
+    numbers.used += count
     return list(range(first, first + count))
 
 

@@ -31,7 +31,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamablehttp_client
 from mcp.types import CallToolResult, ListToolsResult
 
-from opensupervisor.core.context import RunContext
+from opensupervisor.core.context import RunContext, Slot
 from opensupervisor.core.contracts import ToolDef
 from opensupervisor.errors import ToolError
 from opensupervisor.tools.http_bounds import AddressRefused, AnswerLimit, RedirectRefused, ResponseTooLarge
@@ -201,8 +201,12 @@ class _HeldSession:
         self._ready = None
 
 
+# The sessions a run holds open, one per server (by its id), closed when the run ends.
+SESSIONS: Slot[dict[int, _HeldSession]] = Slot("mcp_sessions", dict)
+
+
 def _held(ctx: RunContext, server: McpServer) -> _HeldSession:
-    sessions: dict[int, _HeldSession] = ctx.state.setdefault("mcp_sessions", {})
+    sessions = ctx.slot(SESSIONS)
     held = sessions.get(id(server))
     if held is None:
         held = sessions[id(server)] = _HeldSession(server)

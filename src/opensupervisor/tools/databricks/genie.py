@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from opensupervisor import tracing
-from opensupervisor.core.context import RunContext
+from opensupervisor.core.context import RunContext, Slot
 from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import InvalidRequest, ToolError
 from opensupervisor.tools.databricks.client import DatabricksClient, DatabricksFailure, Identity, segment
@@ -26,7 +26,8 @@ from opensupervisor.tools.genie import QUESTION_SCHEMA, tool_name
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "QUERY_RESULT_EXPIRED")
 MARKER = re.compile(r"\(Genie conversation ([A-Za-z0-9_-]+) in space ([^)\s,]+), ([0-9a-f]{16})\)")
 DISPLAY_ROWS = 50
-CONVERSATIONS = "databricks_genie_conversations"
+# This run's conversation with each space (space id → conversation id).
+CONVERSATIONS: Slot[dict[str, str]] = Slot("databricks_genie_conversations", dict)
 
 
 class RemoteGenie(Toolset):
@@ -61,7 +62,7 @@ class RemoteGenie(Toolset):
                 message = await self._ask(identity, conversation, question)
                 message = await self._until_done(identity, message)
             conversation = str(message["conversation_id"])
-            ctx.state.setdefault(CONVERSATIONS, {})[self.space_id] = conversation
+            ctx.slot(CONVERSATIONS)[self.space_id] = conversation
             if message.get("status") != "COMPLETED":
                 error = message.get("error") or {}
                 raise ToolError(f"Genie could not answer ({message.get('status')}): "
@@ -75,7 +76,7 @@ class RemoteGenie(Toolset):
     def _conversation(self, ctx: RunContext) -> str | None:
         """This chain's conversation with the space: from this run, else the latest in its history
         that this server made for this caller (the mark is signed: a client cannot claim another's)."""
-        known = ctx.state.get(CONVERSATIONS, {}).get(self.space_id)
+        known = ctx.slot(CONVERSATIONS).get(self.space_id)
         if known is not None:
             return str(known)
         for item in reversed(ctx.history):
