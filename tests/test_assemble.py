@@ -61,7 +61,7 @@ def _plan(vault: Vault, raw: dict[str, Any] = RAW, **fields: Any) -> RunPlan:
 async def _build(deps: tuple[RunDeps, ToolRegistry, Vault], resume: Resume | None) -> Prepared:
     run_deps, registry, vault = deps
     plan = _plan(vault)
-    return await assemble(plan, run_deps, registry.bind(plan.request.tools), prior=[],
+    return await assemble(plan, run_deps, registry.bind(plan.request.tools), prior=_nothing,
                           response=new_response(plan.response_id, plan.request, model=MODEL), durable=resume)
 
 
@@ -73,6 +73,10 @@ def _chain(outer: Model | Toolset) -> list[type]:
         kinds.append(type(current))
         current = current.inner
     return [*kinds, type(current)]
+
+
+async def _nothing() -> list[Any]:
+    return []
 
 
 async def _steps(name: str, fn: Callable[[], Awaitable[T]]) -> T:

@@ -13,6 +13,7 @@ again nor opens its span twice; the wrappers outside it run every time.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from opensupervisor.core import approval
@@ -72,13 +73,14 @@ class Prepared:
         return self.run.emitter.response
 
 
-async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *, prior: list[Item],
-                   response: Response, durable: Resume | None = None) -> Prepared:
+async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
+                   prior: Callable[[], Awaitable[list[Item]]], response: Response,
+                   durable: Resume | None = None) -> Prepared:
     """The run of ``plan`` with the request's toolsets (``bound``) after the history of its earlier
-    responses (``prior``), starting from ``response`` (new, or a stored one as it was created)."""
+    responses (``prior``, read once the tools are listed: a durable run's steps keep that order),
+    starting from ``response`` (new, or a stored one as it was created)."""
     body = plan.request.body
-    items = prior + plan.input_items
-    ctx = RunContext(response_id=plan.response_id, principal=plan.principal, request=plan.request, history=items)
+    ctx = RunContext(response_id=plan.response_id, principal=plan.principal, request=plan.request)
     spans = RunSpans()
     steps = durable.steps if durable is not None else None
     served = deps.catalog.get(body.model)
@@ -86,10 +88,12 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *, p
     model = TracedModel(durable_model or served, spans)
     toolsets = [replace(b, toolset=_wrapped(b, deps.limits, spans, steps)) for b in bound]
     toolbox = await ToolBox.build(ctx, toolsets, max_arguments_chars=deps.limits.max_tool_arguments_chars)
+    earlier = await prior()
+    items = ctx.history = earlier + plan.input_items
     signer = deps.signer.bound(plan.principal.id)
     run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items, emitter=Emitter(response),
               limits=_model_limits(served, deps.limits), signer=signer,
-              answers=approval.answers(items, len(prior), signer, toolbox.lookup),
+              answers=approval.answers(items, len(earlier), signer, toolbox.lookup),
               echo=_echo(plan.input_items) if plan.echo else [])
     recorder = Recorder(deps.store if body.store else None, response_id=plan.response_id, owner=plan.principal.id,
                         request=plan.sealed_request, stream=body.stream, background=body.background,

@@ -95,7 +95,7 @@ class ResponseService:
                            echo=echo_history and body.background, traceparent=traceparent, destination=destination,
                            # which process answers it, should that one die
                            executor=None if body.background else self.engine.executor_id)
-            prepared = await assemble(plan, self.deps, bound, prior=prior,
+            prepared = await assemble(plan, self.deps, bound, prior=lambda: _given(prior),
                                       response=new_response(plan.response_id, parsed, model=body.model))
             _check_context(prepared.run.model, body, prepared.run.history)
             await approvals.use(prepared.run, self.approvals)  # last: a request refused before this uses none
@@ -212,7 +212,9 @@ class ResponseService:
         async def history() -> list[Item]:
             return await self._prior_history(previous, plan.principal)
 
-        prior = await dbos_steps("history", history) if previous else []
+        async def prior() -> list[Item]:
+            return await dbos_steps("history", history) if previous else []
+
         return await assemble(plan, self.deps, bound, prior=prior, response=_as_created(record.response),
                               durable=Resume(dbos_steps, record.last_sequence))
 
@@ -256,6 +258,10 @@ def _check_output_tokens(model: Model, body: CreateResponseRequest) -> None:
     if cap is not None and asked is not None and asked > cap:
         raise InvalidRequest(f"max_output_tokens ({asked}) is above the most model '{body.model}' allows ({cap}).",
                              param="max_output_tokens", code="invalid_value")
+
+
+async def _given(items: list[Item]) -> list[Item]:
+    return items
 
 
 def _as_created(response: Response) -> Response:
