@@ -194,7 +194,7 @@ class AccessSection(_Section):
 
 
 class AuthSection(_Section):
-    """Failed authentication (``opensupervisor.server.auth_failures``): after this many failures
+    """Failed authentication (``opensupervisor.identity.auth_failures``): after this many failures
     from one client address within a minute, its requests without valid credentials get 429 until
     the window clears (0: never)."""
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from opensupervisor.identity.auth_failures import WINDOW_S
 from opensupervisor.server.app import create_app
-from opensupervisor.server.auth_failures import WINDOW_S
 from opensupervisor.settings import Settings
 from opensupervisor.workspace import load_workspace
 from tests import toolkinds

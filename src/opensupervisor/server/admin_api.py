@@ -14,15 +14,16 @@ from starlette.routing import BaseRoute, Route
 
 from opensupervisor.admin.functions import FunctionAdmin
 from opensupervisor.errors import Forbidden
+from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
-from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_json_body
 
 BASE = "/admin/v1/functions"
 
 
-def admin_state(request: Request, what: str = "the function catalog") -> AppState:
-    state: AppState = request.app.state.os
+def admin_state(request: Request, what: str = "the function catalog") -> Runtime:
+    state: Runtime = request.app.state.os
     if not authenticate(request, state.admin_token).is_admin:
         raise Forbidden(f"Only an admin may manage {what}.")
     return state

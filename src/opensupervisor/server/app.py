@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -17,12 +16,10 @@ from opensupervisor.demo.servers import DemoServers
 from opensupervisor.errors import APIError
 from opensupervisor.runtime import ToolSetup, running
 from opensupervisor.server.auth import ResolveCaller
-from opensupervisor.server.auth_failures import FailedAuth
 from opensupervisor.server.request_body import BoundedBody
 from opensupervisor.server.routes import routes
-from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.server.state import JSONResponse
 from opensupervisor.settings import Settings, ensure_admin_token
-from opensupervisor.store.principals import Principals
 from opensupervisor.workspace import Workspace, load_workspace
 
 log = logging.getLogger(__name__)
@@ -69,14 +66,10 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
         async with contextlib.AsyncExitStack() as stack:
             if demo is not None:
                 await demo.start(stack)
-            rt = await stack.enter_async_context(running(settings, ws, tool_setup))
+            rt = await stack.enter_async_context(running(settings, ws, tool_setup, admin_token=token))
             if demo is not None:
                 demo.take_token()
-            app.state.os = AppState(settings, ws, token, rt.service, rt.catalog, rt.spaces, rt.functions,
-                                    rt.registered, rt.connections, rt.stored_connections, rt.assistants,
-                                    Principals(rt.store), rt.access, rt.stored_grants, rt.usage,
-                                    rt.limiter, rt.stored_limits, rt.credentials, int(time.time()),
-                                    FailedAuth(ws.auth.max_failures_per_minute))
+            app.state.os = rt
             yield
 
     return Starlette(

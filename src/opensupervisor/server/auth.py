@@ -15,11 +15,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opensupervisor.errors import Unauthorized
 from opensupervisor.identity import ADMIN, Principal
-from opensupervisor.server.auth_failures import AuthFailure
+from opensupervisor.identity.auth_failures import AuthFailure
 from opensupervisor.store.principals import TOKEN_PREFIX
 
 if TYPE_CHECKING:
-    from opensupervisor.server.state import AppState
+    from opensupervisor.runtime import Runtime
 
 
 def bearer_token(request: Request) -> str:
@@ -82,7 +82,7 @@ class ResolveCaller:
                 scope.setdefault("state", {})[AUTH_KEY] = await self._resolve(Request(scope), state)
         await self.app(scope, receive, send)
 
-    async def _resolve(self, request: Request, state: AppState) -> Principal | AuthFailure:
+    async def _resolve(self, request: Request, state: Runtime) -> Principal | AuthFailure:
         try:
             token = bearer_token(request)
         except _NoToken as exc:

@@ -16,13 +16,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from opensupervisor.admin.credentials import CredentialAdmin
+from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
-from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_json_body
 
 
 def _credentials(request: Request) -> CredentialAdmin:
-    state: AppState = request.app.state.os
+    state: Runtime = request.app.state.os
     return CredentialAdmin(state.connections, state.credentials, state.principals,
                            databricks=state.workspace.databricks is not None)
 

@@ -19,8 +19,9 @@ from starlette.routing import BaseRoute, Route
 
 from opensupervisor.errors import InvalidRequest, NotFound
 from opensupervisor.knowledge.local_embedder import BUNDLED, LocalEmbedder
+from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
-from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_json_body
 from opensupervisor.wire.validation import raise_validation
 
@@ -36,7 +37,7 @@ class EmbeddingsRequest(BaseModel):
 
 
 async def create_embeddings(request: Request) -> Response:
-    state: AppState = request.app.state.os
+    state: Runtime = request.app.state.os
     principal = authenticate(request, state.admin_token)
     try:
         body = EmbeddingsRequest.model_validate(parse_json_body(await request.body()))

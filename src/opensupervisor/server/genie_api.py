@@ -19,8 +19,9 @@ from starlette.routing import BaseRoute, Route
 
 from opensupervisor.errors import InvalidRequest, NotFound, ToolError
 from opensupervisor.identity import Principal
+from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
-from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.server.state import JSONResponse
 from opensupervisor.store.genie import GenieMessages, StoredMessage
 from opensupervisor.tools.genie import Answer, GenieSpaces
 from opensupervisor.wire.request import parse_json_body
@@ -30,13 +31,13 @@ BASE = "/api/2.0/genie/spaces"
 TYPE_NAMES = {bool: "BOOLEAN", int: "LONG", float: "DOUBLE", str: "STRING"}
 
 
-def _state(request: Request) -> tuple[AppState, Principal, GenieSpaces]:
-    state: AppState = request.app.state.os
+def _state(request: Request) -> tuple[Runtime, Principal, GenieSpaces]:
+    state: Runtime = request.app.state.os
     principal = authenticate(request, state.admin_token)
     return state, principal, state.spaces
 
 
-def _space_id(request: Request, state: AppState, principal: Principal) -> str:
+def _space_id(request: Request, state: Runtime, principal: Principal) -> str:
     """The path's space; one the caller may not run is as absent as one that does not exist."""
     space_id = str(request.path_params["space_id"])
     if space_id not in state.spaces.spaces:
@@ -117,7 +118,7 @@ async def _message(request: Request) -> StoredMessage:
     return found
 
 
-async def _conversation(state: AppState, principal: Principal, space_id: str,
+async def _conversation(state: Runtime, principal: Principal, space_id: str,
                         conversation_id: str) -> list[StoredMessage]:
     owner = None if principal.is_admin else principal.id
     messages = await GenieMessages(state.service.store).conversation(space_id, conversation_id, owner)
@@ -126,7 +127,7 @@ async def _conversation(state: AppState, principal: Principal, space_id: str,
     return messages
 
 
-async def _answer(state: AppState, principal: Principal, space_id: str, conversation_id: str, content: str,
+async def _answer(state: Runtime, principal: Principal, space_id: str, conversation_id: str, content: str,
                   earlier: list[tuple[str, str]]) -> dict[str, Any]:
     message_id = uuid.uuid4().hex
     now = int(time.time() * 1000)

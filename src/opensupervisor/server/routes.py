@@ -15,6 +15,7 @@ from opensupervisor.core.events import Event
 from opensupervisor.errors import APIError, InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.metrics import REGISTRY
+from opensupervisor.runtime import Runtime
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes
@@ -26,15 +27,15 @@ from opensupervisor.server.limits_api import limits_routes
 from opensupervisor.server.openapi import openapi_routes
 from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import EventStream
-from opensupervisor.server.state import AppState, JSONResponse
+from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_create_request, parse_json_body
 from opensupervisor.wire.validation import INT32_MAX, query_int
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
 
 
-def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.os
+def _state(request: Request) -> Runtime:
+    state: Runtime = request.app.state.os
     return state
 
 
@@ -110,7 +111,7 @@ async def compact_response(request: Request) -> Response:
     raise NotFound("POST /responses/compact is not supported by this server.", code="unsupported_endpoint")
 
 
-def _model_object(state: AppState, name: str) -> dict[str, Any]:
+def _model_object(state: Runtime, name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": state.started_at,
             "owned_by": state.workspace.models[name].provider}
 
