@@ -75,7 +75,7 @@ def _targets(node: ast.AST, module: str, is_package: bool, known: dict[str, Path
 
 
 def imports(root: Path) -> list[Import]:
-    """Every import of one module of the package by another, in file order."""
+    """Every import of a module of the package by one of its modules, by module and line."""
     known = _modules(root)
     found = []
     for module, path in known.items():
