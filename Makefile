@@ -33,8 +33,9 @@ $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
 serve: $(VENV)/.installed  ## install into .venv and start the server (demo workspace, SQLite state)
 	$(BIN)/opensupervisor serve
 
-lint: $(VENV)/.installed-dev  ## ruff
-	$(BIN)/ruff check src tests bench
+lint: $(VENV)/.installed-dev  ## ruff, and the package's import layers
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/python scripts/check_layers.py src/opensupervisor
 
 typecheck: $(VENV)/.installed-dev  ## mypy --strict
 	$(BIN)/mypy

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import openai
 import pytest
 import uvicorn
 
+from opensupervisor.core.contracts import Model
 from opensupervisor.server.app import create_app
 from opensupervisor.settings import Settings
 from opensupervisor.workspace import load_workspace
@@ -56,6 +57,14 @@ def wait_until(check: Callable[[], bool], *, timeout: float = 20.0, what: str = 
 class Server:
     url: str
     token: str = TOKEN
+    # The application, when it runs in this process (``ThreadServer``).
+    app: Any = field(default=None, repr=False)
+
+    def model(self, name: str) -> Model:
+        """The catalog's model ``name``, the very instance that serves this server's requests."""
+        assert self.app is not None, "only a server in this process shares its models with the test"
+        model: Model = self.app.state.os.catalog.get(name)
+        return model
 
     @property
     def v1(self) -> str:
@@ -98,11 +107,11 @@ class ThreadServer:
         port = free_port()
         settings = Settings(database_url=database_url, config=str(workspace), admin_token=TOKEN,
                             system_database_url=SYSTEM_DB, data_dir=SCRATCH, port=port)
-        app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
-        self.loopback = ASGIThread(app, port)
+        self.app = create_app(settings, workspace=load_workspace(workspace), tool_setup=toolkinds.register)
+        self.loopback = ASGIThread(self.app, port)
 
     def __enter__(self) -> Server:
-        return Server(self.loopback.__enter__())
+        return Server(self.loopback.__enter__(), app=self.app)
 
     def __exit__(self, *exc: object) -> None:
         self.loopback.__exit__(*exc)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from opensupervisor.core.contracts import ToolDef, Toolset, WrapperToolset
 from opensupervisor.errors import InvalidRequest
-from opensupervisor.wire.items import Item
+from opensupervisor.wire.items import FunctionCallItem, FunctionCallOutputItem, Item, as_item
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
@@ -187,8 +187,11 @@ def model_view(history: list[Item]) -> list[Item]:
 
 
 def _pair(call_id: str, name: str, arguments: str, output: str) -> list[Item]:
-    return [{"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments, "status": "completed"},
-            {"type": "function_call_output", "call_id": call_id, "output": output, "status": "completed"}]
+    call: FunctionCallItem = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
+                              "status": "completed"}
+    result: FunctionCallOutputItem = {"type": "function_call_output", "call_id": call_id, "output": output,
+                                      "status": "completed"}
+    return [as_item(call), as_item(result)]
 
 
 def _error_text(error: object) -> str:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from opensupervisor.wire.ids import derived_id
-from opensupervisor.wire.items import Item
-from opensupervisor.wire.response import Response, usage
+from opensupervisor.wire.items import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    ItemStatus,
+    McpCallItem,
+    McpListToolsItem,
+    MessageItem,
+    OutputText,
+    as_item,
+)
+from opensupervisor.wire.response import (
+    IncompleteDetails,
+    Response,
+    ResponseError,
+    ResponseObject,
+    ResponseStatus,
+    usage,
+)
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
@@ -92,8 +109,9 @@ class TextBuffer:
 class Emitter:
     """Builds the events of one response and keeps the response object in step with them."""
 
-    def __init__(self, response: Response, start_sequence: int = 0) -> None:
-        self.response = response
+    def __init__(self, response: ResponseObject | Response, start_sequence: int = 0) -> None:
+        # Held loosely, as the run and the store read it (a stored response comes back untyped).
+        self.response = cast(Response, response)
         self.seq = start_sequence
         self.input_tokens = 0
         self.output_tokens = 0
@@ -115,7 +133,7 @@ class Emitter:
     def lifecycle(self, kind: str, *, final: bool = False) -> Event:
         return self.event(kind, final=final, response=self.snapshot())
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: ResponseStatus) -> None:
         self.response["status"] = status
 
     # -- output items ------------------------------------------------------------------------
@@ -140,11 +158,13 @@ class Emitter:
         return derived_id(kind, self.response["id"], len(self.response["output"]))
 
     def start_message(self) -> tuple[Item, list[Event]]:
-        item: Item = {"id": self._next_id("message"), "type": "message", "status": "in_progress", "role": "assistant",
-                      "content": []}
+        message: MessageItem = {"id": self._next_id("message"), "type": "message", "status": "in_progress",
+                                "role": "assistant", "content": []}
+        item = as_item(message)
         added = self.item_added(item)
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        item["content"].append(part)
+        # Added after the item event, which shows the message with no parts yet.
+        part: OutputText = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        message["content"].append(part)
         return item, [added, self.event("response.content_part.added", item_id=item["id"],
                                         output_index=added.data["output_index"], content_index=0,
                                         part=part)]
@@ -181,7 +201,7 @@ class Emitter:
                                      annotation=annotation))
         return events
 
-    def finish_message(self, item: Item, status: str = "completed") -> list[Event]:
+    def finish_message(self, item: Item, status: ItemStatus = "completed") -> list[Event]:
         self.settle_text(item)
         index = self.index_of(item)
         part = item["content"][0]
@@ -195,8 +215,9 @@ class Emitter:
         ]
 
     def start_call(self, call_id: str, name: str) -> tuple[Item, Event]:
-        item: Item = {"id": self._next_id("function_call"), "type": "function_call", "status": "in_progress",
-                      "call_id": call_id, "name": name, "arguments": ""}
+        call: FunctionCallItem = {"id": self._next_id("function_call"), "type": "function_call",
+                                  "status": "in_progress", "call_id": call_id, "name": name, "arguments": ""}
+        item = as_item(call)
         return item, self.item_added(item)
 
     def call_delta(self, item: Item, delta: str) -> Event:
@@ -215,8 +236,9 @@ class Emitter:
         ]
 
     def call_output(self, call_id: str, output: str) -> list[Event]:
-        item: Item = {"id": self._next_id("function_call_output"), "type": "function_call_output", "call_id": call_id,
-                      "output": output, "status": "completed"}
+        result: FunctionCallOutputItem = {"id": self._next_id("function_call_output"), "type": "function_call_output",
+                                          "call_id": call_id, "output": output, "status": "completed"}
+        item = as_item(result)
         return [self.item_added(item), self.item_done(item)]
 
     def whole_item(self, item: Item) -> list[Event]:
@@ -233,10 +255,11 @@ class Emitter:
 
     def start_mcp_call(self, server_label: str, name: str, arguments: str = "",
                        approval_request_id: str | None = None) -> tuple[Item, list[Event]]:
-        item: Item = {"id": self._next_id("mcp_call"), "type": "mcp_call", "status": "in_progress",
-                      "server_label": server_label, "name": name, "arguments": arguments}
+        call: McpCallItem = {"id": self._next_id("mcp_call"), "type": "mcp_call", "status": "in_progress",
+                             "server_label": server_label, "name": name, "arguments": arguments}
         if approval_request_id is not None:
-            item["approval_request_id"] = approval_request_id
+            call["approval_request_id"] = approval_request_id
+        item = as_item(call)
         added = self.item_added(item)
         index = added.data["output_index"]
         return item, [added, self.event("response.mcp_call.in_progress", item_id=item["id"], output_index=index)]
@@ -264,13 +287,14 @@ class Emitter:
         return [self.event(kind, item_id=item["id"], output_index=index), self.item_done(item)]
 
     def mcp_list_tools(self, server_label: str, tools: list[dict[str, Any]]) -> list[Event]:
-        item: Item = {"id": self._next_id("mcp_list_tools"), "type": "mcp_list_tools", "server_label": server_label,
-                      "tools": []}
+        listing: McpListToolsItem = {"id": self._next_id("mcp_list_tools"), "type": "mcp_list_tools",
+                                     "server_label": server_label, "tools": []}
+        item = as_item(listing)
         added = self.item_added(item)
         index = added.data["output_index"]
         in_progress = self.event("response.mcp_list_tools.in_progress", item_id=item["id"], output_index=index)
         completed = self.event("response.mcp_list_tools.completed", item_id=item["id"], output_index=index)
-        item["tools"] = tools
+        listing["tools"] = tools
         return [added, in_progress, completed, self.item_done(item)]
 
     def close_open_items(self) -> list[Event]:
@@ -297,12 +321,13 @@ class Emitter:
         self.response["usage"] = usage(self.input_tokens, self.output_tokens, cached=self.cached_tokens,
                                        reasoning=self.reasoning_tokens)
 
-    def finish(self, status: str, *, reason: str | None = None, error: dict[str, Any] | None = None) -> Event:
+    def finish(self, status: ResponseStatus, *, reason: str | None = None, error: ResponseError | None = None) -> Event:
         """The terminal event. A cancelled run ends with ``response.failed`` (OpenAI has no cancelled event)."""
         self.response["status"] = status
         self.response["completed_at"] = int(time.time()) if status == "completed" else None
         if reason is not None:
-            self.response["incomplete_details"] = {"reason": reason}
+            details: IncompleteDetails = {"reason": reason}
+            self.response["incomplete_details"] = details
         if error is not None:
             self.response["error"] = error
         if self.response["usage"] is None:

@@ -10,14 +10,22 @@ placeholder, which the demo servers never accept.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from opensupervisor.workspace import Workspace
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 DEMO_TOKEN_ENV = "OPENSUPERVISOR_DEMO_TOKEN"
 _PENDING = "set-when-the-server-starts"
+
+
+class Workspace(Protocol):
+    """What the token needs of a workspace; the workspace module imports this one, not the reverse."""
+
+    @property
+    def demo_servers(self) -> bool: ...
+    @property
+    def connections(self) -> Mapping[str, Any]: ...
+    @property
+    def apps(self) -> Mapping[str, Any]: ...
 
 
 def needs_demo_token(ws: Workspace) -> bool:

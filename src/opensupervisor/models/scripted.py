@@ -8,11 +8,16 @@ works across processes, ``previous_response_id`` chains and client round trips.
 With no matching turn the model improvises deterministically: it calls the tool that ``tool_choice``
 demands (arguments made from the tool's schema), returns JSON that fits ``text.format``, or answers
 in plain text.
+
+It keeps the requests it received (``requests``, the latest ``REQUESTS_KEPT``), so that a test can
+see what the loop sent it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -76,12 +81,18 @@ def parse_script(name: str, rules: list[dict[str, Any]]) -> list[ScriptRule]:
 
 
 class ScriptedModel(Model):
+    # One instance serves a whole server's life, and a script may loop until the turn limit.
+    REQUESTS_KEPT = 256
+
     def __init__(self, name: str, rules: list[ScriptRule] | None = None, *, chunk_words: int = 1) -> None:
         self.name = name
         self.rules = rules or []
         self.chunk_words = chunk_words
+        self.requests: deque[ModelRequest] = deque(maxlen=self.REQUESTS_KEPT)
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
+        # The items list may be the run's own history, which grows after this call.
+        self.requests.append(dataclasses.replace(request, items=list(request.items)))
         turn = self._turn(request)
         if turn.delay_s:
             await asyncio.sleep(turn.delay_s)

@@ -33,7 +33,7 @@ from opensupervisor.runs.recorder import Recorder
 from opensupervisor.store import Store
 from opensupervisor.tracing.wrappers import RunSpans, TracedModel, TracedToolset
 from opensupervisor.wire.items import Item
-from opensupervisor.wire.response import Response
+from opensupervisor.wire.response import Response, ResponseObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class Prepared:
 
 
 async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
-                   prior: Callable[[], Awaitable[list[Item]]], response: Response,
+                   prior: Callable[[], Awaitable[list[Item]]], response: ResponseObject | Response,
                    durable: Resume | None = None) -> Prepared:
     """The run of ``plan`` with the request's toolsets (``bound``) after the history of its earlier
     responses (``prior``, read once the tools are listed: a durable run's steps keep that order),

@@ -7,16 +7,158 @@ accepts nulls for optional ones; what is kept is rebuilt into one canonical shap
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.wire.validation import raise_validation
 
-# A Responses item in canonical form (what the loop, the models and the store exchange).
+# A Responses item in canonical form (what the loop, the models and the store exchange). Code that
+# reads items of any kind reads this; code that builds one builds a typed shape below.
 Item = dict[str, Any]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+# -- the typed shapes of canonical items -------------------------------------------------------
+# A key is required where the input models below require it, so one shape serves an item that
+# came in and one this server made; every key an item may carry is named, so a misspelt one fails.
+
+class InputText(TypedDict):
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputText(TypedDict):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict[str, Any]]
+    # Streamed output has it (always empty); parts that came in as input do not.
+    logprobs: NotRequired[list[dict[str, Any]]]
+
+
+class Refusal(TypedDict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class InputImage(TypedDict):
+    type: Literal["input_image"]
+    detail: Literal["low", "high", "auto", "original"]
+    image_url: NotRequired[str]
+    file_id: NotRequired[str]
+
+
+class InputFile(TypedDict):
+    type: Literal["input_file"]
+    file_id: NotRequired[str]
+    file_data: NotRequired[str]
+    file_url: NotRequired[str]
+    filename: NotRequired[str]
+
+
+MessagePart = InputText | OutputText | Refusal | InputImage | InputFile
+
+
+class MessageItem(TypedDict):
+    type: Literal["message"]
+    role: Literal["user", "assistant", "system", "developer"]
+    content: list[MessagePart]
+    id: NotRequired[str]
+    status: NotRequired[ItemStatus]
+    phase: NotRequired[Literal["commentary", "final_answer"]]
+
+
+class FunctionCallItem(TypedDict):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: NotRequired[str]
+    status: NotRequired[ItemStatus]
+
+
+class FunctionCallOutputItem(TypedDict):
+    type: Literal["function_call_output"]
+    call_id: str
+    # A string, or (as a client may send it) content parts.
+    output: str | list[MessagePart]
+    id: NotRequired[str]
+    status: NotRequired[ItemStatus]
+
+
+class SummaryText(TypedDict):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningText(TypedDict):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(TypedDict):
+    type: Literal["reasoning"]
+    summary: list[SummaryText]
+    id: NotRequired[str]
+    content: NotRequired[list[ReasoningText]]
+    encrypted_content: NotRequired[str]
+    status: NotRequired[ItemStatus]
+
+
+class McpCallItem(TypedDict):
+    type: Literal["mcp_call"]
+    id: str
+    server_label: str
+    name: str
+    arguments: str
+    status: NotRequired[Literal["in_progress", "completed", "incomplete", "calling", "failed"]]
+    approval_request_id: NotRequired[str]
+    output: NotRequired[str | None]
+    # {"type": "mcp_tool_execution_error", "content": [text parts]} when the call failed.
+    error: NotRequired[dict[str, Any] | None]
+
+
+class McpListToolsItem(TypedDict):
+    type: Literal["mcp_list_tools"]
+    id: str
+    server_label: str
+    # Each {"name", "input_schema", "description"?, "annotations"?}, as the server listed it.
+    tools: list[dict[str, Any]]
+    error: NotRequired[Any]
+
+
+class McpApprovalRequestItem(TypedDict):
+    type: Literal["mcp_approval_request"]
+    id: str
+    server_label: str
+    name: str
+    arguments: str
+
+
+class McpApprovalResponseItem(TypedDict):
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str
+    approve: bool
+    id: NotRequired[str]
+    reason: NotRequired[str]
+
+
+class ItemReference(TypedDict):
+    type: Literal["item_reference"]
+    id: str
+
+
+TypedItem = (MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | McpCallItem
+             | McpListToolsItem | McpApprovalRequestItem | McpApprovalResponseItem | ItemReference)
+
+
+def as_item(item: TypedItem) -> Item:
+    """A built item as the loop holds every item: one shape for all kinds, read by ``type``.
+
+    The same object, not a copy: the loop goes on filling in an item it has already emitted.
+    """
+    return cast(Item, item)
 
 
 class _Item(BaseModel):
@@ -140,7 +282,8 @@ def normalize_input(value: str | list[dict[str, Any]] | None) -> list[Item]:
 
 
 def user_message(text: str) -> Item:
-    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    message: MessageItem = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return as_item(message)
 
 
 def normalize_item(item: dict[str, Any], param: str) -> Item:

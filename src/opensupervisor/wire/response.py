@@ -3,16 +3,98 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from opensupervisor.vault import redact_tool
+from opensupervisor.wire.items import Item
 from opensupervisor.wire.request import AllowedToolsChoice, CreateResponseRequest, FunctionToolChoice, ParsedRequest
 
+# A response as the run, the store and the routes hold it; ``ResponseObject`` is its typed shape,
+# which is what builds one.
 Response = dict[str, Any]
+ResponseStatus = Literal["queued", "in_progress", "completed", "failed", "incomplete", "cancelled"]
 TERMINAL_STATUSES = frozenset({"completed", "failed", "incomplete", "cancelled"})
 
 
-def new_response(response_id: str, parsed: ParsedRequest, *, model: str, created_at: int | None = None) -> Response:
+class InputTokensDetails(TypedDict):
+    cached_tokens: int
+
+
+class OutputTokensDetails(TypedDict):
+    reasoning_tokens: int
+
+
+class ResponseUsage(TypedDict):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ResponseError(TypedDict):
+    code: str
+    message: str
+
+
+class IncompleteDetails(TypedDict):
+    reason: str
+
+
+class ReasoningSettings(TypedDict):
+    effort: str | None
+    summary: str | None
+
+
+class TextSettings(TypedDict):
+    # {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "name", "description", "schema", "strict"}.
+    format: dict[str, Any]
+    verbosity: NotRequired[str]
+
+
+class ResponseObject(TypedDict):
+    """Every key the Open Responses contract requires of a response, and this server's extensions."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: ResponseStatus
+    background: bool
+    completed_at: int | None
+    error: ResponseError | None
+    incomplete_details: IncompleteDetails | None
+    instructions: str | None
+    max_output_tokens: int | None
+    max_tool_calls: int | None
+    model: str
+    output: list[Item]
+    parallel_tool_calls: bool
+    previous_response_id: str | None
+    reasoning: ReasoningSettings | None
+    safety_identifier: str | None
+    prompt_cache_key: str | None
+    service_tier: str
+    store: bool
+    temperature: float
+    text: TextSettings
+    tool_choice: Any
+    tools: list[dict[str, Any]]
+    top_logprobs: int
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    truncation: Literal["auto", "disabled"]
+    usage: ResponseUsage | None
+    user: str | None
+    metadata: dict[str, str]
+    # Extension: the catalog models that answered, in order (more than one when a fallback served).
+    served_by: list[str]
+    # Extension (Databricks): the run's trace, when the request asked for it.
+    databricks_output: NotRequired[dict[str, Any]]
+
+
+def new_response(response_id: str, parsed: ParsedRequest, *, model: str,
+                 created_at: int | None = None) -> ResponseObject:
     """A fresh response for ``parsed``; status ``queued`` for background runs, else ``in_progress``."""
     body = parsed.body
     return {
@@ -48,7 +130,6 @@ def new_response(response_id: str, parsed: ParsedRequest, *, model: str, created
         "usage": None,
         "user": body.user,
         "metadata": body.metadata or {},
-        # Extension: the catalog models that answered, in order (more than one when a fallback served).
         "served_by": [],
     }
 
@@ -60,9 +141,9 @@ def tool_choice_wire(body: CreateResponseRequest) -> Any:
     return choice
 
 
-def _text(body: CreateResponseRequest) -> dict[str, Any]:
+def _text(body: CreateResponseRequest) -> TextSettings:
     fmt = body.text.format if body.text else None
-    out: dict[str, Any] = {"format": {"type": "text"}}
+    out: TextSettings = {"format": {"type": "text"}}
     if fmt is not None and fmt.type == "json_schema":
         out["format"] = {
             "type": "json_schema",
@@ -78,13 +159,13 @@ def _text(body: CreateResponseRequest) -> dict[str, Any]:
     return out
 
 
-def _reasoning(body: CreateResponseRequest) -> dict[str, Any] | None:
+def _reasoning(body: CreateResponseRequest) -> ReasoningSettings | None:
     if body.reasoning is None:
         return None
     return {"effort": body.reasoning.effort, "summary": body.reasoning.summary or body.reasoning.generate_summary}
 
 
-def usage(input_tokens: int, output_tokens: int, *, cached: int = 0, reasoning: int = 0) -> dict[str, Any]:
+def usage(input_tokens: int, output_tokens: int, *, cached: int = 0, reasoning: int = 0) -> ResponseUsage:
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": cached},
