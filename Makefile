@@ -36,6 +36,7 @@ serve: $(VENV)/.installed  ## install into .venv and start the server (demo work
 lint: $(VENV)/.installed-dev  ## ruff, and the package's import layers
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/python scripts/check_layers.py src/opensupervisor
+	$(BIN)/python scripts/check_sizes.py src/opensupervisor
 
 typecheck: $(VENV)/.installed-dev  ## mypy --strict
 	$(BIN)/mypy

@@ -90,3 +90,21 @@ def test_parts_that_import_each_other_are_reported(layers: ModuleType, tmp_path:
         "pkg.store:1 imports pkg.runs.a (cycle: store -> runs -> server -> store)",
         "pkg.workspace:1 imports pkg.demo.token (cycle: workspace -> demo -> workspace)",
     ]
+
+
+def test_sizes_name_each_module_and_function_over_its_limit(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("check_sizes", SCRIPT.parent / "check_sizes.py")
+    assert spec is not None and spec.loader is not None
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    long_body = "".join(f"    x{i} = {i}\n" for i in range(sizes.MAX_FUNCTION_LINES))
+    package = make_package(tmp_path, {
+        "core/ok.py": "def short() -> None:\n    pass\n",
+        "core/long.py": f"async def long() -> None:\n{long_body}",
+        "wire/big.py": "x = 1\n" * (sizes.MAX_MODULE_LINES + 1),
+    })
+    found = sizes.oversized(package)
+    assert len(found) == 2
+    assert any("long.py:1: function long of 61 lines" in f for f in found)
+    assert any("big.py: module of 451 lines" in f for f in found)
+    assert sizes.main([str(make_package(tmp_path / "clean", {"core/ok.py": "x = 1\n"}))]) == 0
