@@ -37,6 +37,12 @@ def terminal_type(status: str) -> str:
     return {"completed": "response.completed", "incomplete": "response.incomplete"}.get(status, "response.failed")
 
 
+def error_event(sequence_number: int, code: str, message: str) -> Event:
+    """An ``error`` event: the stream's note that the response failed, or could not be followed."""
+    return Event({"type": "error", "sequence_number": sequence_number, "code": code, "message": message,
+                  "param": None})
+
+
 def terminal_event(response: dict[str, Any], sequence_number: int) -> Event:
     """The terminal event of a stored ``response``, for whoever ends it outside its run."""
     return Event.final({"type": terminal_type(response["status"]), "sequence_number": sequence_number,
@@ -337,7 +343,8 @@ class Emitter:
         return self.lifecycle(terminal_type(status), final=True)
 
     def error_event(self, code: str, message: str) -> Event:
-        return self.event("error", code=code, message=message, param=None)
+        self.seq += 1
+        return error_event(self.seq - 1, code, message)
 
 
 def _streamed_field(item: Item) -> tuple[dict[str, Any], str]:

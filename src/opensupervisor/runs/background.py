@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import anyio
 
 from opensupervisor import metrics
-from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event, error_event, terminal_event
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.store import Store, Stored
 from opensupervisor.wire.response import TERMINAL_STATUSES
@@ -147,8 +147,7 @@ class BackgroundRuns:
 
     async def _ending(self, response_id: str, response: dict[str, Any], seq: int) -> Event:
         if response["status"] not in TERMINAL_STATUSES:
-            return Event({"type": "error", "sequence_number": seq, "code": "server_error", "message": ABANDONED,
-                          "param": None})
+            return error_event(seq, "server_error", ABANDONED)
         full = await self.store.get(response_id, None) or response
         return terminal_event(full, seq)
 

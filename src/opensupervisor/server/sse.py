@@ -20,7 +20,7 @@ import anyio.lowlevel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from opensupervisor.core.events import Event
+from opensupervisor.core.events import Event, error_event
 
 log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
@@ -55,8 +55,7 @@ async def sse_stream(events: AsyncIterator[Event]) -> AsyncGenerator[bytes]:
                 yield b"\n\n"
     except Exception:  # the stream's outer boundary: the client gets an error event, never a cut stream
         log.exception("stream failed after event %d", last)
-        yield encode(Event({"type": "error", "sequence_number": last + 1, "code": "server_error",
-                            "message": "The server had an error while streaming this response.", "param": None}))
+        yield encode(error_event(last + 1, "server_error", "The server had an error while streaming this response."))
     yield DONE
 
 
