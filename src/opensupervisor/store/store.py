@@ -17,17 +17,17 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, and_, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse, plain
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
+from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
 from opensupervisor.errors import ConfigError
-from opensupervisor.files import private_sqlite
 from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
 
@@ -36,20 +36,6 @@ POOL_SIZE = 8
 RUNNING = frozenset({"queued", "in_progress"})
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def engine_url(url: str) -> str:
-    """Pick the driver for a plain ``sqlite://`` or ``postgresql://`` URL."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {url!r}") from exc
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return str(parsed.set(drivername="sqlite+pysqlite"))
-    if backend in ("postgresql", "postgres"):
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise ConfigError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
 
 
 def _dumps(value: Any) -> str:
@@ -87,12 +73,13 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = engine_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.engine: Engine
         if self.is_sqlite:
-            private_sqlite(self.url)
-        self.engine: Engine = create_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE,
-                                            pool_pre_ping=not self.is_sqlite)
-        if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # A writer that finds the file locked waits for it (up to 10 s) rather than failing at once.
+            self.engine = sqlite_engine(self.url, pragmas=(*WAL, "busy_timeout=10000"), pool_size=POOL_SIZE,
+                                        max_overflow=POOL_SIZE)
+        else:
+            self.engine = postgres_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
         # The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``.
         self.dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
@@ -462,12 +449,3 @@ def _items(conn: Connection, response_id: str, kind: str) -> list[Item]:
     rows = conn.execute(select(items.c.item).where(
         and_(items.c.response_id == response_id, items.c.kind == kind)).order_by(items.c.position))
     return [orjson.loads(r.item) for r in rows]
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    # WAL lets readers run beside the writer; NORMAL is durable at commit boundaries in WAL mode.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
