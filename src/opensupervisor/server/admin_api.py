@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from opensupervisor.admin.common import require_admin
 from opensupervisor.admin.functions import FunctionAdmin
-from opensupervisor.errors import Forbidden
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import AppState, JSONResponse
 from opensupervisor.wire.request import parse_json_body
@@ -23,8 +23,7 @@ BASE = "/admin/v1/functions"
 
 def admin_state(request: Request, what: str = "the function catalog") -> AppState:
     state: AppState = request.app.state.os
-    if not authenticate(request, state.admin_token).is_admin:
-        raise Forbidden(f"Only an admin may manage {what}.")
+    require_admin(authenticate(request, state.admin_token), what)
     return state
 
 
