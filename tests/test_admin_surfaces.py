@@ -344,3 +344,22 @@ def test_both_refuse_the_same_mistakes_with_the_same_message(
         error = answer.json()["error"]
         assert error["param"], (args, error)
         assert code != 0 and f"Error: {error['message']}" in stderr, (args, error["message"], stderr)
+
+
+def test_the_cli_shows_the_defaults_the_admin_services_apply() -> None:
+    # Options left at their default are not sent: what --help shows must be what the service applies.
+    from pydantic_core import PydanticUndefined
+
+    from opensupervisor.cli import connections_add, functions_add
+    from opensupervisor.tools.connections import ConnectionEntry
+    from opensupervisor.tools.uc_functions import FunctionEntry
+
+    checked = []
+    for command, args, model in ((connections_add, ["x", "--url", NOWHERE], ConnectionEntry),
+                                 (functions_add, ["main.x.y", "--sql", "SELECT 1"], FunctionEntry)):
+        shown = command.make_context("add", args).params
+        for name, field in model.model_fields.items():
+            if name in shown and field.default not in (None, PydanticUndefined):
+                assert shown[name] == field.default, (command.name, name)
+                checked.append(name)
+    assert sorted(checked) == ["per_user", "require_approval", "timeout_s", "timeout_s", "transport"]

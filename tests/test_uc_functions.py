@@ -270,6 +270,11 @@ def test_functions_registered_through_the_admin_api(fn_server: Server) -> None:
             ("main.math.tiny", {"language": "python", "source_code": DOUBLE, "max_output_chars": 5},
              "max_output_chars"),
             ("main.math.net", {"language": "python", "source_code": DOUBLE, "network": "everywhere"}, "network"),
+            ("main.math.nosql", {"language": "sql", "database_url": "sqlite:///x.db"}, "sql"),
+            ("main.math.nodb", {"language": "sql", "sql": "SELECT 1"}, "database_url"),
+            ("main.math.badurl", {"language": "sql", "sql": "SELECT 1", "database_url": "not a url"}, "database_url"),
+            ("main.math.roles", {"language": "sql", "sql": "SELECT 1", "database_url": "sqlite:///x.db",
+                                 "database_roles": {"*": "reader"}}, "database_roles"),
         ]:
             refused = http.put(f"/admin/v1/functions/{name}", json=body)
             assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from cryptography.fernet import Fernet
 from rich.console import Console
 from rich.progress import Progress, TaskID
@@ -156,7 +157,8 @@ def functions_add(name: str, python_file: str | None, sql: str | None, database_
         fields.update(sql=sql, parameters=[_param(p) for p in params])
         if database_url:
             fields["database_url"] = database_url
-    registered = _functions_call(config, lambda admin: admin.put(name, fields))
+    given = _given(fields)
+    registered = _functions_call(config, lambda admin: admin.put(name, given))
     console.print(f"Registered [bold]{name}[/bold] as tool {registered['tool_name']}")
 
 
@@ -231,7 +233,8 @@ def connections_add(name: str, url: str, transport: str, bearer_token_env: str |
              "client_secret": secret if oauth_client_secret_stdin else None}
     if any(oauth.values()):
         fields["oauth"] = {k: v for k, v in oauth.items() if v is not None}
-    _connections_call(config, lambda admin: admin.put(name, fields))
+    given = _given(fields)
+    _connections_call(config, lambda admin: admin.put(name, given))
     console.print(f"Stored connection [bold]{name}[/bold]")
 
 
@@ -256,6 +259,13 @@ def connections_remove(name: str, config: str | None) -> None:
     console.print(f"Removed {name}")
 
 
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` without the options left at their default: the admin service applies its own (the
+    same as ``--help`` shows)."""
+    ctx = click.get_current_context()
+    return {k: v for k, v in fields.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+
+
 def _read_secret() -> str:
     return sys.stdin.readline().strip()
 
@@ -276,6 +286,7 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
     """Index knowledge assistants' source folders (all of them, or the ASSISTANTS named).
 
     Incremental: unchanged files are skipped, changed ones replaced, deleted ones removed."""
+    from opensupervisor.admin.knowledge import KnowledgeAdmin
     from opensupervisor.knowledge.ingest import OutsideSources
     from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
     from opensupervisor.models.catalog import ModelCatalog
@@ -287,12 +298,9 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
         ws = load_workspace(config or settings.config)
         catalog = ModelCatalog(ws)
         kas = KnowledgeAssistants(ws, catalog, settings.knowledge_database_url)
-        unknown = [a for a in assistants if a not in kas.entries]
-        if unknown:
-            raise ConfigError(f"no knowledge assistant {', '.join(unknown)} in the workspace")
         reports = []
         try:
-            for ka in assistants or tuple(kas.entries):
+            for ka in KnowledgeAdmin(kas).selection(assistants):
                 with Progress(console=console, transient=True) as bar:
                     task = bar.add_task(ka, total=None)
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 import click
 from tabulate import tabulate
 
-from opensupervisor.admin.identity import PrincipalAdmin, usage_report
+from opensupervisor.admin.identity import DEFAULT_GROUP_BY, PrincipalAdmin, usage_report
 from opensupervisor.cli_support import with_store
 from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Kind, Principals
 from opensupervisor.store.usage import Usage
@@ -112,7 +112,7 @@ def tokens_revoke(token_id: str) -> None:
 
 
 @click.command("usage")
-@click.option("--by", "group_by", default="principal", show_default=True,
+@click.option("--by", "group_by", default=DEFAULT_GROUP_BY, show_default=True,
               help="Comma-separated: principal, model, day (empty: one total).")
 @click.option("--since", default=None, help="First day (YYYY-MM-DD).")
 @click.option("--until", default=None, help="Last day (YYYY-MM-DD).")

@@ -6,29 +6,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, Engine, MetaData, text
 from sqlalchemy.engine import make_url
 
-from opensupervisor.files import private_dir, private_sqlite
+from opensupervisor.engines import WAL, postgres_engine, sqlite_engine
+from opensupervisor.files import private_dir
 
 
 def side_engine(url: str, *, pool_size: int = 4) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True, pool_size=pool_size)
-    private_sqlite(url)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+        return postgres_engine(parsed, pool_size=pool_size, pool_pre_ping=True)
+    # Used from several threads (ingestion, the trace writer); a locked file is waited for up to 30 s.
+    return sqlite_engine(url, pragmas=WAL, connect_args={"check_same_thread": False, "timeout": 30})
 
 
 class CatalogTables:

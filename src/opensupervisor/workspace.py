@@ -252,7 +252,8 @@ def section_entry(model: type[Entry], where: str, raw: Any) -> Entry:
         return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        raise ConfigError(f"{where}.{param_path(tuple(err['loc']))}: {err['msg']}") from exc
+        field = param_path(tuple(err["loc"]))
+        raise ConfigError(f"{where}.{field}: {err['msg']}", param=field) from exc
 
 
 def load_workspace(path: str | Path | None) -> Workspace:
@@ -283,10 +284,12 @@ def parse_workspace(text: str, *, source: str, base_dir: Path) -> Workspace:
         workspace = Workspace.model_validate(data)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        raise ConfigError(f"{source}: {param_path(tuple(err['loc']))}: {err['msg']}") from exc
+        field = param_path(tuple(err["loc"]))
+        raise ConfigError(f"{source}: {field}: {err['msg']}", param=field) from exc
     workspace.base_dir = base_dir
     for name, entry in workspace.models.items():
         for fallback in entry.fallbacks:
             if fallback not in workspace.models:
-                raise ConfigError(f"{source}: models.{name}.fallbacks names unknown model '{fallback}'")
+                raise ConfigError(f"{source}: models.{name}.fallbacks names unknown model '{fallback}'",
+                                  param=f"models.{name}.fallbacks")
     return workspace

@@ -1,4 +1,4 @@
-"""What the admin services share: parsing input into a model, and the audit log."""
+"""What the admin services share: who may use them, parsing input into a model, and the audit log."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from opensupervisor.errors import Forbidden
+from opensupervisor.identity import Principal
 from opensupervisor.wire.validation import raise_validation
 
 # One line per change, never a secret: who can tell what changed, whichever surface changed it.
@@ -22,3 +24,9 @@ def parse(model: type[M], fields: Mapping[str, object]) -> M:
         return model.model_validate(dict(fields))
     except ValidationError as exc:
         raise_validation(exc)
+
+
+def require_admin(caller: Principal, what: str) -> None:
+    """Only admins manage ``what`` (the command line is the operator's: it has the database)."""
+    if not caller.is_admin:
+        raise Forbidden(f"Only an admin may manage {what}.")

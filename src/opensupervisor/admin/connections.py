@@ -47,8 +47,7 @@ class ConnectionAdmin:
             self.connections.build(name, entry)  # every credential it names at hand, its URLs and headers allowed
         except ConfigError as exc:
             message = str(exc).removeprefix(f"connections.{name}: ").removeprefix(f"connections.{name}.")
-            raise InvalidRequest(message, param=exc.param or _param_of(str(exc)),
-                                 code=exc.code or "invalid_value") from exc
+            raise InvalidRequest(message, param=exc.param, code=exc.code or "invalid_value") from exc
         if name not in self.connections.entries:
             # A new name may still hold credentials of a connection the workspace file no longer declares.
             await self.credentials.remove_connection(name)
@@ -80,9 +79,3 @@ class ConnectionAdmin:
 def connection_rows(rows: list[Row]) -> list[tuple[str, ConnectionEntry, int]]:
     """Stored rows as ``Connections.load`` takes them: each entry with its secrets unsealed."""
     return [(name, with_secrets(entry, secrets), updated) for name, entry, secrets, updated in rows]
-
-
-def _param_of(message: str) -> str:
-    if "oauth" in message:
-        return "oauth.client_secret_env" if "client_secret_env" in message else "oauth"
-    return "bearer_token_env"

@@ -48,7 +48,7 @@ class FunctionAdmin:
             function = self.catalog.build(name, entry, source_code)
         except ConfigError as exc:
             message = str(exc).removeprefix(f"functions.{name}: ").removeprefix(f"functions.{name} ")
-            raise InvalidRequest(message, param=_param_of(message), code="invalid_value") from exc
+            raise InvalidRequest(message, param=exc.param, code=exc.code or "invalid_value") from exc
         await self.registered.put(name, entry.model_dump(exclude_defaults=True), source_code)
         await self.reload()
         log.info("function %s registered (%s)", name, entry.language)
@@ -70,12 +70,3 @@ class FunctionAdmin:
 def _describe(function: Function, origin: str) -> dict[str, Any]:
     return {"name": function.full_name, "tool_name": function.tool.name, "language": function.entry.language,
             "description": function.tool.description, "parameters": function.tool.parameters, "origin": origin}
-
-
-def _param_of(message: str) -> str:
-    """Which field a catalog's complaint is about."""
-    if "the name must be" in message or "workspace file" in message:
-        return "name"
-    if "database_url and sql" in message:
-        return "sql"
-    return "source_code"

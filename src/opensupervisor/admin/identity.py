@@ -16,6 +16,7 @@ from opensupervisor.store.usage import GroupBy, Usage
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,255}$")
 DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits only: \d takes any script's
 GROUP_BY = ("principal", "model", "day")
+DEFAULT_GROUP_BY = "principal"
 
 
 class NewPrincipal(BaseModel):
@@ -104,11 +105,11 @@ class PrincipalAdmin:
         log.info("token %s revoked", token_id)
 
 
-async def usage_report(usage: Usage, group_by: str = "principal", *, since: str | None = None,
+async def usage_report(usage: Usage, group_by: str | None = None, *, since: str | None = None,
                        until: str | None = None, principal: str | None = None) -> dict[str, Any]:
-    """Usage totals; ``group_by`` any of principal, model, day (comma-separated; none: one total);
-    ``since``/``until`` days (YYYY-MM-DD, inclusive); ``principal`` one caller."""
-    keys = [g for g in group_by.split(",") if g]
+    """Usage totals; ``group_by`` any of principal, model, day (comma-separated; empty: one total;
+    None: by principal); ``since``/``until`` days (YYYY-MM-DD, inclusive); ``principal`` one caller."""
+    keys = [g for g in (DEFAULT_GROUP_BY if group_by is None else group_by).split(",") if g]
     for key in keys:
         if key not in GROUP_BY:
             raise InvalidRequest(f"Cannot group by '{key}' (principal, model, day).", param="group_by",

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from opensupervisor.admin.common import require_admin
 from opensupervisor.admin.functions import FunctionAdmin
-from opensupervisor.errors import Forbidden
 from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import JSONResponse
@@ -24,8 +24,7 @@ BASE = "/admin/v1/functions"
 
 def admin_state(request: Request, what: str = "the function catalog") -> Runtime:
     state: Runtime = request.app.state.os
-    if not authenticate(request, state.admin_token).is_admin:
-        raise Forbidden(f"Only an admin may manage {what}.")
+    require_admin(authenticate(request, state.admin_token), what)
     return state
 
 

@@ -90,7 +90,7 @@ async def usage(request: Request) -> Response:
     days (YYYY-MM-DD, inclusive); ``principal`` one caller."""
     state = admin_state(request, WHAT)
     query = request.query_params
-    report = await usage_report(state.usage, query.get("group_by", "principal"), since=query.get("since"),
+    report = await usage_report(state.usage, query.get("group_by"), since=query.get("since"),
                                 until=query.get("until"), principal=query.get("principal"))
     return JSONResponse({"object": "list", **report})
 

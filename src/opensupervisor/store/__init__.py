@@ -1,5 +1,6 @@
 """Persistence of responses, items and event logs (SQLite by default, PostgreSQL by URL)."""
 
-from opensupervisor.store.store import Store, Stored, engine_url
+from opensupervisor.engines import engine_url
+from opensupervisor.store.store import Store, Stored
 
 __all__ = ["Store", "Stored", "engine_url"]

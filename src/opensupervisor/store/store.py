@@ -17,17 +17,26 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, and_, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from opensupervisor.core.eventlog import LogSlice, Row, compact, parse, plain
+from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
+from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
 from opensupervisor.errors import ConfigError
-from opensupervisor.files import private_sqlite
+from opensupervisor.store.response_rows import (
+    dumps,
+    owned_response,
+    response_status,
+    stored_items,
+    to_event_rows,
+    to_item_rows,
+    without_output,
+)
 from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
 
@@ -36,30 +45,6 @@ POOL_SIZE = 8
 RUNNING = frozenset({"queued", "in_progress"})
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def engine_url(url: str) -> str:
-    """Pick the driver for a plain ``sqlite://`` or ``postgresql://`` URL."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {url!r}") from exc
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return str(parsed.set(drivername="sqlite+pysqlite"))
-    if backend in ("postgresql", "postgres"):
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise ConfigError(f"unsupported database {backend!r}: use sqlite:// or postgresql://")
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _without_output(response: dict[str, Any]) -> dict[str, Any]:
-    """The response as stored: its output items live in their own rows. ``output`` keeps its place
-    (empty), so that a response read back has its keys in the order it was streamed with."""
-    return dict(response, output=[])
 
 
 class Stored(NamedTuple):
@@ -87,12 +72,13 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = engine_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.engine: Engine
         if self.is_sqlite:
-            private_sqlite(self.url)
-        self.engine: Engine = create_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE,
-                                            pool_pre_ping=not self.is_sqlite)
-        if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # A writer that finds the file locked waits for it (up to 10 s) rather than failing at once.
+            self.engine = sqlite_engine(self.url, pragmas=(*WAL, "busy_timeout=10000"), pool_size=POOL_SIZE,
+                                        max_overflow=POOL_SIZE)
+        else:
+            self.engine = postgres_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
         # The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``.
         self.dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
@@ -150,16 +136,16 @@ class Store:
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
             "previous_response_id": response["previous_response_id"], "heartbeat_at": now_ms(),
-            "response": _dumps(_without_output(response)), "request": _dumps(request),
-            "options": _dumps(options) if options else None,
+            "response": dumps(without_output(response)), "request": dumps(request),
+            "options": dumps(options) if options else None,
         }
-        rows = _item_rows(response["id"], "input", dict(enumerate(input_items)))
-        rows += _item_rows(response["id"], "output", dict(enumerate(output)))
+        rows = to_item_rows(response["id"], "input", dict(enumerate(input_items)))
+        rows += to_item_rows(response["id"], "output", dict(enumerate(output)))
 
         def write() -> None:
             with self.engine.begin() as conn:
                 conn.execute(insert(responses), [row])
-                self._insert(conn, rows, _event_rows(response["id"], new_events))
+                self._insert(conn, rows, to_event_rows(response["id"], new_events))
 
         await self.write(write)
 
@@ -173,8 +159,8 @@ class Store:
         meanwhile, cancelled or deleted, perhaps by another process: then its items and non-terminal
         events are still written, its status and terminal event are not, and the run must stop.
         """
-        rows = _item_rows(response_id, "output", output)
-        event_rows = _event_rows(response_id, new_events)
+        rows = to_item_rows(response_id, "output", output)
+        event_rows = to_event_rows(response_id, new_events)
         from_statuses = RUNNING | ({"cancelled"} if response and response["status"] == "cancelled" else set())
 
         def write() -> bool:
@@ -186,11 +172,11 @@ class Store:
                 # concurrent cancel is either wholly before this write or wholly after it.
                 values: dict[str, Any] = {"heartbeat_at": now_ms()}
                 if response is not None:
-                    values.update(status=response["status"], response=_dumps(_without_output(response)))
+                    values.update(status=response["status"], response=dumps(without_output(response)))
                 changed = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(from_statuses)).values(values)).rowcount
                 if not changed:
-                    if _status(conn, response_id) is None:
+                    if response_status(conn, response_id) is None:
                         return False  # deleted meanwhile: nothing of it is written any more
                     if guard:
                         event_rows[:] = [r for r in event_rows if r["type"] not in TERMINAL_EVENTS]
@@ -211,7 +197,7 @@ class Store:
                 stored = orjson.loads(conn.execute(select(responses.c.response).where(
                     responses.c.id == response_id)).scalar_one())
                 conn.execute(update(responses).where(responses.c.id == response_id).values(
-                    response=_dumps(dict(stored, status="cancelled"))))
+                    response=dumps(dict(stored, status="cancelled"))))
                 return True
 
         return await self.write(write)
@@ -238,11 +224,11 @@ class Store:
                                     error={"code": "server_error", "message": message})
                     last = conn.execute(select(func.max(events.c.sequence_number)).where(
                         events.c.response_id == row.id)).scalar()
-                    output = _items(conn, row.id, "output")
+                    output = stored_items(conn, row.id, "output")
                     ending = terminal_event(dict(response, output=output), (last or 0) + 1)
                     conn.execute(update(responses).where(responses.c.id == row.id).values(
-                        status="failed", response=_dumps(response)))
-                    self._insert(conn, [], _event_rows(row.id, [compact(ending, set(range(len(output))))]))
+                        status="failed", response=dumps(response)))
+                    self._insert(conn, [], to_event_rows(row.id, [compact(ending, set(range(len(output))))]))
                 return len(rows)
 
         return await self.write(write)
@@ -267,7 +253,7 @@ class Store:
     async def delete(self, response_id: str, owner: str | None) -> bool:
         def write() -> bool:
             with self.engine.begin() as conn:
-                if _owned(conn, response_id, owner) is None:
+                if owned_response(conn, response_id, owner) is None:
                     return False
                 for table in (events, items):
                     conn.execute(delete(table).where(table.c.response_id == response_id))
@@ -296,11 +282,11 @@ class Store:
         """The response with the output items stored so far, or None (unknown or another owner's)."""
         def read() -> dict[str, Any] | None:
             with self.engine.connect() as conn:
-                row = _owned(conn, response_id, owner)
+                row = owned_response(conn, response_id, owner)
                 if row is None:
                     return None
                 response: dict[str, Any] = orjson.loads(row.response)
-                response["output"] = _items(conn, response_id, "output")
+                response["output"] = stored_items(conn, response_id, "output")
                 return response
 
         return await self.run(read)
@@ -309,7 +295,7 @@ class Store:
         """The stored response without output, whether it was streamed, and its run's heartbeat."""
         def read() -> Stored | None:
             with self.engine.connect() as conn:
-                row = _owned(conn, response_id, owner)
+                row = owned_response(conn, response_id, owner)
                 return None if row is None else Stored(orjson.loads(row.response), bool(row.stream), row.heartbeat_at)
 
         return await self.run(read)
@@ -328,7 +314,7 @@ class Store:
                 response["output"] = []
                 return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
                                  orjson.loads(row.options) if row.options else {},
-                                 _items(conn, response_id, "input"), -1 if last is None else int(last))
+                                 stored_items(conn, response_id, "input"), -1 if last is None else int(last))
 
         return await self.run(read)
 
@@ -353,9 +339,9 @@ class Store:
     async def input_items(self, response_id: str, owner: str | None) -> list[Item] | None:
         def read() -> list[Item] | None:
             with self.engine.connect() as conn:
-                if _owned(conn, response_id, owner) is None:
+                if owned_response(conn, response_id, owner) is None:
                     return None
-                return _items(conn, response_id, "input")
+                return stored_items(conn, response_id, "input")
 
         return await self.run(read)
 
@@ -368,16 +354,16 @@ class Store:
         current: str | None = response_id
         with self.engine.connect() as conn:
             while current is not None:
-                row = _owned(conn, current, owner)
+                row = owned_response(conn, current, owner)
                 if row is None:
                     if current == response_id:
                         return None
                     break  # an older link was deleted: the chain starts here
-                inputs = _items(conn, current, "input")
+                inputs = stored_items(conn, current, "input")
                 # Output items that repeat an input item (a background response's echoed history)
                 # carry that item's id; the history holds them once.
                 seen = {i["id"] for i in inputs if i.get("id")}
-                outputs = [o for o in _items(conn, current, "output") if o.get("id") not in seen]
+                outputs = [o for o in stored_items(conn, current, "output") if o.get("id") not in seen]
                 chain.append(inputs + outputs)
                 current = orjson.loads(row.response).get("previous_response_id")
         return [item for part in reversed(chain) for item in part]
@@ -425,48 +411,5 @@ class Store:
         return await self.run(read)
 
 
-def _item_rows(response_id: str, kind: str, new: dict[int, Item]) -> list[dict[str, Any]]:
-    return [{"response_id": response_id, "kind": kind, "position": pos, "item_id": it.get("id"),
-             "item": _dumps(it)} for pos, it in new.items()]
-
-
-def _event_rows(response_id: str, new: Sequence[Event | Row]) -> list[dict[str, Any]]:
-    """Rows of the log (``type`` is dropped on insert: it says which rows a refused write keeps)."""
-    out = []
-    for entry in new:
-        row = plain(entry) if isinstance(entry, Event) else entry
-        out.append({"response_id": response_id, "sequence_number": row.sequence_number, "event": row.event,
-                    "type": row.type})
-    return out
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _status(conn: Connection, response_id: str) -> str | None:
-    status: str | None = conn.execute(select(responses.c.status).where(responses.c.id == response_id)).scalar()
-    return status
-
-
-def _owned(conn: Connection, response_id: str, owner: str | None) -> Any:
-    query = select(responses.c.response, responses.c.owner, responses.c.stream, responses.c.heartbeat_at).where(
-        responses.c.id == response_id)
-    if owner is not None:
-        query = query.where(responses.c.owner == owner)
-    return conn.execute(query).first()
-
-
-def _items(conn: Connection, response_id: str, kind: str) -> list[Item]:
-    rows = conn.execute(select(items.c.item).where(
-        and_(items.c.response_id == response_id, items.c.kind == kind)).order_by(items.c.position))
-    return [orjson.loads(r.item) for r in rows]
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    # WAL lets readers run beside the writer; NORMAL is durable at commit boundaries in WAL mode.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()

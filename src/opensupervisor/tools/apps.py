@@ -64,7 +64,8 @@ class Apps:
             if entry.api_key_env:
                 key = os.environ.get(entry.api_key_env, "")
                 if not key:
-                    raise ConfigError(f"apps.{name}: environment variable {entry.api_key_env} is not set")
+                    raise ConfigError(f"apps.{name}: environment variable {entry.api_key_env} is not set",
+                                      param="api_key_env")
                 self._keys[name] = key
             if entry.protocol == "mcp":
                 headers = {"Authorization": f"Bearer {self._keys[name]}"} if name in self._keys else {}

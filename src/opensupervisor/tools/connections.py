@@ -163,7 +163,7 @@ def _env(name: str, variable: str | None, field: str) -> str | None:
         return None
     value = os.environ.get(variable, "")
     if not value:
-        raise ConfigError(f"connections.{name}: environment variable {variable} ({field}) is not set")
+        raise ConfigError(f"connections.{name}: environment variable {variable} ({field}) is not set", param=field)
     return value
 
 
@@ -192,7 +192,8 @@ class Connections:
                 entry = entry.model_copy(update={"url": self_url + entry.url})
             if entry.bearer_token or (entry.oauth and entry.oauth.client_secret):
                 raise ConfigError(f"connections.{name}: a workspace file names environment variables for secrets "
-                                  "(bearer_token_env, oauth.client_secret_env); store secrets with the admin API")
+                                  "(bearer_token_env, oauth.client_secret_env); store secrets with the admin API",
+                                  param="bearer_token" if entry.bearer_token else "oauth.client_secret")
             self.entries[name] = entry
             self.servers[name] = build_server(name, entry)
         self.in_file = frozenset(self.entries)

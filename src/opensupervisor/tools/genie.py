@@ -97,7 +97,7 @@ class GenieSpaces:
                         f"genie_spaces.{space_id}")
             model = self.spaces[space_id].model
             if model is not None and model not in workspace.models:
-                raise ConfigError(f"genie_spaces.{space_id}.model names unknown model '{model}'")
+                raise ConfigError(f"genie_spaces.{space_id}.model names unknown model '{model}'", param="model")
         self._databases: dict[str, ReadOnlyDatabase] = {}
         self._schemas: dict[str, dict[str, list[Column]]] = {}
         self._inspections: dict[str, Inspection] = {}

@@ -123,7 +123,8 @@ class KnowledgeAssistants:
         if key not in self._embedders:
             if spec.provider == "openai":
                 if not spec.base_url or not spec.model:
-                    raise ConfigError(f"knowledge_assistants.{ka}.embedding: base_url and model are required")
+                    raise ConfigError(f"knowledge_assistants.{ka}.embedding: base_url and model are required",
+                                      param="embedding.model" if spec.base_url else "embedding.base_url")
                 self._embedders[key] = OpenAIEmbeddings(spec.base_url, spec.model, spec.api_key_env)
             else:
                 self._embedders[key] = LocalEmbedder.shared(spec.model)

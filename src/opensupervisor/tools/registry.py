@@ -83,8 +83,8 @@ def load_plugins(registry: ToolRegistry, modules: list[str]) -> None:
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
-            raise ConfigError(f"plugins: cannot import {name!r}: {exc}") from exc
+            raise ConfigError(f"plugins: cannot import {name!r}: {exc}", param="plugins") from exc
         register = getattr(module, "register", None)
         if not callable(register):
-            raise ConfigError(f"plugins: {name!r} has no register(registry) function")
+            raise ConfigError(f"plugins: {name!r} has no register(registry) function", param="plugins")
         register(registry)

@@ -55,10 +55,12 @@ def check_roles(roles: dict[str, str], url: str, where: str) -> None:
     if not roles:
         return
     if make_url(url).get_backend_name() != "postgresql":
-        raise ConfigError(f"{where}.database_roles: database roles need a postgresql:// database")
+        raise ConfigError(f"{where}.database_roles: database roles need a postgresql:// database",
+                          param="database_roles")
     for who, role in roles.items():
         if not ROLE.match(role):
-            raise ConfigError(f"{where}.database_roles.{who}: {role!r} is not a database role name")
+            raise ConfigError(f"{where}.database_roles.{who}: {role!r} is not a database role name",
+                              param=f"database_roles.{who}")
 
 
 def role_for(roles: dict[str, str], principal: Principal, what: str) -> str | None:
@@ -104,10 +106,11 @@ class ReadOnlyDatabase:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
-            raise ConfigError(f"not a database URL: {url!r}") from exc
+            raise ConfigError(f"not a database URL: {url!r}", param="database_url") from exc
         self.backend = parsed.get_backend_name()
         if self.backend not in DIALECTS:
-            raise ConfigError(f"unsupported database {self.backend!r}: use sqlite://, duckdb:// or postgresql://")
+            raise ConfigError(f"unsupported database {self.backend!r}: use sqlite://, duckdb:// or postgresql://",
+                              param="database_url")
         self.dialect = DIALECTS[self.backend]
         self.listed = listed_tables(list(tables), self.dialect)
         self.path = Path()
@@ -119,7 +122,7 @@ class ReadOnlyDatabase:
     def _engine(self, url: sa.URL, base_dir: Path) -> sa.Engine | None:
         if self.backend in ("sqlite", "duckdb"):
             if not url.database or url.database == ":memory:":
-                raise ConfigError("a space's SQLite or DuckDB database must be a file")
+                raise ConfigError("a space's SQLite or DuckDB database must be a file", param="database_url")
             path = Path(url.database)
             self.path = path if path.is_absolute() else base_dir / path
         if self.backend == "duckdb":
@@ -161,9 +164,9 @@ class ReadOnlyDatabase:
                 try:
                     columns = self._columns(schema, name)
                 except _ERRORS as exc:
-                    raise ConfigError(f"table {table!r}: {database_error(exc)}") from exc
+                    raise ConfigError(f"table {table!r}: {database_error(exc)}", param="tables") from exc
                 if not columns:
-                    raise ConfigError(f"table {table!r} does not exist")
+                    raise ConfigError(f"table {table!r} does not exist", param="tables")
                 out[table] = columns
             return out
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import orjson
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from opensupervisor.core.arguments import bounded
 from opensupervisor.core.bounds import cap_cell
@@ -83,7 +83,7 @@ def tool_name(full_name: str) -> str:
 def check_name(full_name: str) -> None:
     parts = full_name.split(".")
     if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
-        raise ConfigError(f"functions.{full_name}: the name must be catalog.schema.function")
+        raise ConfigError(f"functions.{full_name}: the name must be catalog.schema.function", param="name")
 
 
 class Function:
@@ -105,14 +105,20 @@ class Function:
             elif entry.source:
                 self.file = (base_dir / entry.source).resolve()
             else:
-                raise ConfigError(f"functions.{full_name}: a python function needs source")
-            description, parameters = _python_signature(self.file, self.name, full_name)
+                raise ConfigError(f"functions.{full_name}: a python function needs source", param="source")
+            field = "source" if source_code is None else "source_code"
+            description, parameters = _python_signature(self.file, self.name, full_name, field)
         else:
             if not entry.sql or not entry.database_url:
-                raise ConfigError(f"functions.{full_name}: a sql function needs database_url and sql")
+                raise ConfigError(f"functions.{full_name}: a sql function needs database_url and sql",
+                                  param="database_url" if entry.sql else "sql")
             description, parameters = None, _sql_schema(entry.parameters)
+            try:
+                url = sa.make_url(entry.database_url)
+            except ArgumentError as exc:  # never the URL itself: it may hold a password
+                raise ConfigError(f"functions.{full_name}: database_url is not a database URL",
+                                  param="database_url") from exc
             check_roles(entry.database_roles, entry.database_url, f"functions.{full_name}")
-            url = sa.make_url(entry.database_url)
             if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_absolute():
                 url = url.set(database=str(base_dir / url.database))
             self.engine = sa.create_engine(url, poolclass=sa.NullPool) if url.get_backend_name() == "sqlite" \
@@ -144,7 +150,7 @@ class FunctionCatalog:
         try:
             self.sandbox.require()
         except ConfigError as exc:
-            raise ConfigError(f"functions.{full_name}: {exc}") from exc
+            raise ConfigError(f"functions.{full_name}: {exc}", param="language") from exc
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, self.functions.keys() | self.registered.keys(), "Function")
@@ -163,9 +169,9 @@ class FunctionCatalog:
     def build(self, name: str, entry: FunctionEntry, source_code: str | None) -> Function:
         """A function to register: checked like the workspace file's (``ConfigError`` says what is wrong)."""
         if name in self.functions:
-            raise ConfigError(f"functions.{name} is declared in the workspace file; change it there")
+            raise ConfigError(f"functions.{name} is declared in the workspace file; change it there", param="name")
         if entry.language == "python" and source_code is None:
-            raise ConfigError(f"functions.{name}: a python function needs source_code")
+            raise ConfigError(f"functions.{name}: a python function needs source_code", param="source_code")
         if entry.language == "python":
             self._require_sandbox(name)
         return Function(name, entry, self.registered_dir, source_code)
@@ -269,21 +275,22 @@ def _sql_schema(parameters: list[SqlParameter]) -> dict[str, Any]:
             "required": [p.name for p in parameters if p.default is None], "additionalProperties": False}
 
 
-def _python_signature(file: Path, name: str, full_name: str) -> tuple[str | None, dict[str, Any]]:
-    """The description and JSON Schema of ``name`` in ``file``, read from its source."""
+def _python_signature(file: Path, name: str, full_name: str, field: str) -> tuple[str | None, dict[str, Any]]:
+    """The description and JSON Schema of ``name`` in ``file``, read from its source; ``field``
+    names where the source came from (``source`` or ``source_code``) in errors."""
     try:
         tree = ast.parse(file.read_text(encoding="utf-8"), filename=str(file))
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ConfigError(f"functions.{full_name}: cannot read {file.name}: {exc}") from exc
+        raise ConfigError(f"functions.{full_name}: cannot read {file.name}: {exc}", param=field) from exc
     node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
     if node is None:
-        raise ConfigError(f"functions.{full_name}: {file} defines no function {name}()")
+        raise ConfigError(f"functions.{full_name}: {file} defines no function {name}()", param=field)
     summary, arg_docs = _docstring(ast.get_docstring(node) or "")
     args = node.args.args
     defaults = dict(zip([a.arg for a in args[len(args) - len(node.args.defaults):]], node.args.defaults, strict=True))
     properties: dict[str, Any] = {}
     for arg in args:
-        prop = _json_type(arg.annotation, full_name, arg.arg)
+        prop = _json_type(arg.annotation, full_name, arg.arg, field)
         if arg.arg in arg_docs:
             prop["description"] = arg_docs[arg.arg]
         if arg.arg in defaults:
@@ -294,24 +301,24 @@ def _python_signature(file: Path, name: str, full_name: str) -> tuple[str | None
     return summary, {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
-def _json_type(annotation: ast.expr | None, full_name: str, arg: str) -> dict[str, Any]:
+def _json_type(annotation: ast.expr | None, full_name: str, arg: str, field: str) -> dict[str, Any]:
     if annotation is None:
-        raise ConfigError(f"functions.{full_name}: parameter {arg} needs a type hint")
+        raise ConfigError(f"functions.{full_name}: parameter {arg} needs a type hint", param=field)
     if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):  # X | None
         side = annotation.right if _is_none(annotation.left) else annotation.left
-        return _json_type(side, full_name, arg)
+        return _json_type(side, full_name, arg, field)
     if isinstance(annotation, ast.Subscript) and isinstance(annotation.value, ast.Name):
         outer = annotation.value.id.lower()
         if outer == "optional":
-            return _json_type(annotation.slice, full_name, arg)
+            return _json_type(annotation.slice, full_name, arg, field)
         if outer == "list":
-            return {"type": "array", "items": _json_type(annotation.slice, full_name, arg)}
+            return {"type": "array", "items": _json_type(annotation.slice, full_name, arg, field)}
         if outer == "dict":
             return {"type": "object"}
     if isinstance(annotation, ast.Name) and annotation.id in JSON_TYPES:
         return {"type": JSON_TYPES[annotation.id]}
     raise ConfigError(f"functions.{full_name}: parameter {arg} has an unsupported type {ast.unparse(annotation)} "
-                      "(use str, int, float, bool, list[...] or dict)")
+                      "(use str, int, float, bool, list[...] or dict)", param=field)
 
 
 def _is_none(node: ast.expr) -> bool:

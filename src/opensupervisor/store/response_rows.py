@@ -1,0 +1,59 @@
+"""How a stored response lies in its tables: the rows written for its items and events, and the
+reads of one response's row and items that the store's transactions share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, select
+
+from opensupervisor.core.eventlog import Row, plain
+from opensupervisor.core.events import Event
+from opensupervisor.store.schema import items, responses
+from opensupervisor.wire.items import Item
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def without_output(response: dict[str, Any]) -> dict[str, Any]:
+    """The response as stored: its output items live in their own rows. ``output`` keeps its place
+    (empty), so that a response read back has its keys in the order it was streamed with."""
+    return dict(response, output=[])
+
+
+def to_item_rows(response_id: str, kind: str, new: dict[int, Item]) -> list[dict[str, Any]]:
+    return [{"response_id": response_id, "kind": kind, "position": pos, "item_id": it.get("id"),
+             "item": dumps(it)} for pos, it in new.items()]
+
+
+def to_event_rows(response_id: str, new: Sequence[Event | Row]) -> list[dict[str, Any]]:
+    """Rows of the log (``type`` is dropped on insert: it says which rows a refused write keeps)."""
+    out = []
+    for entry in new:
+        row = plain(entry) if isinstance(entry, Event) else entry
+        out.append({"response_id": response_id, "sequence_number": row.sequence_number, "event": row.event,
+                    "type": row.type})
+    return out
+
+
+def response_status(conn: Connection, response_id: str) -> str | None:
+    status: str | None = conn.execute(select(responses.c.status).where(responses.c.id == response_id)).scalar()
+    return status
+
+
+def owned_response(conn: Connection, response_id: str, owner: str | None) -> Any:
+    query = select(responses.c.response, responses.c.owner, responses.c.stream, responses.c.heartbeat_at).where(
+        responses.c.id == response_id)
+    if owner is not None:
+        query = query.where(responses.c.owner == owner)
+    return conn.execute(query).first()
+
+
+def stored_items(conn: Connection, response_id: str, kind: str) -> list[Item]:
+    rows = conn.execute(select(items.c.item).where(
+        and_(items.c.response_id == response_id, items.c.kind == kind)).order_by(items.c.position))
+    return [orjson.loads(r.item) for r in rows]
