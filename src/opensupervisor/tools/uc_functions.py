@@ -150,7 +150,7 @@ class FunctionCatalog:
         try:
             self.sandbox.require()
         except ConfigError as exc:
-            raise ConfigError(f"functions.{full_name}: {exc}", param="language") from exc
+            raise ConfigError(f"functions.{full_name}: {exc}", param="source_code") from exc
 
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         name = config_name(spec, self.functions.keys() | self.registered.keys(), "Function")
