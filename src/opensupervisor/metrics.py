@@ -1,6 +1,6 @@
 """Prometheus metrics of this process, served at ``GET /metrics``.
 
-Counted where runs end (``ResponseService``), so the loop and the tools stay free of metrics code.
+Counted where runs end (``runs.drive``), so the loop and the tools stay free of metrics code.
 """
 
 from __future__ import annotations

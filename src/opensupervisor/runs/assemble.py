@@ -57,7 +57,7 @@ class Resume:
 
 @dataclass(slots=True)
 class Prepared:
-    """A run ready to be driven (``runs.service``)."""
+    """A run ready to be driven (``runs.drive``)."""
 
     plan: RunPlan
     run: Run
