@@ -14,30 +14,50 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
-from cryptography.fernet import Fernet
-from rich.console import Console
-from rich.progress import Progress, TaskID
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from opensupervisor.cli_governance import grants, rate_limits
 from opensupervisor.cli_identity import tokens, usage, users
 from opensupervisor.cli_support import with_store
 from opensupervisor.errors import ConfigError
 from opensupervisor.settings import Settings, ensure_admin_token
-from opensupervisor.store import Store, engine_url
-from opensupervisor.workspace import load_workspace
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
     from opensupervisor.admin.connections import ConnectionAdmin
     from opensupervisor.admin.functions import FunctionAdmin
     from opensupervisor.knowledge.ingest import IngestReport
+    from opensupervisor.store import Store
+    from opensupervisor.workspace import Workspace
 
 # Each command imports the parts it runs (tools, durable execution, knowledge) when it runs:
 # a command that only writes the store starts in a fraction of the time.
 
-console = Console(stderr=True)
 T = TypeVar("T")
+_consoles: list[Console] = []
+
+
+def console() -> Console:
+    """Where the commands tell a person what they did (stderr), made on first use."""
+    if not _consoles:
+        from rich.console import Console
+
+        _consoles.append(Console(stderr=True))
+    return _consoles[0]
+
+
+def _workspace_and_store_url(settings: Settings) -> Workspace:
+    """The workspace, after checking that the database URL is one the store can open."""
+    from opensupervisor.engines import engine_url
+    from opensupervisor.workspace import load_workspace
+
+    try:
+        workspace = load_workspace(settings.config)
+        engine_url(settings.database_url)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return workspace
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,20 +80,16 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int, 
     settings = Settings.from_env()
     settings = dataclasses.replace(settings, config=config or settings.config, host=host or settings.host,
                                    port=port or settings.port)
-    try:
-        workspace = load_workspace(settings.config)
-        engine_url(settings.database_url)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    workspace = _workspace_and_store_url(settings)
     token, generated = ensure_admin_token(settings)
     if generated:
-        console.print(f"[bold]Admin token[/bold] (shown once, saved in {settings.data_dir}/admin_token): {token}",
+        console().print(f"[bold]Admin token[/bold] (shown once, saved in {settings.data_dir}/admin_token): {token}",
                       soft_wrap=True)
-    console.print(f"Workspace [bold]{workspace.name}[/bold]: {len(workspace.models)} models; "
+    console().print(f"Workspace [bold]{workspace.name}[/bold]: {len(workspace.models)} models; "
                   f"state in {_without_password(settings.database_url)}")
     base = f"http://{settings.host}:{settings.port}"
-    console.print(f"Listening on {base}  (Ctrl+C to stop)")
-    console.print(f"Clients: DATABRICKS_HOST={base} DATABRICKS_TOKEN=<admin token>, or the OpenAI SDK with "
+    console().print(f"Listening on {base}  (Ctrl+C to stop)")
+    console().print(f"Clients: DATABRICKS_HOST={base} DATABRICKS_TOKEN=<admin token>, or the OpenAI SDK with "
                   f"base_url={base}/v1", soft_wrap=True)
     # Worker processes rebuild the app from the environment, so pass the resolved settings on.
     os.environ.update({
@@ -101,14 +117,10 @@ def worker(config: str | None, concurrency: int | None, log_level: str) -> None:
     settings = dataclasses.replace(settings, config=config or settings.config,
                                    worker_concurrency=concurrency or settings.worker_concurrency)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        workspace = load_workspace(settings.config)
-        engine_url(settings.database_url)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    workspace = _workspace_and_store_url(settings)
     from opensupervisor.runtime import running
 
-    console.print(f"Worker for workspace [bold]{workspace.name}[/bold]; state in "
+    console().print(f"Worker for workspace [bold]{workspace.name}[/bold]; state in "
                   f"{_without_password(settings.database_url)}  (Ctrl+C to stop)")
 
     async def work() -> None:
@@ -159,7 +171,7 @@ def functions_add(name: str, python_file: str | None, sql: str | None, database_
             fields["database_url"] = database_url
     given = _given(fields)
     registered = _functions_call(config, lambda admin: admin.put(name, given))
-    console.print(f"Registered [bold]{name}[/bold] as tool {registered['tool_name']}")
+    console().print(f"Registered [bold]{name}[/bold] as tool {registered['tool_name']}")
 
 
 @functions.command("list")
@@ -181,7 +193,7 @@ def functions_list(config: str | None) -> None:
 def functions_remove(name: str, config: str | None) -> None:
     """Remove registered function NAME."""
     _functions_call(config, lambda admin: admin.remove(name))
-    console.print(f"Removed {name}")
+    console().print(f"Removed {name}")
 
 
 @main.group()
@@ -235,7 +247,7 @@ def connections_add(name: str, url: str, transport: str, bearer_token_env: str |
         fields["oauth"] = {k: v for k, v in oauth.items() if v is not None}
     given = _given(fields)
     _connections_call(config, lambda admin: admin.put(name, given))
-    console.print(f"Stored connection [bold]{name}[/bold]")
+    console().print(f"Stored connection [bold]{name}[/bold]")
 
 
 @connections.command("list")
@@ -256,7 +268,7 @@ def connections_list(config: str | None) -> None:
 def connections_remove(name: str, config: str | None) -> None:
     """Remove stored connection NAME, and every user's credential for it."""
     _connections_call(config, lambda admin: admin.remove(name))
-    console.print(f"Removed {name}")
+    console().print(f"Removed {name}")
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +303,7 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
     from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
     from opensupervisor.models.catalog import ModelCatalog
     from opensupervisor.tools.knowledge_assistant import KnowledgeAssistants
+    from opensupervisor.workspace import load_workspace
 
     settings = Settings.from_env()
 
@@ -301,7 +314,7 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
         reports = []
         try:
             for ka in KnowledgeAdmin(kas).selection(assistants):
-                with Progress(console=console, transient=True) as bar:
+                with Progress(console=console(), transient=True) as bar:
                     task = bar.add_task(ka, total=None)
 
                     def step(key: str, n: int, total: int, task: TaskID = task, bar: Progress = bar,
@@ -320,17 +333,19 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
     except (ConfigError, OutsideSources) as exc:
         raise click.ClickException(str(exc)) from exc
     for ka, report in results:
-        console.print(f"[bold]{ka}[/bold]: {len(report.added)} added, {len(report.updated)} updated, "
+        console().print(f"[bold]{ka}[/bold]: {len(report.added)} added, {len(report.updated)} updated, "
                       f"{len(report.unchanged)} unchanged, {len(report.removed)} removed, {report.chunks} chunks")
         for key, why in report.failed.items():
-            console.print(f"  [yellow]skipped[/yellow] {key}: {why}")
+            console().print(f"  [yellow]skipped[/yellow] {key}: {why}")
         for key in report.refused:
-            console.print(f"  [red]refused[/red] {key}: outside the source folders")
+            console().print(f"  [red]refused[/red] {key}: outside the source folders")
 
 
 @main.command("secret-key")
 def secret_key() -> None:
     """Print a new key for $OPENSUPERVISOR_SECRET_KEY (share one across the hosts of a deployment)."""
+    from cryptography.fernet import Fernet
+
     click.echo(Fernet.generate_key().decode())
 
 
@@ -341,6 +356,7 @@ def _connections_call(config: str | None, action: Callable[[ConnectionAdmin], Aw
     from opensupervisor.store.credentials import UserCredentials
     from opensupervisor.tools.connections import Connections
     from opensupervisor.vault import Vault
+    from opensupervisor.workspace import load_workspace
 
     async def run(store: Store, settings: Settings) -> T:
         vault = Vault.load(settings.data_dir)
@@ -364,6 +380,7 @@ def _functions_call(config: str | None, action: Callable[[FunctionAdmin], Awaita
     from opensupervisor.store.functions import RegisteredFunctions
     from opensupervisor.tools.sandbox import Sandbox
     from opensupervisor.tools.uc_functions import FunctionCatalog
+    from opensupervisor.workspace import load_workspace
 
     async def run(store: Store, settings: Settings) -> T:
         workspace = load_workspace(config or settings.config)
@@ -387,6 +404,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:

@@ -6,21 +6,17 @@ Every command is an admin service's operation (``opensupervisor.admin``), as the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
-from opensupervisor.admin.governance import GrantAdmin, LimitAdmin
 from opensupervisor.cli_support import with_store
-from opensupervisor.identity.grants import Access
-from opensupervisor.identity.limits import RateLimiter
 from opensupervisor.settings import Settings
-from opensupervisor.store import Store
-from opensupervisor.store.grants import StoredGrants
-from opensupervisor.store.principals import Principals
-from opensupervisor.store.rate_limits import DatabaseCounters, StoredRateLimits
-from opensupervisor.workspace import load_workspace
+
+if TYPE_CHECKING:
+    from opensupervisor.admin.governance import GrantAdmin, LimitAdmin
+    from opensupervisor.store import Store
 
 T = TypeVar("T")
 CONFIG = click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
@@ -28,6 +24,13 @@ CONFIG = click.option("--config", "config", type=click.Path(dir_okay=False), def
 
 
 def _grants(config: str | None, action: Callable[[GrantAdmin], Awaitable[T]]) -> T:
+    # Imported here, not at the top: ``--help`` stays quick to start.
+    from opensupervisor.admin.governance import GrantAdmin
+    from opensupervisor.identity.grants import Access
+    from opensupervisor.store.grants import StoredGrants
+    from opensupervisor.store.principals import Principals
+    from opensupervisor.workspace import load_workspace
+
     async def run(store: Store, settings: Settings) -> T:
         ws = load_workspace(config or settings.config)
         admin = GrantAdmin(Access(ws.access.grants, ws.access.default), StoredGrants(store), Principals(store))
@@ -38,6 +41,11 @@ def _grants(config: str | None, action: Callable[[GrantAdmin], Awaitable[T]]) ->
 
 
 def _limits(config: str | None, action: Callable[[LimitAdmin], Awaitable[T]]) -> T:
+    from opensupervisor.admin.governance import LimitAdmin
+    from opensupervisor.identity.limits import RateLimiter
+    from opensupervisor.store.rate_limits import DatabaseCounters, StoredRateLimits
+    from opensupervisor.workspace import load_workspace
+
     async def run(store: Store, settings: Settings) -> T:
         ws = load_workspace(config or settings.config)
         # The counters are never touched here: a limiter only to know which limits apply.

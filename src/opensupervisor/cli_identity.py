@@ -6,21 +6,25 @@ Every command is an admin service's operation (``opensupervisor.admin``), as the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
-from tabulate import tabulate
 
-from opensupervisor.admin.identity import DEFAULT_GROUP_BY, PrincipalAdmin, usage_report
+from opensupervisor.admin.defaults import DEFAULT_GROUP_BY
 from opensupervisor.cli_support import with_store
-from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Kind, Principals
-from opensupervisor.store.usage import Usage
+from opensupervisor.identity.principal import MAX_TOKEN_LIFETIME_S, Kind
+
+if TYPE_CHECKING:
+    from opensupervisor.admin.identity import PrincipalAdmin
 
 T = TypeVar("T")
 
 
 def _call(action: Callable[[PrincipalAdmin], Awaitable[T]]) -> T:
     # Nothing of the grants is kept in this process: servers reload them within seconds.
+    from opensupervisor.admin.identity import PrincipalAdmin
+    from opensupervisor.store.principals import Principals
+
     return with_store(lambda store, settings: action(PrincipalAdmin(Principals(store))))
 
 
@@ -119,6 +123,11 @@ def tokens_revoke(token_id: str) -> None:
 @click.option("--principal", default=None, help="Only this caller.")
 def usage(group_by: str, since: str | None, until: str | None, principal: str | None) -> None:
     """Who used what: responses, tokens, model and tool calls, mean latency."""
+    from tabulate import tabulate
+
+    from opensupervisor.admin.identity import usage_report
+    from opensupervisor.store.usage import Usage
+
     report = with_store(lambda store, settings: usage_report(Usage(store), group_by, since=since, until=until,
                                                              principal=principal))
     keys: list[str] = list(report["group_by"])

@@ -12,9 +12,6 @@ import contextlib
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -44,6 +41,10 @@ def private_file(path: Path) -> None:
 
 def private_sqlite(url: str) -> None:
     """For a SQLite file URL, create the database file ``0600`` before SQLite creates it ``0644``."""
+    # Here, not at the top: settings import this module, and most commands never open a database.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:

@@ -9,14 +9,15 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.admin.common import log, parse
+from opensupervisor.admin.defaults import DEFAULT_GROUP_BY
 from opensupervisor.errors import InvalidRequest, NotFound
-from opensupervisor.store.principals import MAX_TOKEN_LIFETIME_S, Conflict, PrincipalRow, Principals, TokenRow
+from opensupervisor.identity.principal import MAX_TOKEN_LIFETIME_S
+from opensupervisor.store.principals import Conflict, PrincipalRow, Principals, TokenRow
 from opensupervisor.store.usage import GroupBy, Usage
 
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,255}$")
 DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits only: \d takes any script's
 GROUP_BY = ("principal", "model", "day")
-DEFAULT_GROUP_BY = "principal"
 
 
 class NewPrincipal(BaseModel):

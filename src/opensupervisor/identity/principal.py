@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# What a principal of the store is (a group holds members; only users and service principals call).
+Kind = Literal["user", "service_principal", "group"]
+# Ten years: a longer token lifetime is a mistake, and far past it the expiry overflows a date.
+MAX_TOKEN_LIFETIME_S = 10 * 366 * 24 * 3600
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:

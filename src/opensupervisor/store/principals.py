@@ -18,13 +18,11 @@ from sqlalchemy import Connection, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opensupervisor.identity import Principal
+from opensupervisor.identity.principal import Kind
 from opensupervisor.store.schema import grants, group_members, principals, tokens, user_credentials
 from opensupervisor.store.store import Store, now_ms
 
-Kind = Literal["user", "service_principal", "group"]
 TOKEN_PREFIX = "osp_"
-# Ten years: a longer lifetime is a mistake, and far past it the expiry overflows a date.
-MAX_TOKEN_LIFETIME_S = 10 * 366 * 24 * 3600
 
 
 class Conflict(ValueError):
