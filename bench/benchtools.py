@@ -1,7 +1,12 @@
-"""The hosted tool kind the background benchmark's workspace loads as a plugin: ``echo`` answers at once."""
+"""Hosted tool kinds the benchmarks' workspaces load as plugins: ``echo`` answers at once, ``record``
+notes every execution."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sqlite3
+import time
 from typing import Any
 
 from opensupervisor.core.context import RunContext
@@ -19,3 +24,23 @@ class Echo(Toolset):
 
 def register(registry: ToolRegistry) -> None:
     registry.register("bench_echo", lambda spec, ws: Echo())
+    registry.register("bench_record", lambda spec, ws: Record())
+
+
+class Record(Toolset):
+    """``record`` writes each execution (response, label, process, time) to the SQLite file
+    ``$OPENSUPERVISOR_SOAK_LEDGER``: the soak counts how often each call really ran, and where."""
+
+    async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
+        schema = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
+        return [ToolDef("record", "Records a label", schema)]
+
+    async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
+        await asyncio.to_thread(_record, ctx.response_id, str(arguments["label"]))
+        return "recorded"
+
+
+def _record(response_id: str, label: str) -> None:
+    with sqlite3.connect(os.environ["OPENSUPERVISOR_SOAK_LEDGER"], timeout=60) as conn:
+        conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?)", (response_id, label, os.getpid(), time.time()))
+
