@@ -231,10 +231,31 @@ def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitSta
         for _ in range(workers):
             procs.worker()
         procs.wait_ready(since)
+        before = cpu_ticks(procs.procs)
         rate = asyncio.run(throughput(url, args.runs, args.database_url))
+        spent = {k: (v - before.get(k, 0)) / os.sysconf("SC_CLK_TCK") * 1000 / args.runs
+                 for k, v in cpu_ticks(procs.procs).items()}
         base = base or rate
-        print(f"  {workers} worker{'s' if workers > 1 else ' '}: {rate:7.1f} runs/s   ({rate / base:.2f}x one)")
+        print(f"  {workers} worker{'s' if workers > 1 else ' '}: {rate:7.1f} runs/s   ({rate / base:.2f}x one); "
+              f"CPU per run: server {spent['server']:.1f} ms, workers {spent['workers']:.1f} ms, "
+              f"PostgreSQL {spent['postgres']:.1f} ms, total {sum(spent.values()):.1f} ms")
         procs.stop()
+
+
+def cpu_ticks(procs: list[subprocess.Popen[bytes]]) -> dict[str, int]:
+    """CPU ticks used so far by the server (the first process), the workers, and every PostgreSQL
+    process of this machine (the soak's database server runs here, and nothing else uses it)."""
+    def ticks(pid: int) -> int:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    postgres = [int(p) for p in subprocess.run(["pgrep", "-x", "postgres"], capture_output=True,
+                                               text=True).stdout.split()]
+    return {"server": ticks(procs[0].pid), "workers": sum(ticks(p.pid) for p in procs[1:]),
+            "postgres": sum(ticks(p) for p in postgres)}
 
 
 def _drop_schema(database_url: str, schema: str) -> None:
