@@ -43,9 +43,11 @@ class IdempotencyKeys:
         def write() -> Claim:
             with self.store.engine.begin() as conn:
                 conn.execute(delete(idempotency_keys).where(*mine, idempotency_keys.c.expires_at <= now))
+                # RETURNING, not rowcount: psycopg reports no count for an insert that may do nothing.
                 inserted = conn.execute(self.store.dialect_insert(idempotency_keys).values(**row)
-                                        .on_conflict_do_nothing(index_elements=["principal", "key"])).rowcount
-                if inserted == 1:
+                                        .on_conflict_do_nothing(index_elements=["principal", "key"])
+                                        .returning(idempotency_keys.c.key)).first()
+                if inserted is not None:
                     return Claim("new")
                 found = conn.execute(select(idempotency_keys).where(*mine)).one()
                 if found.request_hash != request_hash:
