@@ -17,6 +17,8 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks_openai import DatabricksOpenAI
 
+from opensupervisor.store import Store
+from opensupervisor.store.idempotency import IdempotencyKeys
 from tests.conftest import MODEL, Server, wait_until
 
 LEDGER: Any = {"type": "test_ledger"}
@@ -179,3 +181,24 @@ def test_databricks_openai_sends_the_key_per_call(dbx: DatabricksOpenAI) -> None
     headers = key()
     first = dbx.responses.create(model=MODEL, input="hi", background=True, extra_headers=headers)
     assert dbx.responses.create(model=MODEL, input="hi", background=True, extra_headers=headers).id == first.id
+
+
+def test_a_claim_whose_process_died_before_storing_anything_is_taken_over(tmp_path: Path) -> None:
+    async def check() -> None:
+        store = Store(f"sqlite:///{tmp_path / 'keys.db'}")
+        await store.migrate()
+        try:
+            keys = IdempotencyKeys(store, ttl_s=60)
+            assert (await keys.claim("alice", "k", "h", "gone-process")).state == "new"
+            # Not a registered executor: nothing came of its claim, so the next request takes it.
+            assert (await keys.claim("alice", "k", "h", "live-process")).state == "new"
+            assert (await keys.claim("alice", "k", "other", "gone-process")).state == "mismatch"
+            await keys.bind("alice", "k", "resp_never_stored")
+            assert (await keys.claim("alice", "k", "h", "live-process")).state == "pending"
+            await keys.release("alice", "k", "resp_never_stored")  # not stored: the key is free again
+            assert (await keys.claim("alice", "k", "h", "live-process")).state == "new"
+            assert await IdempotencyKeys(store).purge() == 0  # within its lifetime
+        finally:
+            await store.close()
+
+    asyncio.run(check())
