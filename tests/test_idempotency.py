@@ -198,6 +198,8 @@ def test_a_claim_whose_process_died_before_storing_anything_is_taken_over(tmp_pa
             await keys.release("alice", "k", "resp_never_stored")  # not stored: the key is free again
             assert (await keys.claim("alice", "k", "h", "live-process")).state == "new"
             assert await IdempotencyKeys(store).purge() == 0  # within its lifetime
+            await IdempotencyKeys(store, ttl_s=0).claim("bob", "k", "h", "live-process")
+            assert await IdempotencyKeys(store).purge() == 1  # past its lifetime: the purge task removes it
         finally:
             await store.close()
 
