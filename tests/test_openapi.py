@@ -32,6 +32,9 @@ def test_the_document_covers_every_json_route(server: Server) -> None:
     assert documented == real - UNDOCUMENTED
     create = doc["paths"]["/v1/responses"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert create == {"$ref": "#/components/schemas/CreateResponseRequest"}
+    for prefix in ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1"):
+        headers = [p for p in doc["paths"][f"{prefix}/responses"]["post"]["parameters"] if p["in"] == "header"]
+        assert [(p["name"], p["schema"]["maxLength"]) for p in headers] == [("Idempotency-Key", 255)]
     fields = doc["components"]["schemas"]["CreateResponseRequest"]["properties"]
     assert fields["max_output_tokens"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 

@@ -7,6 +7,7 @@
     │   ├── Unauthorized            401
     │   ├── NotFound                404
     │   ├── Forbidden               403
+    │   ├── Conflict                409 (an Idempotency-Key in use, or used with another body)
     │   ├── RequestTimeout          408 (headers or body not received in time)
     │   ├── PayloadTooLarge         413
     │   ├── HeadTooLarge            414 / 431 (request line / headers past the bound)
@@ -88,6 +89,18 @@ class NotFound(APIError):
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = "not_found") -> None:
         super().__init__(message, param=param, code=code)
+
+
+class Conflict(APIError):
+    """The request collides with another one. ``retry``: the same request may succeed later (the
+    OpenAI SDKs retry a 409 by default; ``x-should-retry`` tells them whether it is worth it)."""
+
+    status_code = 409
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = "conflict",
+                 retry: bool = False) -> None:
+        super().__init__(message, param=param, code=code)
+        self.headers = {"Retry-After": "1", "x-should-retry": "true"} if retry else {"x-should-retry": "false"}
 
 
 class PayloadTooLarge(APIError):

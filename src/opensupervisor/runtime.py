@@ -292,7 +292,7 @@ def _loop_limits(ws: Workspace) -> LoopLimits:
 def _background_limits(ws: Workspace, concurrency: int) -> BackgroundLimits:
     bg = ws.background
     return BackgroundLimits(max_queued=bg.max_queued, max_run_time_s=bg.max_run_time_s,
-                            worker_concurrency=concurrency)
+                            worker_concurrency=concurrency, idempotency_keys_ttl_s=bg.idempotency_keys_ttl_s)
 
 
 def _engine_config(settings: Settings, ws: Workspace, concurrency: int) -> EngineConfig:

@@ -129,6 +129,8 @@ class Background(_Section):
     max_run_time_s: float = Field(default=1800.0, gt=0)
     retention_days: float = Field(default=30.0, gt=0)
     purge_interval_s: float = Field(default=3600.0, gt=0)
+    # How long a create's Idempotency-Key answers with the response it made (then it may be reused).
+    idempotency_keys_ttl_s: float = Field(default=86400.0, ge=60)
     # How often each worker looks for queued runs.
     poll_interval_s: float = Field(default=0.05, gt=0, le=60)
     # An executor silent this long is dead and its runs are recovered by another.

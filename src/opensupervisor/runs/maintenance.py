@@ -7,8 +7,9 @@
 - Reconciliation: a response whose run has no workflow (the process died between storing it and
   starting or queueing it) is queued; one whose workflow will never run again (it ended without recording the
   response's end, or another release started it) is failed with a reason.
-- Retention: finished background responses older than the retention period are purged, and the
-  workflow records of finished runs soon after they end (the response keeps everything).
+- Retention: finished background responses older than the retention period are purged, the
+  workflow records of finished runs soon after they end (the response keeps everything), and
+  idempotency keys past their lifetime.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from opensupervisor.runs.background import WILL_RUN
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.store import Store
 from opensupervisor.store.executors import Executor, Executors
+from opensupervisor.store.idempotency import IdempotencyKeys
 
 log = logging.getLogger(__name__)
 BEAT_S = 1.0
@@ -119,8 +121,10 @@ class Maintenance:
         purged = await self.store.purge(int(now - self.config.retention_s))
         forgotten = await self.engine.forget_finished(
             int((now - min(self.config.retention_s, KEEP_WORKFLOWS_S)) * 1000))
-        if purged or forgotten:
-            log.info("retention: purged %d background responses and %d finished run records", purged, forgotten)
+        keys = await IdempotencyKeys(self.store).purge()
+        if purged or forgotten or keys:
+            log.info("retention: purged %d background responses, %d finished run records and %d idempotency keys",
+                     purged, forgotten, keys)
 
 
 def _alive(pid: int) -> bool:

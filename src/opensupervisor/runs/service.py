@@ -25,11 +25,13 @@ from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.drive import Driver
 from opensupervisor.runs.durable import DurableEngine, dbos_steps
 from opensupervisor.runs.gate import Gate
+from opensupervisor.runs.idempotency import Idempotency
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.plan import RunPlan, restored
 from opensupervisor.runs.stored import StoredResponses, not_found, owner
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store.approvals import IssuedApprovals
+from opensupervisor.store.idempotency import IdempotencyKeys
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.vault import Vault
@@ -50,6 +52,8 @@ class BackgroundLimits:
     max_run_time_s: float = 1800.0
     # Runs at once in this process; 0 = this process only accepts runs, workers run them.
     worker_concurrency: int = 16
+    # How long an Idempotency-Key answers with the response it made.
+    idempotency_keys_ttl_s: float = 86400.0
 
 
 class ResponseService:
@@ -69,6 +73,8 @@ class ResponseService:
         self.background = BackgroundRuns(deps.store, engine.state)
         self.driver = Driver(traces, approvals, gate.accounting)
         self.stored = StoredResponses(deps.store, self.background, engine, approvals)
+        self.idempotency = Idempotency(IdempotencyKeys(deps.store, self.background_limits.idempotency_keys_ttl_s),
+                                       engine, self.stored, self.background)
 
     # -- create ----------------------------------------------------------------------------------
 

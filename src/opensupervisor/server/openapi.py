@@ -49,18 +49,24 @@ class Operation:
     tag: str
     body: type[BaseModel] | None = None
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
     auth: bool = True
 
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
 STRING: dict[str, Any] = {"type": "string"}
+# What ``runs.idempotency`` accepts: 1 to 255 printable ASCII characters.
+IDEMPOTENCY_KEY: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$",
+                                   "description": "Retries with the same key and body answer with the same "
+                                                  "response and never start a second run (needs store=true)."}
 
 
 def _responses_operations(prefix: str) -> list[Operation]:
     base = f"{prefix}/responses"
     one = f"{base}/{{response_id}}"
     return [
-        Operation("post", base, "Create a response", "responses", CreateResponseRequest),
+        Operation("post", base, "Create a response", "responses", CreateResponseRequest,
+                  headers={"Idempotency-Key": IDEMPOTENCY_KEY}),
         Operation("get", one, "Retrieve a response (with stream=true: replay and follow its events)", "responses",
                   query={"stream": {"type": "boolean"},
                          "starting_after": {"type": "integer", "minimum": -1, "maximum": INT32_MAX}}),
@@ -176,6 +182,7 @@ def _operation(op: Operation, schemas: dict[Any, dict[str, Any]]) -> dict[str, A
     path, names = _path(op.path)
     params = [{"name": n, "in": "path", "required": True, "schema": STRING} for n in names]
     params += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in op.query.items()]
+    params += [{"name": n, "in": "header", "required": False, "schema": s} for n, s in op.headers.items()]
     out: dict[str, Any] = {
         "summary": op.summary, "tags": [op.tag], "operationId": f"{op.method}_{path}",
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {}}}},

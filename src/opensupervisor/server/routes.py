@@ -15,6 +15,10 @@ from opensupervisor.core.events import Event
 from opensupervisor.errors import APIError, InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.metrics import REGISTRY
+from opensupervisor.runs.assemble import Prepared
+from opensupervisor.runs.idempotency import HEADER as IDEMPOTENCY_HEADER
+from opensupervisor.runs.idempotency import Held, Replay, check_stored, checked_key, request_hash
+from opensupervisor.runs.service import ResponseService
 from opensupervisor.runtime import Runtime
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
@@ -49,26 +53,66 @@ def _sse(events: AsyncGenerator[Event]) -> Response:
 
 async def create_response(request: Request) -> Response:
     principal = _principal(request)
-    state = _state(request)
-    service = state.service
-    started, raw = time.time(), None
+    service = _state(request).service
+    started, raw, held = time.time(), None, None
+    header = request.headers.get(IDEMPOTENCY_HEADER)
     try:
+        key = None if header is None else checked_key(header)
         raw = parse_json_body(await request.body())
+        fingerprint = request_hash(request.url.path, raw)  # before anything reads the body further
         parsed = parse_create_request(raw)
+        if key is not None:
+            check_stored(parsed.body)
+            claimed = await service.idempotency.claim(principal, key, fingerprint, parsed.body)
+            if isinstance(claimed, Replay):
+                return _replayed(claimed)
+            held = claimed
         prepared = await service.prepare(parsed, principal, raw, echo_history=not request.url.path.startswith("/v1/"),
                                          traceparent=request.headers.get("traceparent"))
-    except APIError as exc:
-        service.accounting.refused(principal, raw, exc, started)
+        if held is not None:
+            await held.bind(prepared.response["id"])
+    except BaseException as exc:
+        if held is not None:
+            await held.release()
+        if isinstance(exc, APIError):
+            service.accounting.refused(principal, raw, exc, started)
         raise
-    body = parsed.body
-    if body.background:
-        queued, events = await service.start_background(prepared)
+    return await _run(service, prepared, held)
+
+
+async def _run(service: ResponseService, prepared: Prepared, held: Held | None) -> Response:
+    """Run a prepared response. A key it holds is released if its response was never stored (a
+    full queue, a client gone before the response was written), so that a retry may run it."""
+    body = prepared.plan.request.body
+    try:
+        if body.background:
+            queued, events = await service.start_background(prepared)
+            return _sse(events) if body.stream else JSONResponse(queued)
         if body.stream:
-            return _sse(events)
-        return JSONResponse(queued)
-    if body.stream:
-        return _sse(service.events(prepared))
-    return JSONResponse(await service.run_to_end(prepared))
+            return _sse(_settling(service.events(prepared), held))
+        return JSONResponse(await service.run_to_end(prepared))
+    except BaseException:
+        if held is not None:
+            await held.release()
+        raise
+    finally:
+        if held is not None and not body.background and not body.stream:
+            await held.release()
+
+
+async def _settling(events: AsyncGenerator[Event], held: Held | None) -> AsyncGenerator[Event]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        if held is not None:
+            await held.release()
+
+
+def _replayed(replay: Replay) -> Response:
+    response = _sse(replay.events) if replay.events is not None else JSONResponse(replay.response)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 async def retrieve_response(request: Request) -> Response:

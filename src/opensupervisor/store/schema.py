@@ -218,3 +218,19 @@ approvals = Table(
     Index("ix_os_approvals_expires", "expires_at"),
     Index("ix_os_approvals_response", "response_id"),
 )
+
+idempotency_keys = Table(
+    "os_idempotency_keys",
+    metadata,
+    Column("principal", String(255), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    # sha256 of the route and the canonical JSON of the request body
+    Column("request_hash", String(64), nullable=False),
+    # The process that claimed the key: a claim whose process died without storing a response is void.
+    Column("executor", String(255), nullable=False),
+    Column("response_id", String(64), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("ix_os_idempotency_keys_expires", "expires_at"),
+    Index("ix_os_idempotency_keys_response", "response_id"),
+)

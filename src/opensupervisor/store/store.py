@@ -37,7 +37,7 @@ from opensupervisor.store.response_rows import (
     to_item_rows,
     without_output,
 )
-from opensupervisor.store.schema import events, items, responses
+from opensupervisor.store.schema import events, idempotency_keys, items, responses
 from opensupervisor.wire.items import Item
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -240,7 +240,7 @@ class Store:
                 ids = list(conn.execute(select(responses.c.id).where(
                     responses.c.background.is_(True), responses.c.created_at < created_before,
                     responses.c.status.not_in(RUNNING)).limit(batch)).scalars())
-                for table in (events, items):
+                for table in (events, items, idempotency_keys):
                     conn.execute(delete(table).where(table.c.response_id.in_(ids)))
                 conn.execute(delete(responses).where(responses.c.id.in_(ids)))
                 return len(ids)
@@ -255,7 +255,8 @@ class Store:
             with self.engine.begin() as conn:
                 if owned_response(conn, response_id, owner) is None:
                     return False
-                for table in (events, items):
+                # A deleted response frees the key that made it: there is nothing left to answer with.
+                for table in (events, items, idempotency_keys):
                     conn.execute(delete(table).where(table.c.response_id == response_id))
                 conn.execute(delete(responses).where(responses.c.id == response_id))
                 return True
