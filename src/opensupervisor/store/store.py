@@ -326,13 +326,15 @@ class Store:
 
         return await self.run(read)
 
-    async def quiet_runs(self, quiet_ms: int) -> list[tuple[str, str]]:
-        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status)."""
+    async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[tuple[str, str]]:
+        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status),
+        by id from ``after``, at most ``limit`` (a backlog is read a page at a time)."""
         def read() -> list[tuple[str, str]]:
             with self.engine.connect() as conn:
                 return [(r.id, r.status) for r in conn.execute(select(responses.c.id, responses.c.status).where(
                     responses.c.background.is_(True), responses.c.status.in_(RUNNING),
-                    responses.c.heartbeat_at < now_ms() - quiet_ms))]
+                    responses.c.heartbeat_at < now_ms() - quiet_ms, responses.c.id > after).order_by(
+                    responses.c.id).limit(limit))]
 
         return await self.run(read)
 
