@@ -43,7 +43,7 @@ turns = [
 def _create(client: openai.OpenAI) -> str:
     """A background response that keeps its event log (stream and background together)."""
     stream = client.responses.create(model="slow", input="record three labels", background=True, stream=True,
-                                     tools=[{"type": "test_ledger"}])  # type: ignore[list-item,misc]
+                                     tools=[{"type": "test_ledger"}])  # type: ignore[misc]
     first = next(iter(stream))
     stream.close()
     return first.response.id
