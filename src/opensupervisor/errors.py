@@ -200,3 +200,15 @@ class RunCancelled(OpenSupervisorError):
     def __init__(self, rewind_to: int | None) -> None:
         super().__init__("the response was cancelled")
         self.rewind_to = rewind_to
+
+
+class RunSuperseded(BaseException):
+    """Another process took over this background run (this one was taken for dead): the run must
+    stop here without recording anything more, since its new owner records it.
+
+    A ``BaseException``, as DBOS's own lost-ownership error is: no boundary that turns an
+    ``Exception`` into a recorded outcome (the loop's ``failed``, a step's recorded error) may catch it."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"the run of response {response_id} is owned by another process now")
+        self.response_id = response_id

@@ -26,7 +26,7 @@ from opensupervisor.core.loop import LoopLimits, Run
 from opensupervisor.core.toolbox import BoundToolset, ToolBox
 from opensupervisor.core.turn import copy_item
 from opensupervisor.models.catalog import ModelCatalog
-from opensupervisor.runs.durable import DurableCalls, DurableModel, RecordedListing, Steps
+from opensupervisor.runs.durable import CallFence, DurableCalls, DurableModel, RecordedListing, Steps
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.plan import RunPlan, stored_options
 from opensupervisor.runs.recorder import Recorder
@@ -53,6 +53,8 @@ class Resume:
 
     steps: Steps
     last_sequence: int
+    # Claims each hosted call before it runs (``DurableCalls``).
+    fence: CallFence | None = None
 
 
 @dataclass(slots=True)
@@ -86,7 +88,7 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
     served = deps.catalog.get(body.model)
     durable_model = DurableModel(served, steps) if steps is not None else None
     model = TracedModel(durable_model or served, spans)
-    toolsets = [replace(b, toolset=_wrapped(b, deps.limits, spans, steps)) for b in bound]
+    toolsets = [replace(b, toolset=_wrapped(b, deps.limits, spans, durable)) for b in bound]
     toolbox = await ToolBox.build(ctx, toolsets, max_arguments_chars=deps.limits.max_tool_arguments_chars)
     earlier = await prior()
     items = ctx.history = earlier + plan.input_items
@@ -104,14 +106,14 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
     return Prepared(plan, run, recorder, spans)
 
 
-def _wrapped(bound: BoundToolset, limits: LoopLimits, spans: RunSpans, steps: Steps | None) -> Toolset:
+def _wrapped(bound: BoundToolset, limits: LoopLimits, spans: RunSpans, durable: Resume | None) -> Toolset:
     toolset = bound.toolset
-    if steps is not None:
-        toolset = RecordedListing(toolset, steps, bound.type)
+    if durable is not None:
+        toolset = RecordedListing(toolset, durable.steps, bound.type)
     toolset = Bounded(toolset, timeout_s=limits.tool_timeout_s, max_output_chars=limits.max_tool_output_chars)
     toolset = TracedToolset(toolset, spans, bound.type)
-    if steps is not None:
-        toolset = DurableCalls(toolset, steps)
+    if durable is not None:
+        toolset = DurableCalls(toolset, durable.steps, durable.fence)
     return toolset
 
 

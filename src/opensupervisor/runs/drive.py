@@ -12,7 +12,7 @@ import anyio
 from opensupervisor import metrics
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.core.loop import ending, run_loop
-from opensupervisor.errors import RunCancelled
+from opensupervisor.errors import RunCancelled, RunSuperseded
 from opensupervisor.runs import approvals
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.assemble import Prepared
@@ -33,7 +33,8 @@ class Driver:
         """The run's events, recorded as they pass.
 
         A run that ends early is recorded as such: ``cancelled`` when it was cancelled (here or in
-        another process) or abandoned by its reader, ``failed`` when recording it failed.
+        another process) or abandoned by its reader, ``failed`` when recording it failed. A run that
+        another process took over records nothing more and raises ``RunSuperseded``.
         """
         recorder, run = prepared.recorder, prepared.run
         started, began = time.perf_counter(), time.time()
@@ -42,17 +43,25 @@ class Driver:
         if approvals.asks(run):
             stream = approvals.issuing(run, self.ledger, stream)
         try:
-            async for event in recorder.record(stream):
-                yield event
-        except RunCancelled as exc:
-            log.info("response %s was cancelled while running", prepared.response["id"])
-            for event in await self.record_end(prepared, "cancelled", exc.rewind_to):
-                yield event
-        except Exception:  # the loop never raises; this is the store failing under the recorder
-            log.exception("recording response %s failed", prepared.response["id"])
-            if not recorder.finished:
-                for event in await self.record_end(prepared, "failed"):
+            try:
+                async for event in recorder.record(stream):
                     yield event
+            except RunCancelled as exc:
+                log.info("response %s was cancelled while running", prepared.response["id"])
+                for event in await self.record_end(prepared, "cancelled", exc.rewind_to):
+                    yield event
+            except Exception:  # the loop never raises; this is the store failing under the recorder
+                log.exception("recording response %s failed", prepared.response["id"])
+                if not recorder.finished:
+                    for event in await self.record_end(prepared, "failed"):
+                        yield event
+        except RunSuperseded:
+            # Taken for dead, and the run went to another process, which records it from here on.
+            log.warning("response %s is run by another process now; stopping this copy without recording more",
+                        prepared.response["id"])
+            if prepared.live is not None:
+                prepared.live.shutting_down = True
+            raise
         finally:
             await self._after(prepared, started, began)
 

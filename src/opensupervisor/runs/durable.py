@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
+from dbos._error import DBOSWorkflowConflictIDError
 
 from opensupervisor import __version__
 from opensupervisor.core.contracts import (
@@ -38,7 +39,7 @@ from opensupervisor.core.contracts import (
     WrapperToolset,
 )
 from opensupervisor.engines import WAL, engine_url, sqlite_engine
-from opensupervisor.errors import ConfigError, ModelError
+from opensupervisor.errors import ConfigError, ModelError, RunSuperseded
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
@@ -66,7 +67,10 @@ async def dbos_steps(name: str, fn: Callable[[], Awaitable[T]]) -> T:
     async def step() -> T:  # DBOS runs coroutine functions as async steps on this loop
         return await fn()
 
-    return await DBOS.run_step_async({"name": name}, step)
+    try:
+        return await DBOS.run_step_async({"name": name}, step)
+    except DBOSWorkflowConflictIDError:  # DBOS's word for the same thing: another execution owns the workflow
+        raise RunSuperseded(DBOS.workflow_id or "") from None
 
 
 @dataclass(slots=True)
@@ -130,16 +134,39 @@ class DurableModel(WrapperModel):
 
 
 
+# Claims a hosted call (named by its step) before it runs: False when another live process claimed
+# it; raises ``RunSuperseded`` when the run is no longer this process's (``store.ownership``).
+CallFence = Callable[[str], Awaitable[bool]]
+CLAIMED_ELSEWHERE = ("This call was started by another server process that may have run it, so it was not run "
+                     "again; its outcome is unknown.")
+
+
 class DurableCalls(WrapperToolset):
     """A toolset whose every call is one step: a resumed run gets the recorded output (the work of
-    the wrappers inside, its span and its timeout, included) and never calls the tool again."""
+    the wrappers inside, its span and its timeout, included) and never calls the tool again.
 
-    def __init__(self, inner: Toolset, steps: Steps) -> None:
+    A step still in flight in a process taken for dead is not finished, so the process that resumed
+    the run would run it a second time; ``fence`` claims each call first, inside its step (a
+    replayed step claims nothing), and refuses a call another live process claimed."""
+
+    def __init__(self, inner: Toolset, steps: Steps, fence: CallFence | None = None) -> None:
         super().__init__(inner)
         self.steps = steps
+        self.fence = fence
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
-        return await self.steps(f"tool:{name}", lambda: self.inner.call_tool(ctx, name, arguments))
+        async def call() -> str:
+            if self.fence is not None and not await self.fence(_call_key(name)):
+                return CLAIMED_ELSEWHERE
+            return await self.inner.call_tool(ctx, name, arguments)
+
+        return await self.steps(f"tool:{name}", call)
+
+
+def _call_key(name: str) -> str:
+    """The call's step within its workflow: the same in every process that runs the workflow."""
+    step = DBOS.step_id
+    return f"step:{step}" if step is not None else f"tool:{name}"
 
 
 class RecordedListing(WrapperToolset):

@@ -1,6 +1,8 @@
 """Housekeeping of background runs, in every process that serves or runs them.
 
-- Executors: this process beats its heartbeat; when another executor of the same pool died (its
+- Executors: this process beats its heartbeat on a thread of its own, from before any start-up
+  work, so neither a backlog to reconcile nor an event loop held up by a long call makes a live
+  process look dead; when another executor of the same pool died (its
   heartbeat went quiet, or on this host its process is gone) its unfinished runs are handed to DBOS
   recovery, which re-queues them for whichever live process takes them first, and its foreground
   responses (streamed to a client that is gone with it) are failed with a reason.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +33,9 @@ from opensupervisor.store.idempotency import IdempotencyKeys
 log = logging.getLogger(__name__)
 BEAT_S = 1.0
 RECONCILE_S = 10.0
+# Quiet runs looked at per reconciliation round (each needs a workflow lookup), read a page at a time.
+RECONCILE_LIMIT = 500
+RECONCILE_PAGE = 100
 # Workflow records are only needed while a run may resume; keep them an hour for inspection.
 KEEP_WORKFLOWS_S = 3600.0
 LOST = "The run of this response stopped and cannot be resumed."
@@ -44,26 +50,73 @@ class Housekeeping:
     purge_interval_s: float = 3600.0
 
 
+class Heartbeat:
+    """This executor's heartbeat, on a daemon thread with its own short transactions: it goes on
+    while the event loop is blocked (a long synchronous call, a slow start-up)."""
+
+    def __init__(self, executors: Executors, engine: DurableEngine) -> None:
+        self.executors = executors
+        self.engine = engine
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Register and beat once before returning, then every ``BEAT_S`` on the thread."""
+        self._register()
+        self._thread = threading.Thread(target=self._run, name="executor-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _register(self) -> None:
+        self.executors.register_now(self.engine.executor_id, self.engine.host, self.engine.pid)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(BEAT_S):
+            try:
+                if not self.executors.beat_now(self.engine.executor_id):
+                    # Taken for dead after a long pause: register again, or nobody would notice its end.
+                    # Its runs went to other processes meanwhile; their fencing stops its own copies.
+                    log.warning("executor %s was taken for dead; registering it again", self.engine.executor_id)
+                    self._register()
+            except Exception:  # the heartbeat must outlive a database hiccup
+                log.exception("executor heartbeat failed; retrying in %.0f s", BEAT_S)
+
+
 class Maintenance:
     def __init__(self, store: Store, engine: DurableEngine, config: Housekeeping) -> None:
         self.store = store
         self.engine = engine
         self.config = config
         self.executors = Executors(store, engine.pool)
+        self.heartbeat = Heartbeat(self.executors, engine)
         self._tasks: list[asyncio.Task[None]] = []
+        self._reconciled_to = ""  # where the next reconciliation round starts
 
     async def start(self) -> None:
-        await self.executors.register(self.engine.executor_id, self.engine.host, self.engine.pid)
-        await self.recover_dead()
-        await self.reconcile()
-        self._tasks = [asyncio.create_task(self._every(BEAT_S, self._beat)),
-                       asyncio.create_task(self._every(RECONCILE_S, self.reconcile)),
+        """Beat first; start-up recovery and reconciliation then run in the background."""
+        await asyncio.to_thread(self.heartbeat.start)
+        self._tasks = [asyncio.create_task(self._start_up()),
+                       asyncio.create_task(self._every(BEAT_S, self.recover_dead)),
                        asyncio.create_task(self._every(self.config.purge_interval_s, self.purge))]
+
+    async def _start_up(self) -> None:
+        try:
+            await self.recover_dead()
+            while await self.reconcile():  # the whole backlog once, a round at a time
+                pass
+        except Exception:
+            log.exception("start-up housekeeping failed; it goes on every %.0f s", RECONCILE_S)
+        await self._every(RECONCILE_S, self.reconcile)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.heartbeat.stop)
 
     async def _every(self, interval_s: float, job: object) -> None:
         assert callable(job)
@@ -73,13 +126,6 @@ class Maintenance:
                 await job()
             except Exception:  # housekeeping must outlive a database hiccup
                 log.exception("background housekeeping failed; retrying in %.0f s", interval_s)
-
-    async def _beat(self) -> None:
-        if not await self.executors.beat(self.engine.executor_id):
-            # Taken for dead after a long pause: register again, or nobody would notice its end.
-            log.warning("executor %s was taken for dead; registering it again", self.engine.executor_id)
-            await self.executors.register(self.engine.executor_id, self.engine.host, self.engine.pid)
-        await self.recover_dead()
 
     async def recover_dead(self) -> int:
         """Recover the runs of executors that died; returns how many runs were handed over."""
@@ -104,17 +150,32 @@ class Maintenance:
             return True
         return executor.host == self.engine.host and executor.pid != self.engine.pid and not _alive(executor.pid)
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> bool:
+        """One round: up to ``RECONCILE_LIMIT`` quiet runs from where the last round stopped. True
+        when more remain (the next round goes on from there)."""
         metrics.QUEUED.set(await self.store.count_queued())
-        for response_id, status in await self.store.quiet_runs(int(self.config.executor_timeout_s * 1000)):
-            state = await self.engine.state(response_id)
-            if state in WILL_RUN:
-                continue
-            if state is None:  # no workflow, so no step ever ran: start it afresh
-                log.warning("background response %s (%s) has no run; queueing it", response_id, status)
-                await self.engine.start(response_id, here=False)
-            else:
-                await self.store.fail([response_id], OTHER_RELEASE if state == "OTHER_RELEASE" else LOST)
+        quiet_ms = int(self.config.executor_timeout_s * 1000)
+        seen = 0
+        while seen < RECONCILE_LIMIT:
+            page = await self.store.quiet_runs(quiet_ms, after=self._reconciled_to, limit=RECONCILE_PAGE)
+            for response_id, status in page:
+                await self._reconcile_one(response_id, status)
+            seen += len(page)
+            if len(page) < RECONCILE_PAGE:
+                self._reconciled_to = ""
+                return False
+            self._reconciled_to = page[-1][0]
+        return True
+
+    async def _reconcile_one(self, response_id: str, status: str) -> None:
+        state = await self.engine.state(response_id)
+        if state in WILL_RUN:
+            return
+        if state is None:  # no workflow, so no step ever ran: start it afresh
+            log.warning("background response %s (%s) has no run; queueing it", response_id, status)
+            await self.engine.start(response_id, here=False)
+        else:
+            await self.store.fail([response_id], OTHER_RELEASE if state == "OTHER_RELEASE" else LOST)
 
     async def purge(self) -> None:
         now = time.time()

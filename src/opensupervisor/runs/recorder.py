@@ -56,6 +56,9 @@ class Recorder:
         self.resume_after = resume_after
         self.hold = hold
         self.finished = False
+        # A durable run's ownership epoch (``store.ownership``): its writes are refused once another
+        # process took the run over.
+        self.epoch: int | None = None
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """Pass ``events`` through, writing them as they cross item and terminal boundaries.
@@ -113,7 +116,7 @@ class Recorder:
             self._stored.update(done)
             return
         written = await self.store.append(self.response_id, output=done, new_events=events, response=response,
-                                          guard=self.guard)
+                                          guard=self.guard, epoch=self.epoch)
         self._stored.update(done)  # a refused write still writes the items
         if written:
             return

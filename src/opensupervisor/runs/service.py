@@ -17,7 +17,7 @@ from opensupervisor.core.contracts import Model
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.loop import opening
 from opensupervisor.core.truncation import ContextOverflow, fit
-from opensupervisor.errors import APIError, InvalidRequest, QueueFull
+from opensupervisor.errors import APIError, InvalidRequest, QueueFull, RunSuperseded
 from opensupervisor.identity import Principal
 from opensupervisor.runs import approvals
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
@@ -32,6 +32,7 @@ from opensupervisor.runs.stored import StoredResponses, not_found, owner
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store.approvals import IssuedApprovals
 from opensupervisor.store.idempotency import IdempotencyKeys
+from opensupervisor.store.ownership import Ownership
 from opensupervisor.store.store import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.vault import Vault
@@ -75,6 +76,7 @@ class ResponseService:
         self.stored = StoredResponses(deps.store, self.background, engine, approvals)
         self.idempotency = Idempotency(IdempotencyKeys(deps.store, self.background_limits.idempotency_keys_ttl_s),
                                        engine, self.stored, self.background)
+        self.ownership = Ownership(deps.store, engine.executor_id)
 
     # -- create ----------------------------------------------------------------------------------
 
@@ -167,22 +169,38 @@ class ResponseService:
     async def run_durable(self, response_id: str) -> bool:
         """Run (or resume) a stored background response to its end; the body of its workflow.
 
-        False when the response is not in this app's store.
+        False when the response is not in this app's store. A run another process took over
+        meanwhile (this one was taken for dead) stops without recording anything, and its workflow
+        execution ends unfinished, as at shutdown: the new owner finishes it.
         """
         record = await self.store.load_run(response_id)
         if record is None:
             return False
         if record.response["status"] not in ("queued", "in_progress"):
             return True  # it ended (or was cancelled while queued); nothing left to do
+        epoch = await self.ownership.claim(response_id)
+        if epoch is None:
+            return True  # it ended just now
+        try:
+            await self._run_owned(record, epoch)
+        except RunSuperseded:
+            log.warning("background response %s was taken over by another process; this one lets it go",
+                        response_id)
+            raise asyncio.CancelledError from None  # like a shutdown: DBOS records nothing of this execution
+        return True
+
+    async def _run_owned(self, record: RunRecord, epoch: int) -> None:
+        response_id = record.response["id"]
         if record.last_sequence < 1:
-            if not await self._pick_up(record):
-                return True  # cancelled or deleted just now
+            if not await self._pick_up(record, epoch):
+                return  # cancelled or deleted just now
             record = record._replace(last_sequence=1)
         try:
-            prepared = await self._restore(record)
+            prepared = await self._restore(record, epoch)
         except APIError as exc:  # the workspace changed under it: a model or tool it names is gone
             await self.store.fail([response_id], f"The response could not be resumed: {exc.message}")
-            return True
+            return
+        prepared.recorder.epoch = epoch
         live = prepared.live = self.background.adopt(response_id)
         remaining = record.response["created_at"] + self.background_limits.max_run_time_s - time.time()
         timer = asyncio.get_running_loop().call_later(max(remaining, 0), self._expire, live)
@@ -190,21 +208,20 @@ class ResponseService:
             await self.background.drive(live, self.events(prepared), prepared.recorder, lambda: prepared.closing)
         finally:
             timer.cancel()
-        return True
 
-    async def _pick_up(self, record: RunRecord) -> bool:
+    async def _pick_up(self, record: RunRecord, epoch: int) -> bool:
         """Record ``in_progress`` before restoring the run: pollers see the pickup at once. The run
         replays the same event (same response, same sequence number) and skips writing it."""
         in_progress = opening(Emitter(_as_created(record.response)))[1]
         return await self.store.append(record.response["id"], output={}, new_events=[in_progress],
-                                       response=in_progress.data["response"], guard=True)
+                                       response=in_progress.data["response"], guard=True, epoch=epoch)
 
     def _expire(self, live: LiveRun) -> None:
         if not live.done:
             live.stop_reason = "max_run_time"
             self.background.cancel(live)
 
-    async def _restore(self, record: RunRecord) -> Prepared:
+    async def _restore(self, record: RunRecord, epoch: int) -> Prepared:
         """Rebuild a stored response's run inside its workflow. What may differ from the first time
         (the history of an earlier response, each tool listing, each model and tool call) is a step.
 
@@ -221,8 +238,11 @@ class ResponseService:
         async def prior() -> list[Item]:
             return await dbos_steps("history", history) if previous else []
 
+        async def fence(call: str) -> bool:
+            return await self.ownership.claim_call(record.response["id"], epoch, call)
+
         return await assemble(plan, self.deps, bound, prior=prior, response=_as_created(record.response),
-                              durable=Resume(dbos_steps, record.last_sequence))
+                              durable=Resume(dbos_steps, record.last_sequence, fence=fence))
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncGenerator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends."""

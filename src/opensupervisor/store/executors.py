@@ -33,25 +33,25 @@ class Executors:
         self.pool = pool
 
     async def register(self, executor_id: str, host: str, pid: int) -> None:
+        await self.store.write(lambda: self.register_now(executor_id, host, pid))
+
+    def register_now(self, executor_id: str, host: str, pid: int) -> None:
+        """``register``, on the calling thread (the heartbeat's own, which a busy event loop cannot hold up)."""
         row = {"id": executor_id, "pool": self.pool, "host": host, "pid": pid, "started_at": now_ms(),
                "heartbeat_at": now_ms()}
-
-        def write() -> None:
-            with self.store.engine.begin() as conn:
-                conn.execute(delete(executors).where(executors.c.id == executor_id))
-                conn.execute(insert(executors), [row])
-
-        await self.store.write(write)
+        with self.store.engine.begin() as conn:
+            conn.execute(delete(executors).where(executors.c.id == executor_id))
+            conn.execute(insert(executors), [row])
 
     async def beat(self, executor_id: str) -> bool:
-        """False when this executor is no longer registered (another process took it for dead)."""
-        def write() -> bool:
-            with self.store.engine.begin() as conn:
-                self.store.no_wait_for_disk(conn)
-                return bool(conn.execute(update(executors).where(executors.c.id == executor_id).values(
-                    heartbeat_at=now_ms())).rowcount)
+        return await self.store.write(lambda: self.beat_now(executor_id))
 
-        return await self.store.write(write)
+    def beat_now(self, executor_id: str) -> bool:
+        """False when this executor is no longer registered (another process took it for dead)."""
+        with self.store.engine.begin() as conn:
+            self.store.no_wait_for_disk(conn)
+            return bool(conn.execute(update(executors).where(executors.c.id == executor_id).values(
+                heartbeat_at=now_ms())).rowcount)
 
     async def foreground_of(self, executor_id: str) -> list[str]:
         """The ids of the running foreground responses that ``executor_id`` runs."""

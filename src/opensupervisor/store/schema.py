@@ -24,6 +24,11 @@ responses = Table(
     Column("request", Text, nullable=False),
     # How the server runs it, beyond the request (JSON: e.g. whether the output echoes the history).
     Column("options", Text, nullable=True),
+    # Background runs: bumped by each process that starts or resumes the run, which names itself in
+    # ``owner_executor``; the run's writes carry the epoch they were claimed with, and a stale one is
+    # refused (the process was taken for dead and the run went to another).
+    Column("owner_epoch", Integer, nullable=False, server_default="0"),
+    Column("owner_executor", String(64), nullable=True),
     Index("ix_os_responses_owner_created", "owner", "created_at"),
     Index("ix_os_responses_status", "status", "background"),
 )
@@ -59,6 +64,17 @@ executors = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", BigInteger, nullable=False),
     Column("heartbeat_at", BigInteger, nullable=False),
+)
+
+# The hosted calls of background runs as claimed before they run (``call`` is the call's step in
+# its workflow), so that two processes running the same workflow never both run one.
+call_claims = Table(
+    "os_call_claims",
+    metadata,
+    Column("response_id", String(64), primary_key=True),
+    Column("call", String(64), primary_key=True),
+    Column("executor", String(64), nullable=False),
+    Column("claimed_at", BigInteger, nullable=False),
 )
 
 # Genie conversations: each message as the Genie REST API shows it, and its query result.

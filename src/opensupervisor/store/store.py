@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
 from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
-from opensupervisor.errors import ConfigError
+from opensupervisor.errors import ConfigError, RunSuperseded
 from opensupervisor.store.response_rows import (
     dumps,
     owned_response,
@@ -37,7 +37,7 @@ from opensupervisor.store.response_rows import (
     to_item_rows,
     without_output,
 )
-from opensupervisor.store.schema import events, idempotency_keys, items, responses
+from opensupervisor.store.schema import call_claims, events, idempotency_keys, items, responses
 from opensupervisor.wire.items import Item
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -150,7 +150,8 @@ class Store:
         await self.write(write)
 
     async def append(self, response_id: str, *, output: dict[int, Item], new_events: Sequence[Event | Row],
-                     response: dict[str, Any] | None = None, guard: bool = False) -> bool:
+                     response: dict[str, Any] | None = None, guard: bool = False,
+                     epoch: int | None = None) -> bool:
         """Add finished output items (by output index) and the events so far, in one transaction.
 
         ``response``, when given, replaces the stored response object (a status change); only a
@@ -158,6 +159,9 @@ class Store:
         (a background run's own writes) the answer is False when the response stopped running
         meanwhile, cancelled or deleted, perhaps by another process: then its items and non-terminal
         events are still written, its status and terminal event are not, and the run must stop.
+
+        ``epoch`` (a background run's ownership, ``store.ownership``): when another process claimed
+        the run since, nothing is written and ``RunSuperseded`` is raised.
         """
         rows = to_item_rows(response_id, "output", output)
         event_rows = to_event_rows(response_id, new_events)
@@ -165,7 +169,7 @@ class Store:
 
         def write() -> bool:
             with self.engine.begin() as conn:
-                if response is None and not guard:  # items of a run nobody else can stop
+                if response is None and not guard and epoch is None:  # items of a run nobody else can stop
                     self._insert(conn, rows, event_rows)
                     return True
                 # The UPDATE comes first: it locks the row (PostgreSQL) or the database (SQLite), so a
@@ -173,11 +177,16 @@ class Store:
                 values: dict[str, Any] = {"heartbeat_at": now_ms()}
                 if response is not None:
                     values.update(status=response["status"], response=dumps(without_output(response)))
+                fence = [] if epoch is None else [responses.c.owner_epoch == epoch]
                 changed = conn.execute(update(responses).where(
-                    responses.c.id == response_id, responses.c.status.in_(from_statuses)).values(values)).rowcount
+                    responses.c.id == response_id, responses.c.status.in_(from_statuses), *fence).values(
+                        values)).rowcount
                 if not changed:
                     if response_status(conn, response_id) is None:
                         return False  # deleted meanwhile: nothing of it is written any more
+                    if epoch is not None and conn.execute(select(responses.c.owner_epoch).where(
+                            responses.c.id == response_id)).scalar_one() != epoch:
+                        raise RunSuperseded(response_id)  # its new owner writes all this
                     if guard:
                         event_rows[:] = [r for r in event_rows if r["type"] not in TERMINAL_EVENTS]
                 self._insert(conn, rows, event_rows)
@@ -240,7 +249,7 @@ class Store:
                 ids = list(conn.execute(select(responses.c.id).where(
                     responses.c.background.is_(True), responses.c.created_at < created_before,
                     responses.c.status.not_in(RUNNING)).limit(batch)).scalars())
-                for table in (events, items, idempotency_keys):
+                for table in (events, items, idempotency_keys, call_claims):
                     conn.execute(delete(table).where(table.c.response_id.in_(ids)))
                 conn.execute(delete(responses).where(responses.c.id.in_(ids)))
                 return len(ids)
@@ -256,7 +265,7 @@ class Store:
                 if owned_response(conn, response_id, owner) is None:
                     return False
                 # A deleted response frees the key that made it: there is nothing left to answer with.
-                for table in (events, items, idempotency_keys):
+                for table in (events, items, idempotency_keys, call_claims):
                     conn.execute(delete(table).where(table.c.response_id == response_id))
                 conn.execute(delete(responses).where(responses.c.id == response_id))
                 return True
@@ -327,13 +336,15 @@ class Store:
 
         return await self.run(read)
 
-    async def quiet_runs(self, quiet_ms: int) -> list[tuple[str, str]]:
-        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status)."""
+    async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[tuple[str, str]]:
+        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status),
+        by id from ``after``, at most ``limit`` (a backlog is read a page at a time)."""
         def read() -> list[tuple[str, str]]:
             with self.engine.connect() as conn:
                 return [(r.id, r.status) for r in conn.execute(select(responses.c.id, responses.c.status).where(
                     responses.c.background.is_(True), responses.c.status.in_(RUNNING),
-                    responses.c.heartbeat_at < now_ms() - quiet_ms))]
+                    responses.c.heartbeat_at < now_ms() - quiet_ms, responses.c.id > after).order_by(
+                    responses.c.id).limit(limit))]
 
         return await self.run(read)
 
