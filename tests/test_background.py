@@ -3,6 +3,8 @@ run-time cap, retention, and the bounded queue."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,20 @@ import openai
 import orjson
 import pytest
 
+from opensupervisor.store import Store
 from tests.conftest import MODEL, WORKSPACE, ProcessServer, ProcessWorker, Server, ThreadServer, wait_until
+from tests.toolkinds import ledger
 
 CALC: Any = {"type": "test_calculator"}
+LEDGER: Any = {"type": "test_ledger"}
+RECORDING = """
+[[models.test-model.script]]
+when = "record it"
+turns = [
+  { tool_calls = [{ name = "record", arguments = { label = "ran" } }] },
+  { text = "Recorded." },
+]
+"""
 
 
 def workspace_with(tmp_path: Path, background: str) -> Path:
@@ -22,6 +35,18 @@ def workspace_with(tmp_path: Path, background: str) -> Path:
     path = tmp_path / "workspace.toml"
     path.write_text('plugins = ["tests.toolkinds"]\n' + WORKSPACE.read_text() + f"\n[background]\n{background}\n")
     return path
+
+
+def stored_log(database_url: str, response_id: str) -> list[Any]:
+    """The event log as the store holds it."""
+    async def read() -> list[Any]:
+        store = Store(database_url)
+        try:
+            return list(await store.events_after(response_id, -1))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def sse(http: httpx.Client, response_id: str, after: int) -> list[dict[str, Any]]:
@@ -113,3 +138,43 @@ def test_retention_purges_finished_background_responses(tmp_path: Path) -> None:
 
         wait_until(purged, timeout=20, what="the retention purge")
         assert client.responses.retrieve(kept.id).status == "completed"
+
+
+def test_a_run_cancelled_while_queued_ends_its_log_at_once(tmp_path: Path) -> None:
+    config = workspace_with(tmp_path, RECORDING)
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    env = {"OPENSUPERVISOR_TEST_LEDGER": str(tmp_path / "ledger.db")}
+    with ProcessServer(tmp_path, config=config, database_url=database_url,
+                       env={**env, "OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as server:
+        client = server.client()
+        stream = client.responses.create(model=MODEL, input="record it", tools=[LEDGER], background=True,
+                                         stream=True)
+        first = next(iter(stream))
+        stream.close()
+        response_id = first.response.id
+        assert client.responses.cancel(response_id).status == "cancelled"
+
+        started = time.monotonic()
+        replayed = list(client.responses.retrieve(response_id, stream=True))
+        assert time.monotonic() - started < 2  # the ending is in the log: nothing to wait for
+        assert [(e.type, e.sequence_number) for e in replayed] == [("response.created", 0), ("response.failed", 1)]
+        ending = replayed[-1].response
+        assert ending.status == "cancelled" and ending.output == []
+        with server.http() as http:
+            assert sse(http, response_id, 0)[0]["response"] == http.get(f"/v1/responses/{response_id}").json()
+            started = time.monotonic()
+            assert sse(http, response_id, 1) == []  # after the last event: the end, at once
+            assert time.monotonic() - started < 2
+            assert http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": "2"}
+                            ).status_code == 400
+        types = [e.type for e in stored_log(database_url, response_id)]
+        assert types == ["response.created", "response.failed"]
+
+        with ProcessWorker(tmp_path, config=config, database_url=database_url, env=env):
+            later = client.responses.create(model=MODEL, input="record it", tools=[LEDGER], background=True)
+            wait_until(lambda: client.responses.retrieve(later.id).status == "completed", timeout=60,
+                       what="the worker to drain the queue")
+        assert ledger(env["OPENSUPERVISOR_TEST_LEDGER"], later.id) == ["ran"]
+        assert ledger(env["OPENSUPERVISOR_TEST_LEDGER"], response_id) == []  # the cancelled run never ran
+        assert client.responses.retrieve(response_id).status == "cancelled"
+        assert [e.type for e in stored_log(database_url, response_id)] == types

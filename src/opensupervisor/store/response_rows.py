@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, func, select
 
-from opensupervisor.core.eventlog import Row, plain
-from opensupervisor.core.events import Event
-from opensupervisor.store.schema import items, responses
+from opensupervisor.core.eventlog import Row, compact, plain
+from opensupervisor.core.events import Event, terminal_event
+from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
 
 
@@ -57,3 +57,13 @@ def stored_items(conn: Connection, response_id: str, kind: str) -> list[Item]:
     rows = conn.execute(select(items.c.item).where(
         and_(items.c.response_id == response_id, items.c.kind == kind)).order_by(items.c.position))
     return [orjson.loads(r.item) for r in rows]
+
+
+def ending_rows(conn: Connection, response_id: str, response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The log row of the terminal event of ``response`` (stored without output), ended outside its
+    run: after the last event, showing the output items stored so far."""
+    last = conn.execute(select(func.max(events.c.sequence_number)).where(
+        events.c.response_id == response_id)).scalar()
+    output = stored_items(conn, response_id, "output")
+    ending = terminal_event(dict(response, output=output), (last if last is not None else -1) + 1)
+    return to_event_rows(response_id, [compact(ending, set(range(len(output))))])

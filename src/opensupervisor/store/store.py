@@ -30,6 +30,7 @@ from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engi
 from opensupervisor.errors import ConfigError
 from opensupervisor.store.response_rows import (
     dumps,
+    ending_rows,
     owned_response,
     response_status,
     stored_items,
@@ -39,6 +40,7 @@ from opensupervisor.store.response_rows import (
 )
 from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
+from opensupervisor.wire.response import usage
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 POOL_SIZE = 8
@@ -186,18 +188,24 @@ class Store:
         return await self.write(write)
 
     async def cancel(self, response_id: str, owner: str | None) -> bool:
-        """Mark a running response cancelled; False when it was not running (or is not there)."""
+        """Mark a running response cancelled; False when it was not running (or is not there).
+
+        A queued response has no run to write its ending, so its terminal event is written here, in
+        the same transaction: every log ends with one, and followers stop at once. A response in
+        progress gets its ending from its run, which finds the cancel at its next write."""
         def write() -> bool:
             with self.engine.begin() as conn:
-                changed = conn.execute(update(responses).where(
+                row = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING),
-                    *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")).rowcount
-                if not changed:
+                    *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")
+                    .returning(responses.c.response)).first()
+                if row is None:
                     return False
-                stored = orjson.loads(conn.execute(select(responses.c.response).where(
-                    responses.c.id == response_id)).scalar_one())
-                conn.execute(update(responses).where(responses.c.id == response_id).values(
-                    response=dumps(dict(stored, status="cancelled"))))
+                stored = orjson.loads(row.response)  # its status is still the one before the cancel
+                response = dict(stored, status="cancelled", usage=stored.get("usage") or usage(0, 0))
+                conn.execute(update(responses).where(responses.c.id == response_id).values(response=dumps(response)))
+                if stored["status"] == "queued":
+                    self._insert(conn, [], ending_rows(conn, response_id, response))
                 return True
 
         return await self.write(write)
