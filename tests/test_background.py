@@ -4,8 +4,10 @@ run-time cap, retention, and the bounded queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,17 @@ import orjson
 import pytest
 
 from opensupervisor.store import Store
-from tests.conftest import MODEL, WORKSPACE, ProcessServer, ProcessWorker, Server, ThreadServer, wait_until
+from tests.conftest import (
+    MODEL,
+    WORKSPACE,
+    ProcessServer,
+    ProcessWorker,
+    Server,
+    ThreadServer,
+    own_database,
+    require_postgres,
+    wait_until,
+)
 from tests.toolkinds import ledger
 
 CALC: Any = {"type": "test_calculator"}
@@ -178,3 +190,24 @@ def test_a_run_cancelled_while_queued_ends_its_log_at_once(tmp_path: Path) -> No
         assert ledger(env["OPENSUPERVISOR_TEST_LEDGER"], response_id) == []  # the cancelled run never ran
         assert client.responses.retrieve(response_id).status == "cancelled"
         assert [e.type for e in stored_log(database_url, response_id)] == types
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_creates_fill_the_queue_exactly(tmp_path: Path, backend: str) -> None:
+    config = workspace_with(tmp_path, "worker_concurrency = 0\nmax_queued = 5")
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else \
+            stack.enter_context(own_database(require_postgres()))
+        server = stack.enter_context(ThreadServer(url, config))
+        client = server.client()  # no retries: a refusal is counted as one
+
+        def create(_: int) -> str:
+            try:
+                return str(client.responses.create(model=MODEL, input="quick", background=True).status)
+            except openai.RateLimitError as exc:
+                assert exc.code == "queue_full"
+                return "refused"
+
+        with ThreadPoolExecutor(20) as pool:
+            outcomes = list(pool.map(create, range(20)))
+    assert sorted(outcomes) == ["queued"] * 5 + ["refused"] * 15

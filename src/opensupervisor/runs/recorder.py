@@ -56,6 +56,7 @@ class Recorder:
         self.resume_after = resume_after
         self.hold = hold
         self.finished = False
+        self._max_queued: int | None = None
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """Pass ``events`` through, writing them as they cross item and terminal boundaries.
@@ -91,10 +92,12 @@ class Recorder:
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
-    async def open(self, events: list[Event]) -> None:
-        """Write a response's first events in the transaction that creates it."""
+    async def open(self, events: list[Event], *, max_queued: int | None = None) -> None:
+        """Write a response's first events in the transaction that creates it (refused with
+        ``QueueFull`` when it is queued and ``max_queued`` are already)."""
         for event in events:
             self._pending.append(event)
+        self._max_queued = max_queued
         await self._flush(events[-1].data["response"], terminal=False)
 
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
@@ -109,7 +112,7 @@ class Recorder:
             output = list(response["output"]) if terminal else []
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
                                     input_items=self.input_items, output=output, new_events=events,
-                                    options=self.options)
+                                    options=self.options, max_queued=self._max_queued)
             self._stored.update(done)
             return
         written = await self.store.append(self.response_id, output=done, new_events=events, response=response,

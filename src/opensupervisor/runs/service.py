@@ -139,16 +139,18 @@ class ResponseService:
         Returns the queued response and a follower of the run's events.
         """
         limits = self.background_limits
-        if await self.store.count_queued() >= limits.max_queued:
-            await self.accounting.release(prepared.plan.ticket)
-            await self.approvals.release(prepared.response["id"])  # it never ran: its answers stand
-            raise QueueFull(f"Too many background responses are queued ({limits.max_queued}); retry later.")
         response_id = prepared.response["id"]
         here = len(self.background.live) < limits.worker_concurrency
         # The run's first events, replayed by its workflow. A run that starts here is in progress
-        # from the moment it is stored; a queued one when a worker picks it up.
+        # from the moment it is stored; a queued one when a worker picks it up, and only a queued
+        # one waits in (and is bounded by) the queue.
         first = opening(prepared.run.emitter) if here else [prepared.run.emitter.lifecycle("response.created")]
-        await prepared.recorder.open(first)
+        try:
+            await prepared.recorder.open(first, max_queued=None if here else limits.max_queued)
+        except QueueFull:
+            await self.accounting.release(prepared.plan.ticket)
+            await self.approvals.release(response_id)  # it never ran: its answers stand
+            raise
         if here:
             self.background.adopt(response_id)
         try:

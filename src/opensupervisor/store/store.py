@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
 from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
-from opensupervisor.errors import ConfigError
+from opensupervisor.errors import ConfigError, QueueFull
 from opensupervisor.store.response_rows import (
     dumps,
     ending_rows,
@@ -133,7 +133,9 @@ class Store:
 
     async def create(self, response: dict[str, Any], *, owner: str, request: dict[str, Any], stream: bool,
                      input_items: list[Item], output: list[Item], new_events: Sequence[Event | Row],
-                     options: dict[str, Any] | None = None) -> None:
+                     options: dict[str, Any] | None = None, max_queued: int | None = None) -> None:
+        """Insert a response with its first items and events. With ``max_queued`` (a queued background
+        response) the insert is refused with ``QueueFull`` when that many are queued already."""
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
@@ -147,9 +149,22 @@ class Store:
         def write() -> None:
             with self.engine.begin() as conn:
                 conn.execute(insert(responses), [row])
+                if max_queued is not None:
+                    self._admit(conn, max_queued)
                 self._insert(conn, rows, to_event_rows(response["id"], new_events))
 
         await self.write(write)
+
+    def _admit(self, conn: Connection, max_queued: int) -> None:
+        """Count the queue after this transaction's own insert, alone: on SQLite the insert holds the
+        database's write lock; on PostgreSQL concurrent creates would each miss the others' uncommitted
+        rows, so they take turns on a lock (each count then sees every earlier create committed)."""
+        if not self.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(7426302)"))
+        queued = conn.execute(select(func.count()).select_from(responses).where(
+            responses.c.status == "queued", responses.c.background.is_(True))).scalar_one()
+        if queued > max_queued:  # raising rolls the insert back
+            raise QueueFull(f"Too many background responses are queued ({max_queued}); retry later.")
 
     async def append(self, response_id: str, *, output: dict[int, Item], new_events: Sequence[Event | Row],
                      response: dict[str, Any] | None = None, guard: bool = False) -> bool:
