@@ -8,6 +8,7 @@ of what the asyncio drivers cost, where every statement crosses threads or green
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +22,14 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, text, upd
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
 from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
-from opensupervisor.errors import ConfigError, QueueFull
+from opensupervisor.errors import ConfigError, QueueFull, StoreUnavailable
 from opensupervisor.store.response_rows import (
     dumps,
     ending_rows,
@@ -47,6 +49,10 @@ POOL_SIZE = 8
 RUNNING = frozenset({"queued", "in_progress"})
 P = ParamSpec("P")
 T = TypeVar("T")
+# Errors of the connection rather than of a statement: the database is down, unreachable, refusing
+# connections, locked past the busy timeout, or every pooled connection is taken.
+UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
+log = logging.getLogger(__name__)
 
 
 class Stored(NamedTuple):
@@ -98,12 +104,15 @@ class Store:
                 except asyncio.CancelledError:
                     continue  # cancel scopes re-deliver; the write still has to land first
             raise
+        except UNREACHABLE as exc:  # the database, not the request, is at fault: the client may retry
+            log.warning("the database cannot be reached: %s", str(exc).splitlines()[0])
+            raise StoreUnavailable() from exc
 
     async def write(self, fn: Callable[[], T]) -> T:
         """Run a write, retrying transient database errors (a locked SQLite file, a dropped
         connection). Every write is idempotent: inserts ignore rows already there."""
         retrying = AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(initial=0.05, max=1),
-                                 retry=retry_if_exception_type(OperationalError), reraise=True)
+                                 retry=retry_if_exception_type(StoreUnavailable), reraise=True)
         async for attempt in retrying:
             with attempt:
                 return await self.run(fn)
