@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +199,8 @@ def test_concurrent_creates_fill_the_queue_exactly(tmp_path: Path, backend: str)
     with contextlib.ExitStack() as stack:
         url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else \
             stack.enter_context(own_database(require_postgres()))
-        server = stack.enter_context(ThreadServer(url, config))
+        # Its own process: in this one, a server of another test may share DBOS and run the queue.
+        server = stack.enter_context(ProcessServer(tmp_path, config=config, database_url=url))
         client = server.client()  # no retries: a refusal is counted as one
 
         def create(_: int) -> str:
@@ -211,3 +213,40 @@ def test_concurrent_creates_fill_the_queue_exactly(tmp_path: Path, backend: str)
         with ThreadPoolExecutor(20) as pool:
             outcomes = list(pool.map(create, range(20)))
     assert sorted(outcomes) == ["queued"] * 5 + ["refused"] * 15
+
+
+def test_cancelling_a_running_run_logs_one_info_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with ThreadServer(f"sqlite:///{tmp_path}/state.db") as server:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="take your time", background=True)
+        wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress", what="the run to start")
+        time.sleep(0.3)  # into its model call
+        with caplog.at_level(logging.INFO, logger="opensupervisor"):
+            caplog.clear()
+            assert client.responses.cancel(created.id).status == "cancelled"
+            time.sleep(1)  # whatever the run's task logs as it ends
+    records = [r for r in caplog.records if r.name.startswith("opensupervisor")]
+    assert [r for r in records if r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in records if created.id in r.getMessage()] == [
+        f"background response {created.id} stopped (cancelled)"]
+
+
+def test_cancelling_a_run_in_another_process_logs_no_error(tmp_path: Path) -> None:
+    config = workspace_with(tmp_path, "")
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    with ProcessServer(tmp_path, config=config, database_url=database_url,
+                       env={"OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as server, \
+            ProcessWorker(tmp_path, config=config, database_url=database_url) as worker:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="take your time", background=True)
+        wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress", timeout=60,
+                   what="the worker to start the run")
+        time.sleep(0.3)  # into its model call
+        assert client.responses.cancel(created.id).status == "cancelled"
+        wait_until(lambda: any(e.type == "response.failed" for e in stored_log(database_url, created.id)),
+                   what="the worker to record the run's end")
+        time.sleep(1)  # its workflow finishes after the end is recorded
+    types = [e.type for e in stored_log(database_url, created.id)]
+    assert types.count("response.failed") == 1 and types[-1] == "response.failed"
+    text = worker.log_path.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text

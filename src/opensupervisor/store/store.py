@@ -211,26 +211,26 @@ class Store:
 
         return await self.write(write)
 
-    async def cancel(self, response_id: str, owner: str | None) -> bool:
-        """Mark a running response cancelled; False when it was not running (or is not there).
+    async def cancel(self, response_id: str, owner: str | None) -> str | None:
+        """Mark a running response cancelled: the status it had, None when it was not running (or is not there).
 
         A queued response has no run to write its ending, so its terminal event is written here, in
         the same transaction: every log ends with one, and followers stop at once. A response in
         progress gets its ending from its run, which finds the cancel at its next write."""
-        def write() -> bool:
+        def write() -> str | None:
             with self.engine.begin() as conn:
                 row = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING),
                     *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")
                     .returning(responses.c.response)).first()
                 if row is None:
-                    return False
+                    return None
                 stored = orjson.loads(row.response)  # its status is still the one before the cancel
                 response = dict(stored, status="cancelled", usage=stored.get("usage") or usage(0, 0))
                 conn.execute(update(responses).where(responses.c.id == response_id).values(response=dumps(response)))
                 if stored["status"] == "queued":
                     self._insert(conn, [], ending_rows(conn, response_id, response))
-                return True
+                return str(stored["status"])
 
         return await self.write(write)
 
