@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +128,23 @@ def require_postgres() -> str:
     except psycopg.Error as exc:
         pytest.fail(f"PostgreSQL is required at {PG_URL} and is not reachable: {exc}", pytrace=False)
     return PG_URL
+
+
+@contextlib.contextmanager
+def own_database(url: str) -> Iterator[str]:
+    """A PostgreSQL database of the test's own, dropped afterwards: other test processes share the
+    server's, and what they store (or their housekeeping) must not meet this test's rows."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"own_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,12 @@ run-time cap, retention, and the bounded queue."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +17,30 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import MODEL, WORKSPACE, ProcessServer, ProcessWorker, Server, ThreadServer, wait_until
+from opensupervisor.store import Store
+from tests.conftest import (
+    MODEL,
+    WORKSPACE,
+    ProcessServer,
+    ProcessWorker,
+    Server,
+    ThreadServer,
+    own_database,
+    require_postgres,
+    wait_until,
+)
+from tests.toolkinds import ledger
 
 CALC: Any = {"type": "test_calculator"}
+LEDGER: Any = {"type": "test_ledger"}
+RECORDING = """
+[[models.test-model.script]]
+when = "record it"
+turns = [
+  { tool_calls = [{ name = "record", arguments = { label = "ran" } }] },
+  { text = "Recorded." },
+]
+"""
 
 
 def workspace_with(tmp_path: Path, background: str) -> Path:
@@ -22,6 +48,18 @@ def workspace_with(tmp_path: Path, background: str) -> Path:
     path = tmp_path / "workspace.toml"
     path.write_text('plugins = ["tests.toolkinds"]\n' + WORKSPACE.read_text() + f"\n[background]\n{background}\n")
     return path
+
+
+def stored_log(database_url: str, response_id: str) -> list[Any]:
+    """The event log as the store holds it."""
+    async def read() -> list[Any]:
+        store = Store(database_url)
+        try:
+            return list(await store.events_after(response_id, -1))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def sse(http: httpx.Client, response_id: str, after: int) -> list[dict[str, Any]]:
@@ -113,3 +151,102 @@ def test_retention_purges_finished_background_responses(tmp_path: Path) -> None:
 
         wait_until(purged, timeout=20, what="the retention purge")
         assert client.responses.retrieve(kept.id).status == "completed"
+
+
+def test_a_run_cancelled_while_queued_ends_its_log_at_once(tmp_path: Path) -> None:
+    config = workspace_with(tmp_path, RECORDING)
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    env = {"OPENSUPERVISOR_TEST_LEDGER": str(tmp_path / "ledger.db")}
+    with ProcessServer(tmp_path, config=config, database_url=database_url,
+                       env={**env, "OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as server:
+        client = server.client()
+        stream = client.responses.create(model=MODEL, input="record it", tools=[LEDGER], background=True,
+                                         stream=True)
+        first = next(iter(stream))
+        stream.close()
+        response_id = first.response.id
+        assert client.responses.cancel(response_id).status == "cancelled"
+
+        started = time.monotonic()
+        replayed = list(client.responses.retrieve(response_id, stream=True))
+        assert time.monotonic() - started < 2  # the ending is in the log: nothing to wait for
+        assert [(e.type, e.sequence_number) for e in replayed] == [("response.created", 0), ("response.failed", 1)]
+        ending = replayed[-1].response
+        assert ending.status == "cancelled" and ending.output == []
+        with server.http() as http:
+            assert sse(http, response_id, 0)[0]["response"] == http.get(f"/v1/responses/{response_id}").json()
+            started = time.monotonic()
+            assert sse(http, response_id, 1) == []  # after the last event: the end, at once
+            assert time.monotonic() - started < 2
+            assert http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": "2"}
+                            ).status_code == 400
+        types = [e.type for e in stored_log(database_url, response_id)]
+        assert types == ["response.created", "response.failed"]
+
+        with ProcessWorker(tmp_path, config=config, database_url=database_url, env=env):
+            later = client.responses.create(model=MODEL, input="record it", tools=[LEDGER], background=True)
+            wait_until(lambda: client.responses.retrieve(later.id).status == "completed", timeout=60,
+                       what="the worker to drain the queue")
+        assert ledger(env["OPENSUPERVISOR_TEST_LEDGER"], later.id) == ["ran"]
+        assert ledger(env["OPENSUPERVISOR_TEST_LEDGER"], response_id) == []  # the cancelled run never ran
+        assert client.responses.retrieve(response_id).status == "cancelled"
+        assert [e.type for e in stored_log(database_url, response_id)] == types
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_creates_fill_the_queue_exactly(tmp_path: Path, backend: str) -> None:
+    config = workspace_with(tmp_path, "worker_concurrency = 0\nmax_queued = 5")
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else \
+            stack.enter_context(own_database(require_postgres()))
+        # Its own process: in this one, a server of another test may share DBOS and run the queue.
+        server = stack.enter_context(ProcessServer(tmp_path, config=config, database_url=url))
+        client = server.client()  # no retries: a refusal is counted as one
+
+        def create(_: int) -> str:
+            try:
+                return str(client.responses.create(model=MODEL, input="quick", background=True).status)
+            except openai.RateLimitError as exc:
+                assert exc.code == "queue_full"
+                return "refused"
+
+        with ThreadPoolExecutor(20) as pool:
+            outcomes = list(pool.map(create, range(20)))
+    assert sorted(outcomes) == ["queued"] * 5 + ["refused"] * 15
+
+
+def test_cancelling_a_running_run_logs_one_info_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with ThreadServer(f"sqlite:///{tmp_path}/state.db") as server:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="take your time", background=True)
+        wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress", what="the run to start")
+        time.sleep(0.3)  # into its model call
+        with caplog.at_level(logging.INFO, logger="opensupervisor"):
+            caplog.clear()
+            assert client.responses.cancel(created.id).status == "cancelled"
+            time.sleep(1)  # whatever the run's task logs as it ends
+    records = [r for r in caplog.records if r.name.startswith("opensupervisor")]
+    assert [r for r in records if r.levelno >= logging.WARNING] == []
+    assert [r.getMessage() for r in records if created.id in r.getMessage()] == [
+        f"background response {created.id} stopped (cancelled)"]
+
+
+def test_cancelling_a_run_in_another_process_logs_no_error(tmp_path: Path) -> None:
+    config = workspace_with(tmp_path, "")
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    with ProcessServer(tmp_path, config=config, database_url=database_url,
+                       env={"OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as server, \
+            ProcessWorker(tmp_path, config=config, database_url=database_url) as worker:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="take your time", background=True)
+        wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress", timeout=60,
+                   what="the worker to start the run")
+        time.sleep(0.3)  # into its model call
+        assert client.responses.cancel(created.id).status == "cancelled"
+        wait_until(lambda: any(e.type == "response.failed" for e in stored_log(database_url, created.id)),
+                   what="the worker to record the run's end")
+        time.sleep(1)  # its workflow finishes after the end is recorded
+    types = [e.type for e in stored_log(database_url, created.id)]
+    assert types.count("response.failed") == 1 and types[-1] == "response.failed"
+    text = worker.log_path.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text

@@ -117,7 +117,7 @@ def test_cancel_and_run_writes_never_overlap(store_url: str) -> None:
         tag = orjson.dumps(id(store)).decode()
         # Cancelled first: the run's terminal write is refused and leaves no terminal event behind.
         first = await running(f"resp_guard_a_{tag}")
-        assert await store.cancel(first["id"], "u") is True
+        assert await store.cancel(first["id"], "u") is not None
         done = dict(first, status="completed")
         assert await store.append(first["id"], output={}, response=done, guard=True, new_events=[
             Event({"type": "response.output_text.delta", "sequence_number": 1}),
@@ -133,7 +133,7 @@ def test_cancel_and_run_writes_never_overlap(store_url: str) -> None:
         second = await running(f"resp_guard_b_{tag}")
         assert await store.append(second["id"], output={}, response=dict(second, status="completed"), guard=True,
                                   new_events=[Event({"type": "response.completed", "sequence_number": 1})])
-        assert await store.cancel(second["id"], "u") is False
+        assert await store.cancel(second["id"], "u") is None
         stored = await store.meta(second["id"], None)
         assert stored is not None and stored.response["status"] == "completed"
         # Deleted meanwhile: nothing more is written for it.

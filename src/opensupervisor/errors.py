@@ -12,7 +12,8 @@
     │   ├── PayloadTooLarge         413
     │   ├── HeadTooLarge            414 / 431 (request line / headers past the bound)
     │   ├── QueueFull, RateLimited  429 with Retry-After
-    │   └── Overloaded              503 with Retry-After (every connection slot is taken)
+    │   ├── Overloaded              503 with Retry-After (every connection slot is taken)
+    │   └── StoreUnavailable        503 with Retry-After (the database cannot be reached)
     ├── ModelError                  a model or its upstream failed; the response fails with it
     │   └── ModelTimeout
     ├── ToolError                   a hosted tool failed; the model reads the message as the tool output
@@ -159,6 +160,18 @@ class Overloaded(APIError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, param=None, code="server_overloaded")
+
+
+class StoreUnavailable(APIError):
+    """The database cannot be reached (after the store's retries, for writes). Nothing the client
+    sent is wrong, and the same request may well succeed once the database is back."""
+
+    status_code = 503
+    error_type = "server_error"
+    headers = {"Retry-After": "1"}
+
+    def __init__(self, message: str = "The server's database cannot be reached right now; retry later.") -> None:
+        super().__init__(message, param=None, code="store_unavailable")
 
 
 class UpstreamUnavailable(APIError):

@@ -12,7 +12,7 @@ import anyio
 from opensupervisor import metrics
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.core.loop import ending, run_loop
-from opensupervisor.errors import RunCancelled, RunSuperseded
+from opensupervisor.errors import RunCancelled, RunSuperseded, StoreUnavailable
 from opensupervisor.runs import approvals
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.assemble import Prepared
@@ -50,7 +50,9 @@ class Driver:
                 log.info("response %s was cancelled while running", prepared.response["id"])
                 for event in await self.record_end(prepared, "cancelled", exc.rewind_to):
                     yield event
-            except Exception:  # the loop never raises; this is the store failing under the recorder
+            except Exception as exc:  # the loop never raises; this is the store failing under the recorder
+                if isinstance(exc, StoreUnavailable) and not recorder.live:
+                    raise  # a JSON answer, not sent yet and not stored: the client is told to retry
                 log.exception("recording response %s failed", prepared.response["id"])
                 if not recorder.finished:
                     for event in await self.record_end(prepared, "failed"):

@@ -59,6 +59,7 @@ class Recorder:
         # A durable run's ownership epoch (``store.ownership``): its writes are refused once another
         # process took the run over.
         self.epoch: int | None = None
+        self._max_queued: int | None = None
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """Pass ``events`` through, writing them as they cross item and terminal boundaries.
@@ -94,10 +95,12 @@ class Recorder:
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
-    async def open(self, events: list[Event]) -> None:
-        """Write a response's first events in the transaction that creates it."""
+    async def open(self, events: list[Event], *, max_queued: int | None = None) -> None:
+        """Write a response's first events in the transaction that creates it (refused with
+        ``QueueFull`` when it is queued and ``max_queued`` are already)."""
         for event in events:
             self._pending.append(event)
+        self._max_queued = max_queued
         await self._flush(events[-1].data["response"], terminal=False)
 
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
@@ -112,7 +115,7 @@ class Recorder:
             output = list(response["output"]) if terminal else []
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
                                     input_items=self.input_items, output=output, new_events=events,
-                                    options=self.options)
+                                    options=self.options, max_queued=self._max_queued)
             self._stored.update(done)
             return
         written = await self.store.append(self.response_id, output=done, new_events=events, response=response,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opensupervisor.core.contracts import Model
-from opensupervisor.core.events import Emitter, Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
 from opensupervisor.core.loop import opening
 from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.errors import APIError, InvalidRequest, QueueFull, RunSuperseded
@@ -147,16 +147,18 @@ class ResponseService:
         Returns the queued response and a follower of the run's events.
         """
         limits = self.background_limits
-        if await self.store.count_queued() >= limits.max_queued:
-            await self.accounting.release(prepared.plan.ticket)
-            await self.approvals.release(prepared.response["id"])  # it never ran: its answers stand
-            raise QueueFull(f"Too many background responses are queued ({limits.max_queued}); retry later.")
         response_id = prepared.response["id"]
         here = len(self.background.live) < limits.worker_concurrency
         # The run's first events, replayed by its workflow. A run that starts here is in progress
-        # from the moment it is stored; a queued one when a worker picks it up.
+        # from the moment it is stored; a queued one when a worker picks it up, and only a queued
+        # one waits in (and is bounded by) the queue.
         first = opening(prepared.run.emitter) if here else [prepared.run.emitter.lifecycle("response.created")]
-        await prepared.recorder.open(first)
+        try:
+            await prepared.recorder.open(first, max_queued=None if here else limits.max_queued)
+        except QueueFull:
+            await self.accounting.release(prepared.plan.ticket)
+            await self.approvals.release(response_id)  # it never ran: its answers stand
+            raise
         if here:
             self.background.adopt(response_id)
         try:
@@ -261,10 +263,18 @@ class ResponseService:
             last = live.last_sequence
         else:
             last = await self.store.last_sequence(response_id)
-        if after > last and (live is None or live.done) and response["status"] in TERMINAL_STATUSES:
+        ended = (live is None or live.done) and response["status"] in TERMINAL_STATUSES
+        if after > last and ended:
             raise InvalidRequest(f"starting_after={after} is past the end of the event log (last is {last}).",
                                  param="starting_after")
+        if after == last and ended and await self._ends_log(response_id, last):
+            return _no_events()  # the client has the whole log; nothing to wait for
         return self.background.follow(response_id, after)
+
+    async def _ends_log(self, response_id: str, sequence: int) -> bool:
+        """Whether event ``sequence`` is the log's terminal event (a response cancelled while running
+        elsewhere is ``cancelled`` before its run has written its last events)."""
+        return any(event.type in TERMINAL_EVENTS for event in await self.store.events_after(response_id, sequence - 1))
 
     async def aclose(self) -> None:
         await self.background.aclose()
@@ -284,6 +294,11 @@ def _check_output_tokens(model: Model, body: CreateResponseRequest) -> None:
     if cap is not None and asked is not None and asked > cap:
         raise InvalidRequest(f"max_output_tokens ({asked}) is above the most model '{body.model}' allows ({cap}).",
                              param="max_output_tokens", code="invalid_value")
+
+
+async def _no_events() -> AsyncGenerator[Event]:
+    return
+    yield
 
 
 async def _given(items: list[Item]) -> list[Item]:

@@ -37,8 +37,12 @@ class StoredResponses:
         if live is not None and live.task is not None:
             self.background.cancel(live)
             await self.background.wait(live)
-        elif await self.store.cancel(response_id, owner(principal)):
-            await self.engine.cancel(response_id)  # a queued run never starts; a running one stops
+        elif (was := await self.store.cancel(response_id, owner(principal))) is not None:
+            # A queued run leaves the queue. A running one is not cancelled in DBOS: its process
+            # sees the cancel at its next heartbeat or write and ends the run itself, recording it;
+            # a workflow cancelled under it would make DBOS log the run's own end as an error.
+            if was == "queued":
+                await self.engine.cancel(response_id)
         else:
             _refuse_cancel(await self.get(response_id, principal))
         response = await self.get(response_id, principal)

@@ -48,6 +48,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, APIError):  # raised by a middleware (the caller's token read from a store that is down)
+        return error_response(exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {"error": {"message": "The server had an error while processing your request.",
                       "type": "server_error", "param": None, "code": "server_error"}}

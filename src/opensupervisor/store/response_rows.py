@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, func, select, text
 
-from opensupervisor.core.eventlog import Row, plain
-from opensupervisor.core.events import Event
-from opensupervisor.store.schema import items, responses
+from opensupervisor.core.eventlog import Row, compact, plain
+from opensupervisor.core.events import Event, terminal_event
+from opensupervisor.errors import QueueFull
+from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
 
 
@@ -57,3 +58,25 @@ def stored_items(conn: Connection, response_id: str, kind: str) -> list[Item]:
     rows = conn.execute(select(items.c.item).where(
         and_(items.c.response_id == response_id, items.c.kind == kind)).order_by(items.c.position))
     return [orjson.loads(r.item) for r in rows]
+
+
+def ending_rows(conn: Connection, response_id: str, response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The log row of the terminal event of ``response`` (stored without output), ended outside its
+    run: after the last event, showing the output items stored so far."""
+    last = conn.execute(select(func.max(events.c.sequence_number)).where(
+        events.c.response_id == response_id)).scalar()
+    output = stored_items(conn, response_id, "output")
+    ending = terminal_event(dict(response, output=output), (last if last is not None else -1) + 1)
+    return to_event_rows(response_id, [compact(ending, set(range(len(output))))])
+
+
+def admit_queued(conn: Connection, max_queued: int, *, postgresql: bool) -> None:
+    """Count the queue after this transaction's own insert, alone: on SQLite the insert holds the
+    database's write lock; on PostgreSQL concurrent creates would each miss the others' uncommitted
+    rows, so they take turns on a lock (each count then sees every earlier create committed)."""
+    if postgresql:
+        conn.execute(text("SELECT pg_advisory_xact_lock(7426302)"))
+    queued = conn.execute(select(func.count()).select_from(responses).where(
+        responses.c.status == "queued", responses.c.background.is_(True))).scalar_one()
+    if queued > max_queued:  # raising rolls the insert back
+        raise QueueFull(f"Too many background responses are queued ({max_queued}); retry later.")

@@ -8,6 +8,7 @@ of what the asyncio drivers cost, where every statement crosses threads or green
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,15 +22,18 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, text, upd
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
 from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
-from opensupervisor.errors import ConfigError, RunSuperseded
+from opensupervisor.errors import ConfigError, RunSuperseded, StoreUnavailable
 from opensupervisor.store.response_rows import (
+    admit_queued,
     dumps,
+    ending_rows,
     owned_response,
     response_status,
     stored_items,
@@ -39,12 +43,17 @@ from opensupervisor.store.response_rows import (
 )
 from opensupervisor.store.schema import call_claims, events, idempotency_keys, items, responses
 from opensupervisor.wire.items import Item
+from opensupervisor.wire.response import usage
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 POOL_SIZE = 8
 RUNNING = frozenset({"queued", "in_progress"})
 P = ParamSpec("P")
 T = TypeVar("T")
+# Errors of the connection rather than of a statement: the database is down, unreachable, refusing
+# connections, locked past the busy timeout, or every pooled connection is taken.
+UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
+log = logging.getLogger(__name__)
 
 
 class Stored(NamedTuple):
@@ -96,12 +105,15 @@ class Store:
                 except asyncio.CancelledError:
                     continue  # cancel scopes re-deliver; the write still has to land first
             raise
+        except UNREACHABLE as exc:  # the database, not the request, is at fault: the client may retry
+            log.warning("the database cannot be reached: %s", str(exc).splitlines()[0])
+            raise StoreUnavailable() from exc
 
     async def write(self, fn: Callable[[], T]) -> T:
         """Run a write, retrying transient database errors (a locked SQLite file, a dropped
         connection). Every write is idempotent: inserts ignore rows already there."""
         retrying = AsyncRetrying(stop=stop_after_attempt(4), wait=wait_exponential_jitter(initial=0.05, max=1),
-                                 retry=retry_if_exception_type(OperationalError), reraise=True)
+                                 retry=retry_if_exception_type(StoreUnavailable), reraise=True)
         async for attempt in retrying:
             with attempt:
                 return await self.run(fn)
@@ -131,7 +143,9 @@ class Store:
 
     async def create(self, response: dict[str, Any], *, owner: str, request: dict[str, Any], stream: bool,
                      input_items: list[Item], output: list[Item], new_events: Sequence[Event | Row],
-                     options: dict[str, Any] | None = None) -> None:
+                     options: dict[str, Any] | None = None, max_queued: int | None = None) -> None:
+        """Insert a response with its first items and events. With ``max_queued`` (a queued background
+        response) the insert is refused with ``QueueFull`` when that many are queued already."""
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
@@ -145,6 +159,8 @@ class Store:
         def write() -> None:
             with self.engine.begin() as conn:
                 conn.execute(insert(responses), [row])
+                if max_queued is not None:
+                    admit_queued(conn, max_queued, postgresql=not self.is_sqlite)
                 self._insert(conn, rows, to_event_rows(response["id"], new_events))
 
         await self.write(write)
@@ -194,20 +210,26 @@ class Store:
 
         return await self.write(write)
 
-    async def cancel(self, response_id: str, owner: str | None) -> bool:
-        """Mark a running response cancelled; False when it was not running (or is not there)."""
-        def write() -> bool:
+    async def cancel(self, response_id: str, owner: str | None) -> str | None:
+        """Mark a running response cancelled: the status it had, None when it was not running (or is not there).
+
+        A queued response has no run to write its ending, so its terminal event is written here, in
+        the same transaction: every log ends with one, and followers stop at once. A response in
+        progress gets its ending from its run, which finds the cancel at its next write."""
+        def write() -> str | None:
             with self.engine.begin() as conn:
-                changed = conn.execute(update(responses).where(
+                row = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING),
-                    *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")).rowcount
-                if not changed:
-                    return False
-                stored = orjson.loads(conn.execute(select(responses.c.response).where(
-                    responses.c.id == response_id)).scalar_one())
-                conn.execute(update(responses).where(responses.c.id == response_id).values(
-                    response=dumps(dict(stored, status="cancelled"))))
-                return True
+                    *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")
+                    .returning(responses.c.response)).first()
+                if row is None:
+                    return None
+                stored = orjson.loads(row.response)  # its status is still the one before the cancel
+                response = dict(stored, status="cancelled", usage=stored.get("usage") or usage(0, 0))
+                conn.execute(update(responses).where(responses.c.id == response_id).values(response=dumps(response)))
+                if stored["status"] == "queued":
+                    self._insert(conn, [], ending_rows(conn, response_id, response))
+                return str(stored["status"])
 
         return await self.write(write)
 
