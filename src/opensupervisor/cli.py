@@ -298,6 +298,8 @@ def ingest(assistants: tuple[str, ...], paths: tuple[str, ...], config: str | No
     """Index knowledge assistants' source folders (all of them, or the ASSISTANTS named).
 
     Incremental: unchanged files are skipped, changed ones replaced, deleted ones removed."""
+    from rich.progress import Progress
+
     from opensupervisor.admin.knowledge import KnowledgeAdmin
     from opensupervisor.knowledge.ingest import OutsideSources
     from opensupervisor.knowledge.ingest import ingest as knowledge_ingest
