@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,15 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import ASGIThread, ProcessServer, ProcessWorker, Server, require_postgres, wait_until
+from tests.conftest import (
+    ASGIThread,
+    ProcessServer,
+    ProcessWorker,
+    Server,
+    own_database,
+    require_postgres,
+    wait_until,
+)
 from tests.staged_upstream import ANSWER, StagedUpstream
 from tests.toolkinds import ledger
 
@@ -110,25 +117,8 @@ def test_a_run_survives_its_server_stopping(rig: Rig, tmp_path: Path, stop: str)
 
 
 def test_another_worker_takes_over_on_postgresql(rig: Rig, tmp_path: Path) -> None:
-    with _own_database(require_postgres()) as url:
+    with own_database(require_postgres()) as url:
         _take_over(rig, tmp_path, url)
-
-
-@contextlib.contextmanager
-def _own_database(url: str) -> Iterator[str]:
-    """A database of the test's own: other test processes share the server's, and their
-    housekeeping must not touch this run's rows."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"takeover_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _take_over(rig: Rig, tmp_path: Path, url: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import openai
 import psycopg
 
-from tests.conftest import ProcessServer, ProcessWorker, require_postgres, wait_until
-from tests.test_durable import _drop_schema, _own_database, stored_events
+from tests.conftest import ProcessServer, ProcessWorker, own_database, require_postgres, wait_until
+from tests.test_durable import _drop_schema, stored_events
 from tests.toolkinds import ledger
 
 RUNS = 6
@@ -61,7 +61,7 @@ def test_a_worker_taken_for_dead_while_alive_lets_its_runs_go_quietly(tmp_path: 
     path = tmp_path / "ledger.db"
     schema = f"dbos_{uuid.uuid4().hex[:12]}"
     env = {"OPENSUPERVISOR_TEST_LEDGER": str(path), "OPENSUPERVISOR_SYSTEM_SCHEMA": schema}
-    with _own_database(require_postgres()) as url:
+    with own_database(require_postgres()) as url:
         try:
             with ProcessServer(tmp_path, config=workspace, database_url=url,
                                env={**env, "OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as server, \
