@@ -99,7 +99,9 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
               echo=_echo(plan.input_items) if plan.echo else [])
     recorder = Recorder(deps.store if body.store else None, response_id=plan.response_id, owner=plan.principal.id,
                         request=plan.sealed_request, stream=body.stream, background=body.background,
-                        input_items=plan.input_items, options=dict(stored_options(plan)),
+                        input_items=plan.input_items,
+                        # A resumed run's row exists already: its options are not written again.
+                        options=None if durable is not None else dict(stored_options(plan)),
                         created=durable is not None,
                         resume_after=durable.last_sequence if durable is not None else -1,
                         hold=durable_model.holding if durable_model is not None else None)
