@@ -29,7 +29,8 @@ from opensupervisor.knowledge.chunking import Chunk
 from opensupervisor.knowledge.index import KnowledgeIndex
 from opensupervisor.knowledge.ingest import ingest
 from opensupervisor.knowledge.local_embedder import LocalEmbedder
-from opensupervisor.knowledge.search import Mode, Searcher
+from opensupervisor.knowledge.modes import Mode
+from opensupervisor.knowledge.search import Searcher
 
 HERE = Path(__file__).resolve().parent
 HANDBOOK = HERE.parent / "src/opensupervisor/demo/handbook"

@@ -41,7 +41,7 @@ from opensupervisor.store.keys import shared_key
 from opensupervisor.store.principals import Principals
 from opensupervisor.store.rate_limits import DatabaseCounters, StoredRateLimits
 from opensupervisor.store.usage import Usage
-from opensupervisor.tools import apps, connections, databricks, genie, knowledge_assistant, mcp_tool, uc_functions
+from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
 from opensupervisor.tracing.export import exporters_from_env
 from opensupervisor.tracing.spans import Recording, Tracing
@@ -161,10 +161,12 @@ async def _tools(stack: contextlib.AsyncExitStack, settings: Settings, ws: Works
     credentials = conns.credentials = UserCredentials(store, vault)
     stored_connections = StoredConnections(store, vault)
     conns.load(connection_rows(await stored_connections.all()))
-    remote = databricks.register(registry, ws, credentials,
-                                 await shared_key(store, "databricks") if ws.databricks is not None else b"")
-    if remote is not None:
-        stack.push_async_callback(remote.aclose)
+    if ws.databricks is not None:
+        from opensupervisor.tools import databricks  # its routes and client: only a workspace with [databricks]
+
+        remote = databricks.register(registry, ws, credentials, await shared_key(store, "databricks"))
+        if remote is not None:
+            stack.push_async_callback(remote.aclose)
     load_plugins(registry, ws.plugins)
     if tool_setup is not None:
         tool_setup(registry)

@@ -11,15 +11,15 @@ import fnmatch
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import bm25s
 import numpy as np
 
 from opensupervisor.knowledge.embeddings import Embedder
 from opensupervisor.knowledge.index import KnowledgeIndex, Passage, Snapshot
+from opensupervisor.knowledge.modes import Mode
 
-Mode = Literal["hybrid", "lexical", "vector"]
 # Reciprocal rank fusion's constant (Cormack et al.): damps the weight of the very top ranks.
 RRF_K = 60
 _WORD = re.compile(r"[a-z0-9]+")

@@ -9,8 +9,6 @@ from opensupervisor import outbound
 from opensupervisor.core.contracts import Model
 from opensupervisor.errors import ConfigError, NotFound
 from opensupervisor.models.fallback import FallbackModel
-from opensupervisor.models.openai_chat import OpenAIChatModel
-from opensupervisor.models.openai_responses import OpenAIResponsesModel
 from opensupervisor.models.scripted import ScriptedModel, parse_script
 from opensupervisor.workspace import ModelEntry, Workspace
 
@@ -51,6 +49,10 @@ def _build(name: str, entry: ModelEntry, base_dir: Path) -> Model:
     if provider == "openai-chat" or provider == "openai-responses":  # == (not "in"): mypy narrows it
         if not entry.base_url or not entry.upstream_model:
             raise ConfigError(f"model '{name}': provider {provider} needs base_url and upstream_model")
+        # Imported here, with their HTTP client (aiohttp): only a workspace with upstreams needs them.
+        from opensupervisor.models.openai_chat import OpenAIChatModel
+        from opensupervisor.models.openai_responses import OpenAIResponsesModel
+
         adapter = OpenAIChatModel if provider == "openai-chat" else OpenAIResponsesModel
         return adapter(name, base_url=entry.base_url, upstream_model=entry.upstream_model,
                        api_key_env=entry.api_key_env, timeout_s=entry.timeout_s, max_retries=entry.max_retries)

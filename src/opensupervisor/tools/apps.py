@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +29,9 @@ from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
+
+if TYPE_CHECKING:
+    import aiohttp
 
 QUESTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["question"],
                    "properties": {"question": text_property("What to ask the app")}}
@@ -76,6 +78,8 @@ class Apps:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on first use, on the loop that uses it
+            import aiohttp  # loaded by the first call of an app that is not an MCP server
+
             self._session = aiohttp.ClientSession()
         return self._session
 
@@ -87,6 +91,8 @@ class Apps:
 
     async def ask(self, name: str, question: str) -> str:
         """The app's answer text; a failure of any kind is a ``ToolError`` (never the app's key)."""
+        import aiohttp
+
         entry = self.apps[name]
         body: dict[str, Any] = {"model": entry.model, "input": question, "stream": False}
         if entry.instructions:

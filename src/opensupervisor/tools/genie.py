@@ -15,11 +15,10 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from tabulate import tabulate
 
 from opensupervisor.core.arguments import text_property
 from opensupervisor.core.bounds import cap_cell
@@ -29,11 +28,15 @@ from opensupervisor.errors import ConfigError, ModelError, ToolError
 from opensupervisor.identity import Principal
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
-from opensupervisor.tools.sql_engines import Column, Inspection, ReadOnlyDatabase, Rows, check_roles, role_for
-from opensupervisor.tools.sql_guard import check_query
+from opensupervisor.tools.sql_roles import check_roles, role_for
 from opensupervisor.tracing.wrappers import traced_request
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
+
+# The engines (their drivers) and the SQL parser are imported where a space first opens its
+# database: a process whose runs query no space never loads them.
+if TYPE_CHECKING:
+    from opensupervisor.tools.sql_engines import Column, Inspection, ReadOnlyDatabase, Rows
 
 log = logging.getLogger(__name__)
 # The SQL and description echoed in an answer are cut at this many characters.
@@ -105,6 +108,8 @@ class GenieSpaces:
     def database(self, space_id: str) -> ReadOnlyDatabase:
         db = self._databases.get(space_id)
         if db is None:
+            from opensupervisor.tools.sql_engines import ReadOnlyDatabase
+
             space = self.spaces[space_id]
             db = self._databases[space_id] = ReadOnlyDatabase(space.database_url, self.base_dir,
                                                               timeout_s=space.timeout_s, tables=space.tables)
@@ -142,6 +147,8 @@ class GenieSpaces:
                 log.warning("Genie space '%s': its database could not be inspected at start-up: %s", space_id, exc)
 
     async def checked(self, space_id: str, sql: str) -> str:
+        from opensupervisor.tools.sql_guard import check_query
+
         space, db = self.spaces[space_id], self.database(space_id)
         found = await self.inspection(space_id)
         return check_query(sql, dialect=db.dialect, tables=set(space.tables), max_rows=space.max_rows,
@@ -320,6 +327,8 @@ def _answer(sql: str, description: str, rows: Rows, space: GenieSpace, cap: int)
 
 
 def _rendered(sql: str, description: str, rows: Rows, space: GenieSpace, shown: int) -> str:
+    from tabulate import tabulate
+
     table = tabulate(rows.rows[:shown], headers=rows.columns, tablefmt="github") if rows.columns else "(no columns)"
     count = f"{len(rows.rows)}{'+' if rows.truncated else ''} rows"
     notes = []

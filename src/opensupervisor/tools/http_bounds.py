@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import aiohttp
 import httpcore
 import httpx
 
 from opensupervisor import outbound
+
+if TYPE_CHECKING:
+    import aiohttp
 
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -15,7 +15,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,17 +26,21 @@ from opensupervisor.core.citations import format_sources
 from opensupervisor.core.context import RunContext, Slot
 from opensupervisor.core.contracts import ModelRequest, ToolDef, Toolset
 from opensupervisor.errors import ConfigError, ModelError, ToolError
-from opensupervisor.knowledge.embeddings import Embedder, OpenAIEmbeddings
-from opensupervisor.knowledge.index import KnowledgeIndex
-from opensupervisor.knowledge.ingest import IngestReport, ingest
-from opensupervisor.knowledge.local_embedder import LocalEmbedder
-from opensupervisor.knowledge.search import Hit, Mode, Searcher
+from opensupervisor.knowledge.modes import Mode
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name, prefixed_tool_name
 from opensupervisor.tracing.wrappers import traced_request
 from opensupervisor.wire.items import user_message
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry
+
+# The index, the embedders and the search (numpy, BM25, an embedding model) are imported where an
+# assistant first needs them: a process whose runs ask no assistant never loads them.
+if TYPE_CHECKING:
+    from opensupervisor.knowledge.embeddings import Embedder
+    from opensupervisor.knowledge.index import KnowledgeIndex
+    from opensupervisor.knowledge.ingest import IngestReport
+    from opensupervisor.knowledge.search import Hit, Searcher
 
 log = logging.getLogger(__name__)
 PROMPT = """You answer questions from a company's documents. Use only the numbered passages below.
@@ -114,6 +118,8 @@ class KnowledgeAssistants:
     @property
     def index(self) -> KnowledgeIndex:
         if self._index is None:  # opened on first use: a workspace without assistants never creates tables
+            from opensupervisor.knowledge.index import KnowledgeIndex
+
             self._index = KnowledgeIndex(self.index_url)
         return self._index
 
@@ -125,13 +131,19 @@ class KnowledgeAssistants:
                 if not spec.base_url or not spec.model:
                     raise ConfigError(f"knowledge_assistants.{ka}.embedding: base_url and model are required",
                                       param="embedding.model" if spec.base_url else "embedding.base_url")
+                from opensupervisor.knowledge.embeddings import OpenAIEmbeddings
+
                 self._embedders[key] = OpenAIEmbeddings(spec.base_url, spec.model, spec.api_key_env)
             else:
+                from opensupervisor.knowledge.local_embedder import LocalEmbedder
+
                 self._embedders[key] = LocalEmbedder.shared(spec.model)
         return self._embedders[key]
 
     def searcher(self, ka: str) -> Searcher:
         if ka not in self._searchers:
+            from opensupervisor.knowledge.search import Searcher
+
             self._searchers[ka] = Searcher(self.index, ka, self.embedder(ka))
         return self._searchers[ka]
 
@@ -196,6 +208,8 @@ class KnowledgeAssistants:
 
     async def ingest(self, ka: str, only: list[str] | None = None) -> IngestReport:
         """Ingest now; one ingest per assistant at a time in this process (a second one waits)."""
+        from opensupervisor.knowledge.ingest import ingest
+
         lock = self._ingest_locks.setdefault(ka, asyncio.Lock())
         async with lock:
             self.ingesting.add(ka)

@@ -22,20 +22,20 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import orjson
-from mcp import ClientSession
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamablehttp_client
-from mcp.types import CallToolResult, ListToolsResult
 
 from opensupervisor.core.context import RunContext, Slot
 from opensupervisor.core.contracts import ToolDef
 from opensupervisor.errors import ToolError
 from opensupervisor.tools.http_bounds import AddressRefused, AnswerLimit, RedirectRefused, ResponseTooLarge
 from opensupervisor.tools.oauth import TokenRequestFailed
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
+    from mcp.types import CallToolResult, ListToolsResult
 
 log = logging.getLogger(__name__)
 Transport = Literal["auto", "streamable_http", "sse"]
@@ -97,6 +97,12 @@ class McpServer:
 
     @asynccontextmanager
     async def _open(self, transport: Transport) -> AsyncIterator[Session]:
+        # The SDK is imported by the first session a process opens: a process none of whose runs
+        # calls an MCP server never loads it.
+        from mcp import ClientSession
+        from mcp.client.sse import sse_client
+        from mcp.client.streamable_http import streamablehttp_client
+
         limit = AnswerLimit(public_only=self.public_only)
         if transport == "sse":
             stream = sse_client(self.url, headers=self._headers, timeout=self.timeout_s, auth=self._auth,

@@ -17,7 +17,6 @@ result is bounded as it is fetched (``tools.sql_results``).
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -35,52 +34,18 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from opensupervisor import tracing
 from opensupervisor.core.bounds import DEFAULT_CELL_CHARS, DEFAULT_OUTPUT_CHARS
 from opensupervisor.errors import ConfigError, ToolError
-from opensupervisor.identity import Principal
 from opensupervisor.tools import sql_duckdb, sql_postgres, sql_sqlite
 from opensupervisor.tools.sql_guard import cte_names, listed_tables
 from opensupervisor.tools.sql_results import Bounds, Rows, fetch, probe, wrapped
+from opensupervisor.tools.sql_roles import check_roles, database_error, role_for, set_role
 from opensupervisor.tools.sql_watchdog import WATCHDOG
 
 __all__ = ["Column", "Inspection", "ReadOnlyDatabase", "Rows", "check_roles", "database_error", "role_for",
            "set_role"]
 
 DIALECTS = {"sqlite": "sqlite", "duckdb": "duckdb", "postgresql": "postgres"}
-ROLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 MAX_COLUMNS = {"sqlite": sql_sqlite.MAX_COLUMNS, "duckdb": sql_duckdb.MAX_COLUMNS, "postgresql": 500}
 _ERRORS = (sqlite3.Error, duckdb.Error, psycopg.Error, SQLAlchemyError)
-
-
-def check_roles(roles: dict[str, str], url: str, where: str) -> None:
-    """``database_roles``: PostgreSQL only, each role a plain identifier; raises ``ConfigError``."""
-    if not roles:
-        return
-    if make_url(url).get_backend_name() != "postgresql":
-        raise ConfigError(f"{where}.database_roles: database roles need a postgresql:// database",
-                          param="database_roles")
-    for who, role in roles.items():
-        if not ROLE.match(role):
-            raise ConfigError(f"{where}.database_roles.{who}: {role!r} is not a database role name",
-                              param=f"database_roles.{who}")
-
-
-def role_for(roles: dict[str, str], principal: Principal, what: str) -> str | None:
-    """The database role ``principal``'s queries run as (on behalf of the user): their own mapping,
-    else their first group's (by name), else ``"*"``'s. None: the database's own user, when there
-    are no roles or for an admin without a mapping. A caller with none may not query."""
-    if not roles:
-        return None
-    for key in (principal.name, *sorted(principal.groups), "*"):
-        if key in roles:
-            return roles[key]
-    if principal.is_admin:
-        return None
-    raise ToolError(f"{what} runs queries as each user's database role, and '{principal.name}' has none")
-
-
-def set_role(conn: sa.Connection, role: str | None) -> None:
-    """Run the rest of this transaction as ``role`` (the database then decides what it may read)."""
-    if role is not None:
-        conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +267,3 @@ def _end(raw: Any) -> None:
         raw.execute("ROLLBACK; SELECT pg_catalog.pg_advisory_unlock_all()")
     except psycopg.Error:
         raw.rollback()  # a broken connection: the pool drops it, and its locks with it
-
-
-def database_error(exc: BaseException) -> str:
-    """The first line of what the database said (not SQLAlchemy's wrapping)."""
-    original = getattr(exc, "orig", None) or exc
-    return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__

@@ -36,7 +36,7 @@ from opensupervisor.core.contracts import ToolDef, Toolset
 from opensupervisor.errors import ConfigError, InvalidRequest, ToolError
 from opensupervisor.tools.registry import ToolRegistry, config_description, config_name
 from opensupervisor.tools.sandbox import Sandbox
-from opensupervisor.tools.sql_engines import check_roles, database_error, role_for, set_role
+from opensupervisor.tools.sql_roles import check_roles, database_error, role_for, set_role
 from opensupervisor.tools.sql_watchdog import WATCHDOG
 from opensupervisor.wire.request import ToolSpec
 from opensupervisor.workspace import Workspace, section_entry

@@ -17,14 +17,18 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 
 def exporters_from_env(env: dict[str, str] | None = None) -> list[SpanProcessor]:
+    values = dict(os.environ if env is None else env)
+    otlp = bool(values.get("OTEL_EXPORTER_OTLP_ENDPOINT") or values.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    tracking = values.get("MLFLOW_TRACKING_URI", "")
+    mlflow = tracking.startswith(("http://", "https://"))
+    if not otlp and not mlflow:
+        return []  # nowhere to send spans: the exporter (and its protobuf encoding) is never loaded
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    values = dict(os.environ if env is None else env)
     processors: list[SpanProcessor] = []
-    if values.get("OTEL_EXPORTER_OTLP_ENDPOINT") or values.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    if otlp:
         processors.append(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=500))
-    tracking = values.get("MLFLOW_TRACKING_URI", "")
-    if tracking.startswith(("http://", "https://")):
+    if mlflow:
         exporter = OTLPSpanExporter(endpoint=tracking.rstrip("/") + "/v1/traces",
                                     headers={"x-mlflow-experiment-id": values.get("MLFLOW_EXPERIMENT_ID", "0")})
         processors.append(BatchSpanProcessor(exporter, schedule_delay_millis=500))
