@@ -23,9 +23,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -40,12 +39,17 @@ from opensupervisor.tools.sql_results import Bounds, Rows, fetch, probe, wrapped
 from opensupervisor.tools.sql_roles import check_roles, database_error, role_for, set_role
 from opensupervisor.tools.sql_watchdog import WATCHDOG
 
+if TYPE_CHECKING:
+    import duckdb
+
 __all__ = ["Column", "Inspection", "ReadOnlyDatabase", "Rows", "check_roles", "database_error", "role_for",
            "set_role"]
 
 DIALECTS = {"sqlite": "sqlite", "duckdb": "duckdb", "postgresql": "postgres"}
 MAX_COLUMNS = {"sqlite": sql_sqlite.MAX_COLUMNS, "duckdb": sql_duckdb.MAX_COLUMNS, "postgresql": 500}
-_ERRORS = (sqlite3.Error, duckdb.Error, psycopg.Error, SQLAlchemyError)
+# What a database may raise; a DuckDB space adds DuckDB's (DuckDB is imported by the first DuckDB
+# space: a process with none never loads it).
+_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, SQLAlchemyError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,11 @@ class ReadOnlyDatabase:
         self._relations: frozenset[str] | None = None  # SQLite: its tables and views, read at first query
         self.engine = self._engine(parsed, base_dir)
         self._workers = sql_duckdb.Workers(str(self.path)) if self.backend == "duckdb" else None
+        self._errors = _ERRORS
+        if self.backend == "duckdb":
+            import duckdb
+
+            self._errors = (*_ERRORS, duckdb.Error)
         self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sql-space")
 
     def _engine(self, url: sa.URL, base_dir: Path) -> sa.Engine | None:
@@ -111,6 +120,8 @@ class ReadOnlyDatabase:
                                     f"-c idle_in_transaction_session_timeout={ms + 5000}")})
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
         return duckdb.connect(str(self.path), read_only=True, config=sql_duckdb.CONFIG)
 
     def _sa(self) -> sa.Engine:
@@ -128,7 +139,7 @@ class ReadOnlyDatabase:
                 schema, _, name = table.rpartition(".")
                 try:
                     columns = self._columns(schema, name)
-                except _ERRORS as exc:
+                except self._errors as exc:
                     raise ConfigError(f"table {table!r}: {database_error(exc)}", param="tables") from exc
                 if not columns:
                     raise ConfigError(f"table {table!r} does not exist", param="tables")
@@ -168,7 +179,7 @@ class ReadOnlyDatabase:
 
         try:
             result: Inspection = await self._in_thread(read)
-        except _ERRORS as exc:
+        except self._errors as exc:
             raise ToolError(f"the space's database is not usable: {database_error(exc)}") from exc
         return result
 
@@ -210,7 +221,7 @@ class ReadOnlyDatabase:
                     _end(raw)
         except sql_duckdb.WorkerError as exc:
             raise self._worker_error(exc) from exc
-        except _ERRORS as exc:
+        except self._errors as exc:
             raise self._error(exc, deadline, refused) from exc
 
     def _run(self, cursor: Any, rows_cursor: Any, sql: str, bounds: Bounds, deadline: float,
@@ -238,12 +249,19 @@ class ReadOnlyDatabase:
                              f"the engine, {sql_duckdb.MEMORY_BYTES // 2**20:,} MB in all): {exc}")
         return ToolError(f"the database refused the query: {exc}")
 
+    def _duckdb_interrupted(self, exc: BaseException) -> bool:
+        if self.backend != "duckdb":
+            return False
+        import duckdb
+
+        return isinstance(exc, duckdb.InterruptException)
+
     def _error(self, exc: BaseException, deadline: float, refused: list[str]) -> ToolError:
         text = database_error(exc)
         if refused:
             return ToolError(f"the database refused the query: {refused[0]}")
-        if time.monotonic() >= deadline or isinstance(exc, (duckdb.InterruptException,
-                                                             psycopg.errors.QueryCanceled)) or text == "interrupted":
+        if time.monotonic() >= deadline or isinstance(exc, psycopg.errors.QueryCanceled) or text == "interrupted" \
+                or self._duckdb_interrupted(exc):
             return ToolError(f"the query did not finish within {self.timeout_s:g} seconds")
         if "string or blob too big" in text:
             return ToolError(f"a value in the query grew past {sql_sqlite.MAX_VALUE_BYTES:,} bytes, the most one "
