@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-dev  ## performance figures (not a test)
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/rate_limits.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/startup.py
 
 clean:  ## remove the virtualenv and local state
 	rm -rf $(VENV) .opensupervisor
