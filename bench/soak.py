@@ -280,17 +280,23 @@ def main() -> None:
     parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="a PostgreSQL server URL; the soak makes and drops its own database there")
     parser.add_argument("--check", action="store_true", help="exit 1 when a promise was broken")
+    parser.add_argument("--keep", type=Path, help="keep the database and the processes' logs (in this folder)")
     args = parser.parse_args()
     name = f"soak_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     database_url = args.server.rsplit("/", 1)[0] + f"/{name}"
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            figures = run_soak(args, Path(tmp), database_url)
+        with contextlib.ExitStack() as stack:
+            folder = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            folder.mkdir(parents=True, exist_ok=True)
+            figures = run_soak(args, folder, database_url)
     finally:
-        with psycopg.connect(args.server, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if args.keep:
+            print(f"kept the database {database_url} and the logs in {args.keep}")
+        else:
+            with psycopg.connect(args.server, autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     for key, value in figures.items():
         print(f"{key:48} {value}")
     broken = sum(figures[k] for k in ("stuck", "duplicate executions in live processes", "spurious cancels",
