@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--poll", type=float, default=0.05, help="background.poll_interval_s of the workers")
     parser.add_argument("--only", choices=["pickup", "throughput"], default=None)
+    parser.add_argument("--workers", default="1,2,4", help="worker counts to measure throughput with")
     args = parser.parse_args()
     schema = f"bench_dbos_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -225,7 +226,7 @@ def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitSta
     procs = Processes(tmp, args.database_url, schema, poll_interval_s=args.poll)
     stack.callback(procs.stop)
     base = 0.0
-    for workers in (1, 2, 4):
+    for workers in (int(n) for n in args.workers.split(",")):
         since = time.time()
         url = procs.serve(runs_here=False)
         for _ in range(workers):

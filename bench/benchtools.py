@@ -44,3 +44,35 @@ def _record(response_id: str, label: str) -> None:
     with sqlite3.connect(os.environ["OPENSUPERVISOR_SOAK_LEDGER"], timeout=60) as conn:
         conn.execute("INSERT INTO ledger VALUES (?, ?, ?, ?)", (response_id, label, os.getpid(), time.time()))
 
+
+
+def _count_statements(path: str) -> None:
+    """With ``$OPENSUPERVISOR_BENCH_SQL`` set, count every SQL statement this process sends (by its
+    first words) and write the counts there at exit: where a run's database round trips go."""
+    import atexit
+    import collections
+    import re
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    counts: collections.Counter[str] = collections.Counter()
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        counts[re.sub(r"\s+", " ", statement)[:110]] += 1
+
+    @event.listens_for(Engine, "checkout")
+    def checked_out(*args: Any) -> None:
+        counts["<pool checkout>"] += 1
+
+    def dump() -> None:
+        with open(f"{path}.{os.getpid()}", "w") as out:
+            for statement, n in counts.most_common():
+                out.write(f"{n:8d}  {statement}\n")
+
+    atexit.register(dump)
+
+
+if os.environ.get("OPENSUPERVISOR_BENCH_SQL"):
+    _count_statements(os.environ["OPENSUPERVISOR_BENCH_SQL"])

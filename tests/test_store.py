@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import openai
@@ -10,7 +11,10 @@ import orjson
 import pytest
 
 from opensupervisor.core.events import Event
+from opensupervisor.errors import RunSuperseded
 from opensupervisor.store import Store
+from opensupervisor.store.executors import Executors
+from opensupervisor.store.ownership import Ownership
 from tests.conftest import MODEL, Server, require_postgres, wait_until
 
 CALC: Any = {"type": "test_calculator"}
@@ -170,6 +174,46 @@ def test_quiet_runs_are_found_and_can_be_failed(store_url: str) -> None:
         log = await store.events_after(rid, -1)
         assert [e.type for e in log] == ["response.created", "response.failed"]
         assert [e.sequence_number for e in log] == [0, 1]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
+    """Each claim of a run raises its epoch; the older owner's call claims are refused, and a call
+    claimed by a live process is not claimed again by another, unless its claimer died."""
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        rid = "resp_own_" + uuid.uuid4().hex
+        response = {"id": rid, "object": "response", "status": "queued", "background": True,
+                    "created_at": 1, "previous_response_id": None, "output": []}
+        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
+                           new_events=[Event({"type": "response.created", "sequence_number": 0,
+                                              "response": response})])
+        executors = Executors(store, "pool-" + rid)
+        first, second = Ownership(store, "exec-a-" + rid), Ownership(store, "exec-b-" + rid)
+        for owner in (first, second):
+            await executors.register(owner.executor_id, "host", 1)
+        in_progress = {**response, "status": "in_progress"}
+        epoch_a = await first.claim(rid, picked_up=Event({"type": "response.in_progress", "sequence_number": 1,
+                                                          "response": in_progress}))
+        assert epoch_a is not None
+        stored = await store.get(rid, None)
+        assert stored is not None and stored["status"] == "in_progress"
+        assert [e.sequence_number for e in await store.events_after(rid, -1)] == [0, 1]
+        assert await first.claim_call(rid, epoch_a, "step:3") is True
+        assert await first.claim_call(rid, epoch_a, "step:3") is True  # its own claim, again (a retried write)
+        epoch_b = await second.claim(rid)
+        assert epoch_b == epoch_a + 1
+        with pytest.raises(RunSuperseded):
+            await first.claim_call(rid, epoch_a, "step:5")
+        assert await second.claim_call(rid, epoch_b, "step:3") is False  # its live claimer may be running it
+        await executors.remove(first.executor_id)
+        assert await second.claim_call(rid, epoch_b, "step:3") is True  # its claimer died: it may run again
+        assert await second.claim_call(rid, epoch_b, "step:5") is True
+        assert await store.cancel(rid, None) == "in_progress"
+        assert await second.claim(rid) is None  # not running any more
         await store.close()
 
     asyncio.run(scenario())

@@ -54,3 +54,22 @@ def test_an_unreachable_store_answers_503_and_the_server_recovers() -> None:
                    what="the server to reach its database again")
         assert http.get(f"/v1/responses/{done['id']}").json()["status"] == "completed"
         assert http.post(f"/v1/responses/{queued['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_connections_the_database_dropped_are_replaced_without_an_error() -> None:
+    """Pooled connections are not pinged before each use: one the database closed (a restart, an idle
+    timeout) fails its first statement, and the request is answered on a fresh connection."""
+    with own_database(require_postgres()) as url, ThreadServer(url) as server, server.http() as http:
+        body: dict[str, Any] = {"model": MODEL, "input": "quick"}
+        done = http.post("/v1/responses", json=body).json()
+        for _ in range(3):
+            with psycopg.connect(require_postgres(), autocommit=True) as admin:
+                dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                                        (make_url(url).database,)).fetchone()
+            assert dropped is not None and dropped[0] > 0
+            assert http.get(f"/v1/responses/{done['id']}").json()["status"] == "completed"
+            assert http.post("/v1/responses", json=body).status_code == 200
+            run = http.post("/v1/responses", json={**body, "background": True}).json()  # DBOS's connections too
+            wait_until(lambda: http.get(f"/v1/responses/{run['id']}").json()["status"] == "completed",  # noqa: B023
+                       timeout=30, what="a background run after its connections were dropped")

@@ -12,15 +12,24 @@ or with their own pools, never creating a file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import URL, create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.files import private_sqlite
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+# Errors of the connection rather than of a statement: the database is down, unreachable, refusing
+# connections, locked past the busy timeout, or every pooled connection is taken.
+UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 # WAL lets readers run beside the writer; NORMAL is durable at commit boundaries in WAL mode, and
 # commits do not wait for the disk.
@@ -66,3 +75,15 @@ def postgres_engine(url: str | URL, *, pool_size: int, **options: Any) -> Engine
     """An engine on the PostgreSQL database of ``url`` through psycopg, whatever driver ``url`` names.
     ``options`` go to ``create_engine``."""
     return create_engine(make_url(url).set(drivername="postgresql+psycopg"), pool_size=pool_size, **options)
+
+
+def again_if_dropped(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn``, run again once when its connection turned out dead (the database restarted, or dropped
+    idle connections): the pool has then been emptied, and the second try connects afresh."""
+    try:
+        return fn(*args, **kwargs)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.info("a pooled database connection was dead; trying once more on a new one")
+        return fn(*args, **kwargs)

@@ -237,8 +237,13 @@ class DurableEngine:
         }
         if config.system_database_url.startswith("sqlite"):
             dbos_config["system_database_engine"] = _sqlite_engine(config.system_database_url)
-        elif not config.synchronous_commit:
-            dbos_config["db_engine_kwargs"] = {"connect_args": {"options": "-c synchronous_commit=off"}}
+        else:
+            # No ping before each checkout (DBOS's default; four per step): DBOS retries an operation
+            # whose connection turned out dead until the database answers again.
+            connect_args = {"application_name": "dbos_transact"}
+            if not config.synchronous_commit:
+                connect_args["options"] = "-c synchronous_commit=off"
+            dbos_config["db_engine_kwargs"] = {"pool_pre_ping": False, "connect_args": connect_args}
         try:
             DBOS(config=dbos_config)
             if config.worker_concurrency <= 0:

@@ -180,9 +180,15 @@ class ResponseService:
             return False
         if record.response["status"] not in ("queued", "in_progress"):
             return True  # it ended (or was cancelled while queued); nothing left to do
-        epoch = await self.ownership.claim(response_id)
+        # A run starting for the first time records its pickup with the claim: pollers see it leave
+        # "queued" at once. The run replays that event (same response, same sequence number) and
+        # skips writing it.
+        picked_up = opening(Emitter(_as_created(record.response)))[1] if record.last_sequence < 1 else None
+        epoch = await self.ownership.claim(response_id, picked_up=picked_up)
         if epoch is None:
-            return True  # it ended just now
+            return True  # it ended just now (or was cancelled or deleted while queued)
+        if picked_up is not None:
+            record = record._replace(last_sequence=1)
         try:
             await self._run_owned(record, epoch)
         except RunSuperseded:
@@ -193,10 +199,6 @@ class ResponseService:
 
     async def _run_owned(self, record: RunRecord, epoch: int) -> None:
         response_id = record.response["id"]
-        if record.last_sequence < 1:
-            if not await self._pick_up(record, epoch):
-                return  # cancelled or deleted just now
-            record = record._replace(last_sequence=1)
         try:
             prepared = await self._restore(record, epoch)
         except APIError as exc:  # the workspace changed under it: a model or tool it names is gone
@@ -210,13 +212,6 @@ class ResponseService:
             await self.background.drive(live, self.events(prepared), prepared.recorder, lambda: prepared.closing)
         finally:
             timer.cancel()
-
-    async def _pick_up(self, record: RunRecord, epoch: int) -> bool:
-        """Record ``in_progress`` before restoring the run: pollers see the pickup at once. The run
-        replays the same event (same response, same sequence number) and skips writing it."""
-        in_progress = opening(Emitter(_as_created(record.response)))[1]
-        return await self.store.append(record.response["id"], output={}, new_events=[in_progress],
-                                       response=in_progress.data["response"], guard=True, epoch=epoch)
 
     def _expire(self, live: LiveRun) -> None:
         if not live.done:

@@ -9,9 +9,13 @@ and stops without recording anything.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, insert, select, update
+from typing import Any
 
+from sqlalchemy import Connection, or_, select, update
+
+from opensupervisor.core.events import Event
 from opensupervisor.errors import RunSuperseded
+from opensupervisor.store.response_rows import dumps, to_event_rows, without_output
 from opensupervisor.store.schema import call_claims, executors, responses
 from opensupervisor.store.store import RUNNING, Store, now_ms
 
@@ -21,36 +25,49 @@ class Ownership:
         self.store = store
         self.executor_id = executor_id
 
-    async def claim(self, response_id: str) -> int | None:
-        """Take the run over; its new epoch, or None when it is not running any more."""
+    async def claim(self, response_id: str, *, picked_up: Event | None = None) -> int | None:
+        """Take the run over; its new epoch, or None when it is not running any more.
+
+        ``picked_up``, the ``in_progress`` event of a run starting for the first time, is written
+        with the claim, and its response becomes the stored one: pollers see the pickup at once.
+        """
+        values: dict[str, Any] = {"owner_epoch": responses.c.owner_epoch + 1, "owner_executor": self.executor_id,
+                                  "heartbeat_at": now_ms()}
+        rows: list[dict[str, Any]] = []
+        if picked_up is not None:
+            response = picked_up.data["response"]
+            values.update(status=response["status"], response=dumps(without_output(response)))
+            rows = to_event_rows(response_id, [picked_up])
+
         def write() -> int | None:
             with self.store.engine.begin() as conn:
-                changed = conn.execute(update(responses).where(
-                    responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(
-                        owner_epoch=responses.c.owner_epoch + 1, owner_executor=self.executor_id)).rowcount
-                if not changed:
+                epoch = conn.execute(update(responses).where(
+                    responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(values).returning(
+                        responses.c.owner_epoch)).scalar()
+                if epoch is None:
                     return None
-                return int(conn.execute(select(responses.c.owner_epoch).where(
-                    responses.c.id == response_id)).scalar_one())
+                self.store.insert_rows(conn, [], rows)
+                return int(epoch)
 
         return await self.store.write(write)
 
     async def claim_call(self, response_id: str, epoch: int, call: str) -> bool:
         """Claim a hosted call before running it. Raises ``RunSuperseded`` when the run is no longer
         this process's; False when another live process claimed the call (it may be running it)."""
+        insert = self.store.dialect_insert(call_claims).values(
+            response_id=response_id, call=call, executor=self.executor_id, claimed_at=now_ms())
+        # A claim already there is taken over only when it is this process's or its claimer died
+        # (the one case where a call may run again); else no row comes back.
+        claimed = insert.on_conflict_do_update(
+            index_elements=[call_claims.c.response_id, call_claims.c.call],
+            set_={"executor": insert.excluded.executor, "claimed_at": insert.excluded.claimed_at},
+            where=or_(call_claims.c.executor == self.executor_id,
+                      call_claims.c.executor.not_in(select(executors.c.id)))).returning(call_claims.c.call)
+
         def write() -> bool:
             with self.store.engine.begin() as conn:
                 self._check(conn, response_id, epoch)
-                claimer = conn.execute(select(call_claims.c.executor).where(
-                    call_claims.c.response_id == response_id, call_claims.c.call == call)).scalar()
-                if claimer is not None and claimer != self.executor_id and _registered(conn, claimer):
-                    return False
-                # Nobody's, or its claimer died while running it: the one case where a call may run again.
-                conn.execute(delete(call_claims).where(call_claims.c.response_id == response_id,
-                                                       call_claims.c.call == call))
-                conn.execute(insert(call_claims), [{"response_id": response_id, "call": call,
-                                                    "executor": self.executor_id, "claimed_at": now_ms()}])
-                return True
+                return conn.execute(claimed).first() is not None
 
         return await self.store.write(write)
 
@@ -61,7 +78,3 @@ class Ownership:
                 heartbeat_at=now_ms())).rowcount
         if not fenced:
             raise RunSuperseded(response_id)
-
-
-def _registered(conn: Connection, executor_id: str) -> bool:
-    return conn.execute(select(executors.c.id).where(executors.c.id == executor_id)).first() is not None

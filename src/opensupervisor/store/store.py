@@ -8,6 +8,7 @@ of what the asyncio drivers cost, where every statement crosses threads or green
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,13 +23,12 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, text, upd
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
-from opensupervisor.engines import WAL, engine_url, postgres_engine, sqlite_engine
+from opensupervisor.engines import UNREACHABLE, WAL, again_if_dropped, engine_url, postgres_engine, sqlite_engine
 from opensupervisor.errors import ConfigError, RunSuperseded, StoreUnavailable
 from opensupervisor.store.response_rows import (
     admit_queued,
@@ -50,9 +50,6 @@ POOL_SIZE = 8
 RUNNING = frozenset({"queued", "in_progress"})
 P = ParamSpec("P")
 T = TypeVar("T")
-# Errors of the connection rather than of a statement: the database is down, unreachable, refusing
-# connections, locked past the busy timeout, or every pooled connection is taken.
-UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 log = logging.getLogger(__name__)
 
 
@@ -87,7 +84,8 @@ class Store:
             self.engine = sqlite_engine(self.url, pragmas=(*WAL, "busy_timeout=10000"), pool_size=POOL_SIZE,
                                         max_overflow=POOL_SIZE)
         else:
-            self.engine = postgres_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True)
+            # No ping per checkout (~18 round trips a background run): ``run`` retries a dead connection.
+            self.engine = postgres_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
         # The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``.
         self.dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
@@ -95,7 +93,8 @@ class Store:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
         waits for it before the cancellation goes on, so nothing is half-recorded or lost."""
-        future = asyncio.get_running_loop().run_in_executor(self._threads, lambda: fn(*args, **kwargs))
+        call = functools.partial(again_if_dropped, fn, *args, **kwargs)
+        future = asyncio.get_running_loop().run_in_executor(self._threads, call)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -161,7 +160,7 @@ class Store:
                 conn.execute(insert(responses), [row])
                 if max_queued is not None:
                     admit_queued(conn, max_queued, postgresql=not self.is_sqlite)
-                self._insert(conn, rows, to_event_rows(response["id"], new_events))
+                self.insert_rows(conn, rows, to_event_rows(response["id"], new_events))
 
         await self.write(write)
 
@@ -176,8 +175,7 @@ class Store:
         meanwhile, cancelled or deleted, perhaps by another process: then its items and non-terminal
         events are still written, its status and terminal event are not, and the run must stop.
 
-        ``epoch`` (a background run's ownership, ``store.ownership``): when another process claimed
-        the run since, nothing is written and ``RunSuperseded`` is raised.
+        ``epoch`` (``store.ownership``): another process claimed the run since → ``RunSuperseded``.
         """
         rows = to_item_rows(response_id, "output", output)
         event_rows = to_event_rows(response_id, new_events)
@@ -186,7 +184,7 @@ class Store:
         def write() -> bool:
             with self.engine.begin() as conn:
                 if response is None and not guard and epoch is None:  # items of a run nobody else can stop
-                    self._insert(conn, rows, event_rows)
+                    self.insert_rows(conn, rows, event_rows)
                     return True
                 # The UPDATE comes first: it locks the row (PostgreSQL) or the database (SQLite), so a
                 # concurrent cancel is either wholly before this write or wholly after it.
@@ -205,7 +203,7 @@ class Store:
                         raise RunSuperseded(response_id)  # its new owner writes all this
                     if guard:
                         event_rows[:] = [r for r in event_rows if r["type"] not in TERMINAL_EVENTS]
-                self._insert(conn, rows, event_rows)
+                self.insert_rows(conn, rows, event_rows)
                 return bool(changed) or not guard
 
         return await self.write(write)
@@ -228,7 +226,7 @@ class Store:
                 response = dict(stored, status="cancelled", usage=stored.get("usage") or usage(0, 0))
                 conn.execute(update(responses).where(responses.c.id == response_id).values(response=dumps(response)))
                 if stored["status"] == "queued":
-                    self._insert(conn, [], ending_rows(conn, response_id, response))
+                    self.insert_rows(conn, [], ending_rows(conn, response_id, response))
                 return str(stored["status"])
 
         return await self.write(write)
@@ -259,7 +257,7 @@ class Store:
                     ending = terminal_event(dict(response, output=output), (last or 0) + 1)
                     conn.execute(update(responses).where(responses.c.id == row.id).values(
                         status="failed", response=dumps(response)))
-                    self._insert(conn, [], to_event_rows(row.id, [compact(ending, set(range(len(output))))]))
+                    self.insert_rows(conn, [], to_event_rows(row.id, [compact(ending, set(range(len(output))))]))
                 return len(rows)
 
         return await self.write(write)
@@ -300,7 +298,7 @@ class Store:
         if not self.is_sqlite:
             conn.execute(text("SET LOCAL synchronous_commit = off"))
 
-    def _insert(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
+    def insert_rows(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
         if item_rows:
             conn.execute(self.dialect_insert(items).on_conflict_do_nothing(), item_rows)
@@ -335,13 +333,14 @@ class Store:
     async def load_run(self, response_id: str) -> RunRecord | None:
         def read() -> RunRecord | None:
             with self.engine.connect() as conn:
+                last_sequence = select(func.max(events.c.sequence_number)).where(
+                    events.c.response_id == response_id).scalar_subquery()
                 row = conn.execute(select(responses.c.response, responses.c.request, responses.c.owner,
-                                          responses.c.stream, responses.c.options).where(
+                                          responses.c.stream, responses.c.options, last_sequence.label("last")).where(
                     responses.c.id == response_id)).first()
                 if row is None:
                     return None
-                last = conn.execute(select(func.max(events.c.sequence_number)).where(
-                    events.c.response_id == response_id)).scalar()
+                last = row.last
                 response = orjson.loads(row.response)
                 response["output"] = []
                 return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
