@@ -71,7 +71,9 @@ class Processes:
         (folder / "workspace.toml").write_text(text)
         self.env = {**os.environ, "OPENSUPERVISOR_CONFIG": str(folder / "workspace.toml"),
                     "OPENSUPERVISOR_DATABASE_URL": database_url, "OPENSUPERVISOR_SYSTEM_SCHEMA": schema,
-                    "OPENSUPERVISOR_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(HERE)}
+                    "OPENSUPERVISOR_ADMIN_TOKEN": TOKEN,
+                    # $PYTHONPATH may name another checkout's src/: its code is measured instead.
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def serve(self, *, runs_here: bool) -> str:

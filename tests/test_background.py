@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,8 @@ import openai
 import orjson
 import pytest
 
+from opensupervisor.core.events import Event
+from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.store import Store
 from tests.conftest import (
     MODEL,
@@ -250,3 +253,38 @@ def test_cancelling_a_run_in_another_process_logs_no_error(tmp_path: Path) -> No
     assert types.count("response.failed") == 1 and types[-1] == "response.failed"
     text = worker.log_path.read_text()
     assert "ERROR" not in text and "Traceback" not in text, text
+
+
+def test_a_follower_here_of_a_run_taken_over_elsewhere_reads_it_to_its_end(tmp_path: Path) -> None:
+    """A process taken for dead stops its copy of a run unrecorded; a client streaming it from that
+    process goes on with what the run's new owner writes to the stored log, up to its one ending."""
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        rid = "resp_handover_" + uuid.uuid4().hex
+        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
+                    "created_at": 1, "previous_response_id": None, "output": []}
+        opening = [Event({"type": "response.created", "sequence_number": 0, "response": response}),
+                   Event({"type": "response.in_progress", "sequence_number": 1, "response": response})]
+        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
+                           new_events=opening)
+
+        async def workflow_state(_: str) -> str | None:
+            return "PENDING"
+
+        runs = BackgroundRuns(store, workflow_state)
+        live = runs.adopt(rid)
+        for event in opening:
+            await live.publish(event)
+        follower = runs.follow(rid, -1)
+        assert [(await anext(follower)).sequence_number for _ in opening] == [0, 1]
+        live.shutting_down = True  # superseded: this copy stops without recording more
+        await live.close()
+        done = dict(response, status="completed")
+        assert await store.append(rid, output={}, response=done, guard=True, new_events=[
+            Event({"type": "response.completed", "sequence_number": 2, "response": done})])
+        rest = [event async for event in follower]
+        assert [(e.sequence_number, e.type) for e in rest] == [(2, "response.completed")]
+        await store.close()
+
+    asyncio.run(scenario())

@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from opensupervisor.core.events import Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
 from opensupervisor.store import Store
 from opensupervisor.store.executors import Executors
@@ -214,6 +214,31 @@ def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
         assert await second.claim_call(rid, epoch_b, "step:5") is True
         assert await store.cancel(rid, None) == "in_progress"
         assert await second.claim(rid) is None  # not running any more
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_run_cancelled_before_it_ever_ran_gets_one_ending(store_url: str) -> None:
+    """Accepted to start in this process (stored in progress) and cancelled before its task began: the
+    cancel writes no ending (a running run writes its own), so its workflow's start writes it, once."""
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        rid = "resp_unrun_" + uuid.uuid4().hex
+        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
+                    "created_at": 1, "previous_response_id": None, "output": []}
+        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
+                           new_events=[Event({"type": "response.created", "sequence_number": 0, "response": response}),
+                                       Event({"type": "response.in_progress", "sequence_number": 1,
+                                              "response": response})])
+        assert await store.cancel(rid, "u1") == "in_progress"
+        ownership = Ownership(store, "exec-" + rid)
+        assert await ownership.end_cancelled(rid) is True
+        assert await ownership.end_cancelled(rid) is False  # a second start of its workflow adds nothing
+        log = list(await store.events_after(rid, -1))
+        assert [e.sequence_number for e in log] == [0, 1, 2]
+        assert log[-1].type in TERMINAL_EVENTS and log[-1].data["response"]["status"] == "cancelled"
         await store.close()
 
     asyncio.run(scenario())

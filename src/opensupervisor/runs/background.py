@@ -115,7 +115,19 @@ class BackgroundRuns:
 
     def follow(self, response_id: str, after: int) -> AsyncGenerator[Event]:
         live = self.live.get(response_id)
-        return live.follow(after) if live is not None else self._follow_stored(response_id, after)
+        return self._follow_live(live, after) if live is not None else self._follow_stored(response_id, after)
+
+    async def _follow_live(self, live: LiveRun, after: int) -> AsyncGenerator[Event]:
+        """The run's live log here; when the run went to another process before its end (this one
+        was taken for dead), the rest of it from the stored log, which its new owner writes."""
+        async for event in live.follow(after):
+            after = event.sequence_number
+            yield event
+            if event.type in TERMINAL_EVENTS:
+                return
+        if live.shutting_down:
+            async for event in self._follow_stored(live.response_id, after):
+                yield event
 
     async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
         """Poll the stored log of a run in another process until its terminal event.

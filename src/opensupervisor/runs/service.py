@@ -178,8 +178,11 @@ class ResponseService:
         record = await self.store.load_run(response_id)
         if record is None:
             return False
+        if record.response["status"] == "cancelled":
+            await self.ownership.end_cancelled(response_id)  # when it was cancelled before it ever ran
+            return True
         if record.response["status"] not in ("queued", "in_progress"):
-            return True  # it ended (or was cancelled while queued); nothing left to do
+            return True  # it ended; nothing left to do
         # A run starting for the first time records its pickup with the claim: pollers see it leave
         # "queued" at once. The run replays that event (same response, same sequence number) and
         # skips writing it.

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, or_, select, update
 
-from opensupervisor.core.events import Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
-from opensupervisor.store.response_rows import dumps, to_event_rows, without_output
-from opensupervisor.store.schema import call_claims, executors, responses
+from opensupervisor.store.response_rows import dumps, ending_rows, to_event_rows, without_output
+from opensupervisor.store.schema import call_claims, events, executors, responses
 from opensupervisor.store.store import RUNNING, Store, now_ms
 
 
@@ -51,6 +52,27 @@ class Ownership:
 
         return await self.store.write(write)
 
+    async def end_cancelled(self, response_id: str) -> bool:
+        """Write the ending of a run cancelled before it ever ran (accepted to start in a process and
+        cancelled before its task began: nothing else would write it). The run is claimed in the same
+        transaction, so a copy still running somewhere cannot add a second. True when written."""
+        def write() -> bool:
+            with self.store.engine.begin() as conn:
+                row = conn.execute(update(responses).where(
+                    responses.c.id == response_id, responses.c.status == "cancelled").values(
+                        owner_epoch=responses.c.owner_epoch + 1, owner_executor=self.executor_id).returning(
+                            responses.c.response)).first()
+                if row is None:
+                    return False
+                last = conn.execute(select(events.c.event).where(events.c.response_id == response_id).order_by(
+                    events.c.sequence_number.desc()).limit(1)).scalar()
+                if last is not None and _event_type(last) in TERMINAL_EVENTS:
+                    return False
+                self.store.insert_rows(conn, [], ending_rows(conn, response_id, orjson.loads(row.response)))
+                return True
+
+        return await self.store.write(write)
+
     async def claim_call(self, response_id: str, epoch: int, call: str) -> bool:
         """Claim a hosted call before running it. Raises ``RunSuperseded`` when the run is no longer
         this process's; False when another live process claimed the call (it may be running it)."""
@@ -78,3 +100,8 @@ class Ownership:
                 heartbeat_at=now_ms())).rowcount
         if not fenced:
             raise RunSuperseded(response_id)
+
+
+def _event_type(stored: str) -> str:
+    body = orjson.loads(stored)  # an event as sent, or its compact form (``core.eventlog``)
+    return str(body.get("type") or body["event"]["type"])
