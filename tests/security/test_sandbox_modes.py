@@ -5,6 +5,8 @@ pools and the limits), and gone with a server that is killed mid-call."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -98,7 +100,8 @@ def test_registering_a_python_function_without_the_sandbox_is_a_400(tmp_path: Pa
         assert "bubblewrap" in error["message"] and 'isolation = "processes-only"' in error["message"]
 
 
-def test_a_killed_server_takes_its_sandboxes_along(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["namespaces", "processes-only"])
+def test_a_killed_server_takes_its_sandboxes_along(tmp_path: Path, isolation: str) -> None:
     (tmp_path / "fns.py").write_text(FUNCTIONS, encoding="utf-8")
     listener = Listener()
     upstream = HostileUpstream()
@@ -106,7 +109,8 @@ def test_a_killed_server_takes_its_sandboxes_along(tmp_path: Path) -> None:
     try:
         with ASGIThread(upstream) as upstream_url:
             config = tmp_path / "workspace.toml"
-            body = declare(("hold",), "network = true\n").replace("timeout_s = 2", "timeout_s = 60")
+            body = f'[sandbox]\nisolation = "{isolation}"\n\n' + \
+                declare(("hold",), "network = true\n").replace("timeout_s = 2", "timeout_s = 60")
             config.write_text(workspace_text(upstream_url, body), encoding="utf-8")
             server = ProcessServer(tmp_path, config=config, database_url=f"sqlite:///{tmp_path}/state.db")
             with server as running:
@@ -124,6 +128,8 @@ def test_a_killed_server_takes_its_sandboxes_along(tmp_path: Path) -> None:
                 call.join(timeout=30)
     finally:
         listener.close()
+        for pid in marked(marker):  # only on failure: leave nothing running behind the test
+            os.kill(pid, signal.SIGKILL)
 
 
 def _children(pid: int) -> list[int]:

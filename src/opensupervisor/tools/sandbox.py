@@ -8,7 +8,8 @@ Calls and answers travel on a private pipe pair, never on the worker's standard 
 of bounded size; each answer carries the random id of its call. A worker whose answer is late,
 malformed, oversize or for another call, that dies, or that says it could not clean up after its
 call, is killed with everything it started (its PID namespace) and replaced; the call gets a clear
-error. The server never runs function code itself.
+error. The server never runs function code itself. A worker, and whatever its function started,
+dies with the server process, even one killed with SIGKILL (see ``_popen``).
 """
 
 from __future__ import annotations
@@ -324,7 +325,10 @@ class Sandbox:
 
 def _popen(argv: list[str], pass_fds: tuple[int, ...], cwd: str) -> subprocess.Popen[bytes]:
     """Start a worker from the event loop's thread, on purpose: that thread lives as long as the
-    server, and bubblewrap's ``--die-with-parent`` follows the thread that started it."""
+    server, and the kernel's parent-death signal (bubblewrap's ``--die-with-parent``, the plain
+    worker's own ``PR_SET_PDEATHSIG``) follows the thread that started the child, not its process.
+    From a thread that ends first (``asyncio.to_thread``'s pool) a worker would die mid-call; and no
+    ``preexec_fn``, which is not safe in a process with threads."""
     return subprocess.Popen(argv, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={}, cwd=cwd, start_new_session=True)
 

@@ -4,10 +4,11 @@
 the function is declared ``network = true``) network namespaces, its own ``/proc``, a minimal
 ``/dev``, an empty root with read-only binds of just the Python installation and the system
 libraries, a size-limited tmpfs scratch at ``/tmp``, a cleared environment, no capabilities, a new
-session, the seccomp program of ``sandbox_seccomp``, and death with its parent. A server running as
-root gives each worker its own unprivileged uid (and so its own process count) from a high range;
+session, the seccomp program of ``sandbox_seccomp``, and death with its parent (``--die-with-parent``:
+bubblewrap dies with the server, and everything in the PID namespace with its init). A server running
+as root gives each worker its own unprivileged uid (and so its own process count) from a high range;
 any other server adds a user namespace. ``processes-only`` is a plain subprocess with the same
-limits, no isolation, chosen by name.
+limits, no isolation, chosen by name; it is told the server's pid, to die with it too.
 
 Before Python functions are offered, ``probe`` starts one sandbox and checks from inside that the
 boundary holds; when it does not, Python functions are refused with a ``ConfigError`` saying what
@@ -87,7 +88,8 @@ class Launcher:
         worker = [sys.executable, "-I", "-B"]
         ends = (str(requests), str(answers))
         if not self.namespaced:
-            return Launch([*worker, str(WORKER), *ends], (requests, answers), (), None)
+            # The worker checks that this process is still its parent once it is set to die with it.
+            return Launch([*worker, str(WORKER), *ends, str(os.getpid())], (requests, answers), (), None)
         assert self.bwrap is not None
         code = _memfd("worker", WORKER.read_bytes())
         seccomp = _memfd("seccomp", sandbox_seccomp.program(network))

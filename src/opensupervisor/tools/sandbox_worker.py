@@ -1,7 +1,8 @@
 """The program a sandbox worker runs: one Python function, called again and again over a private pipe.
 
-Started by ``tools.sandbox`` as ``python -I worker.py <request fd> <answer fd>`` (under bubblewrap,
-or as a plain subprocess in the weaker ``processes-only`` mode). It imports nothing of the server.
+Started by ``tools.sandbox`` as ``python -I worker.py <request fd> <answer fd> [<server pid>]`` (under
+bubblewrap, or as a plain subprocess in the weaker ``processes-only`` mode, which passes the server's
+pid). It imports nothing of the server.
 Frames on both pipes are ``OSB1`` + a 4-byte big-endian length + JSON. The first request sets the
 worker up: the function's source code and name, the limits, and (under a root server) the
 unprivileged uid to switch to; every later one is a call, ``{"id", "arguments"}``, answered with
@@ -12,6 +13,12 @@ Before it loads the function the worker makes itself small: standard input, outp
 resource limits are set, root is dropped. After each call, and before its answer, every other
 process of the sandbox is killed and the scratch directory emptied; a worker that could not clean
 up, or that a function left a thread in, says so and the server retires it.
+
+A worker dies with its server. Before it reads anything it asks the kernel to kill it when its parent
+dies, then checks that its parent is still the server (which may have died before it asked); a
+worker whose parent is gone exits without reading a request, and one whose request pipe ends
+(the server is gone) exits too. Under bubblewrap the PID namespace takes the function's own
+processes along; in the ``processes-only`` mode a guard process does that (``guard_the_session``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import linecache
 import os
 import resource
+import select
 import shutil
 import signal
 import struct
@@ -30,7 +38,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 MAGIC = b"OSB1"
 HEADER = struct.Struct(">4sI")
@@ -78,7 +86,57 @@ def silence_stdio() -> None:
     os.close(null)
 
 
-def restrict(setup: dict[str, Any]) -> None:
+def die_with_parent(parent: int | None) -> None:
+    """Be killed with our parent; exit at once if ``parent`` is given and is no longer our parent.
+
+    The signal is armed first and the parent checked after: a parent that died before the signal
+    was armed has already left us with another one, and one that dies later sends the signal."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(1)  # without it the promise to die with the server cannot be kept
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)
+
+
+def guard_the_session(requests: int, answers: int) -> int:
+    """Start the guard of a ``processes-only`` worker, and return its pid: once the worker is gone,
+    however it died, the guard kills every process left in the worker's session, then exits. The
+    kernel's parent-death signal reaches the worker only, not what its function started, and there
+    is no PID namespace here to take those along."""
+    worker = os.pidfd_open(os.getpid())
+    pid_read, pid_write = os.pipe()
+    middle = os.fork()
+    if not middle:
+        # Forked twice, so the guard is no child of the worker: a function that waits for all its
+        # children does not wait for it.
+        guard = os.fork()
+        if not guard:
+            _guard(worker, (requests, answers, pid_read, pid_write))
+        os.write(pid_write, guard.to_bytes(4, "big"))
+        os._exit(0)
+    os.waitpid(middle, 0)
+    guard = int.from_bytes(os.read(pid_read, 4), "big")
+    for fd in (worker, pid_read, pid_write):
+        os.close(fd)
+    return guard
+
+
+def _guard(worker: int, pipes: tuple[int, ...]) -> NoReturn:
+    try:
+        # Its own process group: the server's kill of the worker's group leaves the guard to clean up
+        # behind it. No pipe ends: the server must see a dead worker's answers end.
+        os.setpgid(0, 0)
+        for fd in pipes:
+            os.close(fd)
+        gone = select.poll()
+        gone.register(worker, select.POLLIN)
+        gone.poll()
+        kill_the_rest(namespaced=False)
+    finally:
+        os._exit(0)
+
+
+def restrict(setup: dict[str, Any], parent: int | None) -> None:
     """Limits, then (a root server's worker) the switch to its own unprivileged uid."""
     limits = setup["limits"]
     memory = limits["memory_mb"] * 1024 * 1024
@@ -89,9 +147,6 @@ def restrict(setup: dict[str, Any]) -> None:
         values.append((resource.RLIMIT_NPROC, limits["max_processes"]))
     for which, value in values:
         resource.setrlimit(which, (value, value))
-    # A parent that dies without killing us takes us along (bubblewrap does this for its own tree).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     uid = setup.get("uid")
     if uid is not None:
         os.setgroups([])
@@ -101,6 +156,7 @@ def restrict(setup: dict[str, Any]) -> None:
             caps = [line.split()[1] for line in status if line.startswith(("CapEff", "CapPrm"))]
         if os.getuid() != uid or any(int(c, 16) for c in caps):
             raise PermissionError("could not drop privileges")
+        die_with_parent(parent)  # the kernel clears the parent-death signal when the uid changes
 
 
 def load(source: str, filename: str, function: str) -> Any:
@@ -130,12 +186,12 @@ def _error(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS] + where
 
 
-def kill_the_rest(namespaced: bool) -> bool:
-    """Kill every other process of the sandbox; whether none is left."""
+def kill_the_rest(namespaced: bool, spare: int | None = None) -> bool:
+    """Kill every other process of the sandbox but ``spare`` (the guard); whether none is left."""
     me = os.getpid()
     deadline = time.monotonic() + 2.0
     while True:
-        others = _others(me, namespaced)
+        others = [pid for pid in _others(me, namespaced) if pid != spare]
         if not others:
             return True
         if namespaced:
@@ -193,7 +249,7 @@ def call(function: Any, request: dict[str, Any], max_chars: int) -> dict[str, An
     return {"ok": text[:max_chars], "chars": len(text)}
 
 
-def serve(requests: int, answers: int, setup: dict[str, Any]) -> None:
+def serve(requests: int, answers: int, setup: dict[str, Any], parent: int | None, guard: int | None) -> None:
     namespaced = bool(setup["namespaced"])
     scratch = setup.get("scratch")
     if scratch:
@@ -205,9 +261,11 @@ def serve(requests: int, answers: int, setup: dict[str, Any]) -> None:
         function, problem = None, _error(exc)
     write_frame(answers, {"id": "ready"})
     while (request := read_frame(requests)) is not None:
+        if parent is not None and os.getppid() != parent:
+            return  # the server is gone (a request it sent before it died): never start a call for nobody
         answer: dict[str, Any] = {"error": f"the function could not be loaded: {problem}"} if function is None \
             else call(function, request, setup["max_chars"])
-        clean = kill_the_rest(namespaced)
+        clean = kill_the_rest(namespaced, spare=guard)
         threads = threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1
         if scratch and scratch != "/":
             with contextlib.suppress(OSError):
@@ -218,15 +276,18 @@ def serve(requests: int, answers: int, setup: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    parent = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    die_with_parent(parent)  # first of all, before a request is read
     requests, answers = int(sys.argv[1]), int(sys.argv[2])
     for fd in (requests, answers):  # children (and what they run) get neither pipe
         os.set_inheritable(fd, False)
     silence_stdio()
     setup = read_frame(requests)
     if setup is None:
-        return
-    restrict(setup)
-    serve(requests, answers, setup)
+        return  # the server is gone before it set us up
+    guard = None if setup["namespaced"] else guard_the_session(requests, answers)
+    restrict(setup, parent)
+    serve(requests, answers, setup, parent, guard)
 
 
 if __name__ == "__main__":
