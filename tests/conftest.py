@@ -261,6 +261,12 @@ class ProcessWorker:
         self.proc.kill()
         self.proc.wait(timeout=15)
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the worker says it takes runs."""
+        wait_until(lambda: b"Worker ready" in self.log_path.read_bytes() or self.proc.poll() is not None,
+                   timeout=timeout, what="the worker to be ready")
+        assert self.proc.poll() is None, self.log_path.read_text()
+
 
 @pytest.fixture(scope="session")
 def process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

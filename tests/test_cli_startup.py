@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import ProcessWorker
+
 HEAVY = ("sqlalchemy", "alembic", "dbos", "llama_cpp", "rich", "pydantic", "opensupervisor.store.store",
          "opensupervisor.runtime", "opensupervisor.server.app", "opensupervisor.workspace", "cryptography")
 # What a worker must not load before a run needs it: none of these is on the way to running a
@@ -112,3 +114,12 @@ def test_declaring_optional_tools_and_models_loads_none_of_their_parts(tmp_path:
     loaded = _loaded_after(WORKER, _worker_env(tmp_path, DECLARED))
     assert "opensupervisor.models.embedded" in loaded and "opensupervisor.tools.mcp_client" in loaded
     assert _among(loaded, OPTIONAL) == set()
+
+
+def test_a_worker_says_when_it_takes_runs(tmp_path: Path) -> None:
+    """``opensupervisor worker`` prints its ready line once it can take runs, and stops on SIGTERM."""
+    config = tmp_path / "workspace.toml"
+    config.write_text('name = "ready"\n\n[models.m]\nprovider = "scripted"\n')
+    with ProcessWorker(tmp_path, config=config, database_url=f"sqlite:///{tmp_path}/state.db") as worker:
+        worker.wait_ready()
+        assert "Worker ready: taking background runs" in worker.log_path.read_text()

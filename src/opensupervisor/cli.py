@@ -129,6 +129,8 @@ def worker(config: str | None, concurrency: int | None, log_level: str) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with running(settings, workspace):
+            # Printed once the store is migrated, the tools built and the queue polled: ready for runs.
+            console().print(f"Worker ready: taking background runs, {settings.worker_concurrency} at a time")
             await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):
