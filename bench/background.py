@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import sqlite3
@@ -165,13 +166,23 @@ async def throughput(url: str, runs: int, database_url: str) -> float:
                 ids.append((await resp.json())["id"])
 
         await asyncio.gather(*(create() for _ in range(runs)))
-    with psycopg.connect(database_url) as conn:
-        while True:
-            done = conn.execute("SELECT count(*) FROM os_responses WHERE id = ANY(%s) AND status = 'completed'",
-                                (ids,)).fetchone()
-            if done is not None and done[0] == runs:
-                return runs / (time.perf_counter() - started)
-            await asyncio.sleep(0.02)
+    while True:
+        if _completed(database_url, ids) >= runs:
+            return runs / (time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+
+
+def _completed(database_url: str, ids: list[str]) -> int:
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as lite:
+            marks = ",".join("?" * len(ids))
+            row = lite.execute(f"SELECT count(*) FROM os_responses WHERE id IN ({marks}) AND status = 'completed'",
+                               ids).fetchone()
+    else:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM os_responses WHERE id = ANY(%s) AND status = 'completed'",
+                               (ids,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -195,6 +206,7 @@ def main() -> None:
             pickups(args, Path(tmp), schema, stack)
         if args.only != "pickup":
             throughputs(args, Path(tmp), schema, stack)
+            sqlite_throughput(args, Path(tmp), stack)
 
 
 def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
@@ -243,6 +255,19 @@ def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitSta
               f"CPU per run: server {spent['server']:.1f} ms, workers {spent['workers']:.1f} ms, "
               f"PostgreSQL {spent['postgres']:.1f} ms, total {sum(spent.values()):.1f} ms")
         procs.stop()
+
+
+def sqlite_throughput(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
+    """One server on SQLite (the default) running every run itself: its CPU is the whole cost."""
+    procs = Processes(tmp, f"sqlite:///{tmp}/throughput.db", "dbos", poll_interval_s=args.poll)
+    stack.callback(procs.stop)
+    url = procs.serve(runs_here=True)
+    before = cpu_ticks(procs.procs)["server"]
+    rate = asyncio.run(throughput(url, args.runs, procs.database_url))
+    spent = (cpu_ticks(procs.procs)["server"] - before) / os.sysconf("SC_CLK_TCK") * 1000 / args.runs
+    print(f"throughput on SQLite ({args.runs} runs, 16 clients, one server running them): {rate:7.1f} runs/s; "
+          f"CPU per run {spent:.1f} ms")
+    procs.stop()
 
 
 def cpu_ticks(procs: list[subprocess.Popen[bytes]]) -> dict[str, int]:
