@@ -21,6 +21,7 @@ import pytest
 from opensupervisor.core.events import Event
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.store import Store
+from opensupervisor.store.ownership import Ownership
 from tests.conftest import (
     MODEL,
     WORKSPACE,
@@ -285,6 +286,40 @@ def test_a_follower_here_of_a_run_taken_over_elsewhere_reads_it_to_its_end(tmp_p
             Event({"type": "response.completed", "sequence_number": 2, "response": done})])
         rest = [event async for event in follower]
         assert [(e.sequence_number, e.type) for e in rest] == [(2, "response.completed")]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_creator_of_a_run_cancelled_before_its_task_began_sees_its_ending(tmp_path: Path) -> None:
+    """A run adopted here (its creator follows its live log) and cancelled before its task began
+    never runs here: its creator's stream ends with the ending the workflow's start wrote."""
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        rid = "resp_unrun_" + uuid.uuid4().hex
+        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
+                    "created_at": 1, "previous_response_id": None, "output": []}
+        opening = [Event({"type": "response.created", "sequence_number": 0, "response": response}),
+                   Event({"type": "response.in_progress", "sequence_number": 1, "response": response})]
+        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
+                           new_events=opening)
+
+        async def workflow_state(_: str) -> str | None:
+            return "SUCCESS"
+
+        runs = BackgroundRuns(store, workflow_state)
+        live = runs.adopt(rid)
+        for event in opening:
+            await live.publish(event)
+        follower = runs.follow(rid, -1)
+        assert [(await anext(follower)).sequence_number for _ in opening] == [0, 1]
+        assert await store.cancel(rid, "u1") == "in_progress"
+        assert await Ownership(store, "exec-" + rid).end_cancelled(rid)
+        await runs.release(rid)
+        rest = [event async for event in follower]
+        assert [e.sequence_number for e in rest] == [2] and rest[0].data["response"]["status"] == "cancelled"
+        assert rid not in runs.live
         await store.close()
 
     asyncio.run(scenario())

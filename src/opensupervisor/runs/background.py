@@ -117,6 +117,15 @@ class BackgroundRuns:
         live = self.live.get(response_id)
         return self._follow_live(live, after) if live is not None else self._follow_stored(response_id, after)
 
+    async def release(self, response_id: str) -> None:
+        """A run adopted here that will not run here after all (it was cancelled before its task
+        began): its followers read the rest, its ending included, from the stored log."""
+        live = self.live.get(response_id)
+        if live is not None and live.task is None:
+            del self.live[response_id]
+            live.shutting_down = True
+            await live.close()
+
     async def _follow_live(self, live: LiveRun, after: int) -> AsyncGenerator[Event]:
         """The run's live log here; when the run went to another process before its end (this one
         was taken for dead), the rest of it from the stored log, which its new owner writes."""

@@ -180,6 +180,7 @@ class ResponseService:
             return False
         if record.response["status"] == "cancelled":
             await self.ownership.end_cancelled(response_id)  # when it was cancelled before it ever ran
+            await self.background.release(response_id)
             return True
         if record.response["status"] not in ("queued", "in_progress"):
             return True  # it ended; nothing left to do
