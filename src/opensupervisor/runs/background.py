@@ -118,8 +118,8 @@ class BackgroundRuns:
         return self._follow_live(live, after) if live is not None else self._follow_stored(response_id, after)
 
     async def release(self, response_id: str) -> None:
-        """A run adopted here that will not run here after all (it was cancelled before its task
-        began): its followers read the rest, its ending included, from the stored log."""
+        """A run adopted here that will not run here after all (cancelled before its task began, or
+        this process stops first): its followers read the rest, its ending included, from the stored log."""
         live = self.live.get(response_id)
         if live is not None and live.task is None:
             del self.live[response_id]
@@ -176,10 +176,10 @@ class BackgroundRuns:
         """Stop the runs of this process without recording an end: another process (or this one,
         restarted) recovers them from their last step."""
         for live in list(self.live.values()):
-            live.shutting_down = True
             if live.task is None:  # adopted, not started: its workflow starts elsewhere
-                await live.close()
+                await self.release(live.response_id)
                 continue
+            live.shutting_down = True
             self.cancel(live)
             await self.wait(live)
 

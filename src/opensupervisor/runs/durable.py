@@ -239,7 +239,8 @@ class DurableEngine:
             dbos_config["system_database_engine"] = _sqlite_engine(config.system_database_url)
         else:
             # No ping before each checkout (DBOS's default; four per step): DBOS retries an operation
-            # whose connection turned out dead until the database answers again.
+            # whose connection turned out dead until the database answers again. Given connect_args
+            # replace DBOS's own, so its application name is kept here.
             connect_args = {"application_name": "dbos_transact"}
             if not config.synchronous_commit:
                 connect_args["options"] = "-c synchronous_commit=off"
