@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.conftest import (
     require_postgres,
     wait_until,
 )
+from tests.test_store import stored_background
 from tests.toolkinds import ledger
 
 CALC: Any = {"type": "test_calculator"}
@@ -256,29 +256,32 @@ def test_cancelling_a_run_in_another_process_logs_no_error(tmp_path: Path) -> No
     assert "ERROR" not in text and "Traceback" not in text, text
 
 
+async def _followed_here(store: Store, *, workflow: str) -> tuple[BackgroundRuns, AsyncGenerator[Event], str]:
+    """A run in progress adopted by this process, and a follower that has read its opening events
+    from the live log. ``workflow`` is what its DBOS status reads."""
+    _, response, opening = await stored_background(store, "in_progress")
+
+    async def workflow_state(_: str) -> str | None:
+        return workflow
+
+    runs = BackgroundRuns(store, workflow_state)
+    live = runs.adopt(response["id"])
+    for event in opening:
+        await live.publish(event)
+    follower = runs.follow(response["id"], -1)
+    assert [(await anext(follower)).sequence_number for _ in opening] == [0, 1]
+    return runs, follower, response["id"]
+
+
 def test_a_follower_here_of_a_run_taken_over_elsewhere_reads_it_to_its_end(tmp_path: Path) -> None:
     """A process taken for dead stops its copy of a run unrecorded; a client streaming it from that
     process goes on with what the run's new owner writes to the stored log, up to its one ending."""
     async def scenario() -> None:
         store = Store(f"sqlite:///{tmp_path}/state.db")
         await store.migrate()
-        rid = "resp_handover_" + uuid.uuid4().hex
-        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
-                    "created_at": 1, "previous_response_id": None, "output": []}
-        opening = [Event({"type": "response.created", "sequence_number": 0, "response": response}),
-                   Event({"type": "response.in_progress", "sequence_number": 1, "response": response})]
-        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
-                           new_events=opening)
-
-        async def workflow_state(_: str) -> str | None:
-            return "PENDING"
-
-        runs = BackgroundRuns(store, workflow_state)
-        live = runs.adopt(rid)
-        for event in opening:
-            await live.publish(event)
-        follower = runs.follow(rid, -1)
-        assert [(await anext(follower)).sequence_number for _ in opening] == [0, 1]
+        runs, follower, rid = await _followed_here(store, workflow="PENDING")
+        live, response = runs.live[rid], await store.get(rid, None)
+        assert response is not None
         live.shutting_down = True  # superseded: this copy stops without recording more
         await live.close()
         done = dict(response, status="completed")
@@ -297,23 +300,7 @@ def test_the_creator_of_a_run_cancelled_before_its_task_began_sees_its_ending(tm
     async def scenario() -> None:
         store = Store(f"sqlite:///{tmp_path}/state.db")
         await store.migrate()
-        rid = "resp_unrun_" + uuid.uuid4().hex
-        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
-                    "created_at": 1, "previous_response_id": None, "output": []}
-        opening = [Event({"type": "response.created", "sequence_number": 0, "response": response}),
-                   Event({"type": "response.in_progress", "sequence_number": 1, "response": response})]
-        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
-                           new_events=opening)
-
-        async def workflow_state(_: str) -> str | None:
-            return "SUCCESS"
-
-        runs = BackgroundRuns(store, workflow_state)
-        live = runs.adopt(rid)
-        for event in opening:
-            await live.publish(event)
-        follower = runs.follow(rid, -1)
-        assert [(await anext(follower)).sequence_number for _ in opening] == [0, 1]
+        runs, follower, rid = await _followed_here(store, workflow="SUCCESS")
         assert await store.cancel(rid, "u1") == "in_progress"
         assert await Ownership(store, "exec-" + rid).end_cancelled(rid)
         await runs.release(rid)

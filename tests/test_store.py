@@ -179,18 +179,27 @@ def test_quiet_runs_are_found_and_can_be_failed(store_url: str) -> None:
     asyncio.run(scenario())
 
 
+async def stored_background(store: Store, status: str) -> tuple[str, dict[str, Any], list[Event]]:
+    """A background response stored as its run leaves it: ``queued`` with its ``response.created``,
+    or ``in_progress`` with ``response.in_progress`` too. Its id, response and opening events."""
+    rid = f"resp_{status}_" + uuid.uuid4().hex
+    response = {"id": rid, "object": "response", "status": status, "background": True,
+                "created_at": 1, "previous_response_id": None, "output": []}
+    opening = [Event({"type": "response.created", "sequence_number": 0, "response": response})]
+    if status == "in_progress":
+        opening.append(Event({"type": "response.in_progress", "sequence_number": 1, "response": response}))
+    await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
+                       new_events=opening)
+    return rid, response, opening
+
+
 def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
     """Each claim of a run raises its epoch; the older owner's call claims are refused, and a call
     claimed by a live process is not claimed again by another, unless its claimer died."""
     async def scenario() -> None:
         store = Store(store_url)
         await store.migrate()
-        rid = "resp_own_" + uuid.uuid4().hex
-        response = {"id": rid, "object": "response", "status": "queued", "background": True,
-                    "created_at": 1, "previous_response_id": None, "output": []}
-        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
-                           new_events=[Event({"type": "response.created", "sequence_number": 0,
-                                              "response": response})])
+        rid, response, _ = await stored_background(store, "queued")
         executors = Executors(store, "pool-" + rid)
         first, second = Ownership(store, "exec-a-" + rid), Ownership(store, "exec-b-" + rid)
         for owner in (first, second):
@@ -225,13 +234,7 @@ def test_a_run_cancelled_before_it_ever_ran_gets_one_ending(store_url: str) -> N
     async def scenario() -> None:
         store = Store(store_url)
         await store.migrate()
-        rid = "resp_unrun_" + uuid.uuid4().hex
-        response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
-                    "created_at": 1, "previous_response_id": None, "output": []}
-        await store.create(response, owner="u1", request={"model": "m"}, stream=True, input_items=[], output=[],
-                           new_events=[Event({"type": "response.created", "sequence_number": 0, "response": response}),
-                                       Event({"type": "response.in_progress", "sequence_number": 1,
-                                              "response": response})])
+        rid, _, _ = await stored_background(store, "in_progress")
         assert await store.cancel(rid, "u1") == "in_progress"
         ownership = Ownership(store, "exec-" + rid)
         assert await ownership.end_cancelled(rid) is True
