@@ -111,6 +111,10 @@ class _Worker:
         self.writer.close()
         self.incoming.close()
         await _exited(self.proc)
+        if self.init is not None:
+            # Killing bubblewrap does not wait for the namespace: its init, reparented, is still
+            # killing the rest. The init ends only once every process of its namespace is gone.
+            await _pidfd_readable(self.init)
         for fd in (self.init, self.uid_lock):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -123,16 +127,23 @@ class _Worker:
 async def _exited(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        await _pidfd_readable(pidfd)
+    finally:
+        os.close(pidfd)
+        proc.wait()
+
+
+async def _pidfd_readable(pidfd: int) -> None:
+    """Returns once the process of ``pidfd`` has exited (a pidfd polls readable then)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    pidfd = os.pidfd_open(proc.pid)
     loop.add_reader(pidfd, lambda: None if done.done() else done.set_result(None))
     try:
         await done
     finally:
         loop.remove_reader(pidfd)
-        os.close(pidfd)
-        proc.wait()
 
 
 class _Pool:
