@@ -273,3 +273,11 @@ def process_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     """The demo workspace served by a real ``opensupervisor serve`` process."""
     with ProcessServer(tmp_path_factory.mktemp("serve")) as srv:
         yield srv
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A fresh store's URL on each engine."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return require_postgres()

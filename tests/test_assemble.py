@@ -16,6 +16,7 @@ from opensupervisor.identity import Principal
 from opensupervisor.identity.limits import Ticket
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
+from opensupervisor.runs.checkpoints import Codec
 from opensupervisor.runs.durable import DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.plan import RunPlan, restored, stored_options
 from opensupervisor.store import Store
@@ -79,7 +80,7 @@ async def _nothing() -> list[Any]:
     return []
 
 
-async def _steps(name: str, fn: Callable[[], Awaitable[T]]) -> T:
+async def _steps(name: str, fn: Callable[[], Awaitable[T]], codec: Codec[T], *, effect: bool = False) -> T:
     return await fn()
 
 

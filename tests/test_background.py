@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ import pytest
 
 from opensupervisor.core.events import Event
 from opensupervisor.runs.background import BackgroundRuns
+from opensupervisor.runs.maintenance import OTHER_RELEASE
 from opensupervisor.store import Store
 from opensupervisor.store.ownership import Ownership
 from tests.conftest import (
@@ -310,3 +312,27 @@ def test_the_creator_of_a_run_cancelled_before_its_task_began_sees_its_ending(tm
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_reconciliation_queues_a_run_that_lost_its_workflow_and_fails_one_of_another_release(tmp_path: Path) -> None:
+    """A stored run with no workflow (its server died between the two writes) runs; one whose workflow
+    another release started fails with why, instead of waiting forever. Found a page at a time."""
+    config = workspace_with(tmp_path, "executor_timeout_s = 0.5")
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    with ProcessServer(tmp_path, config=config, database_url=database_url,
+                       env={"OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as srv:
+        client = srv.client()
+        lost, old = (client.responses.create(model=MODEL, input="background tools", tools=[CALC],
+                                             background=True).id for _ in range(2))
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.dbos.db")) as db, db:
+        db.execute("DELETE FROM workflow_status WHERE workflow_uuid = ?", (lost,))
+        db.execute("UPDATE workflow_status SET application_version = 'opensupervisor-0.0.1' WHERE workflow_uuid = ?",
+                   (old,))
+    with ProcessServer(tmp_path, config=config, database_url=database_url, log_name="again.log") as srv:
+        client = srv.client()
+        wait_until(lambda: client.responses.retrieve(lost).status == "completed", timeout=30,
+                   what="the run with no workflow to be queued again and run")
+        wait_until(lambda: client.responses.retrieve(old).status == "failed", timeout=30,
+                   what="the run of another release to fail")
+        error = client.responses.retrieve(old).error
+        assert error is not None and error.message == OTHER_RELEASE

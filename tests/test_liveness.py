@@ -18,7 +18,7 @@ TIMEOUT_S = 2.0
 
 
 class FakeEngine:
-    """The durable engine as housekeeping sees it; ``state`` blocks the loop as a slow lookup could."""
+    """The durable engine as housekeeping sees it; ``states`` blocks the loop as a slow lookup could."""
 
     pool = "pool"
     host = "here"
@@ -29,15 +29,17 @@ class FakeEngine:
         self.lookup_s = lookup_s
         self.recovered: list[str] = []
         self.looked_up = 0
+        self.queries = 0
 
     async def recover(self, executor_id: str) -> int:
         self.recovered.append(executor_id)
         return 0
 
-    async def state(self, response_id: str) -> str | None:
+    async def states(self, response_ids: list[str]) -> dict[str, str]:
         time.sleep(self.lookup_s)  # noqa: ASYNC251 - on purpose: nothing else on the loop runs meanwhile
-        self.looked_up += 1
-        return "ENQUEUED"
+        self.looked_up += len(response_ids)
+        self.queries += 1
+        return dict.fromkeys(response_ids, "ENQUEUED")
 
     async def start(self, response_id: str, *, here: bool) -> None:
         raise AssertionError("every run has a workflow here")
@@ -89,7 +91,7 @@ def test_a_process_starting_with_a_backlog_beats_at_once_and_reconciles_in_the_b
             for i in range(200)]
         with store.engine.begin() as conn:
             conn.execute(insert(responses), rows)
-        engine = FakeEngine("starting", os.getpid(), lookup_s=0.02)  # 200 lookups: 4 s with the loop held
+        engine = FakeEngine("starting", os.getpid(), lookup_s=2.0)  # 2 pages: 4 s with the loop held
         maintenance = _maintenance(store, engine)
         started = time.monotonic()
         await maintenance.start()
@@ -99,7 +101,8 @@ def test_a_process_starting_with_a_backlog_beats_at_once_and_reconciles_in_the_b
             deadline = time.monotonic() + 20
             while engine.looked_up < 200 and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, polled
                 await asyncio.sleep(0.05)
-            assert engine.looked_up == 200, "the whole backlog is reconciled, a page at a time"
+            assert engine.looked_up == 200, "the whole backlog is reconciled"
+            assert engine.queries == 2, "one lookup a page, not one a run"
             beat = _heartbeat_at(store, "starting")
             assert beat is not None and time.time() * 1000 - beat < 1500, "it beat while reconciling"
         finally:

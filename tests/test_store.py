@@ -9,13 +9,15 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from sqlalchemy import select
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
 from opensupervisor.store import Store
 from opensupervisor.store.executors import Executors
-from opensupervisor.store.ownership import Ownership
-from tests.conftest import MODEL, Server, require_postgres, wait_until
+from opensupervisor.store.ownership import Ownership, StepRow, forget_steps
+from opensupervisor.store.schema import run_steps
+from tests.conftest import MODEL, Server, wait_until
 
 CALC: Any = {"type": "test_calculator"}
 
@@ -66,13 +68,6 @@ def test_delete_removes_items_and_events(any_server: Server) -> None:
     client.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.input_items.list(created.id)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/store.db"
-    return require_postgres()
 
 
 def test_store_writes_in_batches_and_reads_back(store_url: str) -> None:
@@ -205,24 +200,58 @@ def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
         for owner in (first, second):
             await executors.register(owner.executor_id, "host", 1)
         in_progress = {**response, "status": "in_progress"}
-        epoch_a = await first.claim(rid, picked_up=Event({"type": "response.in_progress", "sequence_number": 1,
+        claim_a = await first.claim(rid, picked_up=Event({"type": "response.in_progress", "sequence_number": 1,
                                                           "response": in_progress}))
-        assert epoch_a is not None
+        assert claim_a is not None and claim_a.last_sequence == 1 and claim_a.steps == {}
+        epoch_a = claim_a.epoch
         stored = await store.get(rid, None)
         assert stored is not None and stored["status"] == "in_progress"
         assert [e.sequence_number for e in await store.events_after(rid, -1)] == [0, 1]
-        assert await first.claim_call(rid, epoch_a, "step:3") is True
-        assert await first.claim_call(rid, epoch_a, "step:3") is True  # its own claim, again (a retried write)
-        epoch_b = await second.claim(rid)
-        assert epoch_b == epoch_a + 1
-        with pytest.raises(RunSuperseded):
-            await first.claim_call(rid, epoch_a, "step:5")
-        assert await second.claim_call(rid, epoch_b, "step:3") is False  # its live claimer may be running it
+        await first.record_step(rid, epoch_a, 1, "model", '{"events": []}')
+        assert await first.claim_call(rid, epoch_a, 2, "tool:add") is True
+        assert await first.claim_call(rid, epoch_a, 2, "tool:add") is True  # its own claim, again (a retried write)
+        claim_b = await second.claim(rid)
+        assert claim_b is not None and claim_b.epoch == epoch_a + 1 and claim_b.last_sequence == 1
+        # What the first owner recorded comes back with the claim: a finished step, and a call claimed
+        # but not finished.
+        assert claim_b.steps == {1: StepRow("model", '{"events": []}'), 2: StepRow("tool:add", None)}
+        epoch_b = claim_b.epoch
+        for refused in (first.claim_call(rid, epoch_a, 3, "tool:add"),
+                        first.record_step(rid, epoch_a, 2, "tool:add", '"late"')):
+            with pytest.raises(RunSuperseded):
+                await refused
+        assert await second.claim_call(rid, epoch_b, 2, "tool:add") is False  # its live claimer may be running it
         await executors.remove(first.executor_id)
-        assert await second.claim_call(rid, epoch_b, "step:3") is True  # its claimer died: it may run again
-        assert await second.claim_call(rid, epoch_b, "step:5") is True
+        assert await second.claim_call(rid, epoch_b, 2, "tool:add") is True  # its claimer died: it may run again
+        await second.record_step(rid, epoch_b, 2, "tool:add", '"3"')
+        assert await second.claim_call(rid, epoch_b, 3, "tool:add") is True
         assert await store.cancel(rid, None) == "in_progress"
         assert await second.claim(rid) is None  # not running any more
+        assert await store.delete(rid, None)
+        with store.engine.connect() as conn:  # a deleted response takes its steps with it
+            assert conn.execute(select(run_steps).where(run_steps.c.response_id == rid)).first() is None
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_steps_of_ended_runs_are_forgotten(store_url: str) -> None:
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        ended = (await stored_background(store, "in_progress"))[0]
+        running = (await stored_background(store, "queued"))[0]
+        ownership = Ownership(store, "exec-" + ended)
+        for rid in (ended, running):
+            claim = await ownership.claim(rid)
+            assert claim is not None
+            await ownership.record_step(rid, claim.epoch, 1, "model", '{"events": []}')
+        assert await store.cancel(ended, None) == "in_progress"
+        assert await forget_steps(store) >= 1
+        claim = await ownership.claim(running)
+        assert claim is not None and claim.steps == {1: StepRow("model", '{"events": []}')}
+        with store.engine.connect() as conn:
+            assert conn.execute(select(run_steps).where(run_steps.c.response_id == ended)).first() is None
         await store.close()
 
     asyncio.run(scenario())

@@ -26,7 +26,8 @@ from opensupervisor.core.loop import LoopLimits, Run
 from opensupervisor.core.toolbox import BoundToolset, ToolBox
 from opensupervisor.core.turn import copy_item
 from opensupervisor.models.catalog import ModelCatalog
-from opensupervisor.runs.durable import CallFence, DurableCalls, DurableModel, RecordedListing, Steps
+from opensupervisor.runs.checkpoints import Steps
+from opensupervisor.runs.durable import CallFence, DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.plan import RunPlan, stored_options
 from opensupervisor.runs.recorder import Recorder

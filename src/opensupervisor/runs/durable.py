@@ -1,9 +1,10 @@
-"""Durable execution of background runs on DBOS.
+"""Durable execution of background runs: DBOS workflows, steps recorded in the store.
 
-A background response runs as a DBOS workflow whose id is the response id. Every model call and
-every hosted tool call (and each tool listing) is a DBOS step: when the process running it dies,
-another process (or the same one restarted) runs the workflow again, and each finished step returns
-its recorded result instead of calling the model or the tool a second time. The loop is the same
+A background response runs as a DBOS workflow whose id is the response id: DBOS queues it, hands it
+to a worker and, when the process running it dies, runs it again in another process (or the same one
+restarted). Every model call and every hosted tool call (and each tool listing) is a step of the run
+(``runs.checkpoints``), recorded in the store with the run's own writes: a resumed run gets each
+finished step's output instead of calling the model or the tool a second time. The loop is the same
 loop as everywhere else; only its model and its toolsets are wrapped here (``DurableModel``,
 ``DurableCalls``, ``RecordedListing``).
 
@@ -21,12 +22,11 @@ import os
 import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
-from dbos._error import DBOSWorkflowConflictIDError
 
 from opensupervisor import __version__
 from opensupervisor.core.contracts import (
@@ -39,46 +39,22 @@ from opensupervisor.core.contracts import (
     WrapperToolset,
 )
 from opensupervisor.engines import WAL, engine_url, sqlite_engine
-from opensupervisor.errors import ConfigError, ModelError, RunSuperseded
+from opensupervisor.errors import ConfigError, ModelError
+from opensupervisor.runs.checkpoints import OUTCOME, TEXT, TOOLS, Outcome, Steps
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 QUEUE = "opensupervisor-responses"
 WORKFLOW = "opensupervisor.background_response"
 # DBOS only recovers a workflow with the application version that started it. Runs survive a
-# restart or redeploy of the same release; a new release does not replay an older one's runs.
-APP_VERSION = f"opensupervisor-{__version__}"
+# restart or redeploy of the same release; a new release does not replay an older one's runs, nor
+# one recorded in another step format.
+STEP_FORMAT = 2
+APP_VERSION = f"opensupervisor-{__version__}-steps{STEP_FORMAT}"
 # Connections per process to DBOS's database (its default of 20 exhausts PostgreSQL's 100 at five processes).
 SYSTEM_POOL_SIZE = 6
-
-
-class Steps(Protocol):
-    """Runs one named unit of a run's work. Durable runs checkpoint each one, so a resumed run gets
-    the recorded result instead of doing the work again."""
-
-    def __call__(self, name: str, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
-
-
-async def dbos_steps(name: str, fn: Callable[[], Awaitable[T]]) -> T:
-    """``Steps`` for a run inside a workflow: each unit of work checkpointed as a DBOS step."""
-    async def step() -> T:  # DBOS runs coroutine functions as async steps on this loop
-        return await fn()
-
-    try:
-        return await DBOS.run_step_async({"name": name}, step)
-    except DBOSWorkflowConflictIDError:  # DBOS's word for the same thing: another execution owns the workflow
-        raise RunSuperseded(DBOS.workflow_id or "") from None
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """A model call as recorded: every event it produced, and how it failed, if it did."""
-
-    events: list[ModelEvent] = field(default_factory=list)
-    error: tuple[str, str, bool] | None = None
 
 
 class DurableModel(WrapperModel):
@@ -100,8 +76,8 @@ class DurableModel(WrapperModel):
     async def request_stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent]:
         live: asyncio.Queue[ModelEvent | None] = asyncio.Queue()
 
-        async def call() -> _Outcome:
-            outcome = _Outcome()
+        async def call() -> Outcome:
+            outcome = Outcome([])
             try:
                 async with aclosing(self.inner.request_stream(request)) as stream:
                     async for model_event in stream:
@@ -112,7 +88,7 @@ class DurableModel(WrapperModel):
             return outcome
 
         self.in_flight = True
-        task = asyncio.ensure_future(self.steps("model", call))
+        task = asyncio.ensure_future(self.steps("model", call, OUTCOME))
         task.add_done_callback(lambda _: live.put_nowait(None))
         seen = 0
         try:
@@ -134,9 +110,9 @@ class DurableModel(WrapperModel):
 
 
 
-# Claims a hosted call (named by its step) before it runs: False when another live process claimed
-# it; raises ``RunSuperseded`` when the run is no longer this process's (``store.ownership``).
-CallFence = Callable[[str], Awaitable[bool]]
+# Claims the hosted call of the step in flight before it runs: False when another live process
+# claimed it; raises ``RunSuperseded`` when the run is no longer this process's (``store.ownership``).
+CallFence = Callable[[], Awaitable[bool]]
 CLAIMED_ELSEWHERE = ("This call was started by another server process that may have run it, so it was not run "
                      "again; its outcome is unknown.")
 
@@ -156,17 +132,11 @@ class DurableCalls(WrapperToolset):
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         async def call() -> str:
-            if self.fence is not None and not await self.fence(_call_key(name)):
+            if self.fence is not None and not await self.fence():
                 return CLAIMED_ELSEWHERE
             return await self.inner.call_tool(ctx, name, arguments)
 
-        return await self.steps(f"tool:{name}", call)
-
-
-def _call_key(name: str) -> str:
-    """The call's step within its workflow: the same in every process that runs the workflow."""
-    step = DBOS.step_id
-    return f"step:{step}" if step is not None else f"tool:{name}"
+        return await self.steps(f"tool:{name}", call, TEXT, effect=True)
 
 
 class RecordedListing(WrapperToolset):
@@ -181,7 +151,7 @@ class RecordedListing(WrapperToolset):
     async def list_tools(self, ctx: RunContext) -> list[ToolDef]:
         if not self.listing_may_change:
             return await self.inner.list_tools(ctx)
-        return await self.steps(f"list_tools:{self.tool_type}", lambda: self.inner.list_tools(ctx))
+        return await self.steps(f"list_tools:{self.tool_type}", lambda: self.inner.list_tools(ctx), TOOLS)
 
 
 class Runner(Protocol):
@@ -278,11 +248,12 @@ class DurableEngine:
         """The DBOS status of a response's workflow (PENDING, ENQUEUED, SUCCESS, …), None when there is
         none, and ``OTHER_RELEASE`` for an unfinished one that another release started (never resumed here)."""
         status = await DBOS.get_workflow_status_async(response_id)
-        if status is None:
-            return None
-        if status.status in ("PENDING", "ENQUEUED") and status.app_version != APP_VERSION:
-            return "OTHER_RELEASE"
-        return str(status.status)
+        return None if status is None else _state(str(status.status), status.app_version)
+
+    async def states(self, response_ids: list[str]) -> dict[str, str]:
+        """``state`` of many responses in one query; those with no workflow are left out."""
+        found = await DBOS.list_workflows_async(workflow_ids=response_ids, load_input=False, load_output=False)
+        return {w.workflow_id: _state(str(w.status), w.app_version) for w in found}
 
     async def recover(self, executor_id: str) -> int:
         """Hand the unfinished runs of a dead executor to whichever live process dequeues them first."""
@@ -307,6 +278,10 @@ class DurableEngine:
 
 
 ENGINE = DurableEngine()
+
+
+def _state(status: str, app_version: str | None) -> str:
+    return "OTHER_RELEASE" if status in ("PENDING", "ENQUEUED") and app_version != APP_VERSION else status
 
 
 @DBOS.workflow(name=WORKFLOW)

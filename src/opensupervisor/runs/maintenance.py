@@ -29,6 +29,7 @@ from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.store import Store
 from opensupervisor.store.executors import Executor, Executors
 from opensupervisor.store.idempotency import IdempotencyKeys
+from opensupervisor.store.ownership import forget_steps
 
 log = logging.getLogger(__name__)
 BEAT_S = 1.0
@@ -158,8 +159,9 @@ class Maintenance:
         seen = 0
         while seen < RECONCILE_LIMIT:
             page = await self.store.quiet_runs(quiet_ms, after=self._reconciled_to, limit=RECONCILE_PAGE)
+            states = await self.engine.states([response_id for response_id, _ in page]) if page else {}
             for response_id, status in page:
-                await self._reconcile_one(response_id, status)
+                await self._reconcile_one(response_id, status, states.get(response_id))
             seen += len(page)
             if len(page) < RECONCILE_PAGE:
                 self._reconciled_to = ""
@@ -167,8 +169,7 @@ class Maintenance:
             self._reconciled_to = page[-1][0]
         return True
 
-    async def _reconcile_one(self, response_id: str, status: str) -> None:
-        state = await self.engine.state(response_id)
+    async def _reconcile_one(self, response_id: str, status: str, state: str | None) -> None:
         if state in WILL_RUN:
             return
         if state is None:  # no workflow, so no step ever ran: start it afresh
@@ -182,10 +183,11 @@ class Maintenance:
         purged = await self.store.purge(int(now - self.config.retention_s))
         forgotten = await self.engine.forget_finished(
             int((now - min(self.config.retention_s, KEEP_WORKFLOWS_S)) * 1000))
+        steps = await forget_steps(self.store)
         keys = await IdempotencyKeys(self.store).purge()
-        if purged or forgotten or keys:
-            log.info("retention: purged %d background responses, %d finished run records and %d idempotency keys",
-                     purged, forgotten, keys)
+        if purged or forgotten or steps or keys:
+            log.info("retention: purged %d background responses, %d finished run records, the steps of %d ended "
+                     "runs and %d idempotency keys", purged, forgotten, steps, keys)
 
 
 def _alive(pid: int) -> bool:

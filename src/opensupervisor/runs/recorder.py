@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from sqlalchemy import Connection
+
 from opensupervisor.core.eventlog import EventLog, rows
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunCancelled
@@ -59,6 +61,8 @@ class Recorder:
         # A durable run's ownership epoch (``store.ownership``): its writes are refused once another
         # process took the run over.
         self.epoch: int | None = None
+        # Its steps not written yet (``runs.checkpoints``): they go with the run's next write.
+        self.unwritten: Callable[[], Callable[[Connection], None] | None] | None = None
         self._max_queued: int | None = None
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
@@ -119,7 +123,8 @@ class Recorder:
             self._stored.update(done)
             return
         written = await self.store.append(self.response_id, output=done, new_events=events, response=response,
-                                          guard=self.guard, epoch=self.epoch)
+                                          guard=self.guard, epoch=self.epoch,
+                                          also=self.unwritten() if self.unwritten is not None else None)
         self._stored.update(done)  # a refused write still writes the items
         if written:
             return

@@ -22,8 +22,9 @@ from opensupervisor.identity import Principal
 from opensupervisor.runs import approvals
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
 from opensupervisor.runs.background import BackgroundRuns
+from opensupervisor.runs.checkpoints import ITEMS, StoredSteps
 from opensupervisor.runs.drive import Driver
-from opensupervisor.runs.durable import DurableEngine, dbos_steps
+from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.runs.gate import Gate
 from opensupervisor.runs.idempotency import Idempotency
 from opensupervisor.runs.live import LiveRun
@@ -188,27 +189,27 @@ class ResponseService:
         # "queued" at once. The run replays that event (same response, same sequence number) and
         # skips writing it.
         picked_up = opening(Emitter(_as_created(record.response)))[1] if record.last_sequence < 1 else None
-        epoch = await self.ownership.claim(response_id, picked_up=picked_up)
-        if epoch is None:
+        claim = await self.ownership.claim(response_id, picked_up=picked_up)
+        if claim is None:
             return True  # it ended just now (or was cancelled or deleted while queued)
-        if picked_up is not None:
-            record = record._replace(last_sequence=1)
         try:
-            await self._run_owned(record, epoch)
+            await self._run_owned(record._replace(last_sequence=claim.last_sequence),
+                                  StoredSteps(self.ownership, response_id, claim.epoch, claim.steps))
         except RunSuperseded:
             log.warning("background response %s was taken over by another process; this one lets it go",
                         response_id)
             raise asyncio.CancelledError from None  # like a shutdown: DBOS records nothing of this execution
         return True
 
-    async def _run_owned(self, record: RunRecord, epoch: int) -> None:
+    async def _run_owned(self, record: RunRecord, steps: StoredSteps) -> None:
         response_id = record.response["id"]
         try:
-            prepared = await self._restore(record, epoch)
+            prepared = await self._restore(record, steps)
         except APIError as exc:  # the workspace changed under it: a model or tool it names is gone
             await self.store.fail([response_id], f"The response could not be resumed: {exc.message}")
             return
-        prepared.recorder.epoch = epoch
+        prepared.recorder.epoch = steps.epoch
+        prepared.recorder.unwritten = steps.unwritten
         live = prepared.live = self.background.adopt(response_id)
         remaining = record.response["created_at"] + self.background_limits.max_run_time_s - time.time()
         timer = asyncio.get_running_loop().call_later(max(remaining, 0), self._expire, live)
@@ -222,7 +223,7 @@ class ResponseService:
             live.stop_reason = "max_run_time"
             self.background.cancel(live)
 
-    async def _restore(self, record: RunRecord, epoch: int) -> Prepared:
+    async def _restore(self, record: RunRecord, steps: StoredSteps) -> Prepared:
         """Rebuild a stored response's run inside its workflow. What may differ from the first time
         (the history of an earlier response, each tool listing, each model and tool call) is a step.
 
@@ -237,13 +238,10 @@ class ResponseService:
             return await self._prior_history(previous, plan.principal)
 
         async def prior() -> list[Item]:
-            return await dbos_steps("history", history) if previous else []
-
-        async def fence(call: str) -> bool:
-            return await self.ownership.claim_call(record.response["id"], epoch, call)
+            return await steps("history", history, ITEMS) if previous else []
 
         return await assemble(plan, self.deps, bound, prior=prior, response=_as_created(record.response),
-                              durable=Resume(dbos_steps, record.last_sequence, fence=fence))
+                              durable=Resume(steps, record.last_sequence, fence=steps.claim))
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncGenerator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends."""

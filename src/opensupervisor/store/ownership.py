@@ -3,34 +3,70 @@
 A process taken for dead (a long pause, a stall) may still be running a run that recovery handed to
 another process. Each process that starts or resumes a run claims it: the run's epoch goes up by one
 and names the process. The run's writes carry the epoch they were claimed with (``Store.append``),
-and so does each claim on a hosted call before it runs: with a newer owner, the older one is refused
-and stops without recording anything.
+and so do the steps it records (``runs.checkpoints``) and each claim on a hosted call before it
+runs: with a newer owner, the older one is refused and stops without recording anything.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
 from opensupervisor.store.response_rows import dumps, ending_rows, to_event_rows, without_output
-from opensupervisor.store.schema import call_claims, events, executors, responses
+from opensupervisor.store.schema import events, executors, responses, run_steps
 from opensupervisor.store.store import RUNNING, Store, now_ms
+
+
+class StepRow(NamedTuple):
+    name: str
+    output: str | None
+
+
+class Claim(NamedTuple):
+    """A run as its new owner took it over."""
+
+    epoch: int
+    # The last event in its log, and its recorded steps: read after the claim, when no earlier
+    # owner can add to them any more.
+    last_sequence: int
+    steps: dict[int, StepRow]
+
+
+# The run's fence: a write goes on only while the run is still the writer's (built once: it runs
+# with every step).
+_FENCE = update(responses).where(responses.c.id == bindparam("rid"), responses.c.owner_epoch == bindparam("epoch")
+                                 ).values(heartbeat_at=bindparam("beat"))
 
 
 class Ownership:
     def __init__(self, store: Store, executor_id: str) -> None:
         self.store = store
         self.executor_id = executor_id
+        insert = store.dialect_insert(run_steps)
+        # A claim already there is taken over only when it is this process's or its claimer died
+        # (the one case where a call may run again); else no row comes back.
+        self._claim_call = insert.on_conflict_do_update(
+            index_elements=[run_steps.c.response_id, run_steps.c.step],
+            set_={"name": insert.excluded.name, "executor": insert.excluded.executor,
+                  "claimed_at": insert.excluded.claimed_at},
+            where=or_(run_steps.c.executor == executor_id,
+                      run_steps.c.executor.not_in(select(executors.c.id)))).returning(run_steps.c.step)
+        self._record = insert.on_conflict_do_update(
+            index_elements=[run_steps.c.response_id, run_steps.c.step],
+            set_={"name": insert.excluded.name, "executor": insert.excluded.executor,
+                  "output": insert.excluded.output})
 
-    async def claim(self, response_id: str, *, picked_up: Event | None = None) -> int | None:
-        """Take the run over; its new epoch, or None when it is not running any more.
+    async def claim(self, response_id: str, *, picked_up: Event | None = None) -> Claim | None:
+        """Take the run over; None when it is not running any more.
 
         ``picked_up``, the ``in_progress`` event of a run starting for the first time, is written
         with the claim, and its response becomes the stored one: pollers see the pickup at once.
+        A run that ran before is read back with the claim: its log's end and its steps.
         """
         values: dict[str, Any] = {"owner_epoch": responses.c.owner_epoch + 1, "owner_executor": self.executor_id,
                                   "heartbeat_at": now_ms()}
@@ -40,15 +76,17 @@ class Ownership:
             values.update(status=response["status"], response=dumps(without_output(response)))
             rows = to_event_rows(response_id, [picked_up])
 
-        def write() -> int | None:
+        def write() -> Claim | None:
             with self.store.engine.begin() as conn:
                 epoch = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(values).returning(
                         responses.c.owner_epoch)).scalar()
                 if epoch is None:
                     return None
-                self.store.insert_rows(conn, [], rows)
-                return int(epoch)
+                if picked_up is not None:
+                    self.store.insert_rows(conn, [], rows)
+                    return Claim(int(epoch), picked_up.sequence_number, {})
+                return Claim(int(epoch), *_progress(conn, response_id))
 
         return await self.store.write(write)
 
@@ -73,33 +111,72 @@ class Ownership:
 
         return await self.store.write(write)
 
-    async def claim_call(self, response_id: str, epoch: int, call: str) -> bool:
-        """Claim a hosted call before running it. Raises ``RunSuperseded`` when the run is no longer
-        this process's; False when another live process claimed the call (it may be running it)."""
-        insert = self.store.dialect_insert(call_claims).values(
-            response_id=response_id, call=call, executor=self.executor_id, claimed_at=now_ms())
-        # A claim already there is taken over only when it is this process's or its claimer died
-        # (the one case where a call may run again); else no row comes back.
-        claimed = insert.on_conflict_do_update(
-            index_elements=[call_claims.c.response_id, call_claims.c.call],
-            set_={"executor": insert.excluded.executor, "claimed_at": insert.excluded.claimed_at},
-            where=or_(call_claims.c.executor == self.executor_id,
-                      call_claims.c.executor.not_in(select(executors.c.id)))).returning(call_claims.c.call)
+    async def claim_call(self, response_id: str, epoch: int, step: int, name: str,
+                         also: Callable[[Connection], None] | None = None) -> bool:
+        """Claim a hosted call (its run's step ``step``) before running it, writing ``also`` with the
+        claim. Raises ``RunSuperseded`` when the run is no longer this process's; False when another
+        live process claimed the call (it may be running it)."""
+        row = {"response_id": response_id, "step": step, "name": name, "executor": self.executor_id,
+               "claimed_at": now_ms()}
 
         def write() -> bool:
             with self.store.engine.begin() as conn:
-                self._check(conn, response_id, epoch)
-                return conn.execute(claimed).first() is not None
+                self.fence(conn, response_id, epoch)
+                if also is not None:
+                    also(conn)
+                return conn.execute(self._claim_call, row).first() is not None
 
         return await self.store.write(write)
 
-    def _check(self, conn: Connection, response_id: str, epoch: int) -> None:
+    async def record_step(self, response_id: str, epoch: int, step: int, name: str, output: str) -> None:
+        """Record a finished step's output. Raises ``RunSuperseded`` when the run is no longer this process's."""
+        write_steps = self.steps_writer([self.step_row(response_id, step, name, output)])
+
+        def write() -> None:
+            with self.store.engine.begin() as conn:
+                self.fence(conn, response_id, epoch)
+                write_steps(conn)
+
+        await self.store.write(write)
+
+    def step_row(self, response_id: str, step: int, name: str, output: str) -> dict[str, Any]:
+        return {"response_id": response_id, "step": step, "name": name, "executor": self.executor_id,
+                "claimed_at": now_ms(), "output": output}
+
+    def steps_writer(self, rows: list[dict[str, Any]]) -> Callable[[Connection], None]:
+        """Records finished steps (``step_row``) in a fenced transaction of the run (``Store.append``)."""
+        def write(conn: Connection) -> None:
+            conn.execute(self._record, rows)
+
+        return write
+
+    @staticmethod
+    def fence(conn: Connection, response_id: str, epoch: int) -> None:
         # The UPDATE locks the row: a claim of the run is wholly before this check or wholly after it.
-        fenced = conn.execute(update(responses).where(
-            responses.c.id == response_id, responses.c.owner_epoch == epoch).values(
-                heartbeat_at=now_ms())).rowcount
-        if not fenced:
+        if not conn.execute(_FENCE, {"rid": response_id, "epoch": epoch, "beat": now_ms()}).rowcount:
             raise RunSuperseded(response_id)
+
+
+async def forget_steps(store: Store, *, limit: int = 5000) -> int:
+    """Delete the recorded steps of runs that ended (nothing resumes them); how many went."""
+    ended = select(run_steps.c.response_id).join(responses, responses.c.id == run_steps.c.response_id).where(
+        responses.c.status.not_in(RUNNING)).distinct().limit(limit)
+
+    def write() -> int:
+        with store.engine.begin() as conn:
+            ids = list(conn.execute(ended).scalars())
+            if ids:
+                conn.execute(delete(run_steps).where(run_steps.c.response_id.in_(ids)))
+            return len(ids)
+
+    return await store.write(write)
+
+
+def _progress(conn: Connection, response_id: str) -> tuple[int, dict[int, StepRow]]:
+    last = conn.execute(select(func.max(events.c.sequence_number)).where(events.c.response_id == response_id)).scalar()
+    steps = conn.execute(select(run_steps.c.step, run_steps.c.name, run_steps.c.output).where(
+        run_steps.c.response_id == response_id))
+    return (-1 if last is None else int(last)), {row.step: StepRow(row.name, row.output) for row in steps}
 
 
 def _event_type(stored: str) -> str:

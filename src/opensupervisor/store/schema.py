@@ -66,15 +66,19 @@ executors = Table(
     Column("heartbeat_at", BigInteger, nullable=False),
 )
 
-# The hosted calls of background runs as claimed before they run (``call`` is the call's step in
-# its workflow), so that two processes running the same workflow never both run one.
-call_claims = Table(
-    "os_call_claims",
+# The steps of background runs (``runs.checkpoints``): each model call, hosted call, tool listing
+# and history read, in the order its run made them, with its ``output`` once it finished. A hosted
+# call is claimed (a row with no output yet) before it runs, so that two processes running the same
+# run never both run it.
+run_steps = Table(
+    "os_run_steps",
     metadata,
     Column("response_id", String(64), primary_key=True),
-    Column("call", String(64), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("name", String(255), nullable=False),
     Column("executor", String(64), nullable=False),
     Column("claimed_at", BigInteger, nullable=False),
+    Column("output", Text, nullable=True),
 )
 
 # Genie conversations: each message as the Genie REST API shows it, and its query result.

@@ -41,7 +41,7 @@ from opensupervisor.store.response_rows import (
     to_item_rows,
     without_output,
 )
-from opensupervisor.store.schema import call_claims, events, idempotency_keys, items, responses
+from opensupervisor.store.schema import events, idempotency_keys, items, responses, run_steps
 from opensupervisor.wire.items import Item
 from opensupervisor.wire.response import usage
 
@@ -166,7 +166,7 @@ class Store:
 
     async def append(self, response_id: str, *, output: dict[int, Item], new_events: Sequence[Event | Row],
                      response: dict[str, Any] | None = None, guard: bool = False,
-                     epoch: int | None = None) -> bool:
+                     epoch: int | None = None, also: Callable[[Connection], None] | None = None) -> bool:
         """Add finished output items (by output index) and the events so far, in one transaction.
 
         ``response``, when given, replaces the stored response object (a status change); only a
@@ -175,8 +175,8 @@ class Store:
         meanwhile, cancelled or deleted, perhaps by another process: then its items and non-terminal
         events are still written, its status and terminal event are not, and the run must stop.
 
-        ``epoch`` (``store.ownership``): another process claimed the run since → ``RunSuperseded``.
-        """
+        ``epoch`` (``store.ownership``): another process claimed the run since → ``RunSuperseded``;
+        ``also`` writes more in the same transaction once the fence lets it through (a run's steps)."""
         rows = to_item_rows(response_id, "output", output)
         event_rows = to_event_rows(response_id, new_events)
         from_statuses = RUNNING | ({"cancelled"} if response and response["status"] == "cancelled" else set())
@@ -204,6 +204,8 @@ class Store:
                     if guard:
                         event_rows[:] = [r for r in event_rows if r["type"] not in TERMINAL_EVENTS]
                 self.insert_rows(conn, rows, event_rows)
+                if also is not None:
+                    also(conn)
                 return bool(changed) or not guard
 
         return await self.write(write)
@@ -269,7 +271,7 @@ class Store:
                 ids = list(conn.execute(select(responses.c.id).where(
                     responses.c.background.is_(True), responses.c.created_at < created_before,
                     responses.c.status.not_in(RUNNING)).limit(batch)).scalars())
-                for table in (events, items, idempotency_keys, call_claims):
+                for table in (events, items, idempotency_keys, run_steps):
                     conn.execute(delete(table).where(table.c.response_id.in_(ids)))
                 conn.execute(delete(responses).where(responses.c.id.in_(ids)))
                 return len(ids)
@@ -285,7 +287,7 @@ class Store:
                 if owned_response(conn, response_id, owner) is None:
                     return False
                 # A deleted response frees the key that made it: there is nothing left to answer with.
-                for table in (events, items, idempotency_keys, call_claims):
+                for table in (events, items, idempotency_keys, run_steps):
                     conn.execute(delete(table).where(table.c.response_id == response_id))
                 conn.execute(delete(responses).where(responses.c.id == response_id))
                 return True
