@@ -161,7 +161,7 @@ def test_quiet_runs_are_found_and_can_be_failed(store_url: str) -> None:
                            new_events=[Event({"type": "response.created", "sequence_number": 0})])
         with store.engine.begin() as conn:
             conn.execute(update(responses).where(responses.c.id == rid).values(heartbeat_at=0))
-        assert (rid, "in_progress") in await store.quiet_runs(10_000)
+        assert (rid, "in_progress") in await Executors(store, "pool").quiet_runs(10_000)
         assert await store.fail([rid], "gone") == 1
         assert await store.fail([rid], "gone again") == 0  # only a running response is failed
         got = await store.get(rid, None)

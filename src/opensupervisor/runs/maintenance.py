@@ -154,11 +154,11 @@ class Maintenance:
     async def reconcile(self) -> bool:
         """One round: up to ``RECONCILE_LIMIT`` quiet runs from where the last round stopped. True
         when more remain (the next round goes on from there)."""
-        metrics.QUEUED.set(await self.store.count_queued())
+        metrics.QUEUED.set(await self.executors.count_queued())
         quiet_ms = int(self.config.executor_timeout_s * 1000)
         seen = 0
         while seen < RECONCILE_LIMIT:
-            page = await self.store.quiet_runs(quiet_ms, after=self._reconciled_to, limit=RECONCILE_PAGE)
+            page = await self.executors.quiet_runs(quiet_ms, after=self._reconciled_to, limit=RECONCILE_PAGE)
             states = await self.engine.states([response_id for response_id, _ in page]) if page else {}
             for response_id, status in page:
                 await self._reconcile_one(response_id, status, states.get(response_id))

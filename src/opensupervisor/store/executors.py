@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import orjson
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from opensupervisor.store.schema import executors, responses
 from opensupervisor.store.store import RUNNING, Store, now_ms
@@ -71,6 +71,26 @@ class Executors:
                                            executors.c.heartbeat_at).where(
                     executors.c.pool == self.pool, executors.c.id != executor_id))
                 return [Executor(r.id, r.host, r.pid, r.heartbeat_at) for r in rows]
+
+        return await self.store.run(read)
+
+    async def count_queued(self) -> int:
+        def read() -> int:
+            with self.store.engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(responses).where(
+                    responses.c.status == "queued", responses.c.background.is_(True))).scalar_one())
+
+        return await self.store.run(read)
+
+    async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[tuple[str, str]]:
+        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status),
+        by id from ``after``, at most ``limit`` (a backlog is read a page at a time)."""
+        def read() -> list[tuple[str, str]]:
+            with self.store.engine.connect() as conn:
+                return [(r.id, r.status) for r in conn.execute(select(responses.c.id, responses.c.status).where(
+                    responses.c.background.is_(True), responses.c.status.in_(RUNNING),
+                    responses.c.heartbeat_at < now_ms() - quiet_ms, responses.c.id > after).order_by(
+                    responses.c.id).limit(limit))]
 
         return await self.store.run(read)
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
-from opensupervisor.store.response_rows import dumps, ending_rows, to_event_rows, without_output
+from opensupervisor.store.response_rows import dumps, ending_rows, one_of, to_event_rows, without_output
 from opensupervisor.store.schema import events, executors, responses, run_steps
 from opensupervisor.store.store import RUNNING, Store, now_ms
 
@@ -41,6 +41,13 @@ class Claim(NamedTuple):
 # with every step).
 _FENCE = update(responses).where(responses.c.id == bindparam("rid"), responses.c.owner_epoch == bindparam("epoch")
                                  ).values(heartbeat_at=bindparam("beat"))
+
+
+# A run's claim: its epoch up by one, and this process named, while it still runs.
+_CLAIM = update(responses).where(responses.c.id == bindparam("rid"), one_of(responses.c.status, RUNNING)).values(
+    owner_epoch=responses.c.owner_epoch + 1, owner_executor=bindparam("executor"), heartbeat_at=bindparam("beat"),
+).returning(responses.c.owner_epoch)
+_CLAIM_PICKED_UP = _CLAIM.values(status=bindparam("new_status"), response=bindparam("body"))
 
 
 class Ownership:
@@ -68,19 +75,16 @@ class Ownership:
         with the claim, and its response becomes the stored one: pollers see the pickup at once.
         A run that ran before is read back with the claim: its log's end and its steps.
         """
-        values: dict[str, Any] = {"owner_epoch": responses.c.owner_epoch + 1, "owner_executor": self.executor_id,
-                                  "heartbeat_at": now_ms()}
+        values: dict[str, Any] = {"rid": response_id, "executor": self.executor_id, "beat": now_ms()}
         rows: list[dict[str, Any]] = []
         if picked_up is not None:
             response = picked_up.data["response"]
-            values.update(status=response["status"], response=dumps(without_output(response)))
+            values.update(new_status=response["status"], body=dumps(without_output(response)))
             rows = to_event_rows(response_id, [picked_up])
 
         def write() -> Claim | None:
             with self.store.engine.begin() as conn:
-                epoch = conn.execute(update(responses).where(
-                    responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(values).returning(
-                        responses.c.owner_epoch)).scalar()
+                epoch = conn.execute(_CLAIM_PICKED_UP if picked_up is not None else _CLAIM, values).scalar()
                 if epoch is None:
                     return None
                 if picked_up is not None:

@@ -3,11 +3,12 @@ reads of one response's row and items that the store's transactions share."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, func, select, text
+from sqlalchemy import Column, ColumnElement, Connection, Update, and_, bindparam, func, or_, select, text, update
 
 from opensupervisor.core.eventlog import Row, compact, plain
 from opensupervisor.core.events import Event, terminal_event
@@ -18,6 +19,26 @@ from opensupervisor.wire.items import Item
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def one_of(column: Column[Any], values: frozenset[str]) -> ColumnElement[bool]:
+    """``column IN values`` as plain comparisons: an IN list of bound values is rendered again at
+    every execution, which costs more than the statement on the hot path."""
+    return or_(*(column == value for value in sorted(values)))
+
+
+@functools.cache
+def advance(statuses: frozenset[str], *, fenced: bool, changes: bool) -> Update:
+    """The UPDATE that each write of a running response starts with, built once per shape (it runs
+    at every item boundary of every run). Binds ``rid`` and ``beat``; ``epoch`` when ``fenced``;
+    ``new_status`` and ``body`` when the write ``changes`` the response."""
+    where = [responses.c.id == bindparam("rid"), one_of(responses.c.status, statuses)]
+    if fenced:
+        where.append(responses.c.owner_epoch == bindparam("epoch"))
+    values: dict[str, Any] = {"heartbeat_at": bindparam("beat")}
+    if changes:
+        values.update(status=bindparam("new_status"), response=bindparam("body"))
+    return update(responses).where(*where).values(values)
 
 
 def without_output(response: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from opensupervisor.engines import UNREACHABLE, WAL, again_if_dropped, engine_ur
 from opensupervisor.errors import ConfigError, RunSuperseded, StoreUnavailable
 from opensupervisor.store.response_rows import (
     admit_queued,
+    advance,
     dumps,
     ending_rows,
     owned_response,
@@ -89,6 +90,8 @@ class Store:
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
         # The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``.
         self.dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        self._insert_items = self.dialect_insert(items).on_conflict_do_nothing()
+        self._insert_events = self.dialect_insert(events).on_conflict_do_nothing()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
@@ -188,13 +191,13 @@ class Store:
                     return True
                 # The UPDATE comes first: it locks the row (PostgreSQL) or the database (SQLite), so a
                 # concurrent cancel is either wholly before this write or wholly after it.
-                values: dict[str, Any] = {"heartbeat_at": now_ms()}
+                values: dict[str, Any] = {"rid": response_id, "beat": now_ms()}
+                if epoch is not None:
+                    values["epoch"] = epoch
                 if response is not None:
-                    values.update(status=response["status"], response=dumps(without_output(response)))
-                fence = [] if epoch is None else [responses.c.owner_epoch == epoch]
-                changed = conn.execute(update(responses).where(
-                    responses.c.id == response_id, responses.c.status.in_(from_statuses), *fence).values(
-                        values)).rowcount
+                    values.update(new_status=response["status"], body=dumps(without_output(response)))
+                changed = conn.execute(advance(from_statuses, fenced=epoch is not None, changes=response is not None),
+                                       values).rowcount
                 if not changed:
                     if response_status(conn, response_id) is None:
                         return False  # deleted meanwhile: nothing of it is written any more
@@ -238,9 +241,8 @@ class Store:
         def write() -> bool:
             with self.engine.begin() as conn:
                 self.no_wait_for_disk(conn)  # a heartbeat lost in a database crash is harmless
-                return bool(conn.execute(update(responses).where(
-                    responses.c.id == response_id, responses.c.status.in_(RUNNING)).values(
-                        heartbeat_at=now_ms())).rowcount)
+                return bool(conn.execute(advance(RUNNING, fenced=False, changes=False),
+                                         {"rid": response_id, "beat": now_ms()}).rowcount)
 
         return await self.write(write)
 
@@ -303,10 +305,9 @@ class Store:
     def insert_rows(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
         if item_rows:
-            conn.execute(self.dialect_insert(items).on_conflict_do_nothing(), item_rows)
+            conn.execute(self._insert_items, item_rows)
         if event_rows:
-            conn.execute(self.dialect_insert(events).on_conflict_do_nothing(),
-                         [{k: v for k, v in r.items() if k != "type"} for r in event_rows])
+            conn.execute(self._insert_events, [{k: v for k, v in r.items() if k != "type"} for r in event_rows])
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -348,26 +349,6 @@ class Store:
                 return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
                                  orjson.loads(row.options) if row.options else {},
                                  stored_items(conn, response_id, "input"), -1 if last is None else int(last))
-
-        return await self.run(read)
-
-    async def count_queued(self) -> int:
-        def read() -> int:
-            with self.engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(responses).where(
-                    responses.c.status == "queued", responses.c.background.is_(True))).scalar_one())
-
-        return await self.run(read)
-
-    async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[tuple[str, str]]:
-        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status),
-        by id from ``after``, at most ``limit`` (a backlog is read a page at a time)."""
-        def read() -> list[tuple[str, str]]:
-            with self.engine.connect() as conn:
-                return [(r.id, r.status) for r in conn.execute(select(responses.c.id, responses.c.status).where(
-                    responses.c.background.is_(True), responses.c.status.in_(RUNNING),
-                    responses.c.heartbeat_at < now_ms() - quiet_ms, responses.c.id > after).order_by(
-                    responses.c.id).limit(limit))]
 
         return await self.run(read)
 
