@@ -111,7 +111,7 @@ def test_a_plan_reads_back_as_it_was_stored(tmp_path: Path) -> None:
                  traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                  destination=Destination("main", "traces", DEFAULT_PREFIX, None))
     record = RunRecord(response={"id": plan.response_id}, request=plan.sealed_request, owner=ALICE.id, stream=True,
-                       options=dict(stored_options(plan)), input_items=plan.input_items, last_sequence=-1)
+                       options=dict(stored_options(plan)), input_items=plan.input_items)
     back = restored(record, vault)
     assert back.principal == ALICE and back.input_items == plan.input_items
     assert back.request.body == plan.request.body and back.sealed_request == plan.sealed_request

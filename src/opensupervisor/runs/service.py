@@ -185,15 +185,16 @@ class ResponseService:
             return True
         if record.response["status"] not in ("queued", "in_progress"):
             return True  # it ended; nothing left to do
-        # A run starting for the first time records its pickup with the claim: pollers see it leave
-        # "queued" at once. The run replays that event (same response, same sequence number) and
-        # skips writing it.
-        picked_up = opening(Emitter(_as_created(record.response)))[1] if record.last_sequence < 1 else None
+        # A run starting for the first time (still queued: the pickup and its event are written
+        # together) records its pickup with the claim: pollers see it leave "queued" at once. The run
+        # replays that event (same response, same sequence number) and skips writing it.
+        first = record.response["status"] == "queued"
+        picked_up = opening(Emitter(_as_created(record.response)))[1] if first else None
         claim = await self.ownership.claim(response_id, picked_up=picked_up)
         if claim is None:
             return True  # it ended just now (or was cancelled or deleted while queued)
         try:
-            await self._run_owned(record._replace(last_sequence=claim.last_sequence),
+            await self._run_owned(record, claim.last_sequence,
                                   StoredSteps(self.ownership, response_id, claim.epoch, claim.steps))
         except RunSuperseded:
             log.warning("background response %s was taken over by another process; this one lets it go",
@@ -201,10 +202,11 @@ class ResponseService:
             raise asyncio.CancelledError from None  # like a shutdown: DBOS records nothing of this execution
         return True
 
-    async def _run_owned(self, record: RunRecord, steps: StoredSteps) -> None:
+    async def _run_owned(self, record: RunRecord, last_sequence: int, steps: StoredSteps) -> None:
+        """Run a claimed run whose log ends at ``last_sequence``, through its recorded ``steps``."""
         response_id = record.response["id"]
         try:
-            prepared = await self._restore(record, steps)
+            prepared = await self._restore(record, last_sequence, steps)
         except APIError as exc:  # the workspace changed under it: a model or tool it names is gone
             await self.store.fail([response_id], f"The response could not be resumed: {exc.message}")
             return
@@ -223,7 +225,7 @@ class ResponseService:
             live.stop_reason = "max_run_time"
             self.background.cancel(live)
 
-    async def _restore(self, record: RunRecord, steps: StoredSteps) -> Prepared:
+    async def _restore(self, record: RunRecord, last_sequence: int, steps: StoredSteps) -> Prepared:
         """Rebuild a stored response's run inside its workflow. What may differ from the first time
         (the history of an earlier response, each tool listing, each model and tool call) is a step.
 
@@ -241,7 +243,7 @@ class ResponseService:
             return await steps("history", history, ITEMS) if previous else []
 
         return await assemble(plan, self.deps, bound, prior=prior, response=_as_created(record.response),
-                              durable=Resume(steps, record.last_sequence, fence=steps.claim))
+                              durable=Resume(steps, last_sequence, fence=steps.claim))
 
     async def resume(self, response_id: str, principal: Principal, after: int) -> AsyncGenerator[Event]:
         """Events of a background+stream response after ``after``, then live ones until it ends."""

@@ -69,8 +69,6 @@ class RunRecord(NamedTuple):
     stream: bool
     options: dict[str, Any]
     input_items: list[Item]
-    # The sequence number of the last event in the log (-1 when there is none).
-    last_sequence: int
 
 
 class Store:
@@ -336,19 +334,16 @@ class Store:
     async def load_run(self, response_id: str) -> RunRecord | None:
         def read() -> RunRecord | None:
             with self.engine.connect() as conn:
-                last_sequence = select(func.max(events.c.sequence_number)).where(
-                    events.c.response_id == response_id).scalar_subquery()
                 row = conn.execute(select(responses.c.response, responses.c.request, responses.c.owner,
-                                          responses.c.stream, responses.c.options, last_sequence.label("last")).where(
+                                          responses.c.stream, responses.c.options).where(
                     responses.c.id == response_id)).first()
                 if row is None:
                     return None
-                last = row.last
                 response = orjson.loads(row.response)
                 response["output"] = []
                 return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
                                  orjson.loads(row.options) if row.options else {},
-                                 stored_items(conn, response_id, "input"), -1 if last is None else int(last))
+                                 stored_items(conn, response_id, "input"))
 
         return await self.run(read)
 
