@@ -2,8 +2,7 @@
 
 Starts ``opensupervisor serve`` and ``opensupervisor worker`` processes on PostgreSQL (the store and
 DBOS's system database in a fresh schema), with the scripted model: each run is a model turn that
-calls a hosted tool, the tool, and a model turn that answers (three durable steps, plus the tool
-listing and the history). Prints:
+calls a hosted tool, the tool, and a model turn that answers (three steps of the run). Prints:
 
 - pickup: time from sending the create to the response showing ``in_progress`` (p50, p99), when
   the server runs the response itself and when a worker takes it from the queue, on PostgreSQL
