@@ -13,6 +13,7 @@ from typing import NamedTuple
 import orjson
 from sqlalchemy import delete, func, insert, select, update
 
+from opensupervisor.store.response_rows import queued_runs
 from opensupervisor.store.schema import executors, responses
 from opensupervisor.store.store import RUNNING, Store, now_ms
 
@@ -77,8 +78,7 @@ class Executors:
     async def count_queued(self) -> int:
         def read() -> int:
             with self.store.engine.connect() as conn:
-                return int(conn.execute(select(func.count()).select_from(responses).where(
-                    responses.c.status == "queued", responses.c.background.is_(True))).scalar_one())
+                return int(conn.execute(select(func.count()).select_from(responses).where(queued_runs())).scalar_one())
 
         return await self.store.run(read)
 

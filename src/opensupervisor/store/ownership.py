@@ -13,11 +13,18 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, or_, select, update
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
-from opensupervisor.store.response_rows import dumps, ending_rows, one_of, to_event_rows, without_output
+from opensupervisor.store.response_rows import (
+    dumps,
+    ending_rows,
+    last_sequence,
+    one_of,
+    to_event_rows,
+    without_output,
+)
 from opensupervisor.store.schema import events, executors, responses, run_steps
 from opensupervisor.store.store import RUNNING, Store, now_ms
 
@@ -177,10 +184,9 @@ async def forget_steps(store: Store, *, limit: int = 5000) -> int:
 
 
 def _progress(conn: Connection, response_id: str) -> tuple[int, dict[int, StepRow]]:
-    last = conn.execute(select(func.max(events.c.sequence_number)).where(events.c.response_id == response_id)).scalar()
     steps = conn.execute(select(run_steps.c.step, run_steps.c.name, run_steps.c.output).where(
         run_steps.c.response_id == response_id))
-    return (-1 if last is None else int(last)), {row.step: StepRow(row.name, row.output) for row in steps}
+    return last_sequence(conn, response_id), {row.step: StepRow(row.name, row.output) for row in steps}
 
 
 def _event_type(stored: str) -> str:

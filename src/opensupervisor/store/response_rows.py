@@ -81,14 +81,23 @@ def stored_items(conn: Connection, response_id: str, kind: str) -> list[Item]:
     return [orjson.loads(r.item) for r in rows]
 
 
+def last_sequence(conn: Connection, response_id: str) -> int:
+    """The sequence number of the last event in the log (-1 when there is none)."""
+    last = conn.execute(select(func.max(events.c.sequence_number)).where(events.c.response_id == response_id)).scalar()
+    return -1 if last is None else int(last)
+
+
 def ending_rows(conn: Connection, response_id: str, response: dict[str, Any]) -> list[dict[str, Any]]:
     """The log row of the terminal event of ``response`` (stored without output), ended outside its
     run: after the last event, showing the output items stored so far."""
-    last = conn.execute(select(func.max(events.c.sequence_number)).where(
-        events.c.response_id == response_id)).scalar()
     output = stored_items(conn, response_id, "output")
-    ending = terminal_event(dict(response, output=output), (last if last is not None else -1) + 1)
+    ending = terminal_event(dict(response, output=output), last_sequence(conn, response_id) + 1)
     return to_event_rows(response_id, [compact(ending, set(range(len(output))))])
+
+
+def queued_runs() -> ColumnElement[bool]:
+    """The background responses waiting in the queue."""
+    return and_(responses.c.status == "queued", responses.c.background.is_(True))
 
 
 def admit_queued(conn: Connection, max_queued: int, *, postgresql: bool) -> None:
@@ -98,8 +107,7 @@ def admit_queued(conn: Connection, max_queued: int, *, postgresql: bool) -> None
     if postgresql:
         conn.execute(text("SELECT pg_advisory_xact_lock(7426302)"))
     # Counted only as far as the limit: the answer is the same, and a long queue costs no more.
-    waiting = select(responses.c.id).where(responses.c.status == "queued", responses.c.background.is_(True)).limit(
-        max_queued + 1).subquery()
+    waiting = select(responses.c.id).where(queued_runs()).limit(max_queued + 1).subquery()
     queued = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
     if queued > max_queued:  # raising rolls the insert back
         raise QueueFull(f"Too many background responses are queued ({max_queued}); retry later.")

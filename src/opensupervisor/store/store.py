@@ -19,15 +19,15 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, and_, delete, func, insert, select, text, update
+from sqlalchemy import Connection, and_, delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from opensupervisor.core.eventlog import LogSlice, Row, compact, parse
-from opensupervisor.core.events import TERMINAL_EVENTS, Event, terminal_event
+from opensupervisor.core.eventlog import LogSlice, Row, parse
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.engines import UNREACHABLE, WAL, again_if_dropped, engine_url, postgres_engine, sqlite_engine
 from opensupervisor.errors import ConfigError, RunSuperseded, StoreUnavailable
 from opensupervisor.store.response_rows import (
@@ -35,6 +35,7 @@ from opensupervisor.store.response_rows import (
     advance,
     dumps,
     ending_rows,
+    last_sequence,
     owned_response,
     response_status,
     stored_items,
@@ -253,13 +254,9 @@ class Store:
                 for row in rows:
                     response = dict(orjson.loads(row.response), status="failed",
                                     error={"code": "server_error", "message": message})
-                    last = conn.execute(select(func.max(events.c.sequence_number)).where(
-                        events.c.response_id == row.id)).scalar()
-                    output = stored_items(conn, row.id, "output")
-                    ending = terminal_event(dict(response, output=output), (last or 0) + 1)
                     conn.execute(update(responses).where(responses.c.id == row.id).values(
                         status="failed", response=dumps(response)))
-                    self.insert_rows(conn, [], to_event_rows(row.id, [compact(ending, set(range(len(output))))]))
+                    self.insert_rows(conn, [], ending_rows(conn, row.id, response))
                 return len(rows)
 
         return await self.write(write)
@@ -415,9 +412,7 @@ class Store:
         """The sequence number of the last event in the log (-1 when there is none)."""
         def read() -> int:
             with self.engine.connect() as conn:
-                last = conn.execute(select(func.max(events.c.sequence_number)).where(
-                    events.c.response_id == response_id)).scalar()
-            return -1 if last is None else int(last)
+                return last_sequence(conn, response_id)
 
         return await self.run(read)
 
