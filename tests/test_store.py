@@ -228,11 +228,15 @@ def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
         assert await store.cancel(rid, None) == "in_progress"
         assert await second.claim(rid) is None  # not running any more
         assert await store.delete(rid, None)
-        with store.engine.connect() as conn:  # a deleted response takes its steps with it
-            assert conn.execute(select(run_steps).where(run_steps.c.response_id == rid)).first() is None
+        assert _step_rows(store, rid) == []  # a deleted response takes its steps with it
         await store.close()
 
     asyncio.run(scenario())
+
+
+def _step_rows(store: Store, response_id: str) -> list[Any]:
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(run_steps).where(run_steps.c.response_id == response_id)))
 
 
 def test_the_steps_of_ended_runs_are_forgotten(store_url: str) -> None:
@@ -250,8 +254,7 @@ def test_the_steps_of_ended_runs_are_forgotten(store_url: str) -> None:
         assert await forget_steps(store) >= 1
         claim = await ownership.claim(running)
         assert claim is not None and claim.steps == {1: StepRow("model", '{"events": []}')}
-        with store.engine.connect() as conn:
-            assert conn.execute(select(run_steps).where(run_steps.c.response_id == ended)).first() is None
+        assert _step_rows(store, ended) == []
         await store.close()
 
     asyncio.run(scenario())
