@@ -315,24 +315,43 @@ def test_the_creator_of_a_run_cancelled_before_its_task_began_sees_its_ending(tm
 
 
 def test_reconciliation_queues_a_run_that_lost_its_workflow_and_fails_one_of_another_release(tmp_path: Path) -> None:
-    """A stored run with no workflow (its server died between the two writes) runs; one whose workflow
-    another release started fails with why, instead of waiting forever. Found a page at a time."""
+    """A run taken by a process that died before starting its workflow goes back to the queue and runs;
+    one whose workflow another release started fails with why, instead of waiting forever."""
     config = workspace_with(tmp_path, "executor_timeout_s = 0.5")
     database_url = f"sqlite:///{tmp_path}/state.db"
-    with ProcessServer(tmp_path, config=config, database_url=database_url,
-                       env={"OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as srv:
+    first = ProcessServer(tmp_path, config=config, database_url=database_url)
+    with first as srv:
         client = srv.client()
-        lost, old = (client.responses.create(model=MODEL, input="background tools", tools=[CALC],
-                                             background=True).id for _ in range(2))
+        old = client.responses.create(model=MODEL, input="take your time", background=True).id
+        wait_until(lambda: client.responses.retrieve(old).status == "in_progress", what="the slow run to start")
+        first.kill()
     with contextlib.closing(sqlite3.connect(tmp_path / "state.dbos.db")) as db, db:
-        db.execute("DELETE FROM workflow_status WHERE workflow_uuid = ?", (lost,))
         db.execute("UPDATE workflow_status SET application_version = 'opensupervisor-0.0.1' WHERE workflow_uuid = ?",
                    (old,))
+    with ProcessServer(tmp_path, config=config, database_url=database_url, log_name="accept.log",
+                       env={"OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as srv:
+        lost = srv.client().responses.create(model=MODEL, input="background tools", tools=[CALC], background=True).id
+    with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db, db:
+        db.execute("UPDATE os_responses SET owner_executor = 'gone', heartbeat_at = 0 WHERE id = ?", (lost,))
     with ProcessServer(tmp_path, config=config, database_url=database_url, log_name="again.log") as srv:
         client = srv.client()
         wait_until(lambda: client.responses.retrieve(lost).status == "completed", timeout=30,
-                   what="the run with no workflow to be queued again and run")
+                   what="the run taken and never started to be queued again and run")
         wait_until(lambda: client.responses.retrieve(old).status == "failed", timeout=30,
                    what="the run of another release to fail")
         error = client.responses.retrieve(old).error
         assert error is not None and error.message == OTHER_RELEASE
+
+
+def test_a_full_process_takes_its_queued_runs_as_its_runs_end(tmp_path: Path) -> None:
+    """With room for one run, the rest wait in the queue and are taken as each run ends, without
+    waiting for a poll (set far off here)."""
+    config = workspace_with(tmp_path, "worker_concurrency = 1\npoll_interval_s = 60")
+    with ProcessServer(tmp_path, config=config, database_url=f"sqlite:///{tmp_path}/state.db") as srv:
+        client = srv.client()
+        created = [client.responses.create(model=MODEL, input="background tools", tools=[CALC], background=True)
+                   for _ in range(4)]
+        assert [c.status for c in created].count("queued") >= 2, "no room: they wait in the queue"
+        ids = [c.id for c in created]
+        wait_until(lambda: all(client.responses.retrieve(i).status == "completed" for i in ids), timeout=30,
+                   what="every run to be taken and run, one after the other")

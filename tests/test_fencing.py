@@ -69,7 +69,8 @@ def test_a_worker_taken_for_dead_while_alive_lets_its_runs_go_quietly(tmp_path: 
                     ProcessWorker(tmp_path, config=workspace, database_url=url, env=env, log_name="w2.log") as w2:
                 client = server.client()
                 ids = [_create(client) for _ in range(RUNS)]
-                wait_until(lambda: all(_owners(url, ids).values()), timeout=60, what="every run to start")
+                wait_until(lambda: all(client.responses.retrieve(i).status == "in_progress" for i in ids), timeout=60,
+                           what="every run to start")
                 by_pid = Counter(int(str(owner).split("-")[-2]) for owner in _owners(url, ids).values())
                 stopped = w1 if by_pid[w1.proc.pid] >= by_pid[w2.proc.pid] else w2
                 os.kill(stopped.proc.pid, signal.SIGSTOP)

@@ -41,7 +41,7 @@ class FakeEngine:
         self.queries += 1
         return dict.fromkeys(response_ids, "ENQUEUED")
 
-    async def start(self, response_id: str, *, here: bool) -> None:
+    async def start(self, response_id: str) -> None:
         raise AssertionError("every run has a workflow here")
 
     async def forget_finished(self, before_ms: int) -> int:
@@ -87,7 +87,8 @@ def test_a_process_starting_with_a_backlog_beats_at_once_and_reconciles_in_the_b
         await store.migrate()
         rows: list[dict[str, Any]] = [
             {"id": f"resp_{i:04d}", "owner": "u", "status": "queued", "background": True, "stream": False,
-             "created_at": 1, "previous_response_id": None, "heartbeat_at": 0, "response": "{}", "request": "{}"}
+             "created_at": 1, "previous_response_id": None, "heartbeat_at": 0, "response": "{}", "request": "{}",
+             "owner_executor": "gone"}
             for i in range(200)]
         with store.engine.begin() as conn:
             conn.execute(insert(responses), rows)

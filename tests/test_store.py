@@ -158,10 +158,10 @@ def test_quiet_runs_are_found_and_can_be_failed(store_url: str) -> None:
         response = {"id": rid, "object": "response", "status": "in_progress", "background": True,
                     "created_at": 1, "previous_response_id": None, "output": []}
         await store.create(response, owner="u", request={}, stream=True, input_items=[], output=[],
-                           new_events=[Event({"type": "response.created", "sequence_number": 0})])
+                           new_events=[Event({"type": "response.created", "sequence_number": 0})], taken_by="gone")
         with store.engine.begin() as conn:
             conn.execute(update(responses).where(responses.c.id == rid).values(heartbeat_at=0))
-        assert (rid, "in_progress") in await Executors(store, "pool").quiet_runs(10_000)
+        assert (rid, "in_progress", "gone") in await Executors(store, "pool").quiet_runs(10_000)
         assert await store.fail([rid], "gone") == 1
         assert await store.fail([rid], "gone again") == 0  # only a running response is failed
         got = await store.get(rid, None)
@@ -274,6 +274,28 @@ def test_a_run_cancelled_before_it_ever_ran_gets_one_ending(store_url: str) -> N
         log = list(await store.events_after(rid, -1))
         assert [e.sequence_number for e in log] == [0, 1, 2]
         assert log[-1].type in TERMINAL_EVENTS and log[-1].data["response"]["status"] == "cancelled"
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_second_copy_of_a_run_in_one_process_does_not_run_the_first_copys_call(store_url: str) -> None:
+    """A process paused past the executor timeout may be handed its own run back while its first copy
+    still runs: the new copy (a newer epoch) does not take over a call the first copy claimed."""
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        rid, _, _ = await stored_background(store, "in_progress")
+        process = "exec-" + rid
+        await Executors(store, "pool-" + rid).register(process, "host", 1)
+        first, again = Ownership(store, process), Ownership(store, process)
+        old = await first.claim(rid)
+        assert old is not None and await first.claim_call(rid, old.epoch, 2, "tool:add") is True
+        new = await again.claim(rid)
+        assert new is not None and new.epoch == old.epoch + 1
+        assert await again.claim_call(rid, new.epoch, 2, "tool:add") is False, "the first copy may be running it"
+        assert await again.claim_call(rid, new.epoch, 3, "tool:add") is True
+        assert await again.claim_call(rid, new.epoch, 3, "tool:add") is True  # its own claim, again
         await store.close()
 
     asyncio.run(scenario())

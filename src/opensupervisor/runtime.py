@@ -24,6 +24,7 @@ from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.assemble import RunDeps
+from opensupervisor.runs.dispatch import Dispatcher
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
 from opensupervisor.runs.gate import Gate
 from opensupervisor.runs.inference_tables import InferenceTables, TableConfig
@@ -40,6 +41,7 @@ from opensupervisor.store.grants import StoredGrants
 from opensupervisor.store.keys import shared_key
 from opensupervisor.store.principals import Principals
 from opensupervisor.store.rate_limits import DatabaseCounters, StoredRateLimits
+from opensupervisor.store.run_queue import RunQueue
 from opensupervisor.store.usage import Usage
 from opensupervisor.tools import apps, connections, genie, knowledge_assistant, mcp_tool, uc_functions
 from opensupervisor.tools.registry import ToolRegistry, load_plugins
@@ -223,6 +225,12 @@ async def _join_engine(stack: contextlib.AsyncExitStack, settings: Settings, ws:
     maintenance = Maintenance(store, ENGINE, _housekeeping(ws))
     await maintenance.start()
     stack.push_async_callback(maintenance.stop)
+    if concurrency > 0:  # registered as an executor first: what it takes names this process
+        dispatcher = Dispatcher(RunQueue(store, ENGINE.executor_id, ENGINE.pool), service.room, service.start_taken,
+                                poll_interval_s=ws.background.poll_interval_s)
+        service.background.wake = dispatcher.wake
+        dispatcher.start()
+        stack.push_async_callback(dispatcher.stop)
 
 
 def _start_background(stack: contextlib.AsyncExitStack, rt: Runtime) -> None:
@@ -299,7 +307,7 @@ def _background_limits(ws: Workspace, concurrency: int) -> BackgroundLimits:
 
 def _engine_config(settings: Settings, ws: Workspace, concurrency: int) -> EngineConfig:
     return EngineConfig(system_database_url(settings.database_url, settings.system_database_url),
-                        schema=settings.system_schema, poll_interval_s=ws.background.poll_interval_s,
+                        schema=settings.system_schema,
                         worker_concurrency=concurrency, synchronous_commit=ws.background.synchronous_commit)
 
 

@@ -131,12 +131,12 @@ class Background(_Section):
     purge_interval_s: float = Field(default=3600.0, gt=0)
     # How long a create's Idempotency-Key answers with the response it made (then it may be reused).
     idempotency_keys_ttl_s: float = Field(default=86400.0, ge=60)
-    # How often each worker looks for queued runs.
+    # How often a process looks for queued runs on SQLite (on PostgreSQL it is notified, and looks
+    # once a second in case a notification was missed).
     poll_interval_s: float = Field(default=0.05, gt=0, le=60)
     # An executor silent this long is dead and its runs are recovered by another.
     executor_timeout_s: float = Field(default=10.0, gt=0)
-    # PostgreSQL: step checkpoints wait for the disk. false: faster, but a crash of PostgreSQL itself
-    # (not of a worker) may run again the steps that finished in its last fraction of a second.
+    # PostgreSQL: DBOS's workflow records wait for the disk (a run's steps always do, with the store).
     synchronous_commit: bool = True
 
 

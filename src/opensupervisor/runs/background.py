@@ -52,6 +52,8 @@ class BackgroundRuns:
         self.store = store
         self.workflow_state = workflow_state
         self.live: dict[str, LiveRun] = {}
+        # Told when there may be room for a queued run here: one was queued, or one of these ended.
+        self.wake: Callable[[], None] = lambda: None
 
     def adopt(self, response_id: str) -> LiveRun:
         """The live log of a run about to start here (made early, so that its creator can follow it)."""
@@ -87,6 +89,7 @@ class BackgroundRuns:
             if self.live.get(live.response_id) is live:
                 del self.live[live.response_id]
             metrics.BACKGROUND.dec()
+            self.wake()
 
     async def _watch(self, live: LiveRun, recording: Ended) -> None:
         while True:
@@ -125,6 +128,7 @@ class BackgroundRuns:
             del self.live[response_id]
             live.shutting_down = True
             await live.close()
+            self.wake()
 
     async def _follow_live(self, live: LiveRun, after: int) -> AsyncGenerator[Event]:
         """The run's live log here; when the run went to another process before its end (this one
@@ -141,9 +145,9 @@ class BackgroundRuns:
     async def _follow_stored(self, response_id: str, after: int) -> AsyncGenerator[Event]:
         """Poll the stored log of a run in another process until its terminal event.
 
-        If the log goes quiet and the run's heartbeat is stale, its workflow says whether it is
-        waiting in the queue or for recovery (the follower waits too) or will never run again (the
-        follower gets an ending that says how the response stands, and never hangs).
+        If the log goes quiet and the run's heartbeat is stale, it is waiting in the queue, or its
+        workflow says whether it waits for recovery (the follower waits too) or will never run again
+        (the follower gets an ending that says how the response stands, and never hangs).
         """
         quiet_since = time.monotonic()
         while True:
@@ -159,8 +163,9 @@ class BackgroundRuns:
                 stored = await self.store.meta(response_id, None)
                 if stored is None:
                     return  # deleted
-                if _stale(stored) and (stored.response["status"] in TERMINAL_STATUSES
-                                       or await self.workflow_state(response_id) not in WILL_RUN):
+                ended = stored.response["status"] in TERMINAL_STATUSES
+                if _stale(stored) and (ended or (not stored.waiting
+                                                 and await self.workflow_state(response_id) not in WILL_RUN)):
                     yield await self._ending(response_id, stored.response, after + 1)
                     return
                 quiet_since = time.monotonic()

@@ -1,8 +1,8 @@
 """Durable execution of background runs: DBOS workflows, steps recorded in the store.
 
-A background response runs as a DBOS workflow whose id is the response id: DBOS queues it, hands it
-to a worker and, when the process running it dies, runs it again in another process (or the same one
-restarted). Every model call and every hosted tool call (and each tool listing) is a step of the run
+A background response runs as a DBOS workflow whose id is the response id, started by the process
+that takes the run (``runs.dispatch``); when that process dies, DBOS runs it again in another process
+(or the same one restarted). Every model call and every hosted tool call (and each tool listing) is a step of the run
 (``runs.checkpoints``), recorded in the store with the run's own writes: a resumed run gets each
 finished step's output instead of calling the model or the tool a second time. The loop is the same
 loop as everywhere else; only its model and its toolsets are wrapped here (``DurableModel``,
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
-from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
+from dbos import DBOS, DBOSConfig, SetWorkflowID
+from dbos._dbos import _get_dbos_instance
 
 from opensupervisor import __version__
 from opensupervisor.core.contracts import (
@@ -46,8 +47,10 @@ if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
 
 log = logging.getLogger(__name__)
-QUEUE = "opensupervisor-responses"
 WORKFLOW = "opensupervisor.background_response"
+# The DBOS queue of runs recovered from a dead process; looked at once a second (recovery is rare).
+RECOVERED = "opensupervisor-recovered"
+RECOVERED_POLL_S = 1.0
 # DBOS only recovers a workflow with the application version that started it. Runs survive a
 # restart or redeploy of the same release; a new release does not replay an older one's runs, nor
 # one recorded in another step format.
@@ -164,9 +167,8 @@ class Runner(Protocol):
 class EngineConfig:
     system_database_url: str
     schema: str = "dbos"
-    poll_interval_s: float = 0.05
     worker_concurrency: int = 16
-    # PostgreSQL: whether step checkpoints wait for the disk (see the README's guarantees).
+    # PostgreSQL: whether DBOS's workflow records wait for the disk (see the README's guarantees).
     synchronous_commit: bool = True
 
 
@@ -175,7 +177,6 @@ class DurableEngine:
 
     def __init__(self) -> None:
         self.runners: list[Runner] = []
-        self.queue: Queue | None = None
         self.config: EngineConfig | None = None
         self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
         self.host = socket.gethostname()
@@ -193,9 +194,8 @@ class DurableEngine:
         async with self._lock:
             if not self.runners:
                 self._launch(config)
-                self.queue = await DBOS.register_queue_async(
-                    QUEUE, worker_concurrency=max(config.worker_concurrency, 1),
-                    polling_interval_sec=config.poll_interval_s, on_conflict="always_update")
+                await DBOS.register_queue_async(RECOVERED, worker_concurrency=max(config.worker_concurrency, 1),
+                                                polling_interval_sec=RECOVERED_POLL_S, on_conflict="always_update")
             self.runners.append(runner)
 
     def _launch(self, config: EngineConfig) -> None:
@@ -217,8 +217,10 @@ class DurableEngine:
             dbos_config["db_engine_kwargs"] = {"pool_pre_ping": False, "connect_args": connect_args}
         try:
             DBOS(config=dbos_config)
+            # New runs wait in the store's queue (``runs.dispatch``); DBOS's queue only hands out
+            # recovered ones, to the processes that run runs.
             if config.worker_concurrency <= 0:
-                DBOS.listen_queues([])  # recovered runs still come through DBOS's internal queue
+                DBOS.listen_queues([])
             DBOS.launch()  # on this loop: DBOS then runs workflows on it too
         except Exception as exc:
             DBOS.destroy(destroy_registry=False)
@@ -229,17 +231,13 @@ class DurableEngine:
             self.runners.remove(runner)
             if not self.runners:
                 await asyncio.to_thread(DBOS.destroy, destroy_registry=False, workflow_completion_timeout_sec=0)
-                self.queue = None
                 self.config = None
 
-    async def start(self, response_id: str, *, here: bool) -> None:
-        """Start the run now in this process, or queue it for any worker. Starting twice is harmless."""
+    async def start(self, response_id: str) -> None:
+        """Start the run's workflow now, in this process. Starting twice is harmless: DBOS runs a
+        workflow only for the start that created it."""
         with SetWorkflowID(response_id):
-            if here:
-                await DBOS.start_workflow_async(background_response, response_id)
-            else:
-                assert self.queue is not None
-                await self.queue.enqueue_async(background_response, response_id)
+            await DBOS.start_workflow_async(background_response, response_id)
 
     async def cancel(self, response_id: str) -> None:
         await DBOS.cancel_workflow_async(response_id)
@@ -256,9 +254,15 @@ class DurableEngine:
         return {w.workflow_id: _state(str(w.status), w.app_version) for w in found}
 
     async def recover(self, executor_id: str) -> int:
-        """Hand the unfinished runs of a dead executor to whichever live process dequeues them first."""
-        handles = await asyncio.to_thread(DBOS._recover_pending_workflows, [executor_id])
-        return len(handles)
+        """Hand the unfinished runs of a dead executor to whichever live process that runs runs
+        dequeues them first (DBOS's own recovery would queue them for every process, servers that
+        only accept runs included)."""
+        def hand_over() -> int:
+            system = _get_dbos_instance()._sys_db
+            pending = system.get_pending_workflows(executor_id, APP_VERSION)
+            return sum(system.reenqueue_for_recovery(w.workflow_id, [executor_id], RECOVERED) for w in pending)
+
+        return await asyncio.to_thread(hand_over)
 
     async def forget_finished(self, before_ms: int, *, limit: int = 500) -> int:
         """Delete the workflow records of runs that ended before ``before_ms`` (their responses keep everything)."""

@@ -6,9 +6,10 @@
   heartbeat went quiet, or on this host its process is gone) its unfinished runs are handed to DBOS
   recovery, which re-queues them for whichever live process takes them first, and its foreground
   responses (streamed to a client that is gone with it) are failed with a reason.
-- Reconciliation: a response whose run has no workflow (the process died between storing it and
-  starting or queueing it) is queued; one whose workflow will never run again (it ended without recording the
-  response's end, or another release started it) is failed with a reason.
+- Reconciliation: a response taken by a process whose workflow never started (the process died
+  between taking it and starting it) goes back to the queue; one whose workflow will never run
+  again (it ended without recording the response's end, or another release started it) is failed
+  with a reason.
 - Retention: finished background responses older than the retention period are purged, the
   workflow records of finished runs soon after they end (the response keeps everything), and
   idempotency keys past their lifetime.
@@ -27,9 +28,10 @@ from opensupervisor import metrics
 from opensupervisor.runs.background import WILL_RUN
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.store import Store
-from opensupervisor.store.executors import Executor, Executors
+from opensupervisor.store.executors import Executor, Executors, QuietRun
 from opensupervisor.store.idempotency import IdempotencyKeys
 from opensupervisor.store.ownership import forget_steps
+from opensupervisor.store.run_queue import RunQueue
 
 log = logging.getLogger(__name__)
 BEAT_S = 1.0
@@ -93,6 +95,7 @@ class Maintenance:
         self.engine = engine
         self.config = config
         self.executors = Executors(store, engine.pool)
+        self.queue = RunQueue(store, engine.executor_id, engine.pool)
         self.heartbeat = Heartbeat(self.executors, engine)
         self._tasks: list[asyncio.Task[None]] = []
         self._reconciled_to = ""  # where the next reconciliation round starts
@@ -159,24 +162,25 @@ class Maintenance:
         seen = 0
         while seen < RECONCILE_LIMIT:
             page = await self.executors.quiet_runs(quiet_ms, after=self._reconciled_to, limit=RECONCILE_PAGE)
-            states = await self.engine.states([response_id for response_id, _ in page]) if page else {}
-            for response_id, status in page:
-                await self._reconcile_one(response_id, status, states.get(response_id))
+            states = await self.engine.states([run.id for run in page]) if page else {}
+            for run in page:
+                await self._reconcile_one(run, states.get(run.id))
             seen += len(page)
             if len(page) < RECONCILE_PAGE:
                 self._reconciled_to = ""
                 return False
-            self._reconciled_to = page[-1][0]
+            self._reconciled_to = page[-1].id
         return True
 
-    async def _reconcile_one(self, response_id: str, status: str, state: str | None) -> None:
+    async def _reconcile_one(self, run: QuietRun, state: str | None) -> None:
         if state in WILL_RUN:
             return
-        if state is None:  # no workflow, so no step ever ran: start it afresh
-            log.warning("background response %s (%s) has no run; queueing it", response_id, status)
-            await self.engine.start(response_id, here=False)
+        if state is None:  # taken, but its workflow never started, so no step ever ran: queue it again
+            if await self.queue.release(run.id, run.taken_by):
+                log.warning("background response %s (%s) was taken by %s and never started; queueing it again",
+                            run.id, run.status, run.taken_by)
         else:
-            await self.store.fail([response_id], OTHER_RELEASE if state == "OTHER_RELEASE" else LOST)
+            await self.store.fail([run.id], OTHER_RELEASE if state == "OTHER_RELEASE" else LOST)
 
     async def purge(self) -> None:
         now = time.time()

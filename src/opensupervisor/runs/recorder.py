@@ -64,6 +64,8 @@ class Recorder:
         # Its steps not written yet (``runs.checkpoints``): they go with the run's next write.
         self.unwritten: Callable[[], Callable[[Connection], None] | None] | None = None
         self._max_queued: int | None = None
+        self._pool: str | None = None
+        self._taken_by: str | None = None
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """Pass ``events`` through, writing them as they cross item and terminal boundaries.
@@ -99,12 +101,14 @@ class Recorder:
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
-    async def open(self, events: list[Event], *, max_queued: int | None = None) -> None:
+    async def open(self, events: list[Event], *, max_queued: int | None = None, pool: str | None = None,
+                   taken_by: str | None = None) -> None:
         """Write a response's first events in the transaction that creates it (refused with
-        ``QueueFull`` when it is queued and ``max_queued`` are already)."""
+        ``QueueFull`` when it is queued and ``max_queued`` are already; a background one of ``pool``
+        taken by executor ``taken_by``, else waiting in the pool's queue)."""
         for event in events:
             self._pending.append(event)
-        self._max_queued = max_queued
+        self._max_queued, self._pool, self._taken_by = max_queued, pool, taken_by
         await self._flush(events[-1].data["response"], terminal=False)
 
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
@@ -119,7 +123,8 @@ class Recorder:
             output = list(response["output"]) if terminal else []
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
                                     input_items=self.input_items, output=output, new_events=events,
-                                    options=self.options, max_queued=self._max_queued)
+                                    options=self.options, max_queued=self._max_queued,
+                                    pool=self._pool, taken_by=self._taken_by)
             self._stored.update(done)
             return
         written = await self.store.append(self.response_id, output=done, new_events=events, response=response,

@@ -155,19 +155,30 @@ class ResponseService:
         # one waits in (and is bounded by) the queue.
         first = opening(prepared.run.emitter) if here else [prepared.run.emitter.lifecycle("response.created")]
         try:
-            await prepared.recorder.open(first, max_queued=None if here else limits.max_queued)
+            await prepared.recorder.open(first, max_queued=None if here else limits.max_queued,
+                                         pool=self.engine.pool, taken_by=self.engine.executor_id if here else None)
         except QueueFull:
             await self.accounting.release(prepared.plan.ticket)
             await self.approvals.release(response_id)  # it never ran: its answers stand
             raise
         if here:
-            self.background.adopt(response_id)
+            await self.start_taken(response_id)
+        else:
+            self.background.wake()  # this process takes it when it has room
+        return first[0].data["response"], self.background.follow(response_id, -1)
+
+    def room(self) -> int:
+        """How many more background runs this process takes now."""
+        return self.background_limits.worker_concurrency - len(self.background.live)
+
+    async def start_taken(self, response_id: str) -> None:
+        """Start the workflow of a background run this process took (created here, or from the queue)."""
+        self.background.adopt(response_id)
         try:
-            await self.engine.start(response_id, here=here)
+            await self.engine.start(response_id)
         except Exception:
             self.background.live.pop(response_id, None)
             raise
-        return first[0].data["response"], self.background.follow(response_id, -1)
 
     async def run_durable(self, response_id: str) -> bool:
         """Run (or resume) a stored background response to its end; the body of its workflow.
@@ -179,12 +190,19 @@ class ResponseService:
         record = await self.store.load_run(response_id)
         if record is None:
             return False
+        try:
+            await self._run_record(record)
+        finally:
+            await self.background.release(response_id)  # when it never got as far as running
+        return True
+
+    async def _run_record(self, record: RunRecord) -> None:
+        response_id = record.response["id"]
         if record.response["status"] == "cancelled":
             await self.ownership.end_cancelled(response_id)  # when it was cancelled before it ever ran
-            await self.background.release(response_id)
-            return True
+            return
         if record.response["status"] not in ("queued", "in_progress"):
-            return True  # it ended; nothing left to do
+            return  # it ended; nothing left to do
         # A run starting for the first time (still queued: the pickup and its event are written
         # together) records its pickup with the claim: pollers see it leave "queued" at once. The run
         # replays that event (same response, same sequence number) and skips writing it.
@@ -192,7 +210,7 @@ class ResponseService:
         picked_up = opening(Emitter(_as_created(record.response)))[1] if first else None
         claim = await self.ownership.claim(response_id, picked_up=picked_up)
         if claim is None:
-            return True  # it ended just now (or was cancelled or deleted while queued)
+            return  # it ended just now (or was cancelled or deleted while queued)
         try:
             await self._run_owned(record, claim.last_sequence,
                                   StoredSteps(self.ownership, response_id, claim.epoch, claim.steps))
@@ -200,7 +218,6 @@ class ResponseService:
             log.warning("background response %s was taken over by another process; this one lets it go",
                         response_id)
             raise asyncio.CancelledError from None  # like a shutdown: DBOS records nothing of this execution
-        return True
 
     async def _run_owned(self, record: RunRecord, last_sequence: int, steps: StoredSteps) -> None:
         """Run a claimed run whose log ends at ``last_sequence``, through its recorded ``steps``."""

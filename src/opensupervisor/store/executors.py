@@ -28,6 +28,12 @@ class Executor(NamedTuple):
     heartbeat_at: int
 
 
+class QuietRun(NamedTuple):
+    id: str
+    status: str
+    taken_by: str
+
+
 class Executors:
     def __init__(self, store: Store, pool: str) -> None:
         self.store = store
@@ -82,15 +88,17 @@ class Executors:
 
         return await self.store.run(read)
 
-    async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[tuple[str, str]]:
-        """Background responses still running whose runner has been quiet for ``quiet_ms``: (id, status),
-        by id from ``after``, at most ``limit`` (a backlog is read a page at a time)."""
-        def read() -> list[tuple[str, str]]:
+    async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[QuietRun]:
+        """Background responses still running, taken by a process, whose runner has been quiet for
+        ``quiet_ms``; by id from ``after``, at most ``limit`` (a backlog is read a page at a time).
+        Runs waiting in the queue are not among them: nothing is amiss with those."""
+        def read() -> list[QuietRun]:
             with self.store.engine.connect() as conn:
-                return [(r.id, r.status) for r in conn.execute(select(responses.c.id, responses.c.status).where(
-                    responses.c.background.is_(True), responses.c.status.in_(RUNNING),
-                    responses.c.heartbeat_at < now_ms() - quiet_ms, responses.c.id > after).order_by(
-                    responses.c.id).limit(limit))]
+                return [QuietRun(r.id, r.status, r.owner_executor) for r in conn.execute(
+                    select(responses.c.id, responses.c.status, responses.c.owner_executor).where(
+                        responses.c.background.is_(True), responses.c.status.in_(RUNNING),
+                        responses.c.owner_executor.is_not(None), responses.c.heartbeat_at < now_ms() - quiet_ms,
+                        responses.c.id > after).order_by(responses.c.id).limit(limit))]
 
         return await self.store.run(read)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Connection, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
 
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunSuperseded
@@ -62,13 +62,14 @@ class Ownership:
         self.store = store
         self.executor_id = executor_id
         insert = store.dialect_insert(run_steps)
-        # A claim already there is taken over only when it is this process's or its claimer died
-        # (the one case where a call may run again); else no row comes back.
+        # A claim already there is taken over only when this very copy of the run made it (a retried
+        # write) or its claimer died (the one case where a call may run again); else no row comes
+        # back. Another copy in this same process (of an older epoch) may be running the call.
         self._claim_call = insert.on_conflict_do_update(
             index_elements=[run_steps.c.response_id, run_steps.c.step],
             set_={"name": insert.excluded.name, "executor": insert.excluded.executor,
-                  "claimed_at": insert.excluded.claimed_at},
-            where=or_(run_steps.c.executor == executor_id,
+                  "claimed_at": insert.excluded.claimed_at, "epoch": insert.excluded.epoch},
+            where=or_(and_(run_steps.c.executor == executor_id, run_steps.c.epoch == insert.excluded.epoch),
                       run_steps.c.executor.not_in(select(executors.c.id)))).returning(run_steps.c.step)
         self._record = insert.on_conflict_do_update(
             index_elements=[run_steps.c.response_id, run_steps.c.step],
@@ -128,7 +129,7 @@ class Ownership:
         claim. Raises ``RunSuperseded`` when the run is no longer this process's; False when another
         live process claimed the call (it may be running it)."""
         row = {"response_id": response_id, "step": step, "name": name, "executor": self.executor_id,
-               "claimed_at": now_ms()}
+               "claimed_at": now_ms(), "epoch": epoch}
 
         def write() -> bool:
             with self.store.engine.begin() as conn:

@@ -68,7 +68,8 @@ def response_status(conn: Connection, response_id: str) -> str | None:
 
 
 def owned_response(conn: Connection, response_id: str, owner: str | None) -> Any:
-    query = select(responses.c.response, responses.c.owner, responses.c.stream, responses.c.heartbeat_at).where(
+    query = select(responses.c.response, responses.c.owner, responses.c.stream, responses.c.heartbeat_at,
+                   responses.c.owner_executor).where(
         responses.c.id == response_id)
     if owner is not None:
         query = query.where(responses.c.owner == owner)
@@ -98,6 +99,17 @@ def ending_rows(conn: Connection, response_id: str, response: dict[str, Any]) ->
 def queued_runs() -> ColumnElement[bool]:
     """The background responses waiting in the queue."""
     return and_(responses.c.status == "queued", responses.c.background.is_(True))
+
+
+# Notified when a background run starts waiting in the queue (``store.run_queue``).
+RUNS_CHANNEL = "opensupervisor_runs"
+_NOTIFY = text(f"NOTIFY {RUNS_CHANNEL}")
+
+
+def notify_waiting(conn: Connection) -> None:
+    """Wake the processes listening for runs when ``conn``'s transaction commits (PostgreSQL only)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY)
 
 
 def admit_queued(conn: Connection, max_queued: int, *, postgresql: bool) -> None:

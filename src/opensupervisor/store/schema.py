@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
+_UNCLAIMED = "owner_executor IS NULL AND background"
 responses = Table(
     "os_responses",
     metadata,
@@ -29,8 +30,13 @@ responses = Table(
     # refused (the process was taken for dead and the run went to another).
     Column("owner_epoch", Integer, nullable=False, server_default="0"),
     Column("owner_executor", String(64), nullable=True),
+    # The pool of processes (one durable-execution database) whose queue a background run waits in.
+    Column("run_pool", String(32), nullable=True),
     Index("ix_os_responses_owner_created", "owner", "created_at"),
     Index("ix_os_responses_status", "status", "background"),
+    # The queue (``store.run_queue``): background runs no process has taken.
+    Index("ix_os_responses_unclaimed", "run_pool", "created_at", sqlite_where=text(_UNCLAIMED),
+          postgresql_where=text(_UNCLAIMED)),
 )
 
 items = Table(
@@ -79,6 +85,9 @@ run_steps = Table(
     Column("executor", String(64), nullable=False),
     Column("claimed_at", BigInteger, nullable=False),
     Column("output", Text, nullable=True),
+    # The run's ownership epoch of the copy that claimed the step: one process may hold two copies
+    # of a run (paused past the executor timeout, it was handed its own run back).
+    Column("epoch", Integer, nullable=True),
 )
 
 # Genie conversations: each message as the Genie REST API shows it, and its query result.

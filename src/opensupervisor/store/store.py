@@ -36,6 +36,7 @@ from opensupervisor.store.response_rows import (
     dumps,
     ending_rows,
     last_sequence,
+    notify_waiting,
     owned_response,
     response_status,
     stored_items,
@@ -59,6 +60,8 @@ class Stored(NamedTuple):
     response: dict[str, Any]
     stream: bool
     heartbeat_at: int | None
+    # A background run in the queue: no process has taken it yet (``store.run_queue``).
+    waiting: bool = False
 
 
 class RunRecord(NamedTuple):
@@ -144,15 +147,20 @@ class Store:
 
     async def create(self, response: dict[str, Any], *, owner: str, request: dict[str, Any], stream: bool,
                      input_items: list[Item], output: list[Item], new_events: Sequence[Event | Row],
-                     options: dict[str, Any] | None = None, max_queued: int | None = None) -> None:
+                     options: dict[str, Any] | None = None, max_queued: int | None = None,
+                     pool: str | None = None, taken_by: str | None = None) -> None:
         """Insert a response with its first items and events. With ``max_queued`` (a queued background
-        response) the insert is refused with ``QueueFull`` when that many are queued already."""
+        response) the insert is refused with ``QueueFull`` when that many are queued already.
+
+        A background response of ``pool`` waits in that pool's queue (``store.run_queue``) unless
+        ``taken_by``, the executor that runs it, is given; a waiting one wakes the processes listening."""
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
             "previous_response_id": response["previous_response_id"], "heartbeat_at": now_ms(),
             "response": dumps(without_output(response)), "request": dumps(request),
-            "options": dumps(options) if options else None,
+            "options": dumps(options) if options else None, "owner_executor": taken_by,
+            "run_pool": pool,
         }
         rows = to_item_rows(response["id"], "input", dict(enumerate(input_items)))
         rows += to_item_rows(response["id"], "output", dict(enumerate(output)))
@@ -163,6 +171,8 @@ class Store:
                 if max_queued is not None:
                     admit_queued(conn, max_queued, postgresql=not self.is_sqlite)
                 self.insert_rows(conn, rows, to_event_rows(response["id"], new_events))
+                if pool is not None and taken_by is None:
+                    notify_waiting(conn)
 
         await self.write(write)
 
@@ -324,7 +334,8 @@ class Store:
         def read() -> Stored | None:
             with self.engine.connect() as conn:
                 row = owned_response(conn, response_id, owner)
-                return None if row is None else Stored(orjson.loads(row.response), bool(row.stream), row.heartbeat_at)
+                return None if row is None else Stored(
+                    orjson.loads(row.response), bool(row.stream), row.heartbeat_at, row.owner_executor is None)
 
         return await self.run(read)
 
