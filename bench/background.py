@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--poll", type=float, default=0.05, help="background.poll_interval_s of the workers")
+    parser.add_argument("--poll", type=float, default=0.05, help="background.poll_interval_s of the processes")
     parser.add_argument("--only", choices=["pickup", "throughput"], default=None)
     parser.add_argument("--workers", default="1,2,4", help="worker counts to measure throughput with")
     args = parser.parse_args()
@@ -209,8 +209,8 @@ def main() -> None:
 
 
 def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
-    print(f"pickup, create to in_progress, p50 / p99 ({args.samples} runs one at a time, "
-          f"workers poll every {args.poll * 1000:.0f} ms):")
+    print(f"pickup, create to in_progress, p50 / p99 ({args.samples} runs one at a time; workers are notified "
+          f"on PostgreSQL, SQLite polls every {args.poll * 1000:.0f} ms):")
     for sync in (True, False):
         procs = Processes(tmp, args.database_url, schema, synchronous_commit=sync, poll_interval_s=args.poll)
         stack.callback(procs.stop)
@@ -234,8 +234,7 @@ def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) 
 
 
 def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
-    print(f"throughput on PostgreSQL ({args.runs} runs, 16 clients; the server only accepts, workers run, "
-          f"polling every {args.poll * 1000:.0f} ms):")
+    print(f"throughput on PostgreSQL ({args.runs} runs, 16 clients; the server only accepts, workers run):")
     procs = Processes(tmp, args.database_url, schema, poll_interval_s=args.poll)
     stack.callback(procs.stop)
     base = 0.0

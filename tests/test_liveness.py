@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from opensupervisor.runs.maintenance import Housekeeping, Maintenance
 from opensupervisor.store import Store
@@ -111,3 +112,34 @@ def test_a_process_starting_with_a_backlog_beats_at_once_and_reconciles_in_the_b
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stalled_process_on_this_machine_loses_its_runs_but_keeps_its_claims(tmp_path: Path) -> None:
+    """Silent past the timeout, its runs are recovered; its process still exists, so it stays
+    registered (a call it claimed is not run again). One whose process is gone is removed."""
+    stalled = subprocess.Popen(["sleep", "60"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/store.db")
+        await store.migrate()
+        engine = FakeEngine("watcher", os.getpid())
+        maintenance = _maintenance(store, engine)
+        try:
+            for name, pid in (("stalled", stalled.pid), ("gone", gone.pid)):
+                await maintenance.executors.register(name, FakeEngine.host, pid)
+            with store.engine.begin() as conn:
+                conn.execute(update(executors).where(executors.c.id == "stalled").values(heartbeat_at=0))
+            await maintenance.recover_dead()
+            assert sorted(engine.recovered) == ["gone", "stalled"]
+            assert _heartbeat_at(store, "stalled") is not None, "still registered"
+            assert _heartbeat_at(store, "gone") is None
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stalled.kill()
+        stalled.wait()

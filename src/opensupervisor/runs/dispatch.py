@@ -52,21 +52,23 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while True:
+            woken = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self.poll_interval_s)
+                woken = await asyncio.wait_for(self._woken.wait(), self.poll_interval_s)
             self._woken.clear()
             try:
-                await self.dispatch()
+                await self.dispatch(look_first=not woken)
             except Exception:  # the dispatcher must outlive a database hiccup
                 log.exception("taking queued background runs failed; trying again in %.0f s", FAILED_S)
                 await asyncio.sleep(FAILED_S)
 
-    async def dispatch(self) -> int:
-        """Take and start as many waiting runs as there is room for; how many were started."""
+    async def dispatch(self, *, look_first: bool = True) -> int:
+        """Take and start as many waiting runs as there is room for; how many were started.
+        ``look_first``: read whether any run waits before writing (a poll, which mostly finds none)."""
         room = self.room()
         if room <= 0:
             return 0  # a run ending here wakes the dispatcher again
-        taken = await self.queue.take(room)
+        taken = await self.queue.take(room, look_first=look_first)
         for response_id in taken:
             try:
                 await self.start_run(response_id)

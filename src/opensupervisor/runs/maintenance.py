@@ -5,7 +5,9 @@
   process look dead; when another executor of the same pool died (its
   heartbeat went quiet, or on this host its process is gone) its unfinished runs are handed to DBOS
   recovery, which re-queues them for whichever live process takes them first, and its foreground
-  responses (streamed to a client that is gone with it) are failed with a reason.
+  responses (streamed to a client that is gone with it) are failed with a reason. One on this host
+  whose process still exists (stopped, or stalled) stays registered: the hosted calls it claimed
+  are not run again by the processes its runs go to.
 - Reconciliation: a response taken by a process whose workflow never started (the process died
   between taking it and starting it) goes back to the queue; one whose workflow will never run
   again (it ended without recording the response's end, or another release started it) is failed
@@ -145,9 +147,16 @@ class Maintenance:
             if foreground:
                 failed = await self.store.fail(foreground, STOPPED)
                 log.warning("executor %s stopped; %d of its responses in progress failed", executor.id, failed)
-            await self.executors.remove(executor.id)
             recovered += count
+            if self._stalled_here(executor):
+                # Stopped or stalled, not dead: it stays registered, so a hosted call it claimed (it
+                # may be in the middle of it) is not run again elsewhere; its runs go on elsewhere.
+                continue
+            await self.executors.remove(executor.id)
         return recovered
+
+    def _stalled_here(self, executor: Executor) -> bool:
+        return executor.host == self.engine.host and executor.pid != self.engine.pid and _alive(executor.pid)
 
     def _dead(self, executor: Executor) -> bool:
         if time.time() * 1000 - executor.heartbeat_at > self.config.executor_timeout_s * 1000:

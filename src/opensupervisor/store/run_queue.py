@@ -50,7 +50,7 @@ class RunQueue:
             responses.c.id == bindparam("rid"), responses.c.owner_executor == bindparam("was"),
             one_of(responses.c.status, RUNNING)).values(owner_executor=None)
 
-    async def take(self, limit: int) -> list[str]:
+    async def take(self, limit: int, *, look_first: bool = True) -> list[str]:
         """Take up to ``limit`` of the oldest waiting runs for this process: their ids, oldest first."""
         def waiting() -> bool:
             with self.store.engine.connect() as conn:
@@ -61,7 +61,7 @@ class RunQueue:
                 taken = conn.execute(self._take, {"n": limit, "beat": now_ms()}).all()
                 return [row.id for row in sorted(taken, key=lambda row: (row.created_at, row.id))]
 
-        if not await self.store.run(waiting):  # nothing waits: no write, no lock
+        if look_first and not await self.store.run(waiting):  # nothing waits: no write, no lock
             return []
         return await self.store.write(write)
 
