@@ -42,9 +42,6 @@ class FakeEngine:
         self.queries += 1
         return dict.fromkeys(response_ids, "ENQUEUED")
 
-    async def start(self, response_id: str) -> None:
-        raise AssertionError("every run has a workflow here")
-
     async def forget_finished(self, before_ms: int) -> int:
         return 0
 

@@ -11,12 +11,17 @@ from opensupervisor.store import Store
 from opensupervisor.store.run_queue import RunQueue
 
 
+async def _take(queue: RunQueue, limit: int) -> list[str]:
+    return [record.response["id"] for record in await queue.take(limit)]
+
+
 async def _queued(store: Store, pool: str | None, *, created_at: int, taken_by: str | None = None,
                   status: str = "queued") -> str:
     rid = f"resp_q{created_at}_" + uuid.uuid4().hex[:12]
     response: dict[str, Any] = {"id": rid, "object": "response", "status": status, "background": True,
                                 "created_at": created_at, "previous_response_id": None, "output": []}
-    await store.create(response, owner="u1", request={"model": "m"}, stream=False, input_items=[], output=[],
+    await store.create(response, owner="u1", request={"model": "m"}, stream=False, output=[],
+                       input_items=[{"type": "message", "role": "user", "content": "hi"}],
                        new_events=[Event({"type": "response.created", "sequence_number": 0, "response": response})],
                        pool=pool, taken_by=taken_by)
     return rid
@@ -33,12 +38,14 @@ def test_the_oldest_waiting_runs_of_the_pool_are_taken_once(store_url: str) -> N
         await _queued(store, pool, created_at=0, taken_by="exec-c")  # started where it was accepted
         ended = await _queued(store, pool, created_at=0)
         assert await store.cancel(ended, None) == "queued"
-        assert await first.take(2) == [ids[1], ids[2]]  # oldest first
-        assert await second.take(5) == [ids[0]]
-        assert await first.take(5) == [] and await second.take(5) == []
+        assert await _take(first, 2) == [ids[1], ids[2]]  # oldest first
+        assert await _take(second, 5) == [ids[0]]
+        assert await _take(first, 5) == [] and await _take(second, 5) == []
         assert not await second.release(ids[1], "exec-b"), "only the taker hands a run back"
         assert await first.release(ids[1], "exec-a")
-        assert await second.take(5) == [ids[1]]
+        [record] = await second.take(5)
+        assert record.response["id"] == ids[1] and record.request == {"model": "m"} and record.owner == "u1"
+        assert record.input_items == [{"type": "message", "role": "user", "content": "hi"}]
         await store.close()
 
     asyncio.run(scenario())
@@ -54,7 +61,7 @@ def test_concurrent_takers_never_take_one_run_twice(store_url: str) -> None:
 
         async def drain(queue: RunQueue) -> list[str]:
             got: list[str] = []
-            while taken := await queue.take(3):
+            while taken := await _take(queue, 3):
                 got += taken
             return got
 
@@ -82,7 +89,7 @@ def test_a_queued_run_wakes_the_listening_processes(store_url: str) -> None:
             woken.clear()
             rid = await _queued(store, pool, created_at=1)
             await asyncio.wait_for(woken.wait(), 10)  # the create woke the listener
-            assert await queue.take(1) == [rid]
+            assert await _take(queue, 1) == [rid]
         finally:
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)

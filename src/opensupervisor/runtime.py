@@ -226,7 +226,7 @@ async def _join_engine(stack: contextlib.AsyncExitStack, settings: Settings, ws:
     await maintenance.start()
     stack.push_async_callback(maintenance.stop)
     if concurrency > 0:  # registered as an executor first: what it takes names this process
-        dispatcher = Dispatcher(RunQueue(store, ENGINE.executor_id, ENGINE.pool), service.room, service.start_taken,
+        dispatcher = Dispatcher(RunQueue(store, ENGINE.executor_id, ENGINE.pool), service.room, service.start_queued,
                                 poll_interval_s=ws.background.poll_interval_s)
         service.background.wake = dispatcher.wake
         dispatcher.start()

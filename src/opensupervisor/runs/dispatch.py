@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from opensupervisor.store.run_queue import RunQueue
+from opensupervisor.store.store import RunRecord
 
 log = logging.getLogger(__name__)
 # With notifications (PostgreSQL), how often the queue is still looked at: a missed one costs this much.
@@ -25,7 +26,8 @@ NOTIFIED_POLL_S = 1.0
 # How long a failing take waits before the next (the store is down, or refuses).
 FAILED_S = 1.0
 
-Start = Callable[[str], Awaitable[None]]
+# Starts a taken run here, from the record the take read.
+Start = Callable[[RunRecord], Awaitable[None]]
 
 
 class Dispatcher:
@@ -69,9 +71,10 @@ class Dispatcher:
         if room <= 0:
             return 0  # a run ending here wakes the dispatcher again
         taken = await self.queue.take(room, look_first=look_first)
-        for response_id in taken:
+        for record in taken:
+            response_id = record.response["id"]
             try:
-                await self.start_run(response_id)
+                await self.start_run(record)
             except Exception:
                 log.exception("background response %s could not be started here; handing it back", response_id)
                 await self.queue.release(response_id, self.queue.executor_id)

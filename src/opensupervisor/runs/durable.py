@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, SetWorkflowID
+from dbos._core import WorkflowHandleAsyncTask
 from dbos._dbos import _get_dbos_instance
 
 from opensupervisor import __version__
@@ -233,11 +234,12 @@ class DurableEngine:
                 await asyncio.to_thread(DBOS.destroy, destroy_registry=False, workflow_completion_timeout_sec=0)
                 self.config = None
 
-    async def start(self, response_id: str) -> None:
-        """Start the run's workflow now, in this process. Starting twice is harmless: DBOS runs a
-        workflow only for the start that created it."""
+    async def start(self, response_id: str) -> bool:
+        """Start the run's workflow now, in this process; False when it was started before (DBOS runs
+        a workflow only for the start that created it), so it does not run here."""
         with SetWorkflowID(response_id):
-            await DBOS.start_workflow_async(background_response, response_id)
+            handle = await DBOS.start_workflow_async(background_response, response_id)
+        return isinstance(handle, WorkflowHandleAsyncTask)
 
     async def cancel(self, response_id: str) -> None:
         await DBOS.cancel_workflow_async(response_id)

@@ -78,6 +78,8 @@ class ResponseService:
         self.idempotency = Idempotency(IdempotencyKeys(deps.store, self.background_limits.idempotency_keys_ttl_s),
                                        engine, self.stored, self.background)
         self.ownership = Ownership(deps.store, engine.executor_id)
+        # Runs taken from the queue whose workflows have not begun: read with the take.
+        self._taken: dict[str, RunRecord] = {}
 
     # -- create ----------------------------------------------------------------------------------
 
@@ -175,10 +177,19 @@ class ResponseService:
         """Start the workflow of a background run this process took (created here, or from the queue)."""
         self.background.adopt(response_id)
         try:
-            await self.engine.start(response_id)
+            started = await self.engine.start(response_id)
         except Exception:
             self.background.live.pop(response_id, None)
+            self._taken.pop(response_id, None)
             raise
+        if not started:  # its workflow runs elsewhere (it was handed back and taken again meanwhile)
+            self._taken.pop(response_id, None)
+            await self.background.release(response_id)
+
+    async def start_queued(self, record: RunRecord) -> None:
+        """Start a run taken from the queue; its workflow runs from the record the take read."""
+        self._taken[record.response["id"]] = record
+        await self.start_taken(record.response["id"])
 
     async def run_durable(self, response_id: str) -> bool:
         """Run (or resume) a stored background response to its end; the body of its workflow.
@@ -187,7 +198,7 @@ class ResponseService:
         meanwhile (this one was taken for dead) stops without recording anything, and its workflow
         execution ends unfinished, as at shutdown: the new owner finishes it.
         """
-        record = await self.store.load_run(response_id)
+        record = self._taken.pop(response_id, None) or await self.store.load_run(response_id)
         if record is None:
             return False
         try:

@@ -17,12 +17,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import orjson
 import psycopg
 from sqlalchemy import ColumnElement, and_, bindparam, select, update
 
 from opensupervisor.store.response_rows import RUNS_CHANNEL, notify_waiting, one_of
-from opensupervisor.store.schema import responses
-from opensupervisor.store.store import RUNNING, Store, now_ms
+from opensupervisor.store.schema import items, responses
+from opensupervisor.store.store import RUN_COLUMNS, RUNNING, RunRecord, Store, now_ms, run_record
+from opensupervisor.wire.items import Item
 
 log = logging.getLogger(__name__)
 # How long a lost listening connection waits before it connects again.
@@ -44,22 +46,30 @@ class RunQueue:
             bindparam("n")).with_for_update(skip_locked=True)
         self._take = update(responses).where(responses.c.id.in_(oldest.scalar_subquery()), waiting).values(
             owner_executor=executor_id, heartbeat_at=bindparam("beat")).returning(
-                responses.c.id, responses.c.created_at)
+                responses.c.id, responses.c.created_at, *RUN_COLUMNS)
         self._any = select(responses.c.id).where(waiting).limit(1)
         self._release = update(responses).where(
             responses.c.id == bindparam("rid"), responses.c.owner_executor == bindparam("was"),
             one_of(responses.c.status, RUNNING)).values(owner_executor=None)
 
-    async def take(self, limit: int, *, look_first: bool = True) -> list[str]:
-        """Take up to ``limit`` of the oldest waiting runs for this process: their ids, oldest first."""
+    async def take(self, limit: int, *, look_first: bool = True) -> list[RunRecord]:
+        """Take up to ``limit`` of the oldest waiting runs for this process, oldest first, read as
+        their workflows need them (which then need not load them again)."""
         def waiting() -> bool:
             with self.store.engine.connect() as conn:
                 return conn.execute(self._any).first() is not None
 
-        def write() -> list[str]:
+        def write() -> list[RunRecord]:
             with self.store.engine.begin() as conn:
-                taken = conn.execute(self._take, {"n": limit, "beat": now_ms()}).all()
-                return [row.id for row in sorted(taken, key=lambda row: (row.created_at, row.id))]
+                taken = sorted(conn.execute(self._take, {"n": limit, "beat": now_ms()}).all(),
+                               key=lambda row: (row.created_at, row.id))
+                inputs: dict[str, list[Item]] = {row.id: [] for row in taken}
+                if taken:
+                    for item in conn.execute(select(items.c.response_id, items.c.item).where(
+                            items.c.response_id.in_(list(inputs)), items.c.kind == "input").order_by(
+                            items.c.response_id, items.c.position)):
+                        inputs[item.response_id].append(orjson.loads(item.item))
+                return [run_record(row, inputs[row.id]) for row in taken]
 
         if look_first and not await self.store.run(waiting):  # nothing waits: no write, no lock
             return []

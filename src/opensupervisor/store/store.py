@@ -75,6 +75,18 @@ class RunRecord(NamedTuple):
     input_items: list[Item]
 
 
+# What ``run_record`` reads of a response.
+RUN_COLUMNS = (responses.c.response, responses.c.request, responses.c.owner, responses.c.stream, responses.c.options)
+
+
+def run_record(row: Any, input_items: list[Item]) -> RunRecord:
+    """A background run as a worker needs it, from a row of ``RUN_COLUMNS`` and its input items."""
+    response = orjson.loads(row.response)
+    response["output"] = []
+    return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
+                     orjson.loads(row.options) if row.options else {}, input_items)
+
+
 class Store:
     """All reads and writes of stored responses. Callers pass the owner; other owners' rows are invisible."""
 
@@ -342,16 +354,8 @@ class Store:
     async def load_run(self, response_id: str) -> RunRecord | None:
         def read() -> RunRecord | None:
             with self.engine.connect() as conn:
-                row = conn.execute(select(responses.c.response, responses.c.request, responses.c.owner,
-                                          responses.c.stream, responses.c.options).where(
-                    responses.c.id == response_id)).first()
-                if row is None:
-                    return None
-                response = orjson.loads(row.response)
-                response["output"] = []
-                return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
-                                 orjson.loads(row.options) if row.options else {},
-                                 stored_items(conn, response_id, "input"))
+                row = conn.execute(select(*RUN_COLUMNS).where(responses.c.id == response_id)).first()
+                return None if row is None else run_record(row, stored_items(conn, response_id, "input"))
 
         return await self.run(read)
 
