@@ -1,8 +1,9 @@
 """The steps of a durable run, recorded in the store.
 
-A background run is one DBOS workflow (its queue, its recovery when a process dies); what the run
-does inside it is recorded here, as numbered steps in the store (``store.ownership``): each model
-call, hosted call, tool listing and history read, in the order the run makes them. A run resumed
+A background run is one DBOS workflow (started where it is taken, recovered when its process
+dies); what the run does inside it is recorded here, as numbered steps in the store
+(``store.ownership``): each model call, hosted call, tool listing and history read, in the order
+the run makes them. A run resumed
 after a crash makes the same steps in the same order, and each recorded one returns its output
 instead of doing the work again.
 
