@@ -24,6 +24,19 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def modes(paths: list[Path]) -> dict[Path, int]:
+    """Each path's mode. A side file SQLite removed between the listing and the look (the trace
+    table's -journal, once its background write commits) is left out: there is nothing to check."""
+    found: dict[Path, int] = {}
+    for path in paths:
+        try:
+            found[path] = mode(path)
+        except FileNotFoundError:
+            if not path.name.endswith(("-journal", "-wal", "-shm")):
+                raise
+    return found
+
+
 def exercise(server: Server, token: str, data: Path) -> None:
     """A plain, a traced and a background response: every kind of file gets written."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -57,8 +70,8 @@ def test_state_files_are_private(tmp_path: Path) -> None:
                          "main.logs.db"):
             assert expected in names, sorted(names)
         assert {"traces", "tables"} <= {p.name for p in folders}
-        open_files = {str(p.relative_to(tmp_path)): oct(mode(p)) for p in files if mode(p) != 0o600}
-        open_folders = {str(p.relative_to(tmp_path)): oct(mode(p)) for p in folders if mode(p) != 0o700}
+        open_files = {str(p.relative_to(tmp_path)): oct(m) for p, m in modes(files).items() if m != 0o600}
+        open_folders = {str(p.relative_to(tmp_path)): oct(m) for p, m in modes(folders).items() if m != 0o700}
         assert open_files == {} and open_folders == {}
 
 
