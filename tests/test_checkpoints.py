@@ -53,12 +53,18 @@ def test_a_resumed_run_replays_what_finished_and_does_the_rest(store_url: str) -
             done.append(name)
             return f"output of {name}"
 
+        async def next_write(steps: StoredSteps) -> None:
+            await store.append(rid, output={}, new_events=[], guard=True, epoch=steps.epoch, also=steps.unwritten())
+
         async def run(names: list[str]) -> list[str]:
             claim = await ownership.claim(rid)
             assert claim is not None
             steps = StoredSteps(ownership, rid, claim.epoch, claim.steps)
-            return [await steps(name, lambda name=name: work(name), TEXT, effect=True)  # type: ignore[misc]
-                    for name in names]
+            outputs = []
+            for name in names:
+                outputs.append(await steps(name, lambda name=name: work(name), TEXT, effect=True))  # type: ignore[misc]
+                await next_write(steps)  # the call's output item
+            return outputs
 
         assert await run(["tool:a", "tool:b"]) == ["output of tool:a", "output of tool:b"]
         # Resumed: both replayed; the third is new. Then the run changed: step 2 is done again.
@@ -81,6 +87,46 @@ def test_a_resumed_run_replays_what_finished_and_does_the_rest(store_url: str) -
         claim = await ownership.claim(rid)
         assert claim is not None and claim.steps[1] == StepRow("model", '"output of model"')
         assert done.count("model") == 2
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_output_is_recorded_at_once_unless_the_next_write_follows(store_url: str) -> None:
+    """The last call of a turn to end leaves its output to the run's next write (its output item,
+    written at once); a call that ends while another of its turn runs is recorded as it returns,
+    since its output item waits for the other."""
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        rid = (await stored_background(store, "queued"))[0]
+        ownership = Ownership(store, "exec-" + uuid.uuid4().hex)
+        claim = await ownership.claim(rid)
+        assert claim is not None
+        steps = StoredSteps(ownership, rid, claim.epoch, {})
+        slow_may_end = asyncio.Event()
+
+        async def quick() -> str:
+            return "quick"
+
+        async def slow() -> str:
+            await slow_may_end.wait()
+            return "slow"
+
+        slow_call = asyncio.ensure_future(steps("tool:slow", slow, TEXT, effect=True))
+        await asyncio.sleep(0)
+        assert await steps("tool:quick", quick, TEXT, effect=True) == "quick"
+        recorded = (await ownership.claim(rid))
+        assert recorded is not None and recorded.steps == {2: StepRow("tool:quick", '"quick"')}
+        slow_may_end.set()
+        assert await slow_call == "slow"
+        again = await ownership.claim(rid)
+        assert again is not None and 1 not in again.steps  # not written yet: the next write takes it
+        writer = steps.unwritten()
+        assert writer is not None
+        await store.append(rid, output={}, new_events=[], guard=True, epoch=again.epoch, also=writer)
+        last = await ownership.claim(rid)
+        assert last is not None and last.steps[1] == StepRow("tool:slow", '"slow"')
         await store.close()
 
     asyncio.run(scenario())

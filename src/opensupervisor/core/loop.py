@@ -65,6 +65,9 @@ class Run:
     signer: ApprovalSigner | None = None
     # The user's answers to earlier approval requests, acted on before the model runs.
     answers: list[Answer] = field(default_factory=list)
+    # Set once the events the loop yields from now on end the run without waiting on anything: a
+    # recorder writes them with the terminal event, in one transaction.
+    ending: bool = False
 
 
 async def run_loop(run: Run) -> AsyncIterator[Event]:
@@ -107,6 +110,7 @@ def ending(run: Run, status: Literal["failed", "incomplete", "cancelled"], *, co
     """The last events of a run that stops before its answer: the output left continuable
     (``settle``, told ``why``), an ``error`` event when it failed, then the terminal event."""
     em = run.emitter
+    run.ending = True
     if status == "failed":
         return [*settle(run, why or "the response failed"), em.error_event(code, message),
                 em.finish("failed", error={"code": code, "message": message})]
@@ -275,7 +279,10 @@ async def _model_turn(run: Run, request: ModelRequest, turn: TurnBuilder) -> Asy
                 yield e
             if turn.capped:
                 break  # the output cap: closing the stream closes the upstream's connection
-    for e in turn.end():
+    closing = turn.end()
+    if not isinstance(turn.outcome, CalledTools):
+        run.ending = True  # the answer, or the cut-off one, and then the terminal event
+    for e in closing:
         yield e
 
 

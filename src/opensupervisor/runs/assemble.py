@@ -105,7 +105,8 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
                         options=None if durable is not None else dict(stored_options(plan)),
                         created=durable is not None,
                         resume_after=durable.last_sequence if durable is not None else -1,
-                        hold=durable_model.holding if durable_model is not None else None)
+                        hold=durable_model.holding if durable_model is not None else None,
+                        ending=lambda: run.ending)
     return Prepared(plan, run, recorder, spans)
 
 

@@ -8,10 +8,12 @@ after a crash makes the same steps in the same order, and each recorded one retu
 instead of doing the work again.
 
 A step's output is written fenced by the run's ownership epoch, in a transaction of the run: a
-process taken for dead cannot record a step of a run another process took over. A hosted call's
-output is written as the call returns. Other steps are written with the run's next write (the
-items they made, a call's claim, its ending), in the same transaction: until then nothing the run
-shows or does depends on them, and a run resumed without one does that step again.
+process taken for dead cannot record a step of a run another process took over. Steps are written
+with the run's next write (the items they made, a call's claim, its ending), in the same
+transaction: until then nothing the run shows or does depends on them, and a run resumed without
+one does that step again. A hosted call's output waits for that write only when the call is the
+last of its turn still running, since the call's output item (or the next call's claim) is then
+written at once; a call that ends while others of its turn run is recorded as it returns.
 Outputs are JSON through a codec per kind of step, never pickles: a row of the database is data,
 and reading one back cannot run code.
 """
@@ -114,6 +116,7 @@ class StoredSteps:
         self.current = 0
         self.current_name = ""
         self._unwritten: list[dict[str, Any]] = []
+        self._calls_running = 0
 
     async def __call__(self, name: str, fn: Callable[[], Awaitable[T]], codec: Codec[T], *,
                        effect: bool = False) -> T:
@@ -125,11 +128,18 @@ class StoredSteps:
         # workspace changed); it is done again, and recorded over the old one.
         if done is not None and done.output is not None and done.name == name:
             return codec.decode(done.output)
-        output = await fn()
-        if effect:
-            await self.ownership.record_step(self.response_id, self.epoch, step, name, codec.encode(output))
+        if not effect:
+            output = await fn()
         else:
-            self._unwritten.append(self.ownership.step_row(self.response_id, step, name, codec.encode(output)))
+            self._calls_running += 1
+            try:
+                output = await fn()
+            finally:
+                self._calls_running -= 1
+            if self._calls_running:  # its output item waits for the others: a crash meanwhile must not lose it
+                await self.ownership.record_step(self.response_id, self.epoch, step, name, codec.encode(output))
+                return output
+        self._unwritten.append(self.ownership.step_row(self.response_id, step, name, codec.encode(output)))
         return output
 
     def unwritten(self) -> Callable[[Connection], None] | None:

@@ -2,7 +2,9 @@
 
 A response whose id the client can already see (streamed or background) is written when it is
 created, when a background run starts, at every finished output item and at its terminal event,
-so a ``GET`` at any moment finds it with the items finished so far. A plain JSON request is
+so a ``GET`` at any moment finds it with the items finished so far; the items of a run's last
+moment (its answer, or what a cancel closes) go with its terminal event, which follows them at
+once (``ending``). A plain JSON request is
 written once, at its terminal event, before the HTTP answer leaves: nobody can ask for it earlier,
 and read-after-write still holds.
 
@@ -38,7 +40,8 @@ class Recorder:
     def __init__(self, store: Store | None, *, response_id: str, owner: str, request: dict[str, Any],
                  stream: bool, background: bool, input_items: list[Item],
                  options: dict[str, Any] | None = None, created: bool = False,
-                 resume_after: int = -1, hold: Callable[[], bool] | None = None) -> None:
+                 resume_after: int = -1, hold: Callable[[], bool] | None = None,
+                 ending: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.response_id = response_id
         self.owner = owner
@@ -57,6 +60,9 @@ class Recorder:
         self._created = created
         self.resume_after = resume_after
         self.hold = hold
+        # Whether the run's terminal event follows at once (``Run.ending``): what comes before it
+        # is written with it.
+        self.ending = ending
         self.finished = False
         # A durable run's ownership epoch (``store.ownership``): its writes are refused once another
         # process took the run over.
@@ -97,7 +103,7 @@ class Recorder:
         if terminal:
             await self._flush(event.data["response"], terminal=True)
         elif self.live and (kind in BOUNDARIES or (kind == "response.in_progress" and self.background)) and (
-                self.hold is None or not self.hold()):
+                self.hold is None or not self.hold()) and (self.ending is None or not self.ending()):
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 

@@ -15,12 +15,14 @@ from opensupervisor.store.store import Store
 
 GroupBy = Literal["principal", "model", "day"]
 BATCH = 500
+# Under load, the rows of many responses go in one transaction; a quiet server writes each within this.
+LINGER_S = 0.05
 
 
 class Usage:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._rows = BatchWriter(self._write, what="usage row(s)", batch=BATCH)
+        self._rows = BatchWriter(self._write, what="usage row(s)", batch=BATCH, linger_s=LINGER_S)
 
     def record(self, row: dict[str, Any]) -> None:
         """Queue a response's usage row (never blocks)."""
