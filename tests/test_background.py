@@ -18,7 +18,7 @@ import openai
 import orjson
 import pytest
 
-from opensupervisor.core.events import Event
+from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.maintenance import OTHER_RELEASE
 from opensupervisor.store import Store
@@ -39,6 +39,7 @@ from tests.toolkinds import ledger
 
 CALC: Any = {"type": "test_calculator"}
 LEDGER: Any = {"type": "test_ledger"}
+RENDEZVOUS: Any = {"type": "test_rendezvous"}
 RECORDING = """
 [[models.test-model.script]]
 when = "record it"
@@ -355,3 +356,56 @@ def test_a_full_process_takes_its_queued_runs_as_its_runs_end(tmp_path: Path) ->
         ids = [c.id for c in created]
         wait_until(lambda: all(client.responses.retrieve(i).status == "completed" for i in ids), timeout=30,
                    what="every run to be taken and run, one after the other")
+
+
+
+def ended(database_url: str, response_id: str) -> bool:
+    return any(e.type in TERMINAL_EVENTS for e in stored_log(database_url, response_id))
+
+
+def test_a_hosted_call_s_item_is_stored_while_the_call_runs(tmp_path: Path) -> None:
+    """The model call's items are written with the claim of its first hosted call: a GET during the
+    call finds the call, and a cancel ends the run with the call answered as not run."""
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    with ThreadServer(database_url) as server:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="wait alone", tools=[RENDEZVOUS], background=True)
+
+        def calling() -> bool:
+            response = client.responses.retrieve(created.id)
+            return response.status == "in_progress" and [i.type for i in response.output] == ["function_call"]
+
+        wait_until(calling, what="the call's item while the call runs")
+        assert client.responses.cancel(created.id).status == "cancelled"
+        wait_until(lambda: ended(database_url, created.id), what="the run's ending")
+        final = client.responses.retrieve(created.id)
+    assert [i.type for i in final.output] == ["function_call", "function_call_output"]
+    log = stored_log(database_url, created.id)
+    assert sum(e.type in TERMINAL_EVENTS for e in log) == 1 and log[-1].data["response"]["status"] == "cancelled"
+
+
+def test_a_run_cancelled_as_its_model_call_ends_does_not_make_the_call(tmp_path: Path) -> None:
+    """A cancel that lands on a run in another process while its model is asked (for less than the
+    heartbeat's second, so the run's task is not stopped first) is found by the claim of the call
+    the model asked for, the run's next write: the call does not run, and the run ends cancelled."""
+    config = workspace_with(tmp_path, "")
+    database_url = f"sqlite:///{tmp_path}/state.db"
+    env = {"OPENSUPERVISOR_TEST_LEDGER": str(tmp_path / "ledger.db")}
+    with ProcessServer(tmp_path, config=config, database_url=database_url,
+                       env={**env, "OPENSUPERVISOR_WORKER_CONCURRENCY": "0"}) as server, \
+            ProcessWorker(tmp_path, config=config, database_url=database_url, env=env) as worker:
+        client = server.client()
+        created = client.responses.create(model=MODEL, input="record after a pause", tools=[LEDGER], background=True)
+        wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress", timeout=60,
+                   what="the worker to start the run")
+        assert client.responses.cancel(created.id).status == "cancelled"
+        wait_until(lambda: ended(database_url, created.id), what="the run's ending")
+        final = client.responses.retrieve(created.id)
+    assert ledger(env["OPENSUPERVISOR_TEST_LEDGER"], created.id) == []
+    assert final.status == "cancelled"
+    outputs = [i for i in final.output if i.type == "function_call_output"]
+    assert [o.output for o in outputs] == ["Error: this call did not run: the response was cancelled."]
+    log = stored_log(database_url, created.id)
+    assert sum(e.type in TERMINAL_EVENTS for e in log) == 1 and log[-1].data["response"]["status"] == "cancelled"
+    text = worker.log_path.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text

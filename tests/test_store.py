@@ -208,8 +208,8 @@ def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
         assert stored is not None and stored["status"] == "in_progress"
         assert [e.sequence_number for e in await store.events_after(rid, -1)] == [0, 1]
         await first.record_step(rid, epoch_a, 1, "model", '{"events": []}')
-        assert await first.claim_call(rid, epoch_a, 2, "tool:add") is True
-        assert await first.claim_call(rid, epoch_a, 2, "tool:add") is True  # its own claim, again (a retried write)
+        assert await first.claim_call(rid, epoch_a, 2, "tool:add") == "claimed"
+        assert await first.claim_call(rid, epoch_a, 2, "tool:add") == "claimed"  # its own, again (a retried write)
         claim_b = await second.claim(rid)
         assert claim_b is not None and claim_b.epoch == epoch_a + 1 and claim_b.last_sequence == 1
         # What the first owner recorded comes back with the claim: a finished step, and a call claimed
@@ -220,15 +220,24 @@ def test_ownership_fences_the_run_and_each_hosted_call(store_url: str) -> None:
                         first.record_step(rid, epoch_a, 2, "tool:add", '"late"')):
             with pytest.raises(RunSuperseded):
                 await refused
-        assert await second.claim_call(rid, epoch_b, 2, "tool:add") is False  # its live claimer may be running it
+        assert await second.claim_call(rid, epoch_b, 2, "tool:add") == "elsewhere"  # its live claimer may be running it
         await executors.remove(first.executor_id)
-        assert await second.claim_call(rid, epoch_b, 2, "tool:add") is True  # its claimer died: it may run again
+        assert await second.claim_call(rid, epoch_b, 2, "tool:add") == "claimed"  # its claimer died: it may run again
         await second.record_step(rid, epoch_b, 2, "tool:add", '"3"')
-        assert await second.claim_call(rid, epoch_b, 3, "tool:add") is True
+        assert await second.claim_call(rid, epoch_b, 3, "tool:add") == "claimed"
         assert await store.cancel(rid, None) == "in_progress"
+        # A cancelled run's call does not run; what the claim carries is written all the same (as a
+        # refused write of the run still writes its items), and nothing is claimed.
+        written: list[int] = []
+        assert await second.claim_call(rid, epoch_b, 4, "tool:add", also=lambda conn: written.append(4)) == "stopped"
+        assert written == [4] and 4 not in {row.step for row in _step_rows(store, rid)}
+        with pytest.raises(RunSuperseded):  # the fence comes first: an older owner learns it lost the run
+            await first.claim_call(rid, epoch_a, 4, "tool:add")
         assert await second.claim(rid) is None  # not running any more
         assert await store.delete(rid, None)
         assert _step_rows(store, rid) == []  # a deleted response takes its steps with it
+        assert await second.claim_call(rid, epoch_b, 5, "tool:add", also=lambda conn: written.append(5)) == "stopped"
+        assert written == [4] and _step_rows(store, rid) == []  # deleted: nothing of it is written
         await store.close()
 
     asyncio.run(scenario())
@@ -290,12 +299,12 @@ def test_a_second_copy_of_a_run_in_one_process_does_not_run_the_first_copys_call
         await Executors(store, "pool-" + rid).register(process, "host", 1)
         first, again = Ownership(store, process), Ownership(store, process)
         old = await first.claim(rid)
-        assert old is not None and await first.claim_call(rid, old.epoch, 2, "tool:add") is True
+        assert old is not None and await first.claim_call(rid, old.epoch, 2, "tool:add") == "claimed"
         new = await again.claim(rid)
         assert new is not None and new.epoch == old.epoch + 1
-        assert await again.claim_call(rid, new.epoch, 2, "tool:add") is False, "the first copy may be running it"
-        assert await again.claim_call(rid, new.epoch, 3, "tool:add") is True
-        assert await again.claim_call(rid, new.epoch, 3, "tool:add") is True  # its own claim, again
+        assert await again.claim_call(rid, new.epoch, 2, "tool:add") == "elsewhere", "the first copy may be running it"
+        assert await again.claim_call(rid, new.epoch, 3, "tool:add") == "claimed"
+        assert await again.claim_call(rid, new.epoch, 3, "tool:add") == "claimed"  # its own claim, again
         await store.close()
 
     asyncio.run(scenario())

@@ -68,6 +68,9 @@ class Run:
     # Set once the events the loop yields from now on end the run without waiting on anything: a
     # recorder writes them with the terminal event, in one transaction.
     ending: bool = False
+    # Set from a model call's last events until its turn's hosted calls have returned: a durable
+    # run's first call claim, which comes at once, writes those events with it (``runs.checkpoints``).
+    calling: bool = False
 
 
 async def run_loop(run: Run) -> AsyncIterator[Event]:
@@ -280,7 +283,9 @@ async def _model_turn(run: Run, request: ModelRequest, turn: TurnBuilder) -> Asy
             if turn.capped:
                 break  # the output cap: closing the stream closes the upstream's connection
     closing = turn.end()
-    if not isinstance(turn.outcome, CalledTools):
+    if isinstance(turn.outcome, CalledTools):
+        run.calling = True
+    else:
         run.ending = True  # the answer, or the cut-off one, and then the terminal event
     for e in closing:
         yield e
@@ -313,8 +318,11 @@ async def _tool_step(run: Run, calls: list[Item], given: dict[str, str] | None =
         else:
             run.hosted_calls += 1
             hosted.append(call)
-    results = await run.toolbox.run(run.ctx, [(c["name"], c["arguments"]) for c in hosted],
-                                    parallel=body.parallel_tool_calls)
+    try:
+        results = await run.toolbox.run(run.ctx, [(c["name"], c["arguments"]) for c in hosted],
+                                        parallel=body.parallel_tool_calls)
+    finally:
+        run.calling = False
     outputs.update({_key(c): r for c, r in zip(hosted, results, strict=True)})
     for call in calls:
         output = outputs.get(_key(call))

@@ -106,7 +106,7 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
                         created=durable is not None,
                         resume_after=durable.last_sequence if durable is not None else -1,
                         hold=durable_model.holding if durable_model is not None else None,
-                        ending=lambda: run.ending)
+                        deferred=lambda: run.ending or (durable is not None and run.calling))
     return Prepared(plan, run, recorder, spans)
 
 

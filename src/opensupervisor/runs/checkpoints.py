@@ -37,7 +37,7 @@ from opensupervisor.core.contracts import (
     ToolDef,
     Usage,
 )
-from opensupervisor.store.ownership import Ownership, StepRow
+from opensupervisor.store.ownership import CallClaim, Ownership, StepRow
 from opensupervisor.wire.items import Item
 
 T = TypeVar("T")
@@ -117,6 +117,8 @@ class StoredSteps:
         self.current_name = ""
         self._unwritten: list[dict[str, Any]] = []
         self._calls_running = 0
+        # What the run has not written yet, for the next claim to take (``Recorder.taken``).
+        self.pending: Callable[[], Callable[[Connection], None] | None] = lambda: None
 
     async def __call__(self, name: str, fn: Callable[[], Awaitable[T]], codec: Codec[T], *,
                        effect: bool = False) -> T:
@@ -147,7 +149,14 @@ class StoredSteps:
         rows, self._unwritten = self._unwritten, []
         return self.ownership.steps_writer(rows) if rows else None
 
-    async def claim(self) -> bool:
-        """Claim the hosted call of the step in flight (``DurableCalls``), with the steps before it."""
+    async def claim(self) -> CallClaim:
+        """Claim the hosted call of the step in flight (``DurableCalls``), with the steps before it
+        and what the run has not written yet (``pending``: the items of the model call that asked)."""
+        writers = [w for w in (self.pending(), self.unwritten()) if w is not None]
+
+        def also(conn: Connection) -> None:
+            for write in writers:
+                write(conn)
+
         return await self.ownership.claim_call(self.response_id, self.epoch, self.current, self.current_name,
-                                               self.unwritten())
+                                               also if writers else None)

@@ -43,6 +43,7 @@ from opensupervisor.core.contracts import (
 from opensupervisor.engines import WAL, engine_url, sqlite_engine
 from opensupervisor.errors import ConfigError, ModelError
 from opensupervisor.runs.checkpoints import OUTCOME, TEXT, TOOLS, Outcome, Steps
+from opensupervisor.store.ownership import CallClaim
 
 if TYPE_CHECKING:
     from opensupervisor.core.context import RunContext
@@ -114,11 +115,13 @@ class DurableModel(WrapperModel):
 
 
 
-# Claims the hosted call of the step in flight before it runs: False when another live process
-# claimed it; raises ``RunSuperseded`` when the run is no longer this process's (``store.ownership``).
-CallFence = Callable[[], Awaitable[bool]]
+# Claims the hosted call of the step in flight before it runs; raises ``RunSuperseded`` when the
+# run is no longer this process's (``store.ownership``).
+CallFence = Callable[[], Awaitable[CallClaim]]
 CLAIMED_ELSEWHERE = ("This call was started by another server process that may have run it, so it was not run "
                      "again; its outcome is unknown.")
+# As the loop words a call that a cancel left unrun (``core.loop.settle``).
+RUN_STOPPED = "Error: this call did not run: the response was cancelled."
 
 
 class DurableCalls(WrapperToolset):
@@ -127,7 +130,8 @@ class DurableCalls(WrapperToolset):
 
     A step still in flight in a process taken for dead is not finished, so the process that resumed
     the run would run it a second time; ``fence`` claims each call first, inside its step (a
-    replayed step claims nothing), and refuses a call another live process claimed."""
+    replayed step claims nothing), and refuses a call another live process claimed, or one of a
+    run cancelled meanwhile."""
 
     def __init__(self, inner: Toolset, steps: Steps, fence: CallFence | None = None) -> None:
         super().__init__(inner)
@@ -136,8 +140,11 @@ class DurableCalls(WrapperToolset):
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         async def call() -> str:
-            if self.fence is not None and not await self.fence():
+            claim = "claimed" if self.fence is None else await self.fence()
+            if claim == "elsewhere":
                 return CLAIMED_ELSEWHERE
+            if claim == "stopped":  # the run's next write finds it cancelled and ends it
+                return RUN_STOPPED
             return await self.inner.call_tool(ctx, name, arguments)
 
         return await self.steps(f"tool:{name}", call, TEXT, effect=True)

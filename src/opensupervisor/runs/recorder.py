@@ -4,7 +4,7 @@ A response whose id the client can already see (streamed or background) is writt
 created, when a background run starts, at every finished output item and at its terminal event,
 so a ``GET`` at any moment finds it with the items finished so far; the items of a run's last
 moment (its answer, or what a cancel closes) go with its terminal event, which follows them at
-once (``ending``). A plain JSON request is
+once (``deferred``). A plain JSON request is
 written once, at its terminal event, before the HTTP answer leaves: nobody can ask for it earlier,
 and read-after-write still holds.
 
@@ -13,8 +13,9 @@ or can re-stream; a plain JSON response keeps its items, not its events.
 
 A durable run (``runs.durable``) writes only what a finished step made final: while a model call is
 in flight (``hold``) its items wait for the call's checkpoint, because a run resumed after a crash
-asks the model again and may get another answer. A resumed run replays events that are already in
-the log (``resume_after``); they are not written twice.
+asks the model again and may get another answer. The items of a model call that calls hosted
+tools go with the first call's claim (``taken``), which comes at once. A resumed run replays events
+that are already in the log (``resume_after``); they are not written twice.
 
 Nothing waits for a write as a whole event: deltas are kept as their lengths (``core.eventlog``),
 finished events as the objects they show, and the log stores each text once.
@@ -27,10 +28,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from opensupervisor.core.eventlog import EventLog, rows
+from opensupervisor.core.eventlog import EventLog, Row, rows
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunCancelled
 from opensupervisor.store import Store
+from opensupervisor.store.response_rows import to_event_rows, to_item_rows
 from opensupervisor.wire.items import Item
 
 BOUNDARIES = frozenset({"response.created", "response.output_item.done"})
@@ -41,7 +43,7 @@ class Recorder:
                  stream: bool, background: bool, input_items: list[Item],
                  options: dict[str, Any] | None = None, created: bool = False,
                  resume_after: int = -1, hold: Callable[[], bool] | None = None,
-                 ending: Callable[[], bool] | None = None) -> None:
+                 deferred: Callable[[], bool] | None = None) -> None:
         self.store = store
         self.response_id = response_id
         self.owner = owner
@@ -60,9 +62,9 @@ class Recorder:
         self._created = created
         self.resume_after = resume_after
         self.hold = hold
-        # Whether the run's terminal event follows at once (``Run.ending``): what comes before it
-        # is written with it.
-        self.ending = ending
+        # Whether the run's next write follows at once and takes what is pending: its terminal
+        # event (``Run.ending``), or a durable run's next hosted call's claim (``Run.calling``).
+        self.deferred = deferred
         self.finished = False
         # A durable run's ownership epoch (``store.ownership``): its writes are refused once another
         # process took the run over.
@@ -77,6 +79,8 @@ class Recorder:
         """Pass ``events`` through, writing them as they cross item and terminal boundaries.
 
         Raises ``RunCancelled`` when a background response turns out to be cancelled in the store.
+        A terminal event that cannot be written is still passed on before the error: the run ended
+        (the loop's own ending of a store failure in a hosted call's claim, say), and its reader is told.
         """
         async for event in events:
             try:
@@ -84,6 +88,10 @@ class Recorder:
             except RunCancelled as exc:
                 if exc.rewind_to is None:
                     yield event  # it was written; followers must not miss it
+                raise
+            except Exception:
+                if event.type in TERMINAL_EVENTS:
+                    yield event
                 raise
             yield event
 
@@ -103,7 +111,7 @@ class Recorder:
         if terminal:
             await self._flush(event.data["response"], terminal=True)
         elif self.live and (kind in BOUNDARIES or (kind == "response.in_progress" and self.background)) and (
-                self.hold is None or not self.hold()) and (self.ending is None or not self.ending()):
+                self.hold is None or not self.hold()) and (self.deferred is None or not self.deferred()):
             # A background run's pickup is a boundary too: pollers see it leave "queued".
             await self._flush(event.data.get("response"), terminal=False)
 
@@ -117,12 +125,29 @@ class Recorder:
         self._max_queued, self._pool, self._taken_by = max_queued, pool, taken_by
         await self._flush(events[-1].data["response"], terminal=False)
 
-    async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
-        assert self.store is not None
+    def taken(self) -> Callable[[Connection], None] | None:
+        """Writes what is pending (finished items and the events so far) in another write of the run,
+        one that checks the run is still running first (a hosted call's claim); None when nothing is."""
+        if self.store is None or not self._created:
+            return None
+        done, events = self._take()
+        if not done and not events:
+            return None
+        store, item_rows = self.store, to_item_rows(self.response_id, "output", done)
+        event_rows = to_event_rows(self.response_id, events)
+        self._stored.update(done)
+        return lambda conn: store.insert_rows(conn, item_rows, event_rows)
+
+    def _take(self) -> tuple[dict[int, Item], list[Row]]:
         pending = self._pending.take()
         done = {e.data["output_index"]: e.data["item"] for e in pending
                 if isinstance(e, Event) and e.type == "response.output_item.done"}
         events = rows(pending, self._stored | done.keys(), self._pending.items) if self.live else []
+        return done, events
+
+    async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
+        assert self.store is not None
+        done, events = self._take()
         if not self._created:
             assert response is not None
             self._created = True

@@ -240,6 +240,7 @@ class ResponseService:
             return
         prepared.recorder.epoch = steps.epoch
         prepared.recorder.unwritten = steps.unwritten
+        steps.pending = prepared.recorder.taken
         live = prepared.live = self.background.adopt(response_id)
         remaining = record.response["created_at"] + self.background_limits.max_run_time_s - time.time()
         timer = asyncio.get_running_loop().call_later(max(remaining, 0), self._expire, live)

@@ -10,7 +10,7 @@ runs: with a newer owner, the older one is refused and stops without recording a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
@@ -27,6 +27,10 @@ from opensupervisor.store.response_rows import (
 )
 from opensupervisor.store.schema import events, executors, responses, run_steps
 from opensupervisor.store.store import RUNNING, Store, now_ms
+
+# What a hosted call's claim found: the call is this run's to make; another live process claimed it
+# (it may be running it); the run stopped running (cancelled or deleted), so the call must not run.
+CallClaim = Literal["claimed", "elsewhere", "stopped"]
 
 
 class StepRow(NamedTuple):
@@ -48,6 +52,8 @@ class Claim(NamedTuple):
 # with every step).
 _FENCE = update(responses).where(responses.c.id == bindparam("rid"), responses.c.owner_epoch == bindparam("epoch")
                                  ).values(heartbeat_at=bindparam("beat"))
+# The same, while the run still runs (not cancelled): what a hosted call's claim needs.
+_FENCE_RUNNING = _FENCE.where(one_of(responses.c.status, RUNNING))
 
 
 # A run's claim: its epoch up by one, and this process named, while it still runs.
@@ -124,19 +130,29 @@ class Ownership:
         return await self.store.write(write)
 
     async def claim_call(self, response_id: str, epoch: int, step: int, name: str,
-                         also: Callable[[Connection], None] | None = None) -> bool:
+                         also: Callable[[Connection], None] | None = None) -> CallClaim:
         """Claim a hosted call (its run's step ``step``) before running it, writing ``also`` with the
-        claim. Raises ``RunSuperseded`` when the run is no longer this process's; False when another
-        live process claimed the call (it may be running it)."""
+        claim (also when the run was cancelled, as a refused write of the run still writes its items).
+        Raises ``RunSuperseded`` when the run is no longer this process's."""
         row = {"response_id": response_id, "step": step, "name": name, "executor": self.executor_id,
                "claimed_at": now_ms(), "epoch": epoch}
+        values = {"rid": response_id, "epoch": epoch, "beat": now_ms()}
 
-        def write() -> bool:
+        def write() -> CallClaim:
             with self.store.engine.begin() as conn:
-                self.fence(conn, response_id, epoch)
+                running = bool(conn.execute(_FENCE_RUNNING, values).rowcount)
+                if not running:
+                    epoch_now = conn.execute(select(responses.c.owner_epoch).where(
+                        responses.c.id == response_id)).scalar()
+                    if epoch_now is None:
+                        return "stopped"  # deleted: nothing of it is written any more
+                    if epoch_now != epoch:
+                        raise RunSuperseded(response_id)
                 if also is not None:
                     also(conn)
-                return conn.execute(self._claim_call, row).first() is not None
+                if not running:
+                    return "stopped"
+                return "claimed" if conn.execute(self._claim_call, row).first() is not None else "elsewhere"
 
         return await self.store.write(write)
 
