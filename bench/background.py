@@ -1,7 +1,9 @@
 """Background runs: queue pickup latency, and completed runs per second as worker processes are added.
 
 Starts ``opensupervisor serve`` and ``opensupervisor worker`` processes on PostgreSQL (the store and
-DBOS's system database in a fresh schema), with the scripted model: each run is a model turn that
+DBOS's system database in a new database of the server ``--database-url`` names, one per
+measurement, dropped after it: rows that earlier runs left, and that no vacuum has cleaned, would
+slow every write), with the scripted model: each run is a model turn that
 calls a hosted tool, the tool, and a model turn that answers (three steps of the run). Prints:
 
 - pickup: time from sending the create to the response showing ``in_progress`` (p50, p99), when
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ from typing import Any
 import aiohttp
 import httpx
 import psycopg
+import sqlalchemy as sa
 
 TOKEN = "bench-token"
 HERE = Path(__file__).resolve().parent
@@ -200,7 +204,6 @@ def main() -> None:
     args = parser.parse_args()
     schema = f"bench_dbos_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        stack.callback(_drop_schema, args.database_url, schema)
         if args.only != "throughput":
             pickups(args, Path(tmp), schema, stack)
         if args.only != "pickup":
@@ -212,7 +215,8 @@ def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) 
     print(f"pickup, create to in_progress, p50 / p99 ({args.samples} runs one at a time; workers are notified "
           f"on PostgreSQL, SQLite polls every {args.poll * 1000:.0f} ms):")
     for sync in (True, False):
-        procs = Processes(tmp, args.database_url, schema, synchronous_commit=sync, poll_interval_s=args.poll)
+        database_url = stack.enter_context(fresh_database(args.database_url))
+        procs = Processes(tmp, database_url, schema, synchronous_commit=sync, poll_interval_s=args.poll)
         stack.callback(procs.stop)
         label = f"PostgreSQL, synchronous_commit={str(sync).lower()}"
         for here in (True, False):
@@ -221,7 +225,7 @@ def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) 
             if not here:
                 procs.worker()
             procs.wait_ready(since)
-            got = pickup(url, args.samples, args.database_url)
+            got = pickup(url, args.samples, database_url)
             where = "run by the server that took it" if here else "queued for a worker"
             print(f"  {label}, {where}: {statistics.median(got):6.1f} / {percentile(got, 0.99):6.1f} ms")
             procs.stop()
@@ -235,17 +239,18 @@ def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) 
 
 def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
     print(f"throughput on PostgreSQL ({args.runs} runs, 16 clients; the server only accepts, workers run):")
-    procs = Processes(tmp, args.database_url, schema, poll_interval_s=args.poll)
-    stack.callback(procs.stop)
     base = 0.0
     for workers in (int(n) for n in args.workers.split(",")):
+        database_url = stack.enter_context(fresh_database(args.database_url))
+        procs = Processes(tmp, database_url, schema, poll_interval_s=args.poll)
+        stack.callback(procs.stop)
         since = time.time()
         url = procs.serve(runs_here=False)
         for _ in range(workers):
             procs.worker()
         procs.wait_ready(since)
         before = cpu_ticks(procs.procs)
-        rate = asyncio.run(throughput(url, args.runs, args.database_url))
+        rate = asyncio.run(throughput(url, args.runs, database_url))
         spent = {k: (v - before.get(k, 0)) / os.sysconf("SC_CLK_TCK") * 1000 / args.runs
                  for k, v in cpu_ticks(procs.procs).items()}
         base = base or rate
@@ -284,9 +289,17 @@ def cpu_ticks(procs: list[subprocess.Popen[bytes]]) -> dict[str, int]:
             "postgres": sum(ticks(p) for p in postgres)}
 
 
-def _drop_schema(database_url: str, schema: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of ``server_url``, dropped afterwards."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
