@@ -119,7 +119,15 @@ def ending(run: Run, status: Literal["failed", "incomplete", "cancelled"], *, co
                 em.finish("failed", error={"code": code, "message": message})]
     if status == "incomplete":
         return [*settle(run, why or f"the response ended early ({reason})"), em.finish("incomplete", reason=reason)]
-    return [*settle(run, why or "the response was cancelled"), em.finish("cancelled")]
+    return [*settle(run, why or CANCELLED), em.finish("cancelled")]
+
+
+CANCELLED = "the response was cancelled"
+
+
+def not_run(why: str) -> str:
+    """The output of a hosted call that never ran, and why."""
+    return f"Error: this call did not run: {why}."
 
 
 def settle(run: Run, why: str) -> list[Event]:
@@ -131,7 +139,7 @@ def settle(run: Run, why: str) -> list[Event]:
     answered = {i["call_id"] for i in em.response["output"] if i["type"] == "function_call_output"}
     for item in list(em.response["output"]):
         if item["type"] == "function_call" and item["call_id"] not in answered and _is_hosted(run, item):
-            done = em.call_output(item["call_id"], f"Error: this call did not run: {why}.")
+            done = em.call_output(item["call_id"], not_run(why))
             run.history.append(copy_item(done[-1].data["item"]))
             events += done
     return events

@@ -40,6 +40,7 @@ from opensupervisor.core.contracts import (
     WrapperModel,
     WrapperToolset,
 )
+from opensupervisor.core.loop import CANCELLED, not_run
 from opensupervisor.engines import WAL, engine_url, sqlite_engine
 from opensupervisor.errors import ConfigError, ModelError
 from opensupervisor.runs.checkpoints import OUTCOME, TEXT, TOOLS, Outcome, Steps
@@ -120,8 +121,7 @@ class DurableModel(WrapperModel):
 CallFence = Callable[[], Awaitable[CallClaim]]
 CLAIMED_ELSEWHERE = ("This call was started by another server process that may have run it, so it was not run "
                      "again; its outcome is unknown.")
-# As the loop words a call that a cancel left unrun (``core.loop.settle``).
-RUN_STOPPED = "Error: this call did not run: the response was cancelled."
+RUN_STOPPED = not_run(CANCELLED)
 
 
 class DurableCalls(WrapperToolset):

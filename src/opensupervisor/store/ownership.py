@@ -22,6 +22,7 @@ from opensupervisor.store.response_rows import (
     ending_rows,
     last_sequence,
     one_of,
+    still_there,
     to_event_rows,
     without_output,
 )
@@ -141,13 +142,8 @@ class Ownership:
         def write() -> CallClaim:
             with self.store.engine.begin() as conn:
                 running = bool(conn.execute(_FENCE_RUNNING, values).rowcount)
-                if not running:
-                    epoch_now = conn.execute(select(responses.c.owner_epoch).where(
-                        responses.c.id == response_id)).scalar()
-                    if epoch_now is None:
-                        return "stopped"  # deleted: nothing of it is written any more
-                    if epoch_now != epoch:
-                        raise RunSuperseded(response_id)
+                if not running and not still_there(conn, response_id, epoch):
+                    return "stopped"
                 if also is not None:
                     also(conn)
                 if not running:

@@ -12,7 +12,7 @@ from sqlalchemy import Column, ColumnElement, Connection, Update, and_, bindpara
 
 from opensupervisor.core.eventlog import Row, compact, plain
 from opensupervisor.core.events import Event, terminal_event
-from opensupervisor.errors import QueueFull
+from opensupervisor.errors import QueueFull, RunSuperseded
 from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
 
@@ -62,9 +62,16 @@ def to_event_rows(response_id: str, new: Sequence[Event | Row]) -> list[dict[str
     return out
 
 
-def response_status(conn: Connection, response_id: str) -> str | None:
-    status: str | None = conn.execute(select(responses.c.status).where(responses.c.id == response_id)).scalar()
-    return status
+def still_there(conn: Connection, response_id: str, epoch: int | None) -> bool:
+    """Why a write of a running response changed no row: False when the response is gone (deleted
+    meanwhile; nothing of it is written any more), ``RunSuperseded`` when another process claimed
+    its run since ``epoch`` (its new owner writes all this), else True (it stopped running)."""
+    owner_epoch = conn.execute(select(responses.c.owner_epoch).where(responses.c.id == response_id)).scalar()
+    if owner_epoch is None:
+        return False
+    if epoch is not None and owner_epoch != epoch:
+        raise RunSuperseded(response_id)
+    return True
 
 
 def owned_response(conn: Connection, response_id: str, owner: str | None) -> Any:

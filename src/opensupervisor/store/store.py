@@ -29,7 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from opensupervisor.core.eventlog import LogSlice, Row, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.engines import UNREACHABLE, WAL, again_if_dropped, engine_url, postgres_engine, sqlite_engine
-from opensupervisor.errors import ConfigError, RunSuperseded, StoreUnavailable
+from opensupervisor.errors import ConfigError, StoreUnavailable
 from opensupervisor.store.response_rows import (
     admit_queued,
     advance,
@@ -38,7 +38,7 @@ from opensupervisor.store.response_rows import (
     last_sequence,
     notify_waiting,
     owned_response,
-    response_status,
+    still_there,
     stored_items,
     to_event_rows,
     to_item_rows,
@@ -220,11 +220,8 @@ class Store:
                 changed = conn.execute(advance(from_statuses, fenced=epoch is not None, changes=response is not None),
                                        values).rowcount
                 if not changed:
-                    if response_status(conn, response_id) is None:
-                        return False  # deleted meanwhile: nothing of it is written any more
-                    if epoch is not None and conn.execute(select(responses.c.owner_epoch).where(
-                            responses.c.id == response_id)).scalar_one() != epoch:
-                        raise RunSuperseded(response_id)  # its new owner writes all this
+                    if not still_there(conn, response_id, epoch):
+                        return False
                     if guard:
                         event_rows[:] = [r for r in event_rows if r["type"] not in TERMINAL_EVENTS]
                 self.insert_rows(conn, rows, event_rows)
