@@ -20,7 +20,7 @@ from opensupervisor.runs.checkpoints import Codec
 from opensupervisor.runs.durable import DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.plan import RunPlan, restored, stored_options
 from opensupervisor.store import Store
-from opensupervisor.store.store import RunRecord
+from opensupervisor.store.response_rows import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination
 from opensupervisor.tracing.wrappers import TracedModel, TracedToolset

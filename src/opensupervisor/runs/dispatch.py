@@ -17,8 +17,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from opensupervisor.store.response_rows import RunRecord
 from opensupervisor.store.run_queue import RunQueue
-from opensupervisor.store.store import RunRecord
 
 log = logging.getLogger(__name__)
 # With notifications (PostgreSQL), how often the queue is still looked at: a missed one costs this much.

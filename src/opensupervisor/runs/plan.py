@@ -12,7 +12,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.limits import Ticket
-from opensupervisor.store.store import RunRecord
+from opensupervisor.store.response_rows import RunRecord
 from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination
 from opensupervisor.vault import Vault
 from opensupervisor.wire.items import Item

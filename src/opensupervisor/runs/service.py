@@ -34,7 +34,7 @@ from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store.approvals import IssuedApprovals
 from opensupervisor.store.idempotency import IdempotencyKeys
 from opensupervisor.store.ownership import Ownership
-from opensupervisor.store.store import RunRecord
+from opensupervisor.store.response_rows import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.vault import Vault
 from opensupervisor.wire.ids import PREFIXES as ID_PREFIXES

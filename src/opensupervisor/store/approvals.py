@@ -42,7 +42,7 @@ class IssuedApprovals:
                "expires_at": now + int(self.lifetime_s * 1000)}
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(self.store.dialect_insert(approvals).values(**row).on_conflict_do_nothing(
                     index_elements=["request_id"]))
                 if purge:
@@ -83,7 +83,7 @@ class IssuedApprovals:
     async def release(self, response_id: str) -> None:
         """Unmark what ``response_id`` marked: it was refused before it ran anything."""
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(update(approvals).where(approvals.c.used_by == response_id).values(
                     used_by=None, used_at=None))
 
@@ -93,7 +93,7 @@ class IssuedApprovals:
         """Remove the unanswered requests of a deleted response: they can no longer be answered.
         Used ones stay until they expire, so that a replayed answer is still refused as used."""
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(delete(approvals).where(approvals.c.response_id == response_id,
                                                      approvals.c.used_by.is_(None)))
 

@@ -29,7 +29,7 @@ class StoredConnections:
                "sealed": self.vault.seal(orjson.dumps(secrets).decode()), "updated_at": now_ms()}
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(delete(connections).where(connections.c.name == name))
                 conn.execute(insert(connections), [row])
 
@@ -38,7 +38,7 @@ class StoredConnections:
     async def remove(self, name: str) -> bool:
         """Remove ``name`` and its users' credentials; False when no such connection is stored."""
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 if not conn.execute(delete(connections).where(connections.c.name == name)).rowcount:
                     return False
                 conn.execute(delete(user_credentials).where(user_credentials.c.connection == name))

@@ -29,7 +29,7 @@ class UserCredentials:
 
         def write() -> None:
             stmt = self.store.dialect_insert(user_credentials).values(**row)
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["connection", "principal_id"],
                     set_={"sealed": row["sealed"], "updated_at": row["updated_at"]}))
@@ -39,7 +39,7 @@ class UserCredentials:
 
     async def remove(self, connection: str, principal_id: str) -> bool:
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 return bool(conn.execute(delete(user_credentials).where(
                     user_credentials.c.connection == connection,
                     user_credentials.c.principal_id == principal_id)).rowcount)
@@ -52,7 +52,7 @@ class UserCredentials:
         """Remove every user's credential for ``connection`` (left by one that is gone: a new
         connection of the same name must not receive them)."""
         def write() -> int:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 return int(conn.execute(delete(user_credentials).where(
                     user_credentials.c.connection == connection)).rowcount)
 

@@ -46,7 +46,7 @@ class Executors:
         """``register``, on the calling thread (the heartbeat's own, which a busy event loop cannot hold up)."""
         row = {"id": executor_id, "pool": self.pool, "host": host, "pid": pid, "started_at": now_ms(),
                "heartbeat_at": now_ms()}
-        with self.store.engine.begin() as conn:
+        with self.store.transaction() as conn:
             conn.execute(delete(executors).where(executors.c.id == executor_id))
             conn.execute(insert(executors), [row])
 
@@ -55,7 +55,7 @@ class Executors:
 
     def beat_now(self, executor_id: str) -> bool:
         """False when this executor is no longer registered (another process took it for dead)."""
-        with self.store.engine.begin() as conn:
+        with self.store.transaction() as conn:
             self.store.no_wait_for_disk(conn)
             return bool(conn.execute(update(executors).where(executors.c.id == executor_id).values(
                 heartbeat_at=now_ms())).rowcount)
@@ -104,7 +104,7 @@ class Executors:
 
     async def remove(self, executor_id: str) -> None:
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(delete(executors).where(executors.c.id == executor_id))
 
         await self.store.write(write)

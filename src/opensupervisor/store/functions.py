@@ -22,7 +22,7 @@ class RegisteredFunctions:
                "updated_at": now_ms()}
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(delete(functions).where(functions.c.name == name))
                 conn.execute(insert(functions), [row])
 
@@ -30,7 +30,7 @@ class RegisteredFunctions:
 
     async def remove(self, name: str) -> bool:
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 return bool(conn.execute(delete(functions).where(functions.c.name == name)).rowcount)
 
         return await self.store.write(write)

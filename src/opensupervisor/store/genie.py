@@ -27,7 +27,7 @@ class GenieMessages:
                "result": orjson.dumps(result).decode() if result is not None else None}
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(insert(genie_messages), [row])
 
         await self.store.write(write)

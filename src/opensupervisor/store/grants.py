@@ -17,7 +17,7 @@ class StoredGrants:
         row = {"object": obj, "principals": orjson.dumps(sorted(set(principals))).decode(), "updated_at": now_ms()}
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(delete(grants).where(grants.c.object == obj))
                 conn.execute(insert(grants), [row])
 
@@ -25,7 +25,7 @@ class StoredGrants:
 
     async def remove(self, obj: str) -> bool:
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 return bool(conn.execute(delete(grants).where(grants.c.object == obj)).rowcount)
 
         return await self.store.write(write)

@@ -41,7 +41,7 @@ class IdempotencyKeys:
         mine = (idempotency_keys.c.principal == principal, idempotency_keys.c.key == key)
 
         def write() -> Claim:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(delete(idempotency_keys).where(*mine, idempotency_keys.c.expires_at <= now))
                 # RETURNING, not rowcount: psycopg reports no count for an insert that may do nothing.
                 inserted = conn.execute(self.store.dialect_insert(idempotency_keys).values(**row)
@@ -66,7 +66,7 @@ class IdempotencyKeys:
     async def bind(self, principal: str, key: str, response_id: str) -> None:
         """Name the response the holder of the key is about to store."""
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(update(idempotency_keys).where(
                     idempotency_keys.c.principal == principal, idempotency_keys.c.key == key).values(
                     response_id=response_id))
@@ -77,7 +77,7 @@ class IdempotencyKeys:
         """Give the key back, unless ``response_id`` is stored: a request that made nothing leaves the
         key free for a corrected retry."""
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 if response_id is not None and _stored(conn, response_id):
                     return
                 conn.execute(delete(idempotency_keys).where(
@@ -88,7 +88,7 @@ class IdempotencyKeys:
     async def purge(self) -> int:
         """Delete the keys past their lifetime."""
         def write() -> int:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 return conn.execute(delete(idempotency_keys).where(
                     idempotency_keys.c.expires_at <= now_ms())).rowcount
 

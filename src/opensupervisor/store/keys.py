@@ -16,7 +16,7 @@ async def shared_key(store: Store, name: str) -> bytes:
 
     def write() -> bytes:
         try:
-            with store.engine.begin() as conn:
+            with store.transaction() as conn:
                 conn.execute(insert(keys), [{"name": name, "value": secrets.token_hex(32)}])
         except IntegrityError:
             pass  # another process made it first: use theirs

@@ -98,7 +98,7 @@ class Ownership:
             rows = to_event_rows(response_id, [picked_up])
 
         def write() -> Claim | None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 epoch = conn.execute(_CLAIM_PICKED_UP if picked_up is not None else _CLAIM, values).scalar()
                 if epoch is None:
                     return None
@@ -114,7 +114,7 @@ class Ownership:
         cancelled before its task began: nothing else would write it). The run is claimed in the same
         transaction, so a copy still running somewhere cannot add a second. True when written."""
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 row = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status == "cancelled").values(
                         owner_epoch=responses.c.owner_epoch + 1, owner_executor=self.executor_id).returning(
@@ -140,7 +140,7 @@ class Ownership:
         values = {"rid": response_id, "epoch": epoch, "beat": now_ms()}
 
         def write() -> CallClaim:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 running = bool(conn.execute(_FENCE_RUNNING, values).rowcount)
                 if not running and not still_there(conn, response_id, epoch):
                     return "stopped"
@@ -157,7 +157,7 @@ class Ownership:
         write_steps = self.steps_writer([self.step_row(response_id, step, name, output)])
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 self.fence(conn, response_id, epoch)
                 write_steps(conn)
 
@@ -187,7 +187,7 @@ async def forget_steps(store: Store, *, limit: int = 5000) -> int:
         responses.c.status.not_in(RUNNING)).distinct().limit(limit)
 
     def write() -> int:
-        with store.engine.begin() as conn:
+        with store.transaction() as conn:
             ids = list(conn.execute(ended).scalars())
             if ids:
                 conn.execute(delete(run_steps).where(run_steps.c.response_id.in_(ids)))

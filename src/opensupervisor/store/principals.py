@@ -107,7 +107,7 @@ class Principals:
 
         def write() -> None:
             try:
-                with self.store.engine.begin() as conn:
+                with self.store.transaction() as conn:
                     conn.execute(insert(principals), [row])
             except IntegrityError as exc:
                 raise Conflict(f"a principal named '{name}' exists already") from exc
@@ -136,7 +136,7 @@ class Principals:
         the stored grants, which name principals: a later principal of the same name gets none of
         them. Its responses stay, owned by its id."""
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 found = conn.execute(select(principals.c.id).where(principals.c.name == name)).scalar()
                 if found is None:
                     return False
@@ -154,7 +154,7 @@ class Principals:
 
     async def set_member(self, group: str, member: str, present: bool) -> None:
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 ids = dict(conn.execute(select(principals.c.name, principals.c.id)
                                         .where(principals.c.name.in_([group, member]))).tuples().all())
                 kinds = dict(conn.execute(select(principals.c.name, principals.c.kind)
@@ -177,7 +177,7 @@ class Principals:
         expires = None if lifetime_s is None else created + lifetime_s * 1000
 
         def write() -> TokenRow:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 row = conn.execute(select(principals).where(principals.c.name == name)).first()
                 if row is None:
                     raise Conflict(f"there is no principal named '{name}'")
@@ -205,7 +205,7 @@ class Principals:
 
     async def revoke(self, token_id: str) -> bool:
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 done = conn.execute(update(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
                                     .values(revoked_at=now_ms()))
                 return bool(done.rowcount)

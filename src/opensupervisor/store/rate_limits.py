@@ -22,7 +22,7 @@ class StoredRateLimits:
 
         def write() -> None:
             stmt = self.store.dialect_insert(rate_limits).values(**row)
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(stmt.on_conflict_do_update(index_elements=["model"], set_={
                     "limits": row["limits"], "updated_at": row["updated_at"]}))
 
@@ -30,7 +30,7 @@ class StoredRateLimits:
 
     async def remove(self, model: str) -> bool:
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 return bool(conn.execute(delete(rate_limits).where(rate_limits.c.model == model)).rowcount)
 
         return await self.store.write(write)
@@ -57,7 +57,7 @@ class DatabaseCounters:
         ordered = sorted(set(buckets))
 
         def write() -> Verdict:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 current = self._bump(conn, {b: 0 for b in ordered}, minute, calls=1)
                 previous = {r.bucket: (r.calls, r.tokens) for r in conn.execute(
                     select(rate_counters.c.bucket, rate_counters.c.calls, rate_counters.c.tokens).where(
@@ -86,7 +86,7 @@ class DatabaseCounters:
 
     async def release(self, buckets: list[str], minute: int) -> None:
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(update(rate_counters).where(
                     rate_counters.c.bucket.in_(sorted(set(buckets))), rate_counters.c.minute == minute,
                     rate_counters.c.calls > 0).values(calls=rate_counters.c.calls - 1))
@@ -101,7 +101,7 @@ class DatabaseCounters:
                 totals[bucket] = totals.get(bucket, 0) + tokens
 
         def write() -> None:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 if totals:
                     self._bump(conn, totals, minute, calls=0)
                 # Minutes before the previous one no longer count.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Column, ColumnElement, Connection, Update, and_, bindparam, func, or_, select, text, update
@@ -15,6 +15,37 @@ from opensupervisor.core.events import Event, terminal_event
 from opensupervisor.errors import QueueFull, RunSuperseded
 from opensupervisor.store.schema import events, items, responses
 from opensupervisor.wire.items import Item
+
+
+class Stored(NamedTuple):
+    response: dict[str, Any]
+    stream: bool
+    heartbeat_at: int | None
+    # A background run in the queue: no process has taken it yet (``store.run_queue``).
+    waiting: bool = False
+
+
+class RunRecord(NamedTuple):
+    """What a worker needs to run (or resume) a stored background response."""
+
+    response: dict[str, Any]
+    request: dict[str, Any]
+    owner: str
+    stream: bool
+    options: dict[str, Any]
+    input_items: list[Item]
+
+
+# What ``run_record`` reads of a response.
+RUN_COLUMNS = (responses.c.response, responses.c.request, responses.c.owner, responses.c.stream, responses.c.options)
+
+
+def run_record(row: Any, input_items: list[Item]) -> RunRecord:
+    """A background run as a worker needs it, from a row of ``RUN_COLUMNS`` and its input items."""
+    response = orjson.loads(row.response)
+    response["output"] = []
+    return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
+                     orjson.loads(row.options) if row.options else {}, input_items)
 
 
 def dumps(value: Any) -> str:

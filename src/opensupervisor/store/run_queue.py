@@ -21,9 +21,9 @@ import orjson
 import psycopg
 from sqlalchemy import ColumnElement, and_, bindparam, select, update
 
-from opensupervisor.store.response_rows import RUNS_CHANNEL, notify_waiting, one_of
+from opensupervisor.store.response_rows import RUN_COLUMNS, RUNS_CHANNEL, RunRecord, notify_waiting, one_of, run_record
 from opensupervisor.store.schema import items, responses
-from opensupervisor.store.store import RUN_COLUMNS, RUNNING, RunRecord, Store, now_ms, run_record
+from opensupervisor.store.store import RUNNING, Store, now_ms
 from opensupervisor.wire.items import Item
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class RunQueue:
                 return conn.execute(self._any).first() is not None
 
         def write() -> list[RunRecord]:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 taken = sorted(conn.execute(self._take, {"n": limit, "beat": now_ms()}).all(),
                                key=lambda row: (row.created_at, row.id))
                 inputs: dict[str, list[Item]] = {row.id: [] for row in taken}
@@ -78,7 +78,7 @@ class RunQueue:
     async def release(self, response_id: str, taken_by: str) -> bool:
         """Hand a run back to the queue (``taken_by`` took it and will not start it); True when it was."""
         def write() -> bool:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 released = bool(conn.execute(self._release, {"rid": response_id, "was": taken_by}).rowcount)
                 if released:
                     notify_waiting(conn)

@@ -14,8 +14,9 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 from alembic import command
@@ -31,7 +32,11 @@ from opensupervisor.core.eventlog import LogSlice, Row, parse
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.engines import UNREACHABLE, WAL, again_if_dropped, engine_url, postgres_engine, sqlite_engine
 from opensupervisor.errors import ConfigError, StoreUnavailable
+from opensupervisor.store.group_commit import GroupCommit
 from opensupervisor.store.response_rows import (
+    RUN_COLUMNS,
+    RunRecord,
+    Stored,
     admit_queued,
     advance,
     dumps,
@@ -39,6 +44,7 @@ from opensupervisor.store.response_rows import (
     last_sequence,
     notify_waiting,
     owned_response,
+    run_record,
     still_there,
     stored_items,
     to_event_rows,
@@ -58,37 +64,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class Stored(NamedTuple):
-    response: dict[str, Any]
-    stream: bool
-    heartbeat_at: int | None
-    # A background run in the queue: no process has taken it yet (``store.run_queue``).
-    waiting: bool = False
-
-
-class RunRecord(NamedTuple):
-    """What a worker needs to run (or resume) a stored background response."""
-
-    response: dict[str, Any]
-    request: dict[str, Any]
-    owner: str
-    stream: bool
-    options: dict[str, Any]
-    input_items: list[Item]
-
-
-# What ``run_record`` reads of a response.
-RUN_COLUMNS = (responses.c.response, responses.c.request, responses.c.owner, responses.c.stream, responses.c.options)
-
-
-def run_record(row: Any, input_items: list[Item]) -> RunRecord:
-    """A background run as a worker needs it, from a row of ``RUN_COLUMNS`` and its input items."""
-    response = orjson.loads(row.response)
-    response["output"] = []
-    return RunRecord(response, orjson.loads(row.request), row.owner, bool(row.stream),
-                     orjson.loads(row.options) if row.options else {}, input_items)
-
-
 class Store:
     """All reads and writes of stored responses. Callers pass the owner; other owners' rows are invisible."""
 
@@ -104,16 +79,29 @@ class Store:
             # No ping per checkout (~18 round trips a background run): ``run`` retries a dead connection.
             self.engine = postgres_engine(self.url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="store")
+        self._group = GroupCommit(self.engine) if self.is_sqlite else None
         # The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``.
         self.dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
         self._insert_items = self.dialect_insert(items).on_conflict_do_nothing()
         self._insert_events = self.dialect_insert(events).on_conflict_do_nothing()
 
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """The transaction a write runs in: on SQLite, its share of the batch being committed
+        (``store.group_commit``) when it runs through ``write``; else one of its own."""
+        return self.engine.begin() if self._group is None else self._group.transaction()
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the store's threads. Once started, a write always finishes: a cancelled caller
         waits for it before the cancellation goes on, so nothing is half-recorded or lost."""
         call = functools.partial(again_if_dropped, fn, *args, **kwargs)
-        future = asyncio.get_running_loop().run_in_executor(self._threads, call)
+        return await self._settle(asyncio.get_running_loop().run_in_executor(self._threads, call))
+
+    async def _write_once(self, fn: Callable[[], T]) -> T:
+        if self._group is None:
+            return await self.run(fn)
+        return await self._settle(asyncio.wrap_future(self._group.submit(fn)))
+
+    async def _settle(self, future: asyncio.Future[T]) -> T:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -134,7 +122,7 @@ class Store:
         # path; the retries after it wait as tenacity's would have from the first try on: the
         # exponential back-off from 50 ms with up to 1 s of jitter, capped at 1 s, 4 tries in all.
         try:
-            return await self.run(fn)
+            return await self._write_once(fn)
         except StoreUnavailable:
             await asyncio.sleep(min(RETRY_FIRST_WAIT_S + random.uniform(0, 1), 1))
         back_off = wait_exponential_jitter(initial=2 * RETRY_FIRST_WAIT_S, max=1)
@@ -142,7 +130,7 @@ class Store:
                                  retry=retry_if_exception_type(StoreUnavailable), reraise=True)
         async for attempt in retrying:
             with attempt:
-                return await self.run(fn)
+                return await self._write_once(fn)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def migrate(self) -> None:
@@ -162,6 +150,8 @@ class Store:
             raise ConfigError(f"database {self.engine.url.render_as_string()}: migration failed: {exc}") from exc
 
     async def close(self) -> None:
+        if self._group is not None:
+            self._group.close()  # the writes queued before it finish first
         self._threads.shutdown(wait=True)
         self.engine.dispose()
 
@@ -188,7 +178,7 @@ class Store:
         rows += to_item_rows(response["id"], "output", dict(enumerate(output)))
 
         def write() -> None:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 conn.execute(insert(responses), [row])
                 if max_queued is not None:
                     admit_queued(conn, max_queued, postgresql=not self.is_sqlite)
@@ -216,7 +206,7 @@ class Store:
         from_statuses = RUNNING | ({"cancelled"} if response and response["status"] == "cancelled" else set())
 
         def write() -> bool:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 if response is None and not guard and epoch is None:  # items of a run nobody else can stop
                     self.insert_rows(conn, rows, event_rows)
                     return True
@@ -248,7 +238,7 @@ class Store:
         the same transaction: every log ends with one, and followers stop at once. A response in
         progress gets its ending from its run, which finds the cancel at its next write."""
         def write() -> str | None:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 row = conn.execute(update(responses).where(
                     responses.c.id == response_id, responses.c.status.in_(RUNNING),
                     *([responses.c.owner == owner] if owner is not None else [])).values(status="cancelled")
@@ -267,7 +257,7 @@ class Store:
     async def heartbeat(self, response_id: str) -> bool:
         """Note that the run of a response is alive; False when it should stop (no longer running)."""
         def write() -> bool:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 self.no_wait_for_disk(conn)  # a heartbeat lost in a database crash is harmless
                 return bool(conn.execute(advance(RUNNING, fenced=False, changes=False),
                                          {"rid": response_id, "beat": now_ms()}).rowcount)
@@ -277,7 +267,7 @@ class Store:
     async def fail(self, response_ids: list[str], message: str) -> int:
         """End running responses as failed, with a terminal event so that followers finish."""
         def write() -> int:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 rows = conn.execute(select(responses.c.id, responses.c.response).where(
                     responses.c.id.in_(response_ids), responses.c.status.in_(RUNNING))).all()
                 for row in rows:
@@ -293,7 +283,7 @@ class Store:
     async def purge(self, created_before: int, *, batch: int = 500) -> int:
         """Delete finished background responses created before ``created_before`` (epoch seconds)."""
         def write() -> int:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 ids = list(conn.execute(select(responses.c.id).where(
                     responses.c.background.is_(True), responses.c.created_at < created_before,
                     responses.c.status.not_in(RUNNING)).limit(batch)).scalars())
@@ -309,7 +299,7 @@ class Store:
 
     async def delete(self, response_id: str, owner: str | None) -> bool:
         def write() -> bool:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 if owned_response(conn, response_id, owner) is None:
                     return False
                 # A deleted response frees the key that made it: there is nothing left to answer with.

@@ -33,12 +33,12 @@ class Usage:
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         try:
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 conn.execute(insert(usage), rows)
         except IntegrityError:  # a resumed background run records again: keep the first row
             for row in rows:
                 try:
-                    with self.store.engine.begin() as conn:
+                    with self.store.transaction() as conn:
                         conn.execute(insert(usage), [row])
                 except IntegrityError:
                     pass

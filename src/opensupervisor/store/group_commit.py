@@ -1,0 +1,148 @@
+"""Group commit on SQLite: the writes that wait meanwhile share one transaction.
+
+SQLite lets one writer in at a time. Writers on several threads that find the file locked sleep in
+steps of milliseconds (its busy handler), and each write pays its own BEGIN, COMMIT and WAL frames
+while it holds the lock: under load that serial section, not the CPU, bounded how many background
+runs a server completed. Here one thread runs every write of the store, in arrival order. It takes
+all the writes waiting, runs each in a savepoint of one transaction and commits them together; the
+more writes wait, the fewer commits each costs.
+
+Each write is what it was alone: it sees the writes before it, a write that raises is rolled back
+to its savepoint (its caller gets the error; the others commit), and its caller hears back only
+after the commit, so a read that follows sees it. A batch whose commit fails fails every write in
+it, and each caller retries as after any failed write (``Store.write``).
+
+A write joins the batch through ``GroupCommit.transaction``. One that opens a transaction of its own
+on the engine instead is stopped before it does anything and runs alone after the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+# Writes per transaction at most: a long batch makes its first caller wait for all the others.
+MAX_BATCH = 64
+
+
+class NotBatched(RuntimeError):
+    """A write of a batch opened its own transaction (it would wait for the batch's lock forever)."""
+
+
+Write = tuple[Callable[[], Any], "Future[Any]"]
+
+
+class GroupCommit:
+    def __init__(self, engine: Engine, *, name: str = "store-writer") -> None:
+        self._engine = engine
+        self._waiting: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._local = threading.local()
+        event.listen(engine, "begin", self._no_transaction_of_its_own)
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._waiting.put((fn, future))
+        return future
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """The batch's connection on the writer thread (within the write's savepoint), else a
+        transaction of its own: the same code runs in a batch or alone."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        return self._engine.begin() if conn is None else _shared(conn)
+
+    def close(self) -> None:
+        self._waiting.put(None)
+        self._thread.join(timeout=30)
+
+    def _no_transaction_of_its_own(self, conn: Connection) -> None:
+        batch = getattr(self._local, "conn", None)
+        if batch is not None and conn is not batch:
+            raise NotBatched("a batched write opened its own transaction")
+
+    def _serve(self) -> None:
+        while (first := self._waiting.get()) is not None:
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._waiting.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._run(batch)
+
+    def _run(self, batch: list[Write]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits here for another process's writer, if any
+                raw = conn.connection.driver_connection
+                assert isinstance(raw, sqlite3.Connection)
+                self._local.conn = conn
+                try:
+                    outcomes = [_in_savepoint(raw, fn) for fn, _ in batch]
+                finally:
+                    self._local.conn = None
+                conn.commit()
+        except BaseException as exc:  # nothing of the batch is written
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for (fn, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if not ok and isinstance(value, NotBatched):
+                ok, value = _alone(fn)
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+def _alone(fn: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, fn()
+    except Exception as exc:
+        return False, exc
+
+
+def _in_savepoint(raw: sqlite3.Connection, fn: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run ``fn`` in a savepoint: (True, its result), or (False, its error) with its writes undone.
+    An error of the savepoint itself (the connection broke) fails the whole batch."""
+    _driver(raw, "SAVEPOINT batched")
+    try:
+        result = fn()
+    except Exception as exc:
+        _driver(raw, "ROLLBACK TO batched")
+        _driver(raw, "RELEASE batched")
+        return False, exc
+    _driver(raw, "RELEASE batched")
+    return True, result
+
+
+def _driver(raw: sqlite3.Connection, statement: str) -> None:
+    """A statement on the driver's connection (cheaper than through SQLAlchemy, which runs the
+    write's own statements), its error raised as SQLAlchemy raises the others'."""
+    try:
+        raw.execute(statement)
+    except sqlite3.Error as exc:
+        raise OperationalError(statement, None, exc) from exc
+
+
+@contextmanager
+def _shared(conn: Connection) -> Iterator[Connection]:
+    yield conn

@@ -1,0 +1,154 @@
+"""Group commit on SQLite (``store.group_commit``): concurrent writes share transactions and each
+stays what it was alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, event, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from opensupervisor.errors import QueueFull, StoreUnavailable
+from opensupervisor.store import Store
+from opensupervisor.store.schema import executors
+
+
+def _row(n: int) -> dict[str, object]:
+    return {"id": f"exec-{n}", "host": "h", "pid": n, "started_at": 0, "heartbeat_at": 0, "pool": "p"}
+
+
+async def _count(store: Store) -> int:
+    def read() -> int:
+        with store.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(executors)).scalar_one())
+    return await store.run(read)
+
+
+def test_concurrent_writes_land_in_fewer_commits_and_read_after_write_holds(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        commits = 0
+
+        def counting(_conn: Connection) -> None:
+            nonlocal commits
+            commits += 1
+
+        event.listen(store.engine, "commit", counting)
+
+        async def write(n: int) -> int:
+            def fn() -> int:
+                with store.transaction() as conn:
+                    conn.execute(insert(executors), [_row(n)])
+                    return n
+            got = await store.write(fn)
+            assert await _count(store) >= 1  # its own row is visible once the write returned
+            return got
+
+        assert sorted(await asyncio.gather(*(write(n) for n in range(200)))) == list(range(200))
+        assert await _count(store) == 200
+        assert commits < 200, "waiting writes share commits"
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_that_fails_is_undone_alone(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+
+        def ok(n: int) -> None:
+            with store.transaction() as conn:
+                conn.execute(insert(executors), [_row(n)])
+
+        def fails_after_writing() -> None:
+            with store.transaction() as conn:
+                conn.execute(insert(executors), [_row(1000)])
+                raise QueueFull("full")
+
+        def duplicate_caught() -> str:
+            # A statement that fails inside a write the write itself handles: the batch goes on.
+            with store.transaction() as conn:
+                with contextlib.suppress(IntegrityError):
+                    conn.execute(insert(executors), [_row(0)])
+                conn.execute(insert(executors), [_row(2000)])
+                return "handled"
+
+        outcomes = await asyncio.gather(
+            *(store.write(functools.partial(ok, n)) for n in range(50)), store.write(fails_after_writing),
+            *(store.write(functools.partial(ok, n)) for n in range(50, 100)), store.write(duplicate_caught),
+            return_exceptions=True)
+        assert isinstance(outcomes[50], QueueFull)
+        assert outcomes[-1] == "handled"
+        assert [o for o in outcomes if isinstance(o, BaseException)] == [outcomes[50]]
+
+        def ids() -> set[str]:
+            with store.engine.connect() as conn:
+                return set(conn.execute(select(executors.c.id)).scalars())
+        got = await store.run(ids)
+        assert "exec-1000" not in got, "the failed write left nothing"
+        assert got == {f"exec-{n}" for n in (*range(100), 2000)}
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_with_a_transaction_of_its_own_runs_alone(tmp_path: Path) -> None:
+    """A write that opens its own transaction on the engine (not ``Store.transaction``) would wait
+    for the batch's lock: it runs after the batch instead, and still lands."""
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+
+        def own(n: int) -> int:
+            with store.engine.begin() as conn:
+                conn.execute(insert(executors), [_row(n)])
+            return n
+
+        def shared(n: int) -> int:
+            with store.transaction() as conn:
+                conn.execute(insert(executors), [_row(n)])
+            return n
+
+        got = await asyncio.wait_for(asyncio.gather(
+            *(store.write(functools.partial(own if n % 3 == 0 else shared, n)) for n in range(60))), 30)
+        assert sorted(got) == list(range(60))
+        assert await _count(store) == 60
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_that_cannot_begin_fails_its_writes_as_unavailable(tmp_path: Path) -> None:
+    """Another process holding the file's write lock past the busy timeout: the writes fail as the
+    store being unreachable (503 to a client), after their retries; none half-lands."""
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        store.engine.dispose()
+
+        @event.listens_for(store.engine, "connect")
+        def short_wait(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+            dbapi_conn.execute("PRAGMA busy_timeout=50")
+
+        def fn() -> None:
+            with store.transaction() as conn:
+                conn.execute(insert(executors), [_row(1)])
+
+        with pytest.raises(StoreUnavailable):
+            await store.write(fn)
+        holder.execute("ROLLBACK")
+        await store.write(fn)
+        assert await _count(store) == 1
+        holder.close()
+        await store.close()
+
+    asyncio.run(scenario())
