@@ -42,9 +42,12 @@ class RunQueue:
         self.store = store
         self.executor_id = executor_id
         waiting = waiting_runs(pool)
+        # Materialized: PostgreSQL runs it once. As a subquery of the UPDATE it may run again for each
+        # row the UPDATE scans, locking rows (skipped by every other process) that it then does not take.
         oldest = select(responses.c.id).where(waiting).order_by(responses.c.created_at, responses.c.id).limit(
-            bindparam("n")).with_for_update(skip_locked=True)
-        self._take = update(responses).where(responses.c.id.in_(oldest.scalar_subquery()), waiting).values(
+            bindparam("n")).with_for_update(skip_locked=True).cte("oldest").prefix_with(
+                "MATERIALIZED", dialect="postgresql")
+        self._take = update(responses).where(responses.c.id.in_(select(oldest.c.id)), waiting).values(
             owner_executor=executor_id, heartbeat_at=bindparam("beat")).returning(
                 responses.c.id, responses.c.created_at, *RUN_COLUMNS)
         self._any = select(responses.c.id).where(waiting).limit(1)
