@@ -162,6 +162,16 @@ def test_quiet_runs_are_found_and_can_be_failed(store_url: str) -> None:
         with store.engine.begin() as conn:
             conn.execute(update(responses).where(responses.c.id == rid).values(heartbeat_at=0))
         assert (rid, "in_progress", "gone") in await Executors(store, "pool").quiet_runs(10_000)
+        # A run of another pool (processes on another DBOS database) is that pool's to recover.
+        other = dict(response, id=rid + "_other")
+        pool_b = "pool-" + uuid.uuid4().hex[:8]
+        await store.create(other, owner="u", request={}, stream=True, input_items=[], output=[], pool=pool_b,
+                           new_events=[Event({"type": "response.created", "sequence_number": 0})], taken_by="gone")
+        with store.engine.begin() as conn:
+            conn.execute(update(responses).where(responses.c.id == other["id"]).values(heartbeat_at=0))
+        assert other["id"] in {r.id for r in await Executors(store, pool_b).quiet_runs(10_000)}
+        assert other["id"] not in {r.id for r in await Executors(store, "pool").quiet_runs(10_000, limit=10**6)}
+        assert await store.fail([other["id"]], "gone") == 1
         assert await store.fail([rid], "gone") == 1
         assert await store.fail([rid], "gone again") == 0  # only a running response is failed
         got = await store.get(rid, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from opensupervisor.store.response_rows import queued_runs
 from opensupervisor.store.schema import executors, responses
@@ -91,13 +91,15 @@ class Executors:
     async def quiet_runs(self, quiet_ms: int, *, after: str = "", limit: int = 100) -> list[QuietRun]:
         """Background responses still running, taken by a process, whose runner has been quiet for
         ``quiet_ms``; by id from ``after``, at most ``limit`` (a backlog is read a page at a time).
-        Runs waiting in the queue are not among them: nothing is amiss with those."""
+        Runs waiting in the queue are not among them: nothing is amiss with those; nor are another
+        pool's runs, whose workflows (and their states) are in another DBOS database."""
         def read() -> list[QuietRun]:
             with self.store.engine.connect() as conn:
                 return [QuietRun(r.id, r.status, r.owner_executor) for r in conn.execute(
                     select(responses.c.id, responses.c.status, responses.c.owner_executor).where(
                         responses.c.background.is_(True), responses.c.status.in_(RUNNING),
                         responses.c.owner_executor.is_not(None), responses.c.heartbeat_at < now_ms() - quiet_ms,
+                        or_(responses.c.run_pool == self.pool, responses.c.run_pool.is_(None)),
                         responses.c.id > after).order_by(responses.c.id).limit(limit))]
 
         return await self.store.run(read)
