@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, event, func, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import QueuePool
 
 from opensupervisor.errors import QueueFull, StoreUnavailable
 from opensupervisor.store import Store
@@ -120,6 +121,8 @@ def test_a_write_with_a_transaction_of_its_own_runs_alone(tmp_path: Path) -> Non
             *(store.write(functools.partial(own if n % 3 == 0 else shared, n)) for n in range(60))), 30)
         assert sorted(got) == list(range(60))
         assert await _count(store) == 60
+        pool = store.engine.pool
+        assert isinstance(pool, QueuePool) and pool.checkedout() == 0, "the stopped writes' connections went back"
         await store.close()
 
     asyncio.run(scenario())
@@ -149,6 +152,42 @@ def test_a_batch_that_cannot_begin_fails_its_writes_as_unavailable(tmp_path: Pat
         await store.write(fn)
         assert await _count(store) == 1
         holder.close()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_given_up_before_it_started_is_not_made_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """Directly on the writer: a caller that cancels a write still waiting drops it, the writes
+    after it still run, and a closed writer takes no more."""
+    import threading
+
+    from opensupervisor.store.group_commit import GroupCommit
+
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        group = GroupCommit(store.engine, name="test-writer")
+        started, release = threading.Event(), threading.Event()
+        ran: list[str] = []
+
+        def blocker() -> None:
+            started.set()
+            release.wait(10)
+            ran.append("blocker")
+
+        first = group.submit(blocker)
+        assert started.wait(10)
+        dropped = group.submit(lambda: ran.append("dropped"))
+        after = group.submit(lambda: ran.append("after"))
+        assert dropped.cancel(), "still waiting: it can be given up"
+        release.set()
+        first.result(10)
+        after.result(10)
+        assert ran == ["blocker", "after"]
+        group.close()
+        with pytest.raises(RuntimeError):
+            group.submit(lambda: None)
         await store.close()
 
     asyncio.run(scenario())

@@ -12,8 +12,9 @@ to its savepoint (its caller gets the error; the others commit), and its caller 
 after the commit, so a read that follows sees it. A batch whose commit fails fails every write in
 it, and each caller retries as after any failed write (``Store.write``).
 
-A write joins the batch through ``GroupCommit.transaction``. One that opens a transaction of its own
-on the engine instead is stopped before it does anything and runs alone after the batch.
+A write joins the batch through ``GroupCommit.transaction``. One that takes a connection of its own
+from the engine instead (it would wait for the batch's lock) is stopped before it does anything and
+runs alone after the batch.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MAX_BATCH = 64
 
 
 class NotBatched(RuntimeError):
-    """A write of a batch opened its own transaction (it would wait for the batch's lock forever)."""
+    """A write of a batch took a connection of its own (its writes would wait for the batch's lock)."""
 
 
 Write = tuple[Callable[[], Any], "Future[Any]"]
@@ -49,11 +50,15 @@ class GroupCommit:
         self._engine = engine
         self._waiting: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
         self._local = threading.local()
-        event.listen(engine, "begin", self._no_transaction_of_its_own)
+        self._closed = False
+        # A pool event, not a connection one: those would slow every statement of the engine.
+        event.listen(engine.pool, "checkout", self._no_connection_of_its_own)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("the store is closed")
         future: Future[T] = Future()
         self._waiting.put((fn, future))
         return future
@@ -65,13 +70,13 @@ class GroupCommit:
         return self._engine.begin() if conn is None else _shared(conn)
 
     def close(self) -> None:
+        self._closed = True
         self._waiting.put(None)
         self._thread.join(timeout=30)
 
-    def _no_transaction_of_its_own(self, conn: Connection) -> None:
-        batch = getattr(self._local, "conn", None)
-        if batch is not None and conn is not batch:
-            raise NotBatched("a batched write opened its own transaction")
+    def _no_connection_of_its_own(self, *_: Any) -> None:
+        if getattr(self._local, "conn", None) is not None:
+            raise NotBatched("a batched write opened a connection of its own")
 
     def _serve(self) -> None:
         while (first := self._waiting.get()) is not None:
@@ -85,21 +90,29 @@ class GroupCommit:
                     self._waiting.put(None)  # stop after this batch
                     break
                 batch.append(more)
-            self._run(batch)
+            # A write whose caller gave up before it started is not made (once it runs, it cannot be).
+            batch = [(fn, future) for fn, future in batch if future.set_running_or_notify_cancel()]
+            try:
+                if batch:
+                    self._run(batch)
+            except Exception:  # the thread must outlive anything: every later write waits for it
+                log.exception("a batch of writes failed to report its outcome")
 
     def _run(self, batch: list[Write]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self._engine.connect() as conn:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits here for another process's writer, if any
                 raw = conn.connection.driver_connection
                 assert isinstance(raw, sqlite3.Connection)
+                _driver(raw, "BEGIN IMMEDIATE")  # waits here for another process's writer, if any
                 self._local.conn = conn
                 try:
                     outcomes = [_in_savepoint(raw, fn) for fn, _ in batch]
                 finally:
                     self._local.conn = None
                 conn.commit()
+                if raw.in_transaction:  # no statement went through ``conn``, which then commits nothing
+                    _driver(raw, "COMMIT")
         except BaseException as exc:  # nothing of the batch is written
             for _, future in batch:
                 future.set_exception(exc)

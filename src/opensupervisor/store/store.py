@@ -125,7 +125,7 @@ class Store:
             return await self._write_once(fn)
         except StoreUnavailable:
             await asyncio.sleep(min(RETRY_FIRST_WAIT_S + random.uniform(0, 1), 1))
-        back_off = wait_exponential_jitter(initial=2 * RETRY_FIRST_WAIT_S, max=1)
+        back_off = wait_exponential_jitter(multiplier=2 * RETRY_FIRST_WAIT_S, max=1)
         retrying = AsyncRetrying(stop=stop_after_attempt(3), wait=back_off,
                                  retry=retry_if_exception_type(StoreUnavailable), reraise=True)
         async for attempt in retrying:
