@@ -48,7 +48,11 @@ def test_concurrent_writes_land_in_fewer_commits_and_read_after_write_holds(tmp_
                     conn.execute(insert(executors), [_row(n)])
                     return n
             got = await store.write(fn)
-            assert await _count(store) >= 1  # its own row is visible once the write returned
+
+            def mine() -> object:
+                with store.engine.connect() as conn:
+                    return conn.execute(select(executors.c.id).where(executors.c.id == f"exec-{n}")).scalar()
+            assert await store.run(mine) == f"exec-{n}", "its own row is visible once the write returned"
             return got
 
         assert sorted(await asyncio.gather(*(write(n) for n in range(200)))) == list(range(200))

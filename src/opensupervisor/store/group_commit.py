@@ -117,13 +117,22 @@ class GroupCommit:
             for _, future in batch:
                 future.set_exception(exc)
             return
-        for (fn, future), (ok, value) in zip(batch, outcomes, strict=True):
-            if not ok and isinstance(value, NotBatched):
-                ok, value = _alone(fn)
-            if ok:
-                future.set_result(value)
+        alone: list[Write] = []
+        for (fn, future), outcome in zip(batch, outcomes, strict=True):
+            if not outcome[0] and isinstance(outcome[1], NotBatched):
+                alone.append((fn, future))  # after the others have heard back
             else:
-                future.set_exception(value)
+                _report(future, outcome)
+        for fn, future in alone:
+            _report(future, _alone(fn))
+
+
+def _report(future: Future[Any], outcome: tuple[bool, Any]) -> None:
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _alone(fn: Callable[[], Any]) -> tuple[bool, Any]:
