@@ -9,7 +9,9 @@ calls a hosted tool, the tool, and a model turn that answers (three steps of the
 - pickup: time from sending the create to the response showing ``in_progress`` (p50, p99), when
   the server runs the response itself and when a worker takes it from the queue, on PostgreSQL
   with step checkpoints waiting for the disk or not (``synchronous_commit``), and on SQLite;
-- throughput: completed runs per second with 1, 2 and 4 worker processes (the server only accepts).
+- throughput: completed runs per second with 1, 2 and 4 worker processes (the server only accepts),
+  and of one server on SQLite running every run; each after ``--warm`` runs that are not measured
+  (a process's first runs pay for its thread pools, connections and first statements).
 
 Figures are ratios of one run on one machine; compare them only with figures from the same run.
 
@@ -158,7 +160,10 @@ def pickup(url: str, samples: int, database_url: str) -> list[float]:
 
 
 async def throughput(url: str, runs: int, database_url: str) -> float:
-    """Completed runs per second: create ``runs`` background responses, wait until all are done."""
+    """Completed runs per second: create ``runs`` background responses, wait until all are done.
+
+    Completion is read through one connection kept open (a new PostgreSQL connection per look
+    would start a backend each time, and that CPU would count as the runs')."""
     ids: list[str] = []
     started = time.perf_counter()
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
@@ -169,22 +174,28 @@ async def throughput(url: str, runs: int, database_url: str) -> float:
                 ids.append((await resp.json())["id"])
 
         await asyncio.gather(*(create() for _ in range(runs)))
-    while True:
-        if _completed(database_url, ids) >= runs:
-            return runs / (time.perf_counter() - started)
-        await asyncio.sleep(0.02)
+    with contextlib.closing(_connect(database_url)) as conn:
+        while True:
+            if _completed(conn, database_url, ids) >= runs:
+                break
+            await asyncio.sleep(0.02)
+    return runs / (time.perf_counter() - started)
 
 
-def _completed(database_url: str, ids: list[str]) -> int:
+def _connect(database_url: str) -> Any:
     if database_url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as lite:
-            marks = ",".join("?" * len(ids))
-            row = lite.execute(f"SELECT count(*) FROM os_responses WHERE id IN ({marks}) AND status = 'completed'",
-                               ids).fetchone()
+        return sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    return psycopg.connect(database_url, autocommit=True)
+
+
+def _completed(conn: Any, database_url: str, ids: list[str]) -> int:
+    if database_url.startswith("sqlite"):
+        marks = ",".join("?" * len(ids))
+        row = conn.execute(f"SELECT count(*) FROM os_responses WHERE id IN ({marks}) AND status = 'completed'",
+                           ids).fetchone()
     else:
-        with psycopg.connect(database_url) as conn:
-            row = conn.execute("SELECT count(*) FROM os_responses WHERE id = ANY(%s) AND status = 'completed'",
-                               (ids,)).fetchone()
+        row = conn.execute("SELECT count(*) FROM os_responses WHERE id = ANY(%s) AND status = 'completed'",
+                           (ids,)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -197,6 +208,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--warm", type=int, default=100, help="runs before each throughput measurement, not counted")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--poll", type=float, default=0.05, help="background.poll_interval_s of the processes")
     parser.add_argument("--only", choices=["pickup", "throughput"], default=None)
@@ -238,7 +250,8 @@ def pickups(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) 
 
 
 def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitStack) -> None:
-    print(f"throughput on PostgreSQL ({args.runs} runs, 16 clients; the server only accepts, workers run):")
+    print(f"throughput on PostgreSQL ({args.runs} runs after {args.warm}, 16 clients; the server only accepts, "
+          "workers run):")
     base = 0.0
     for workers in (int(n) for n in args.workers.split(",")):
         database_url = stack.enter_context(fresh_database(args.database_url))
@@ -249,6 +262,7 @@ def throughputs(args: argparse.Namespace, tmp: Path, schema: str, stack: ExitSta
         for _ in range(workers):
             procs.worker()
         procs.wait_ready(since)
+        asyncio.run(throughput(url, args.warm, database_url))
         before = cpu_ticks(procs.procs)
         rate = asyncio.run(throughput(url, args.runs, database_url))
         spent = {k: (v - before.get(k, 0)) / os.sysconf("SC_CLK_TCK") * 1000 / args.runs
@@ -265,10 +279,12 @@ def sqlite_throughput(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> 
     procs = Processes(tmp, f"sqlite:///{tmp}/throughput.db", "dbos", poll_interval_s=args.poll)
     stack.callback(procs.stop)
     url = procs.serve(runs_here=True)
+    asyncio.run(throughput(url, args.warm, procs.database_url))
     before = cpu_ticks(procs.procs)["server"]
     rate = asyncio.run(throughput(url, args.runs, procs.database_url))
     spent = (cpu_ticks(procs.procs)["server"] - before) / os.sysconf("SC_CLK_TCK") * 1000 / args.runs
-    print(f"throughput on SQLite ({args.runs} runs, 16 clients, one server running them): {rate:7.1f} runs/s; "
+    print(f"throughput on SQLite ({args.runs} runs after {args.warm}, 16 clients, one server running them): "
+          f"{rate:7.1f} runs/s; "
           f"CPU per run {spent:.1f} ms")
     procs.stop()
 

@@ -48,10 +48,11 @@ def _record(response_id: str, label: str) -> None:
 
 def _count_statements(path: str) -> None:
     """With ``$OPENSUPERVISOR_BENCH_SQL`` set, count every SQL statement this process sends (by its
-    first words) and write the counts there at exit: where a run's database round trips go."""
-    import atexit
+    first words) and write the counts there every second: where a run's database round trips go.
+    (Not at exit: the server re-raises the SIGTERM it shut down gracefully on, which skips atexit.)"""
     import collections
     import re
+    import threading
 
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
@@ -66,12 +67,18 @@ def _count_statements(path: str) -> None:
     def checked_out(*args: Any) -> None:
         counts["<pool checkout>"] += 1
 
-    def dump() -> None:
-        with open(f"{path}.{os.getpid()}", "w") as out:
-            for statement, n in counts.most_common():
-                out.write(f"{n:8d}  {statement}\n")
+    @event.listens_for(Engine, "connect")
+    def connected(*args: Any) -> None:
+        counts["<new connection>"] += 1
 
-    atexit.register(dump)
+    def dump() -> None:
+        while True:
+            time.sleep(1)
+            with open(f"{path}.{os.getpid()}", "w") as out:
+                for statement, n in counts.copy().most_common():
+                    out.write(f"{n:8d}  {statement}\n")
+
+    threading.Thread(target=dump, name="bench-sql-counts", daemon=True).start()
 
 
 if os.environ.get("OPENSUPERVISOR_BENCH_SQL"):
