@@ -70,7 +70,7 @@ def run_server(port: int, upstream: int, database_url: str) -> None:
     settings = Settings(port=port, database_url=database_url, admin_token=TOKEN,
                         data_dir=Path(tempfile.mkdtemp(prefix="opensupervisor-bench-")))
     app = create_app(settings, workspace=workspace, tool_setup=setup)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, ws="websockets-sansio")
 
 
 # -- the load generator --------------------------------------------------------------------------
@@ -184,6 +184,29 @@ async def tool_round_trips(url: str, n: int, concurrency: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+async def socket_turns(url: str, body: dict[str, Any], n: int) -> tuple[list[float], float]:
+    """``n`` responses one after another on one WebSocket: each one's seconds, and turns per second."""
+    from websockets.asyncio.client import connect
+
+    message = orjson.dumps({"type": "response.create", **body}).decode()
+    out: list[float] = []
+    async with connect(url.replace("http://", "ws://"), additional_headers={"Authorization": f"Bearer {TOKEN}"},
+                       max_size=None) as ws:
+        for _ in range(20):  # warm up, as the HTTP figures do
+            await ws.send(message)
+            while orjson.loads(await ws.recv())["type"] not in ("response.completed", "response.failed", "error"):
+                pass
+        started = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            await ws.send(message)
+            while orjson.loads(await ws.recv())["type"] not in ("response.completed", "response.failed", "error"):
+                pass
+            out.append(time.perf_counter() - t)
+        rate = n / (time.perf_counter() - started)
+    return out, rate
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -208,6 +231,9 @@ async def measure(base: str, upstream: str, n: int, store: bool) -> None:
           f"p99 {pct(served, .99) - up99:6.2f}")
     print(f"  added per streamed text response                  p50 {pct(streamed, .5) - up50:6.2f}  "
           f"p99 {pct(streamed, .99) - up99:6.2f}")
+    socket, per_s = await socket_turns(f"{base}/v1/responses", text, n)
+    print(f"  added per WebSocket turn (one connection)         p50 {pct(socket, .5) - up50:6.2f}  "
+          f"p99 {pct(socket, .99) - up99:6.2f}   ({per_s:.0f} turns/s)")
     up_ttfb = await first_bytes(f"{upstream}/v1/chat/completions",
                                 {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True}, n)
     ttfb = await first_bytes(f"{base}/v1/responses", dict(text, stream=True), n)

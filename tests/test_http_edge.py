@@ -1,5 +1,5 @@
 """The HTTP edge of a real ``opensupervisor serve``: malformed and oversized requests, slow clients,
-and the connection limit, spoken over raw sockets."""
+and the connection limit, spoken over raw sockets; and its WebSockets."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import MODEL, ProcessServer, Server
 
@@ -248,3 +250,35 @@ def test_every_route_bounds_its_body(edge: Server, method: str, path: str) -> No
             assert resp.json()["error"] == {"message": f"The request body is larger than the limit of "
                                             f"{MAX_BODY_BYTES} bytes.", "type": "invalid_request_error",
                                             "param": None, "code": "request_too_large"}
+
+
+def _socket(server: Server) -> ClientConnection:
+    url = server.url.replace("http://", "ws://") + "/v1/responses"
+    return connect(url, additional_headers={"Authorization": f"Bearer {server.token}"}, open_timeout=10)
+
+
+def _turn(ws: ClientConnection, text: str) -> dict[str, Any]:
+    ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": text}))
+    while True:
+        event = json.loads(ws.recv(timeout=30))
+        if event["type"] in ("response.completed", "error"):
+            return dict(event)
+
+
+def test_a_websocket_outlives_the_body_timeout_of_its_handshake(edge: Server) -> None:
+    with _socket(edge) as ws:
+        assert _turn(ws, "first")["type"] == "response.completed"
+        # Past the bound a request body has (and its grace): the upgraded connection is not an HTTP
+        # request waiting for its body any more.
+        time.sleep(BODY_TIMEOUT_S + 1.5)
+        assert _turn(ws, "second")["type"] == "response.completed"
+
+
+def test_a_websocket_message_past_the_body_bound_closes_the_socket(edge: Server) -> None:
+    with _socket(edge) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "x" * (2 * MAX_BODY_BYTES)}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+    with _socket(edge) as ws:  # the server goes on
+        assert _turn(ws, "after")["type"] == "response.completed"

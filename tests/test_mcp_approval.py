@@ -256,3 +256,30 @@ url = "{mcp_url}/mcp"
             done = client.responses.retrieve(approved.id)
     assert [i.type for i in done.output] == ["function_call", "function_call_output", "message"]
     assert done.output_text == "Noted." and NOTES == ["resumed"]
+
+
+def test_an_approval_answered_over_a_websocket_runs_the_call_once(server: Server) -> None:
+    """A ``store: false`` chain on one socket: the request, then its answer continuing it."""
+    client = openai.OpenAI(base_url=server.v1, api_key=server.token, max_retries=0)
+    NOTES.clear()
+    with client.responses.connect() as socket:
+        socket.response.create(model="agent", input="note this", tools=[conn("strict")], store=False)
+        first = last_event(socket)
+        [request] = first.response.output
+        assert request.type == "mcp_approval_request" and NOTES == []
+        socket.response.create(model="agent", input=[approval(request)], previous_response_id=first.response.id,
+                               tools=[conn("strict")], store=False)
+        second = last_event(socket)
+        assert [i.type for i in second.response.output] == ["function_call", "function_call_output", "message"]
+        assert second.response.output_text == "Done." and NOTES == ["buy milk"]
+        # The same answer sent again runs nothing again.
+        socket.response.create(model="agent", input=[approval(request)], previous_response_id=second.response.id,
+                               tools=[conn("strict")], store=False)
+        assert last_event(socket).type == "response.completed" and NOTES == ["buy milk"]
+
+
+def last_event(socket: Any) -> Any:
+    for event in socket:
+        if event.type in ("response.completed", "response.failed", "error"):
+            return event
+    raise AssertionError("the socket closed")

@@ -197,3 +197,13 @@ def test_metrics_count_model_and_tool_calls(server: Server) -> None:
                  "opensupervisor_tokens_total", "opensupervisor_responses_total",
                  "opensupervisor_trace_write_failures"):
         assert name in text
+
+
+def test_a_websocket_response_is_traced_as_a_streamed_one(server: Server) -> None:
+    with server.client().responses.connect() as socket:
+        socket.send({"type": "response.create", "model": "agent", "input": "sales please", "tools": TOOLS,
+                     "databricks_options": {"return_trace": True}})
+        final: Any = next(e for e in socket if e.type in ("response.completed", "response.failed", "error"))
+    assert final.type == "response.completed"
+    trace = Trace.from_dict(final.response.databricks_output["trace"])
+    assert len(trace.data.spans) == 7

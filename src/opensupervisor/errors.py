@@ -13,7 +13,8 @@
     │   ├── HeadTooLarge            414 / 431 (request line / headers past the bound)
     │   ├── QueueFull, RateLimited  429 with Retry-After
     │   ├── Overloaded              503 with Retry-After (every connection slot is taken)
-    │   └── StoreUnavailable        503 with Retry-After (the database cannot be reached)
+    │   ├── StoreUnavailable        503 with Retry-After (the database cannot be reached)
+    │   └── ServerError             500 (a failure of the server's own; a WebSocket reports it as a message)
     ├── ModelError                  a model or its upstream failed; the response fails with it
     │   └── ModelTimeout
     ├── ToolError                   a hosted tool failed; the model reads the message as the tool output
@@ -172,6 +173,16 @@ class StoreUnavailable(APIError):
 
     def __init__(self, message: str = "The server's database cannot be reached right now; retry later.") -> None:
         super().__init__(message, param=None, code="store_unavailable")
+
+
+class ServerError(APIError):
+    """Something failed that the client could not have caused (logged where it happened)."""
+
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str = "The server had an error while processing your request.") -> None:
+        super().__init__(message, param=None, code="server_error")
 
 
 class UpstreamUnavailable(APIError):

@@ -84,18 +84,21 @@ class ResponseService:
     # -- create ----------------------------------------------------------------------------------
 
     async def prepare(self, parsed: ParsedRequest, principal: Principal, raw: dict[str, Any], *,
-                      echo_history: bool = False, traceparent: str | None = None) -> Prepared:
+                      echo_history: bool = False, traceparent: str | None = None,
+                      history: list[Item] | None = None) -> Prepared:
         """Resolve everything a run needs; any client mistake is raised here, before the loop starts.
 
         ``echo_history``: start a background response's output with the history items of its input,
-        as the Databricks Supervisor API does (``runs.assemble``).
+        as the Databricks Supervisor API does (``runs.assemble``). ``history``: what
+        ``previous_response_id`` stands for, when the caller holds it (a WebSocket's latest response);
+        else it is read from the store.
         """
         body = parsed.body
         served = self.deps.catalog.get(body.model)
         _check_output_tokens(served, body)
         self.gate.check(principal, body.model, parsed.tools)
         bound = self.tools.bind(parsed.tools)
-        prior = await self._prior_history(body.previous_response_id, principal)
+        prior = history if history is not None else await self._prior_history(body.previous_response_id, principal)
         input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
         check_call_pairs(prior + input_items, len(prior))
         destination = await self.traces.admit(principal, body)

@@ -10,7 +10,7 @@ import binascii
 import hmac
 from typing import TYPE_CHECKING
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opensupervisor.errors import Unauthorized
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from opensupervisor.runtime import Runtime
 
 
-def bearer_token(request: Request) -> str:
+def bearer_token(request: HTTPConnection) -> str:
     """The token a request presents; an ``AuthFailure`` says why there is none."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -53,9 +53,9 @@ def _failed(message: str, reason: str) -> _NoToken:
 AUTH_KEY = "opensupervisor.auth"
 
 
-def authenticate(request: Request, admin_token: str = "") -> Principal:
-    """The caller, as ``ResolveCaller`` found it; 401 when the request has no valid token (429 when
-    its address has failed too often, see ``auth_failures``)."""
+def authenticate(request: HTTPConnection, admin_token: str = "") -> Principal:
+    """The caller, as ``ResolveCaller`` found it; 401 when the request (or WebSocket handshake) has
+    no valid token (429 when its address has failed too often, see ``auth_failures``)."""
     found = request.scope.get("state", {}).get(AUTH_KEY)
     if isinstance(found, Principal):
         return found
@@ -76,25 +76,28 @@ class ResolveCaller:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             state = getattr(scope["app"].state, "os", None)
             if state is not None:
-                scope.setdefault("state", {})[AUTH_KEY] = await self._resolve(Request(scope), state)
+                scope.setdefault("state", {})[AUTH_KEY] = await resolve_caller(HTTPConnection(scope), state)
         await self.app(scope, receive, send)
 
-    async def _resolve(self, request: Request, state: Runtime) -> Principal | AuthFailure:
-        try:
-            token = bearer_token(request)
-        except _NoToken as exc:
-            return exc.failure
-        if hmac.compare_digest(token.encode(), state.admin_token.encode()):
-            return ADMIN
-        if not token.startswith(TOKEN_PREFIX):
-            return AuthFailure(Unauthorized("Incorrect API key provided."), "unknown")
-        check = await state.principals.cached_check(token)
-        if check.principal is not None:
-            return check.principal
-        if check.problem:
-            return AuthFailure(Unauthorized(f"The API key provided has {check.problem}."),
-                               "revoked" if "revoked" in check.problem else "expired")
+
+async def resolve_caller(request: HTTPConnection, state: Runtime) -> Principal | AuthFailure:
+    """Who presents the request's token now, or why nobody does (a long-lived WebSocket asks again
+    at each response: a token revoked meanwhile stops it)."""
+    try:
+        token = bearer_token(request)
+    except _NoToken as exc:
+        return exc.failure
+    if hmac.compare_digest(token.encode(), state.admin_token.encode()):
+        return ADMIN
+    if not token.startswith(TOKEN_PREFIX):
         return AuthFailure(Unauthorized("Incorrect API key provided."), "unknown")
+    check = await state.principals.cached_check(token)
+    if check.principal is not None:
+        return check.principal
+    if check.problem:
+        return AuthFailure(Unauthorized(f"The API key provided has {check.problem}."),
+                           "revoked" if "revoked" in check.problem else "expired")
+    return AuthFailure(Unauthorized("Incorrect API key provided."), "unknown")

@@ -199,6 +199,18 @@ def _operation(op: Operation, schemas: dict[Any, dict[str, Any]]) -> dict[str, A
     return out
 
 
+# WebSocket mode of the create route (``server.websocket_api``), as Open Responses marks it.
+WEBSOCKET: dict[str, Any] = {
+    "description": "A WebSocket on the same path, authenticated as HTTP requests are. Each text message "
+                   "{\"type\": \"response.create\", ...} runs one response (without stream, stream_options "
+                   "or background); its streaming events come back one JSON text message each, and errors as "
+                   "{\"type\": \"error\", \"status\", \"error\"}. Responses run one at a time; the "
+                   "connection keeps its latest one for previous_response_id, and lasts at most an hour.",
+    "clientMessage": {"allOf": [{"$ref": "#/components/schemas/CreateResponseRequest"}],
+                      "properties": {"type": {"const": "response.create"}}, "required": ["type"]},
+}
+
+
 @cache
 def document() -> dict[str, Any]:
     ops = operations()
@@ -208,6 +220,8 @@ def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in ops:
         paths.setdefault(_path(op.path)[0], {})[op.method] = _operation(op, schemas)
+    for prefix in PREFIXES:
+        paths[f"{prefix}/responses"]["x-openresponses-websocket"] = WEBSOCKET
     return {
         "openapi": "3.1.0",
         "info": {"title": "OpenSupervisor", "version": version("opensupervisor"),

@@ -32,6 +32,7 @@ from opensupervisor.server.openapi import openapi_routes
 from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import EventStream
 from opensupervisor.server.state import JSONResponse
+from opensupervisor.server.websocket_api import websocket_routes
 from opensupervisor.wire.request import parse_create_request, parse_json_body
 from opensupervisor.wire.validation import INT32_MAX, query_int
 
@@ -214,6 +215,7 @@ def routes() -> list[BaseRoute]:
         *limits_routes(),
         *credential_routes(),
         *embeddings_routes(PREFIXES),
+        *websocket_routes(PREFIXES),
     ]
     for prefix in PREFIXES:
         out += [

@@ -100,6 +100,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self._arm(self.limits.body_timeout_s + BODY_GRACE_S, self._body_timed_out)
 
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # the connection is the WebSocket protocol's from here on: no body to wait for
+        super().handle_websocket_upgrade()
+
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():
             super().on_body(body)
@@ -162,7 +166,8 @@ def serve(settings: Settings, workspace: Workspace, *, workers: int, log_level: 
     """Run the server in this process (and ``workers`` processes when more than one) until stopped."""
     config = ServerConfig(APP, limits=workspace.limits, factory=True, host=settings.host, port=settings.port,
                           workers=workers, log_level=log_level, access_log=False, timeout_graceful_shutdown=5,
-                          http=BoundedHttpProtocol, ws="none")
+                          http=BoundedHttpProtocol, ws="websockets-sansio",
+                          ws_max_size=workspace.limits.max_body_bytes)
     server = uvicorn.Server(config)
     try:
         if workers > 1:
