@@ -4,11 +4,13 @@ an OpenAI error body (never a 500), and the server recovers once the database is
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import MODEL, ThreadServer, own_database, require_postgres, wait_until
@@ -73,3 +75,22 @@ def test_connections_the_database_dropped_are_replaced_without_an_error() -> Non
             run = http.post("/v1/responses", json={**body, "background": True}).json()  # DBOS's connections too
             wait_until(lambda: http.get(f"/v1/responses/{run['id']}").json()["status"] == "completed",  # noqa: B023
                        timeout=30, what="a background run after its connections were dropped")
+
+
+def test_a_websocket_handshake_with_an_unreachable_store_is_a_503() -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with own_database(require_postgres()) as url, ThreadServer(url) as server, unreachable(url):
+        # A personal token must be looked up in the store; the admin token need not be.
+        headers = {"Authorization": "Bearer osp_" + "x" * 40}
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.url.replace("http://", "ws://") + "/v1/responses", additional_headers=headers,
+                    open_timeout=30)
+        response = refused.value.response
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert json.loads(response.body) == {"error": UNAVAILABLE}
+        # A route without auth still answers, whatever token the request carries.
+        assert httpx.get(f"{server.url}/healthz", headers=headers, timeout=30).status_code == 200
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+            check_unavailable(http.post("/v1/responses", json={"model": MODEL, "input": "quick"}))

@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from opensupervisor.server.websocket_api import PENDING
 from tests.conftest import MODEL, WORKSPACE, Server, ThreadServer, wait_until
 from tests.test_identity import make_user
 
@@ -147,8 +148,10 @@ def test_what_is_not_a_json_object_is_an_invalid_json_error(sock: ClientConnecti
     sock.send(raw)
     error = json.loads(sock.recv(timeout=30))
     assert (error["status"], error["error"]["code"]) == (400, "invalid_json")
-    sock.send(raw.encode())  # a binary frame is read the same way
-    assert json.loads(sock.recv(timeout=30))["error"]["code"] == "invalid_json"
+    sock.send(raw.encode())  # messages are text frames
+    binary = json.loads(sock.recv(timeout=30))
+    assert (binary["status"], binary["error"]["code"]) == (400, "invalid_value")
+    assert "text frames" in binary["error"]["message"]
     assert turn(sock, input="fine")[-1]["type"] == "response.completed"
 
 
@@ -257,3 +260,21 @@ def test_a_connection_ends_at_its_time_limit_after_its_last_response(short_lived
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+
+
+def test_messages_past_the_pending_bound_are_refused_and_the_rest_run(sock: ClientConnection) -> None:
+    sock.send(json.dumps({"type": "response.create", "model": MODEL, "input": "slow loop", "tools": [CALC]}))
+    assert json.loads(sock.recv(timeout=30))["type"] == "response.created"  # it runs: the next ones wait
+    for i in range(PENDING + 2):
+        sock.send(json.dumps({"type": "response.create", "model": MODEL, "input": f"queued {i}"}))
+    ends: list[dict[str, Any]] = []
+    refused: list[str] = []
+    while len(ends) < PENDING + 1:
+        message = json.loads(sock.recv(timeout=30))
+        if message["type"] == "error":
+            refused.append(message["error"]["code"])
+        elif message["type"] in ENDS:
+            ends.append(message["response"])
+    assert refused == ["too_many_pending_messages"] * 2
+    assert ends[0]["status"] == "incomplete"  # the slow one, cut at the workspace's max_turns
+    assert [r["output"][0]["content"][0]["text"][-8:] for r in ends[1:]] == [f"queued {i}" for i in range(PENDING)]

@@ -13,6 +13,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from opensupervisor.core.contracts import Model
 from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
 from opensupervisor.core.loop import opening
@@ -111,8 +113,13 @@ class ResponseService:
                            executor=None if body.background else self.engine.executor_id)
             prepared = await assemble(plan, self.deps, bound, prior=lambda: _given(prior),
                                       response=new_response(plan.response_id, parsed, model=body.model))
-            _check_context(prepared.run.model, body, prepared.run.history)
-            await approvals.use(prepared.run, self.approvals)  # last: a request refused before this uses none
+            try:
+                _check_context(prepared.run.model, body, prepared.run.history)
+                await approvals.use(prepared.run, self.approvals)  # last: a request refused before this uses none
+            except BaseException:  # refused after its tools were listed: what listing them opened closes now
+                with anyio.CancelScope(shield=True):
+                    await prepared.run.ctx.close()
+                raise
             return prepared
 
     async def _prior_history(self, previous_id: str | None, principal: Principal) -> list[Item]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from opensupervisor.errors import Unauthorized
+from opensupervisor.errors import APIError, Unauthorized
 from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.auth_failures import AuthFailure
 from opensupervisor.store.principals import TOKEN_PREFIX
@@ -59,6 +59,8 @@ def authenticate(request: HTTPConnection, admin_token: str = "") -> Principal:
     found = request.scope.get("state", {}).get(AUTH_KEY)
     if isinstance(found, Principal):
         return found
+    if isinstance(found, APIError):  # the store was down: nothing is known of the token
+        raise found
     failure = found if isinstance(found, AuthFailure) else AuthFailure(
         Unauthorized("You didn't provide an API key."), "missing")
     state = getattr(request.app.state, "os", None)
@@ -79,7 +81,11 @@ class ResolveCaller:
         if scope["type"] in ("http", "websocket"):
             state = getattr(scope["app"].state, "os", None)
             if state is not None:
-                scope.setdefault("state", {})[AUTH_KEY] = await resolve_caller(HTTPConnection(scope), state)
+                try:
+                    found: Principal | AuthFailure | APIError = await resolve_caller(HTTPConnection(scope), state)
+                except APIError as exc:  # raised to routes that authenticate: a route without auth still answers
+                    found = exc
+                scope.setdefault("state", {})[AUTH_KEY] = found
         await self.app(scope, receive, send)
 
 
