@@ -44,3 +44,28 @@ def test_max_output_tokens_is_reserved() -> None:
     assert fit(None, items, size, auto=False) == items
     with pytest.raises(ContextOverflow):
         fit(None, items, size, auto=False, reserve=1)
+
+
+def image(size: int, detail: str = "auto") -> dict[str, Any]:
+    return {"type": "input_image", "detail": detail, "image_url": "data:image/png;base64," + "A" * size}
+
+
+@pytest.mark.parametrize("size", [20_000, 2_000_000])
+def test_an_image_counts_a_fixed_cost_whatever_its_size(size: int) -> None:
+    text = estimate_tokens(None, [msg("user", "What is in this picture?")])
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is in this picture?"},
+                                                           image(size)]}
+    assert estimate_tokens(None, [item]) - text == pytest.approx(765, abs=30)
+    low = {**item, "content": [item["content"][0], image(size, "low")]}
+    assert estimate_tokens(None, [low]) - text == pytest.approx(85, abs=30)
+    assert fit(None, [item], 4096, auto=False) == [item]  # a 4,096-token model takes it
+
+
+def test_files_and_images_in_tool_outputs_count_a_fixed_cost_too() -> None:
+    data = {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64," + "B" * 500_000}
+    message = {"type": "message", "role": "user", "content": [data]}
+    output = {"type": "function_call_output", "call_id": "c1", "output": [image(300_000)]}
+    assert 990 <= estimate_tokens(None, [message]) <= 1040
+    assert 750 <= estimate_tokens(None, [output]) <= 800
+    # Text is still counted by its length.
+    assert estimate_tokens(None, [msg("user", "x" * 40_000)]) > 10_000

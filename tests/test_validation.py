@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import MODEL, Server
@@ -285,3 +287,15 @@ def test_no_client_input_produces_a_server_error(server: Server) -> None:
             assert resp.status_code < 500, (body, resp.text)
             if resp.status_code >= 400:
                 assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_an_image_in_the_input_counts_a_fixed_cost_not_its_data_url(client: openai.OpenAI) -> None:
+    picture = "data:image/png;base64," + base64.b64encode(os.urandom(15_000)).decode()  # 20 KB of data URL
+    content: Any = [{"type": "input_text", "text": "What is in this picture?"},
+                    {"type": "input_image", "image_url": picture, "detail": "auto"}]
+    answered = client.responses.create(model="window-4k", input=[{"role": "user", "content": content}],
+                                       truncation="disabled")
+    assert answered.status == "completed"
+    with pytest.raises(openai.BadRequestError) as refused:  # the same size of text does not fit
+        client.responses.create(model="window-4k", input="x" * len(picture), truncation="disabled")
+    assert (refused.value.body["param"], refused.value.body["code"]) == ("input", "context_length_exceeded")
