@@ -80,6 +80,8 @@ class Limits(_Section):
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     body_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    # An SSE stream that sent nothing for this long sends a comment line (clients skip it).
+    sse_keepalive_s: float = Field(default=15.0, gt=0, le=3600)
     # How long a WebSocket of ``/v1/responses`` stays open (Open Responses: 60 minutes).
     websocket_max_s: float = Field(default=3600.0, gt=0, le=86400)
     # Every hosted tool's output is cut at this many characters, with a note the model reads (a

@@ -18,7 +18,6 @@ from opensupervisor.metrics import REGISTRY
 from opensupervisor.runs.assemble import Prepared
 from opensupervisor.runs.idempotency import HEADER as IDEMPOTENCY_HEADER
 from opensupervisor.runs.idempotency import Held, Replay, check_stored, checked_key, request_hash
-from opensupervisor.runs.service import ResponseService
 from opensupervisor.runtime import Runtime
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
@@ -48,8 +47,8 @@ def _principal(request: Request) -> Principal:
     return authenticate(request, _state(request).admin_token)
 
 
-def _sse(events: AsyncGenerator[Event]) -> Response:
-    return EventStream(events)
+def _sse(events: AsyncGenerator[Event], state: Runtime) -> Response:
+    return EventStream(events, keepalive_s=state.workspace.limits.sse_keepalive_s)
 
 
 async def create_response(request: Request) -> Response:
@@ -66,7 +65,7 @@ async def create_response(request: Request) -> Response:
             check_stored(parsed.body)
             claimed = await service.idempotency.claim(principal, key, fingerprint, parsed.body)
             if isinstance(claimed, Replay):
-                return _replayed(claimed)
+                return _replayed(claimed, _state(request))
             held = claimed
         prepared = await service.prepare(parsed, principal, raw, echo_history=not request.url.path.startswith("/v1/"),
                                          traceparent=request.headers.get("traceparent"))
@@ -78,19 +77,19 @@ async def create_response(request: Request) -> Response:
         if isinstance(exc, APIError):
             service.accounting.refused(principal, raw, exc, started)
         raise
-    return await _run(service, prepared, held)
+    return await _run(_state(request), prepared, held)
 
 
-async def _run(service: ResponseService, prepared: Prepared, held: Held | None) -> Response:
+async def _run(state: Runtime, prepared: Prepared, held: Held | None) -> Response:
     """Run a prepared response. A key it holds is released if its response was never stored (a
     full queue, a client gone before the response was written), so that a retry may run it."""
-    body = prepared.plan.request.body
+    body, service = prepared.plan.request.body, state.service
     try:
         if body.background:
             queued, events = await service.start_background(prepared)
-            return _sse(events) if body.stream else JSONResponse(queued)
+            return _sse(events, state) if body.stream else JSONResponse(queued)
         if body.stream:
-            return _sse(_settling(service.events(prepared), held))
+            return _sse(_settling(service.events(prepared), held), state)
         return JSONResponse(await service.run_to_end(prepared))
     except BaseException:
         if held is not None:
@@ -110,8 +109,8 @@ async def _settling(events: AsyncGenerator[Event], held: Held | None) -> AsyncGe
             await held.release()
 
 
-def _replayed(replay: Replay) -> Response:
-    response = _sse(replay.events) if replay.events is not None else JSONResponse(replay.response)
+def _replayed(replay: Replay, state: Runtime) -> Response:
+    response = _sse(replay.events, state) if replay.events is not None else JSONResponse(replay.response)
     response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -125,7 +124,7 @@ async def retrieve_response(request: Request) -> Response:
         return JSONResponse(await service.stored.get(response_id, principal))
     # -1 replays the whole log; a sequence number is an INTEGER column.
     after = query_int(query, "starting_after", default=-1, low=-1, high=INT32_MAX)
-    return _sse(await service.resume(response_id, principal, after))
+    return _sse(await service.resume(response_id, principal, after), _state(request))
 
 
 async def delete_response(request: Request) -> Response:

@@ -6,7 +6,9 @@ protocol fixes the framing (``\\n`` line endings, ``event:`` equal to ``type``, 
 
 ``EventStream`` is the ASGI response: it watches for the client leaving while it streams, and then
 closes the stream of events at once, which stops the run and closes its model's connection (the
-run records how it ended); it does not go on reading what the model already sent.
+run records how it ended); it does not go on reading what the model already sent. While nothing
+is sent for ``keepalive_s`` (a long tool call, a queued background run) it sends a comment line,
+which clients skip and proxies take as life.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -32,6 +36,8 @@ HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-cont
 LARGE = 256 * 1024
 # Frames between looks at whether the client is gone, when the events come without a pause.
 CHECK_EVERY = 32
+KEEPALIVE = b": keep-alive\n\n"
+KEEPALIVE_S = 15.0
 
 
 def encode(event: Event) -> bytes:
@@ -59,14 +65,27 @@ async def sse_stream(events: AsyncIterator[Event]) -> AsyncGenerator[bytes]:
     yield DONE
 
 
+@dataclass(slots=True)
+class _Sent:
+    """When the stream last sent something, and whether it is inside a frame (a large event's slices)."""
+
+    at: float
+    mid_frame: bool = False
+    ended: bool = False
+    # Taken by a comment's send and by the response's last message: no comment comes after that.
+    last: anyio.Lock = field(default_factory=anyio.Lock)
+
+
 class EventStream(Response):
     """An SSE response that stops its events as soon as the client disconnects."""
 
-    def __init__(self, events: AsyncGenerator[Event]) -> None:  # no body to render: no Response.__init__
+    def __init__(self, events: AsyncGenerator[Event], *, keepalive_s: float = KEEPALIVE_S) -> None:
+        # No body to render: no Response.__init__.
         self.events = events
         self.status_code = 200
         self.background = None
         self.raw_headers = list(HEADERS)
+        self.keepalive_s = keepalive_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = anyio.Event()
@@ -79,19 +98,42 @@ class EventStream(Response):
                 tg.cancel_scope.cancel()  # interrupts a wait for the next event (a slow model)
 
             tg.start_soon(watch)
-            await self._stream(send, gone)
+            await self._stream(send, gone, tg)
             tg.cancel_scope.cancel()
 
-    async def _stream(self, send: Send, gone: anyio.Event) -> None:
+    async def _stream(self, send: Send, gone: anyio.Event, tg: anyio.abc.TaskGroup) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        sent = _Sent(anyio.current_time())
+        tg.start_soon(self._keep_alive, send, sent)
         # aclosing: however this ends, the events' generators (the run, its model call) close now.
         async with aclosing(self.events), aclosing(sse_stream(self.events)) as frames:
-            sent = 0
+            count = 0
             async for frame in frames:
+                # A frame is open from its first slice's send until its last one's has returned.
+                ends = frame.endswith(b"\n\n")
+                sent.mid_frame = sent.mid_frame or not ends
+                sent.at = anyio.current_time()
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
-                sent += 1
-                if sent % CHECK_EVERY == 0:
+                if ends:
+                    sent.mid_frame = False
+                count += 1
+                if count % CHECK_EVERY == 0:
                     await anyio.lowlevel.checkpoint()  # lets the watcher see a disconnect
                 if gone.is_set():
                     return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async with sent.last:
+                sent.ended = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _keep_alive(self, send: Send, sent: _Sent) -> None:
+        """A comment line whenever nothing was sent for ``keepalive_s``, never inside a frame."""
+        while not sent.ended:
+            wait = sent.at + self.keepalive_s - anyio.current_time()
+            if wait > 0 or sent.mid_frame:
+                await anyio.sleep(wait if wait > 0 else self.keepalive_s)
+                continue
+            async with sent.last:
+                if sent.ended or sent.mid_frame:
+                    continue
+                sent.at = anyio.current_time()
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
