@@ -3,6 +3,7 @@ alike, by schemathesis) never get a 5xx; every error is OpenAI-shaped."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,8 @@ from tests.conftest import MODEL, Server, ThreadServer
 
 # Examples per operation and mode: ~50 operations, both modes, about a minute in all.
 EXAMPLES = 5
-UNDOCUMENTED = {("get", "/metrics"), ("get", "/openapi.json")}
+UNDOCUMENTED = {("get", "/metrics"), ("get", "/openapi.json"), ("get", "/docs"), ("get", "/docs/start.js"),
+                ("get", "/docs/assets/{name}")}
 
 
 def test_the_document_covers_every_json_route(server: Server) -> None:
@@ -96,3 +98,21 @@ def test_generated_requests_never_get_a_server_error(fuzzed: Server) -> None:
             except Unsatisfiable:  # no parameters and no body: there is no invalid request to make
                 assert mode is GenerationMode.NEGATIVE
     assert not problems, "\n".join(problems[:20])
+
+
+def test_the_docs_page_is_served_from_the_package(server: Server) -> None:
+    page = httpx.get(f"{server.url}/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/docs/") for s in sources)  # nothing from another host
+    start = httpx.get(f"{server.url}/docs/start.js")
+    assert start.status_code == 200 and '"/openapi.json"' in start.text
+    for name, kind in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")):
+        asset = httpx.get(f"{server.url}/docs/assets/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+        assert len(asset.content) > 10_000
+    for name in ("index.css", "..%2F__init__.py", "swagger-editor.js", "LICENSE"):
+        missing = httpx.get(f"{server.url}/docs/assets/{name}")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

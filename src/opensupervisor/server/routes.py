@@ -23,6 +23,7 @@ from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes
 from opensupervisor.server.credentials_api import credential_routes
+from opensupervisor.server.docs_page import docs_routes
 from opensupervisor.server.embeddings_api import embeddings_routes
 from opensupervisor.server.genie_api import genie_routes
 from opensupervisor.server.knowledge_api import knowledge_routes
@@ -206,6 +207,7 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         *openapi_routes(),
+        *docs_routes(),
         *genie_routes(),
         *admin_routes(),
         *connection_routes(),
