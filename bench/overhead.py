@@ -2,8 +2,9 @@
 
 Starts three processes on loopback: an instant fake OpenAI Chat Completions upstream, OpenSupervisor
 (its models point at that upstream; one hosted tool kind that echoes), and this load generator.
-Prints p50/p99 latencies and requests per second at several concurrencies. Figures are ratios of
-one run on one machine; compare them only with figures from the same run.
+Prints p50/p99 latencies and requests per second at several concurrencies, JSON, streamed and over
+one WebSocket, and the server's CPU per JSON and per streamed response. Figures are ratios of one
+run on one machine; compare them only with figures from the same run.
 
     .venv/bin/python bench/overhead.py [--requests 400] [--store/--no-store]
 """
@@ -207,12 +208,25 @@ async def socket_turns(url: str, body: dict[str, Any], n: int) -> tuple[list[flo
     return out, rate
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_request(url: str, body: dict[str, Any], n: int, pid: int) -> float:
+    """Milliseconds of the server's CPU per request, ``n`` of them one at a time."""
+    before = cpu_seconds(pid)
+    await throughput(url, body, n, 1)
+    return (cpu_seconds(pid) - before) / n * 1000
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def measure(base: str, upstream: str, n: int, store: bool) -> None:
+async def measure(base: str, upstream: str, n: int, store: bool, server_pid: int) -> None:
     text = {"model": "bench", "input": "hi", "store": store}
     one_turn = {"model": "bench", "input": "hi", "store": store}
     two_turns = {"model": "bench", "input": "hi", "store": store, "tools": [{"type": "bench_echo"}]}
@@ -254,6 +268,12 @@ async def measure(base: str, upstream: str, n: int, store: bool) -> None:
     for c in (1, 4, 16, 64):
         rps = await throughput(f"{base}/v1/responses", text, max(n, 8 * c), c)
         print(f"  text responses/s at concurrency {c:3d}: {rps:8.1f}")
+    streamed_rps = await throughput(f"{base}/v1/responses", dict(text, stream=True), max(n, 64), 8)
+    print(f"  streamed text responses/s at concurrency   8: {streamed_rps:8.1f}")
+    json_cpu = await cpu_per_request(f"{base}/v1/responses", text, max(n, 400), server_pid)
+    sse_cpu = await cpu_per_request(f"{base}/v1/responses", dict(text, stream=True), max(n, 400), server_pid)
+    print(f"  server CPU per text response, JSON / streamed: {json_cpu:5.2f} / {sse_cpu:5.2f} ms "
+          f"({sse_cpu / json_cpu:.2f}x)")
     for c in (1, 16):
         rps = await tool_round_trips(f"{base}/v1/responses", n // 2, c)
         print(f"  function-tool round trips/s at concurrency {c:3d}: {rps:8.1f}")
@@ -284,7 +304,8 @@ def main() -> None:
         wait_for(f"http://127.0.0.1:{port}/healthz")
         print(f"OpenSupervisor bench: {os.cpu_count()} cores, state in {db.split(':')[0]}")
         for store in (True, False):
-            asyncio.run(measure(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{up_port}", args.requests, store))
+            asyncio.run(measure(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{up_port}", args.requests, store,
+                                procs[1].pid))
     finally:
         for proc in procs:
             proc.terminate()
