@@ -278,3 +278,25 @@ def test_messages_past_the_pending_bound_are_refused_and_the_rest_run(sock: Clie
     assert refused == ["too_many_pending_messages"] * 2
     assert ends[0]["status"] == "incomplete"  # the slow one, cut at the workspace's max_turns
     assert [r["output"][0]["content"][0]["text"][-8:] for r in ends[1:]] == [f"queued {i}" for i in range(PENDING)]
+
+
+def test_databricks_openai_connects_with_its_token_given_to_the_socket(server: Server) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks_openai import DatabricksOpenAI
+
+    workspace = WorkspaceClient(host=server.url, token=server.token, auth_type="pat")
+    client = DatabricksOpenAI(workspace_client=workspace, use_ai_gateway=True)
+    try:
+        # Its HTTP client signs requests; a WebSocket is opened without it, so the header is given here.
+        headers = workspace.config.authenticate()
+        assert str(client.base_url).rstrip("/").endswith("/ai-gateway/mlflow/v1")
+        with client.responses.connect(extra_headers=headers) as conn:
+            conn.response.create(model=MODEL, input="Hello from Databricks")
+            events = read_sdk(conn)
+        assert events[-1].type == "response.completed"
+        assert events[-1].response.output_text == "test-model (scripted) received: Hello from Databricks"
+        with pytest.raises(InvalidStatus) as refused, client.responses.connect():  # its placeholder key alone
+            pass
+        assert refused.value.response.status_code == 401
+    finally:
+        client.close()
