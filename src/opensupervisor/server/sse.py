@@ -14,6 +14,7 @@ which clients skip and proxies take as life.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -67,7 +68,9 @@ async def sse_stream(events: AsyncIterator[Event]) -> AsyncGenerator[bytes]:
 
 @dataclass(slots=True)
 class _Sent:
-    """When the stream last sent something, and whether it is inside a frame (a large event's slices)."""
+    """When the stream last sent something (``time.monotonic``: anyio's clock costs a lookup of the
+    running library at each call, and this is read at every frame), and whether it is inside a frame
+    (a large event's slices)."""
 
     at: float
     mid_frame: bool = False
@@ -103,7 +106,7 @@ class EventStream(Response):
 
     async def _stream(self, send: Send, gone: anyio.Event, tg: anyio.abc.TaskGroup) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        sent = _Sent(anyio.current_time())
+        sent = _Sent(time.monotonic())
         tg.start_soon(self._keep_alive, send, sent)
         # aclosing: however this ends, the events' generators (the run, its model call) close now.
         async with aclosing(self.events), aclosing(sse_stream(self.events)) as frames:
@@ -112,7 +115,7 @@ class EventStream(Response):
                 # A frame is open from its first slice's send until its last one's has returned.
                 ends = frame.endswith(b"\n\n")
                 sent.mid_frame = sent.mid_frame or not ends
-                sent.at = anyio.current_time()
+                sent.at = time.monotonic()
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
                 if ends:
                     sent.mid_frame = False
@@ -128,12 +131,12 @@ class EventStream(Response):
     async def _keep_alive(self, send: Send, sent: _Sent) -> None:
         """A comment line whenever nothing was sent for ``keepalive_s``, never inside a frame."""
         while not sent.ended:
-            wait = sent.at + self.keepalive_s - anyio.current_time()
+            wait = sent.at + self.keepalive_s - time.monotonic()
             if wait > 0 or sent.mid_frame:
                 await anyio.sleep(wait if wait > 0 else self.keepalive_s)
                 continue
             async with sent.last:
                 if sent.ended or sent.mid_frame:
                     continue
-                sent.at = anyio.current_time()
+                sent.at = time.monotonic()
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
