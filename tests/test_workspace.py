@@ -35,6 +35,10 @@ def test_demo_workspace_lists_the_supervisor_models() -> None:
     ('[models.a]\nprovider = "magic"', "models.a.provider"),
     ('[models.a]\nprovider = "scripted"\nfallbacks = ["b"]', "unknown model 'b'"),
     ("[limits]\nmax_turns = 0", "limits.max_turns"),
+    ("[limits]\nwebsocket_max_s = 0", "limits.websocket_max_s"),
+    ("[limits]\nwebsocket_max_s = 100000", "limits.websocket_max_s"),
+    ("[limits]\nsse_keepalive_s = -1", "limits.sse_keepalive_s"),
+    ('[limits]\nsse_keepalive_s = "soon"', "limits.sse_keepalive_s"),
     ("not toml = = =", "not valid TOML"),
 ])
 def test_bad_workspace_files_name_the_key(text: str, message: str) -> None:

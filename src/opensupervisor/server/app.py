@@ -13,20 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from opensupervisor.demo.servers import DemoServers
-from opensupervisor.errors import APIError
+from opensupervisor.errors import APIError, ServerError
 from opensupervisor.runtime import ToolSetup, running
 from opensupervisor.server.auth import ResolveCaller
 from opensupervisor.server.request_body import BoundedBody
 from opensupervisor.server.routes import routes
-from opensupervisor.server.state import JSONResponse
+from opensupervisor.server.state import JSONResponse, error_response
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.workspace import Workspace, load_workspace
 
 log = logging.getLogger(__name__)
-
-
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -48,12 +44,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, APIError):  # raised by a middleware (the caller's token read from a store that is down)
+    if isinstance(exc, APIError):  # raised outside a route, by a middleware
         return error_response(exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = {"error": {"message": "The server had an error while processing your request.",
-                      "type": "server_error", "param": None, "code": "server_error"}}
-    return JSONResponse(body, status_code=500)
+    return error_response(ServerError())
 
 
 def create_app(settings: Settings, *, workspace: Workspace | None = None,

@@ -205,7 +205,8 @@ WEBSOCKET: dict[str, Any] = {
                    "{\"type\": \"response.create\", ...} runs one response (without stream, stream_options "
                    "or background); its streaming events come back one JSON text message each, and errors as "
                    "{\"type\": \"error\", \"status\", \"error\"}. Responses run one at a time; the "
-                   "connection keeps its latest one for previous_response_id, and lasts at most an hour.",
+                   "connection keeps its latest store: false response for previous_response_id, and lasts "
+                   "at most an hour.",
     "clientMessage": {"allOf": [{"$ref": "#/components/schemas/CreateResponseRequest"}],
                       "properties": {"type": {"const": "response.create"}}, "required": ["type"]},
 }

@@ -34,7 +34,7 @@ from opensupervisor.core.events import TERMINAL_EVENTS
 from opensupervisor.errors import APIError, InvalidRequest, ServerError
 from opensupervisor.identity import Principal
 from opensupervisor.server.auth import authenticate, resolve_caller
-from opensupervisor.server.state import JSONResponse
+from opensupervisor.server.state import error_response
 from opensupervisor.wire.items import Item
 from opensupervisor.wire.request import parse_create_request, parse_json_body
 
@@ -67,11 +67,10 @@ class _Gone(Exception):
 class Session:
     """One accepted connection of one caller."""
 
-    def __init__(self, websocket: WebSocket, state: Runtime, principal: Principal, echo_history: bool) -> None:
+    def __init__(self, websocket: WebSocket, state: Runtime, principal: Principal) -> None:
         self.ws = websocket
         self.state = state
         self.principal = principal
-        self.echo_history = echo_history
         self.latest: Latest | None = None
         # Bounded by the reader (``PENDING``); None once the client is gone.
         self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
@@ -157,8 +156,7 @@ class Session:
                 return False
             self.principal = found
             parsed = parse_create_request(raw)
-            prepared = await service.prepare(parsed, self.principal, raw, echo_history=self.echo_history,
-                                             history=self._history_of(previous))
+            prepared = await service.prepare(parsed, self.principal, raw, history=self._history_of(previous))
         except APIError as exc:
             self._evict(previous)
             service.accounting.refused(self.principal, raw, exc, started)
@@ -231,8 +229,8 @@ def _checked(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _previous_of(raw: dict[str, Any] | None) -> str | None:
-    value = raw.get("previous_response_id") if raw is not None else None
+def _previous_of(body: dict[str, Any]) -> str | None:
+    value = body.get("previous_response_id")
     return value if isinstance(value, str) else None
 
 
@@ -241,13 +239,11 @@ async def responses_socket(websocket: WebSocket) -> None:
     try:
         principal = authenticate(websocket, state.admin_token)
     except APIError as exc:  # refused in the handshake, as an HTTP error with its OpenAI-shaped body
-        await websocket.send_denial_response(JSONResponse(exc.body(), status_code=exc.status_code,
-                                                          headers=exc.headers or None))
+        await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept()
-    echo = not websocket.url.path.startswith("/v1/")
     with contextlib.suppress(WebSocketDisconnect):  # gone while something was being sent
-        await Session(websocket, state, principal, echo).serve()
+        await Session(websocket, state, principal).serve()
 
 
 def websocket_routes(prefixes: tuple[str, ...]) -> list[BaseRoute]:
