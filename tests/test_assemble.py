@@ -17,9 +17,11 @@ from opensupervisor.identity.limits import Ticket
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
 from opensupervisor.runs.checkpoints import Codec
+from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runs.durable import DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.plan import RunPlan, restored, stored_options
 from opensupervisor.store import Store
+from opensupervisor.store.conversations import Conversations
 from opensupervisor.store.response_rows import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.tracing.spans import DEFAULT_PREFIX, Destination
@@ -46,7 +48,9 @@ async def deps(tmp_path: Path) -> AsyncIterator[tuple[RunDeps, ToolRegistry, Vau
     registry = ToolRegistry(ws)
     toolkinds.register(registry)
     try:
-        yield RunDeps(catalog, LoopLimits(), ApprovalSigner(b"k" * 32), store), registry, Vault.load(tmp_path)
+        conversations = ConversationService(store, Conversations(store, max_hold_s=60))
+        deps = RunDeps(catalog, LoopLimits(), ApprovalSigner(b"k" * 32), store, conversations)
+        yield deps, registry, Vault.load(tmp_path)
     finally:
         await catalog.aclose()
         await store.close()

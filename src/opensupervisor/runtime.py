@@ -24,6 +24,7 @@ from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.assemble import RunDeps
+from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runs.dispatch import Dispatcher
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
 from opensupervisor.runs.gate import Gate
@@ -35,6 +36,7 @@ from opensupervisor.settings import Settings
 from opensupervisor.store import Store
 from opensupervisor.store.approvals import IssuedApprovals
 from opensupervisor.store.connections import StoredConnections
+from opensupervisor.store.conversations import Conversations
 from opensupervisor.store.credentials import UserCredentials
 from opensupervisor.store.functions import RegisteredFunctions
 from opensupervisor.store.grants import StoredGrants
@@ -206,7 +208,10 @@ async def _service(stack: contextlib.AsyncExitStack, settings: Settings, ws: Wor
     inference = _inference_tables(settings, ws)
     if inference is not None:
         stack.push_async_callback(inference.aclose)
-    service = ResponseService(RunDeps(catalog, _loop_limits(ws), signer, store), registry, ENGINE, vault,
+    # No response runs past the background run time: a hold older than that (and a minute) is void.
+    conversations = ConversationService(store, Conversations(store, max_hold_s=ws.background.max_run_time_s + 60))
+    service = ResponseService(RunDeps(catalog, _loop_limits(ws), signer, store, conversations), registry, ENGINE,
+                              vault,
                               gate=Gate(access, Accounting(usage, limiter, inference), spaces.own_model),
                               traces=RunTraces(tracing, trace_store),
                               approvals=IssuedApprovals(store, ws.limits.approval_lifetime_s),

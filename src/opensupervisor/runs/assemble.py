@@ -27,6 +27,7 @@ from opensupervisor.core.toolbox import BoundToolset, ToolBox
 from opensupervisor.core.turn import copy_item
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.checkpoints import Steps
+from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runs.durable import CallFence, DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.live import LiveRun
 from opensupervisor.runs.plan import RunPlan, stored_options
@@ -45,6 +46,7 @@ class RunDeps:
     limits: LoopLimits
     signer: ApprovalSigner
     store: Store
+    conversations: ConversationService
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
     earlier = await prior()
     items = ctx.history = earlier + plan.input_items
     signer = deps.signer.bound(plan.principal.id)
+    conversation = body.conversation_id
     run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items, emitter=Emitter(response),
               limits=_model_limits(served, deps.limits), signer=signer,
               answers=approval.answers(items, len(earlier), signer, toolbox.lookup),
@@ -106,7 +109,9 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
                         created=durable is not None,
                         resume_after=durable.last_sequence if durable is not None else -1,
                         hold=durable_model.holding if durable_model is not None else None,
-                        deferred=lambda: run.ending or (durable is not None and run.calling))
+                        deferred=lambda: run.ending or (durable is not None and run.calling),
+                        conversation=None if conversation is None else deps.conversations.link(
+                            conversation, plan.response_id, plan.input_items, stored=body.store))
     return Prepared(plan, run, recorder, spans)
 
 

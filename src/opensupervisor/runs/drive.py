@@ -16,6 +16,7 @@ from opensupervisor.errors import RunCancelled, RunSuperseded, StoreUnavailable
 from opensupervisor.runs import approvals
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.assemble import Prepared
+from opensupervisor.runs.conversations import ConversationLink
 from opensupervisor.runs.traces import RunTraces
 from opensupervisor.store.approvals import IssuedApprovals
 from opensupervisor.wire.response import Response
@@ -79,6 +80,9 @@ class Driver:
             with anyio.CancelScope(shield=True):
                 prepared.closing = await self.record_end(prepared, "incomplete" if reason else "cancelled",
                                                          reason=reason)
+        if recorder.conversation is not None and not handed_over:
+            with anyio.CancelScope(shield=True):
+                await _let_go(recorder.conversation)
         body = run.ctx.request.body
         mode = "background" if body.background else "stream" if body.stream else "json"
         seconds = time.perf_counter() - started
@@ -114,3 +118,12 @@ class Driver:
                 final = event.data["response"]
         assert final is not None
         return final
+
+
+async def _let_go(link: ConversationLink) -> None:
+    """End a run's hold of its conversation, when its ending did not (the next response would wait
+    for the hold to be taken for void)."""
+    try:
+        await link.release()
+    except Exception:
+        log.exception("could not end response %s's hold of conversation %s", link.response_id, link.conversation_id)

@@ -31,6 +31,7 @@ from sqlalchemy import Connection
 from opensupervisor.core.eventlog import EventLog, Row, rows
 from opensupervisor.core.events import TERMINAL_EVENTS, Event
 from opensupervisor.errors import RunCancelled
+from opensupervisor.runs.conversations import ConversationLink
 from opensupervisor.store import Store
 from opensupervisor.store.response_rows import to_event_rows, to_item_rows
 from opensupervisor.wire.items import Item
@@ -43,7 +44,7 @@ class Recorder:
                  stream: bool, background: bool, input_items: list[Item],
                  options: dict[str, Any] | None = None, created: bool = False,
                  resume_after: int = -1, hold: Callable[[], bool] | None = None,
-                 deferred: Callable[[], bool] | None = None) -> None:
+                 deferred: Callable[[], bool] | None = None, conversation: ConversationLink | None = None) -> None:
         self.store = store
         self.response_id = response_id
         self.owner = owner
@@ -74,6 +75,8 @@ class Recorder:
         self._max_queued: int | None = None
         self._pool: str | None = None
         self._taken_by: str | None = None
+        # The conversation the response runs in: its ending writes there too, in the same transaction.
+        self.conversation = conversation
 
     async def record(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """Pass ``events`` through, writing them as they cross item and terminal boundaries.
@@ -101,6 +104,8 @@ class Recorder:
         if terminal:
             self.finished = True
         if self.store is None:
+            if terminal and self.conversation is not None:
+                await self.conversation.write_alone(event.data["response"])
             return
         if event.sequence_number <= self.resume_after:
             if kind == "response.output_item.done":
@@ -148,6 +153,10 @@ class Recorder:
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
         assert self.store is not None
         done, events = self._take()
+        also = self.unwritten() if self.unwritten is not None else None
+        link = self.conversation if terminal else None
+        if link is not None:
+            also = _both(also, link.ending(response or {}))
         if not self._created:
             assert response is not None
             self._created = True
@@ -155,15 +164,28 @@ class Recorder:
             await self.store.create(response, owner=self.owner, request=self.request, stream=self.stream,
                                     input_items=self.input_items, output=output, new_events=events,
                                     options=self.options, max_queued=self._max_queued,
-                                    pool=self._pool, taken_by=self._taken_by)
-            self._stored.update(done)
-            return
-        written = await self.store.append(self.response_id, output=done, new_events=events, response=response,
-                                          guard=self.guard, epoch=self.epoch,
-                                          also=self.unwritten() if self.unwritten is not None else None)
+                                    pool=self._pool, taken_by=self._taken_by, also=also)
+            written = True
+        else:
+            written = await self.store.append(self.response_id, output=done, new_events=events, response=response,
+                                              guard=self.guard, epoch=self.epoch, also=also)
+        if link is not None:
+            link.done = written  # else the run ends its hold (``runs.drive``): its write may not have run
         self._stored.update(done)  # a refused write still writes the items
         if written:
             return
         self.finished = False
         rejected = next((e.sequence_number for e in events if e.type in TERMINAL_EVENTS), None)
         raise RunCancelled(rewind_to=rejected)
+
+
+def _both(first: Callable[[Connection], None] | None,
+          second: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    if first is None:
+        return second
+
+    def write(conn: Connection) -> None:
+        first(conn)
+        second(conn)
+
+    return write

@@ -18,6 +18,7 @@ import anyio
 from opensupervisor.core.contracts import Model
 from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
 from opensupervisor.core.loop import opening
+from opensupervisor.core.toolbox import BoundToolset
 from opensupervisor.core.truncation import ContextOverflow, fit
 from opensupervisor.errors import APIError, InvalidRequest, QueueFull, RunSuperseded
 from opensupervisor.identity import Principal
@@ -39,7 +40,6 @@ from opensupervisor.store.ownership import Ownership
 from opensupervisor.store.response_rows import RunRecord
 from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.vault import Vault
-from opensupervisor.wire.ids import PREFIXES as ID_PREFIXES
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item, check_call_pairs
 from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
@@ -66,6 +66,7 @@ class ResponseService:
                  background_limits: BackgroundLimits | None = None) -> None:
         self.deps = deps
         self.store = deps.store
+        self.conversations = deps.conversations
         self.tools = tools
         self.engine = engine
         self.vault = vault
@@ -100,13 +101,31 @@ class ResponseService:
         _check_output_tokens(served, body)
         self.gate.check(principal, body.model, parsed.tools)
         bound = self.tools.bind(parsed.tools)
-        prior = history if history is not None else await self._prior_history(body.previous_response_id, principal)
-        input_items = [await self._resolve(item, i, principal) for i, item in enumerate(parsed.input_items)]
+        response_id, conversation = new_id("response"), body.conversation_id
+        if conversation is None:
+            prior = history if history is not None else await self._prior_history(body.previous_response_id, principal)
+            return await self._prepared(response_id, parsed, principal, raw, bound, prior, echo_history, traceparent)
+        # Held from here until the response ends (its ending appends to it), or is refused below.
+        prior = await self.conversations.hold(conversation, principal, response_id,
+                                              None if body.background else self.engine.executor_id)
+        try:
+            return await self._prepared(response_id, parsed, principal, raw, bound, prior, echo_history, traceparent)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.conversations.conversations.release(conversation, response_id)
+            raise
+
+    async def _prepared(self, response_id: str, parsed: ParsedRequest, principal: Principal, raw: dict[str, Any],
+                        bound: list[BoundToolset], prior: list[Item], echo_history: bool,
+                        traceparent: str | None) -> Prepared:
+        body = parsed.body
+        input_items = [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
+                       for i, item in enumerate(parsed.input_items)]
         check_call_pairs(prior + input_items, len(prior))
         destination = await self.traces.admit(principal, body)
         # A request refused from here on gives its call back (admission releases it).
         async with self.accounting.admission(principal, body.model) as ticket:
-            plan = RunPlan(response_id=new_id("response"), request=parsed, sealed_request=self.vault.seal_request(raw),
+            plan = RunPlan(response_id=response_id, request=parsed, sealed_request=self.vault.seal_request(raw),
                            principal=principal, input_items=input_items, ticket=ticket,
                            echo=echo_history and body.background, traceparent=traceparent, destination=destination,
                            # which process answers it, should that one die
@@ -134,17 +153,6 @@ class ResponseService:
                                  param="previous_response_id", code="previous_response_in_progress")
         return await self.store.history(previous_id, owner(principal)) or []
 
-    async def _resolve(self, item: Item, index: int, principal: Principal) -> Item:
-        if item["type"] == "item_reference":
-            found = await self.store.find_item(item["id"], owner(principal))
-            if found is None:
-                raise InvalidRequest(f"Item with id '{item['id']}' not found.", param=f"input[{index}].id",
-                                     code="item_not_found")
-            return found
-        if "id" not in item and item["type"] in ID_PREFIXES:  # ids let input_items paginate and items be referenced
-            return {"id": new_id(item["type"]), **item}
-        return item
-
     def events(self, prepared: Prepared) -> AsyncGenerator[Event]:
         return self.driver.events(prepared)
 
@@ -171,6 +179,8 @@ class ResponseService:
                                          pool=self.engine.pool, taken_by=self.engine.executor_id if here else None)
         except QueueFull:
             await self.accounting.release(prepared.plan.ticket)
+            if prepared.recorder.conversation is not None:
+                await prepared.recorder.conversation.release()
             await self.approvals.release(response_id)  # it never ran: its answers stand
             raise
         if here:
@@ -273,13 +283,15 @@ class ResponseService:
         approval."""
         plan = restored(record, self.vault)
         bound = self.tools.bind(plan.request.tools)
-        previous = plan.previous_response_id
+        previous, conversation = plan.previous_response_id, plan.request.body.conversation_id
 
         async def history() -> list[Item]:
+            if conversation is not None:  # as it was when the run began: the step keeps it
+                return await self.conversations.history(conversation, plan.principal)
             return await self._prior_history(previous, plan.principal)
 
         async def prior() -> list[Item]:
-            return await steps("history", history, ITEMS) if previous else []
+            return await steps("history", history, ITEMS) if previous or conversation else []
 
         return await assemble(plan, self.deps, bound, prior=prior, response=_as_created(record.response),
                               durable=Resume(steps, last_sequence, fence=steps.claim))

@@ -26,6 +26,7 @@ from opensupervisor.server.genie_api import GenieMessage
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.tools.connections import ConnectionEntry
 from opensupervisor.tools.uc_functions import FunctionEntry
+from opensupervisor.wire.conversations import CreateConversation, CreateItems, UpdateConversation
 from opensupervisor.wire.request import CreateResponseRequest
 from opensupervisor.wire.validation import INT32_MAX
 
@@ -79,6 +80,24 @@ def _responses_operations(prefix: str) -> list[Operation]:
         Operation("get", f"{prefix}/models/{{model_id}}", "Retrieve a model the caller may query", "models"),
         Operation("post", f"{prefix}/embeddings", "Embed texts with the local embedding model", "embeddings",
                   EmbeddingsRequest),
+    ]
+
+
+def _conversation_operations(prefix: str) -> list[Operation]:
+    base = f"{prefix}/conversations"
+    one, items = f"{base}/{{conversation_id}}", f"{base}/{{conversation_id}}/items"
+    include = {"include": {"type": "array", "items": STRING}}
+    return [
+        Operation("post", base, "Create a conversation", "conversations", CreateConversation),
+        Operation("get", one, "Retrieve a conversation", "conversations"),
+        Operation("post", one, "Update a conversation's metadata", "conversations", UpdateConversation),
+        Operation("delete", one, "Delete a conversation", "conversations"),
+        Operation("get", items, "List a conversation's items", "conversations",
+                  query={"limit": {"type": "integer", "minimum": 1, "maximum": 100},
+                         "order": {"enum": ["asc", "desc"]}, "after": STRING, **include}),
+        Operation("post", items, "Add items to a conversation", "conversations", CreateItems, query=include),
+        Operation("get", f"{items}/{{item_id}}", "Retrieve a conversation item", "conversations", query=include),
+        Operation("delete", f"{items}/{{item_id}}", "Delete a conversation item", "conversations"),
     ]
 
 
@@ -154,7 +173,7 @@ def _other_operations() -> list[Operation]:
 
 
 def operations() -> list[Operation]:
-    out = [op for prefix in PREFIXES for op in _responses_operations(prefix)]
+    out = [op for prefix in PREFIXES for op in _responses_operations(prefix) + _conversation_operations(prefix)]
     return out + _genie_operations() + _admin_operations() + _other_operations()
 
 

@@ -22,6 +22,7 @@ from opensupervisor.runtime import Runtime
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.connections_api import connection_routes
+from opensupervisor.server.conversations_api import conversation_routes
 from opensupervisor.server.credentials_api import credential_routes
 from opensupervisor.server.docs_page import docs_routes
 from opensupervisor.server.embeddings_api import embeddings_routes
@@ -216,6 +217,7 @@ def routes() -> list[BaseRoute]:
         *limits_routes(),
         *credential_routes(),
         *embeddings_routes(PREFIXES),
+        *conversation_routes(PREFIXES),
         *websocket_routes(PREFIXES),
     ]
     for prefix in PREFIXES:

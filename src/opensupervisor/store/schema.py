@@ -263,3 +263,32 @@ idempotency_keys = Table(
     Index("ix_os_idempotency_keys_expires", "expires_at"),
     Index("ix_os_idempotency_keys_response", "response_id"),
 )
+
+# Conversations (``/v1/conversations``): the caller's, with their metadata. ``next_position`` is the
+# position the next appended item takes (appends lock the row, so positions never collide). A
+# response running in the conversation holds it (``busy_response``, since ``busy_at``, epoch ms; run
+# by ``busy_executor`` when it is a foreground one), so that two never build on the same items at once.
+conversations = Table(
+    "os_conversations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("next_position", Integer, nullable=False),
+    Column("busy_response", String(64), nullable=True),
+    Column("busy_executor", String(64), nullable=True),
+    Column("busy_at", BigInteger, nullable=True),
+    Index("ix_os_conversations_owner", "owner", "created_at"),
+)
+
+conversation_items = Table(
+    "os_conversation_items",
+    metadata,
+    Column("conversation_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("item_id", String(64), nullable=False),
+    Column("item", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_os_conversation_items_item", "conversation_id", "item_id"),
+)

@@ -160,9 +160,11 @@ class Store:
     async def create(self, response: dict[str, Any], *, owner: str, request: dict[str, Any], stream: bool,
                      input_items: list[Item], output: list[Item], new_events: Sequence[Event | Row],
                      options: dict[str, Any] | None = None, max_queued: int | None = None,
-                     pool: str | None = None, taken_by: str | None = None) -> None:
-        """Insert a response with its first items and events. With ``max_queued`` (a queued background
-        response) the insert is refused with ``QueueFull`` when that many are queued already.
+                     pool: str | None = None, taken_by: str | None = None,
+                     also: Callable[[Connection], None] | None = None) -> None:
+        """Insert a response with its first items and events (and what ``also`` writes with them). With
+        ``max_queued`` (a queued background response) the insert is refused with ``QueueFull`` when
+        that many are queued already.
 
         A background response of ``pool`` waits in that pool's queue (``store.run_queue``) unless
         ``taken_by``, the executor that runs it, is given; a waiting one wakes the processes listening."""
@@ -185,6 +187,8 @@ class Store:
                 self.insert_rows(conn, rows, to_event_rows(response["id"], new_events))
                 if pool is not None and taken_by is None:
                     notify_waiting(conn)
+                if also is not None:
+                    also(conn)
 
         await self.write(write)
 

@@ -21,6 +21,7 @@ PREFIXES = {
     "mcp_call": "mcp_",
     "mcp_list_tools": "mcpl_",
     "item": "item_",
+    "conversation": "conv_",
 }
 
 

@@ -92,6 +92,10 @@ class DatabricksOptions(_Strict):
     return_trace: bool = False
 
 
+class ConversationRef(_Strict):
+    id: str = Field(min_length=1, max_length=64)
+
+
 class CreateResponseRequest(_Strict):
     model: str = Field(min_length=1)
     input: str | list[dict[str, Any]] | None = None
@@ -106,6 +110,8 @@ class CreateResponseRequest(_Strict):
     max_tool_calls: int | None = Field(default=None, ge=0, le=INT32_MAX)
     text: TextConfig | None = None
     previous_response_id: str | None = Field(default=None, min_length=1)
+    # The conversation whose items come before the input, and which takes the input and output.
+    conversation: Annotated[str, Field(min_length=1, max_length=64)] | ConversationRef | None = None
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     parallel_tool_calls: bool = True
@@ -128,6 +134,10 @@ class CreateResponseRequest(_Strict):
     prompt_cache_options: dict[str, Any] | None = None
     context_management: list[dict[str, Any]] | None = None
     moderation: Any = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
 
 class ToolSpec(BaseModel):
@@ -288,7 +298,11 @@ def _check_rules(body: CreateResponseRequest, tools: list[ToolSpec]) -> None:
         raise InvalidRequest("background=true requires store=true.", param="background",
                              code="unsupported_parameter")
     if body.metadata is not None:
-        _check_metadata(body.metadata)
+        check_metadata(body.metadata)
+    if body.conversation is not None and body.previous_response_id is not None:
+        raise InvalidRequest("Mutually exclusive parameters: ensure you are only providing one of: "
+                             "'previous_response_id' or 'conversation'.", param="conversation",
+                             code="mutually_exclusive_parameters")
     for i, value in enumerate(body.include or []):
         if value not in INCLUDE_VALUES:
             raise InvalidRequest(f"Invalid value for 'include[{i}]': '{value}' is not supported.",
@@ -301,16 +315,16 @@ def _check_rules(body: CreateResponseRequest, tools: list[ToolSpec]) -> None:
     _check_tool_choice(body.tool_choice, tools)
 
 
-def _check_metadata(metadata: dict[str, str]) -> None:
+def check_metadata(metadata: dict[str, str], param: str = "metadata") -> None:
     if len(metadata) > 16:
-        raise InvalidRequest("'metadata' may hold at most 16 keys.", param="metadata", code="invalid_value")
+        raise InvalidRequest(f"'{param}' may hold at most 16 keys.", param=param, code="invalid_value")
     for key, value in metadata.items():
         if len(key) > 64:
             raise InvalidRequest(f"Metadata key '{key[:20]}…' is longer than 64 characters.",
-                                 param=f"metadata.{key}", code="invalid_value")
+                                 param=f"{param}.{key}", code="invalid_value")
         if len(value) > 512:
             raise InvalidRequest(f"Metadata value of '{key}' is longer than 512 characters.",
-                                 param=f"metadata.{key}", code="invalid_value")
+                                 param=f"{param}.{key}", code="invalid_value")
 
 
 def _check_json_schema_format(fmt: TextFormat) -> None:

@@ -91,13 +91,15 @@ class ResponseObject(TypedDict):
     served_by: list[str]
     # Extension (Databricks): the run's trace, when the request asked for it.
     databricks_output: NotRequired[dict[str, Any]]
+    # The conversation the response was run in (``conversation`` of the request), when it was.
+    conversation: NotRequired[dict[str, str]]
 
 
 def new_response(response_id: str, parsed: ParsedRequest, *, model: str,
                  created_at: int | None = None) -> ResponseObject:
     """A fresh response for ``parsed``; status ``queued`` for background runs, else ``in_progress``."""
     body = parsed.body
-    return {
+    response: ResponseObject = {
         "id": response_id,
         "object": "response",
         "created_at": created_at if created_at is not None else int(time.time()),
@@ -132,6 +134,9 @@ def new_response(response_id: str, parsed: ParsedRequest, *, model: str,
         "metadata": body.metadata or {},
         "served_by": [],
     }
+    if body.conversation_id is not None:
+        response["conversation"] = {"id": body.conversation_id}
+    return response
 
 
 def tool_choice_wire(body: CreateResponseRequest) -> Any:

@@ -31,7 +31,8 @@ def param_path(loc: tuple[int | str, ...]) -> str:
 
 
 # Segments pydantic adds to a location for union members and tagged-union tags; they are not fields.
-_UNION_SEGMENTS = frozenset({"str", "int", "float", "bool", "list", "dict", "function", "allowed_tools", "none"})
+_UNION_SEGMENTS = frozenset({"str", "int", "float", "bool", "list", "dict", "function", "allowed_tools", "none",
+                             "ConversationRef"})
 
 
 def _is_field(segment: int | str) -> bool:
@@ -41,8 +42,13 @@ def _is_field(segment: int | str) -> bool:
 
 
 def raise_validation(exc: ValidationError, prefix: str = "") -> NoReturn:
-    """Turn the first pydantic error into an ``InvalidRequest`` naming its field."""
-    err = exc.errors(include_url=False)[0]
+    """Turn the first pydantic error into an ``InvalidRequest`` naming its field. Of the errors of that
+    field, the deepest is told: for a union it comes from the member the value was meant for (an
+    object sent for ``str | Model`` is told about the object's field, not that it is no string)."""
+    errors = exc.errors(include_url=False)
+    field = errors[0]["loc"][:1]
+    err = max((e for e in errors if e["loc"][:1] == field),
+              key=lambda e: sum(1 for p in e["loc"] if _is_field(p)))
     loc = tuple(p for p in err["loc"] if _is_field(p))
     path = param_path(loc)
     if prefix:

@@ -1,0 +1,59 @@
+"""`/v1/conversations` request bodies: parsing and validation with errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opensupervisor.wire.items import Item, normalize_item
+from opensupervisor.wire.request import check_metadata
+from opensupervisor.wire.validation import raise_validation
+
+# At most this many items are added by one request (OpenAI's bound).
+MAX_ITEMS = 20
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateConversation(_Strict):
+    items: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_ITEMS)
+    metadata: dict[str, str] | None = None
+
+
+class UpdateConversation(_Strict):
+    metadata: dict[str, str]
+
+
+class CreateItems(_Strict):
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+def _parsed(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise_validation(exc)
+
+
+def parse_create(data: dict[str, Any]) -> tuple[dict[str, str], list[Item]]:
+    body = _parsed(CreateConversation, data)
+    check_metadata(body.metadata or {})
+    return body.metadata or {}, _items(body.items or [])
+
+
+def parse_update(data: dict[str, Any]) -> dict[str, str]:
+    body = _parsed(UpdateConversation, data)
+    check_metadata(body.metadata)
+    return body.metadata
+
+
+def parse_items(data: dict[str, Any]) -> list[Item]:
+    return _items(_parsed(CreateItems, data).items)
+
+
+def _items(raw: list[dict[str, Any]]) -> list[Item]:
+    return [normalize_item(item, f"items[{i}]") for i, item in enumerate(raw)]

@@ -1,0 +1,103 @@
+"""``POST /v1/responses/compact`` and ``compaction`` items in ``input``, through the real ``openai`` SDK."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import httpx
+import openai
+from cryptography.fernet import Fernet
+import pytest
+
+from opensupervisor.runs.compaction import EXPANDED_PREFIX
+from opensupervisor.wire.items import item_text
+from tests.conftest import MODEL, Server
+from tests.test_identity import client as user_client
+from tests.test_identity import make_user
+from tests.test_model_requests import CALC, requests_for, tagged
+
+
+def test_a_chain_is_compacted_and_goes_on_from_the_summary(server: Server) -> None:
+    client = server.client()
+    tag = tagged("add twice")
+    first = client.responses.create(model=MODEL, input=tag, tools=[CALC])
+    compacted = client.responses.compact(model=MODEL, previous_response_id=first.id,
+                                         input=[{"role": "user", "content": "and remember the colour teal"}])
+    assert compacted.object == "response.compaction" and compacted.id.startswith("cmp_")
+    assert compacted.usage.input_tokens > 0 and compacted.usage.total_tokens >= compacted.usage.input_tokens
+    *users, sealed = compacted.output
+    assert [item_text(u.model_dump()) for u in users] == [tag, "and remember the colour teal"]
+    assert all(u.type == "message" and u.role == "user" and u.status == "completed" for u in users)
+    assert sealed.type == "compaction" and len(sealed.id) <= 64
+    assert "teal" not in sealed.encrypted_content  # sealed, not merely encoded
+    # A new chain starts from the compacted output (as Open Responses says clients do).
+    tag2 = tagged("after compaction")
+    follow = client.responses.create(model=MODEL, input=[*(i.model_dump(exclude_none=True) for i in compacted.output),
+                                                         {"role": "user", "content": tag2}])
+    assert follow.status == "completed"
+    [sent] = requests_for(server, tag2)
+    summary = [i for i in sent.items if i.get("role") == "developer"]
+    assert len(summary) == 1 and item_text(summary[0]).startswith(EXPANDED_PREFIX)
+    # The summary was written from the whole transcript: the tool results are in it.
+    assert "[tool result] 3" in item_text(summary[0]) and "teal" in item_text(summary[0])
+    assert not any(i.get("type") == "compaction" for i in sent.items)
+
+
+def test_a_compaction_item_is_refused_when_changed_or_someone_elses(server: Server) -> None:
+    client = server.client()
+    sealed = client.responses.compact(model=MODEL, input="a secret plan").output[-1]
+    content = sealed.encrypted_content
+    raw = bytearray(base64.urlsafe_b64decode(content))
+    raw[-40] ^= 1
+    variants = {
+        "a flipped bit": base64.urlsafe_b64encode(bytes(raw)).decode(),
+        "cut short": content[:-8],
+        "not a token": "hello",
+        "sealed with another key": Fernet(Fernet.generate_key()).encrypt(
+            b'{"kind": "opensupervisor.compaction.v1", "sub": "admin", "summary": "forged"}').decode(),
+    }
+    for why, changed in variants.items():
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(model=MODEL, input=[{"type": "compaction", "encrypted_content": changed},
+                                                        {"role": "user", "content": "go on"}])
+        body: Any = err.value.body
+        assert (body["param"], body["code"]) == ("input[0].encrypted_content", "invalid_encrypted_content"), why
+    # Bound to the principal it was made for: another user cannot use it, nor read it through the model.
+    mallory = user_client(server, make_user(server, f"mallory-{uuid.uuid4().hex[:8]}"))
+    with pytest.raises(openai.BadRequestError) as err:
+        mallory.responses.create(model=MODEL, input=[{"type": "compaction", "encrypted_content": content},
+                                                     {"role": "user", "content": "what was the plan?"}])
+    assert err.value.body["code"] == "invalid_encrypted_content"  # type: ignore[index]
+    ok = client.responses.create(model=MODEL, input=[sealed.model_dump(exclude_none=True),
+                                                     {"role": "user", "content": "go on"}])
+    assert ok.status == "completed"
+
+
+@pytest.mark.parametrize(("body", "param", "status"), [
+    ({"input": "x"}, "model", 400),
+    ({"model": "", "input": "x"}, "model", 400),
+    ({"model": "no-such-model", "input": "x"}, "model", 404),
+    ({"model": MODEL}, "input", 400),
+    ({"model": MODEL, "input": [{"type": "nonsense"}]}, "input[0].type", 400),
+    ({"model": MODEL, "input": "x", "tools": []}, "tools", 400),
+    ({"model": MODEL, "previous_response_id": "resp_missing"}, "previous_response_id", 400),
+    ({"model": MODEL, "input": [{"type": "item_reference", "id": "msg_missing"}]}, "input[0].id", 400),
+    ({"model": MODEL, "input": [{"type": "compaction", "encrypted_content": ""}]}, "input[0].encrypted_content", 400),
+])
+def test_bad_compact_bodies_are_refused_naming_the_field(server: Server, body: dict[str, Any], param: str,
+                                                         status: int) -> None:
+    with httpx.Client(base_url=server.v1, headers={"Authorization": f"Bearer {server.token}"}) as http:
+        answer = http.post("/responses/compact", json=body)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]["param"] == param
+
+
+def test_compact_answers_under_every_prefix_and_needs_a_token(server: Server) -> None:
+    for prefix in ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1"):
+        with httpx.Client(base_url=server.url) as http:
+            ok = http.post(f"{prefix}/responses/compact", json={"model": MODEL, "input": "hi"},
+                           headers={"Authorization": f"Bearer {server.token}"})
+            assert ok.status_code == 200 and ok.json()["object"] == "response.compaction", ok.text
+            assert http.post(f"{prefix}/responses/compact", json={"model": MODEL, "input": "hi"}).status_code == 401
