@@ -17,6 +17,7 @@ from opensupervisor.identity.limits import Ticket
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
 from opensupervisor.runs.checkpoints import Codec
+from opensupervisor.runs.compaction import Compactor
 from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runs.durable import DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.plan import RunPlan, restored, stored_options
@@ -48,7 +49,7 @@ async def deps(tmp_path: Path) -> AsyncIterator[tuple[RunDeps, ToolRegistry, Vau
     registry = ToolRegistry(ws)
     toolkinds.register(registry)
     try:
-        conversations = ConversationService(store, Conversations(store, max_hold_s=60))
+        conversations = ConversationService(store, Conversations(store, max_hold_s=60), Compactor(Vault.load(tmp_path)))
         deps = RunDeps(catalog, LoopLimits(), ApprovalSigner(b"k" * 32), store, conversations)
         yield deps, registry, Vault.load(tmp_path)
     finally:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import base64
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-from cryptography.fernet import Fernet
 import pytest
+from cryptography.fernet import Fernet
 
+from opensupervisor.errors import ConfigError
+from opensupervisor.models.scripted import ScriptedModel
 from opensupervisor.runs.compaction import EXPANDED_PREFIX
+from opensupervisor.runtime import summary_model
 from opensupervisor.wire.items import item_text
-from tests.conftest import MODEL, Server
+from opensupervisor.workspace import load_workspace
+from tests.conftest import MODEL, Server, ThreadServer
 from tests.test_identity import client as user_client
 from tests.test_identity import make_user
 from tests.test_model_requests import CALC, requests_for, tagged
@@ -28,14 +33,14 @@ def test_a_chain_is_compacted_and_goes_on_from_the_summary(server: Server) -> No
     assert compacted.object == "response.compaction" and compacted.id.startswith("cmp_")
     assert compacted.usage.input_tokens > 0 and compacted.usage.total_tokens >= compacted.usage.input_tokens
     *users, sealed = compacted.output
-    assert [item_text(u.model_dump()) for u in users] == [tag, "and remember the colour teal"]
+    assert [item_text(u.model_dump(warnings=False)) for u in users] == [tag, "and remember the colour teal"]
     assert all(u.type == "message" and u.role == "user" and u.status == "completed" for u in users)
     assert sealed.type == "compaction" and len(sealed.id) <= 64
     assert "teal" not in sealed.encrypted_content  # sealed, not merely encoded
     # A new chain starts from the compacted output (as Open Responses says clients do).
     tag2 = tagged("after compaction")
-    follow = client.responses.create(model=MODEL, input=[*(i.model_dump(exclude_none=True) for i in compacted.output),
-                                                         {"role": "user", "content": tag2}])
+    carried = [i.model_dump(exclude_none=True, warnings=False) for i in compacted.output]
+    follow = client.responses.create(model=MODEL, input=[*carried, {"role": "user", "content": tag2}])
     assert follow.status == "completed"
     [sent] = requests_for(server, tag2)
     summary = [i for i in sent.items if i.get("role") == "developer"]
@@ -48,6 +53,7 @@ def test_a_chain_is_compacted_and_goes_on_from_the_summary(server: Server) -> No
 def test_a_compaction_item_is_refused_when_changed_or_someone_elses(server: Server) -> None:
     client = server.client()
     sealed = client.responses.compact(model=MODEL, input="a secret plan").output[-1]
+    assert sealed.type == "compaction"
     content = sealed.encrypted_content
     raw = bytearray(base64.urlsafe_b64decode(content))
     raw[-40] ^= 1
@@ -69,7 +75,7 @@ def test_a_compaction_item_is_refused_when_changed_or_someone_elses(server: Serv
     with pytest.raises(openai.BadRequestError) as err:
         mallory.responses.create(model=MODEL, input=[{"type": "compaction", "encrypted_content": content},
                                                      {"role": "user", "content": "what was the plan?"}])
-    assert err.value.body["code"] == "invalid_encrypted_content"  # type: ignore[index]
+    assert err.value.body["code"] == "invalid_encrypted_content"
     ok = client.responses.create(model=MODEL, input=[sealed.model_dump(exclude_none=True),
                                                      {"role": "user", "content": "go on"}])
     assert ok.status == "completed"
@@ -101,3 +107,35 @@ def test_compact_answers_under_every_prefix_and_needs_a_token(server: Server) ->
                            headers={"Authorization": f"Bearer {server.token}"})
             assert ok.status_code == 200 and ok.json()["object"] == "response.compaction", ok.text
             assert http.post(f"{prefix}/responses/compact", json={"model": MODEL, "input": "hi"}).status_code == 401
+
+
+SUMMARY_WORKSPACE = """
+[models.chat]
+provider = "scripted"
+
+[models.summarizer]
+provider = "scripted"
+
+[compaction]
+model = "summarizer"
+"""
+
+
+def test_the_workspace_names_the_model_that_writes_summaries(tmp_path: Path) -> None:
+    path = tmp_path / "workspace.toml"
+    path.write_text(SUMMARY_WORKSPACE)
+    with ThreadServer(f"sqlite:///{tmp_path}/store.db", workspace=path) as server:
+        client = server.client()
+        compacted = client.responses.compact(model="chat", input="the launch is on Friday")
+        assert compacted.output[-1].type == "compaction"
+        tag = tagged("what day?")
+        client.responses.create(model="chat", input=[compacted.output[-1].model_dump(exclude_none=True),
+                                                     {"role": "user", "content": tag}])
+        chat = server.model("chat")
+        assert isinstance(chat, ScriptedModel)
+        [sent] = [r for r in chat.requests if any(tag in item_text(i) for i in r.items)]
+        assert item_text(sent.items[0]).startswith(f"{EXPANDED_PREFIX}summarizer (scripted) received: ")
+        assert "the launch is on Friday" in item_text(sent.items[0])
+    path.write_text(SUMMARY_WORKSPACE.replace('model = "summarizer"', 'model = "nowhere"'))
+    with pytest.raises(ConfigError, match=r"\[compaction\] model: 'nowhere'"):
+        summary_model(load_workspace(path))

@@ -237,7 +237,7 @@ def test_unknown_routes_and_methods(server: Server) -> None:
     with server.http() as http:
         assert_error(http.get("/v2/nothing"), 404, None, "Unknown route")
         assert_error(http.put("/v1/responses"), 405, None, "not allowed")
-        assert_error(http.post("/v1/responses/compact", json={"model": MODEL}), 404, None, "not supported")
+        assert_error(http.get("/v1/responses/compact/more"), 404, None, "Unknown route")
 
 
 def test_stored_response_routes_reject_bad_parameters(server: Server) -> None:

@@ -18,12 +18,14 @@ from opensupervisor.admin.connections import connection_rows
 from opensupervisor.core.approval import ApprovalSigner
 from opensupervisor.core.loop import LoopLimits
 from opensupervisor.demo import token as demo_token
+from opensupervisor.errors import ConfigError
 from opensupervisor.identity.auth_failures import FailedAuth
 from opensupervisor.identity.grants import Access
 from opensupervisor.identity.limits import Counters, RateLimiter
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.accounting import Accounting
 from opensupervisor.runs.assemble import RunDeps
+from opensupervisor.runs.compaction import Compactor
 from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runs.dispatch import Dispatcher
 from opensupervisor.runs.durable import ENGINE, EngineConfig, system_database_url
@@ -209,7 +211,8 @@ async def _service(stack: contextlib.AsyncExitStack, settings: Settings, ws: Wor
     if inference is not None:
         stack.push_async_callback(inference.aclose)
     # No response runs past the background run time: a hold older than that (and a minute) is void.
-    conversations = ConversationService(store, Conversations(store, max_hold_s=ws.background.max_run_time_s + 60))
+    conversations = ConversationService(store, Conversations(store, max_hold_s=ws.background.max_run_time_s + 60),
+                                        Compactor(vault, summary_model(ws)))
     service = ResponseService(RunDeps(catalog, _loop_limits(ws), signer, store, conversations), registry, ENGINE,
                               vault,
                               gate=Gate(access, Accounting(usage, limiter, inference), spaces.own_model),
@@ -320,3 +323,12 @@ def _housekeeping(ws: Workspace) -> Housekeeping:
     bg = ws.background
     return Housekeeping(executor_timeout_s=bg.executor_timeout_s, retention_s=bg.retention_days * 86400,
                         purge_interval_s=bg.purge_interval_s)
+
+
+def summary_model(ws: Workspace) -> str | None:
+    """The catalog model that writes compaction summaries (``[compaction] model``), when the file names one."""
+    name = ws.compaction.model
+    if name is not None and name not in ws.models:
+        raise ConfigError(f"[compaction] model: '{name}' is not a model of the workspace (one of: "
+                          f"{', '.join(ws.models) or 'none'}).")
+    return name

@@ -52,6 +52,13 @@ class Vault:
         except InvalidToken as exc:
             raise ConfigError(f"a stored secret cannot be opened with this server's key ({KEY_ENV})") from exc
 
+    def open_or_none(self, sealed: str) -> str | None:
+        """``open`` for what a client sends back: None when it was changed or sealed by another key."""
+        try:
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except (InvalidToken, UnicodeError):
+            return None
+
     def seal_request(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The request as stored: credentials in tool entries sealed, everything else as sent."""
         return _map_secrets(raw, lambda value: {SEALED: self.seal(orjson.dumps(value).decode())})

@@ -219,6 +219,11 @@ class InferenceTableSection(_Section):
     max_payload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
 
 
+class CompactionSection(_Section):
+    # The catalog model that writes compaction summaries (``/v1/responses/compact``); None: the request's.
+    model: str | None = None
+
+
 class Workspace(_Section):
     name: str = "default"
     models: dict[str, ModelEntry] = Field(default_factory=dict)
@@ -230,6 +235,7 @@ class Workspace(_Section):
     access: AccessSection = Field(default_factory=AccessSection)
     auth: AuthSection = Field(default_factory=AuthSection)
     sandbox: SandboxSection = Field(default_factory=SandboxSection)
+    compaction: CompactionSection = Field(default_factory=CompactionSection)
     inference_table: InferenceTableSection | None = None
     # Serve the demo MCP servers (``opensupervisor.demo.servers``) at /demo/search/mcp and /demo/tickets/mcp.
     demo_servers: bool = False

@@ -36,12 +36,15 @@ KIND = "opensupervisor.compaction.v1"
 
 
 class Compactor:
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, model: str | None = None) -> None:
         self.vault = vault
+        # The catalog model that writes summaries (None: the request's own).
+        self.model = model
 
     def seal(self, principal_id: str, summary: str) -> Item:
         payload = orjson.dumps({"kind": KIND, "sub": principal_id, "summary": summary, "iat": int(time.time())})
-        return {"type": "compaction", "id": new_id("compaction"), "encrypted_content": self.vault.seal(payload.decode())}
+        sealed = self.vault.seal(payload.decode())
+        return {"type": "compaction", "id": new_id("compaction"), "encrypted_content": sealed}
 
     def expanded(self, item: Item, principal_id: str, param: str) -> Item:
         """The developer message a compaction item stands for, or a 400 naming its ``encrypted_content``."""
@@ -66,16 +69,16 @@ class Compactor:
         transcript = "\n\n".join(_line(item) for item in items if _line(item))
         if instructions:
             transcript = f"[instructions the assistant followed]\n{instructions}\n\n{transcript}"
-        answer = await model.request(ModelRequest(
-            instructions=SUMMARY_INSTRUCTIONS, tool_choice="none",
-            items=[{"type": "message", "role": "user",
-                    "content": [{"type": "input_text", "text": f"{transcript}\n\nSummarize the conversation above."}]}]))
+        ask = f"{transcript}\n\nSummarize the conversation above."
+        answer = await model.request(ModelRequest(instructions=SUMMARY_INSTRUCTIONS, tool_choice="none", items=[
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": ask}]}]))
         return answer.text.strip(), answer.usage or Usage(0, 0)
 
 
 def compacted(history: list[Item], sealed: Item) -> list[Item]:
     """What ``/responses/compact`` answers with: the user messages as they were, then the summary."""
-    kept = [item for item in history if item.get("type") == "message" and item.get("role") == "user"]
+    kept = [{"id": item.get("id") or new_id("message"), **item, "status": item.get("status") or "completed"}
+            for item in history if item.get("type") == "message" and item.get("role") == "user"]
     return [*kept, sealed]
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from opensupervisor.errors import InvalidRequest, NotFound
 from opensupervisor.identity import Principal
+from opensupervisor.runs.compaction import Compactor
 from opensupervisor.runs.stored import owner
 from opensupervisor.store import Store
 from opensupervisor.store.conversations import Conversations
@@ -26,9 +27,10 @@ APPENDED = frozenset({"completed", "incomplete"})
 
 
 class ConversationService:
-    def __init__(self, store: Store, conversations: Conversations) -> None:
+    def __init__(self, store: Store, conversations: Conversations, compactor: Compactor) -> None:
         self.store = store
         self.conversations = conversations
+        self.compactor = compactor
 
     async def create(self, principal: Principal, metadata: dict[str, str], items: list[Item]) -> dict[str, Any]:
         resolved = [await self.resolve(item, f"items[{i}]", principal) for i, item in enumerate(items)]
@@ -94,6 +96,8 @@ class ConversationService:
                 raise InvalidRequest(f"Item with id '{item['id']}' not found.", param=f"{param}.id",
                                      code="item_not_found")
             return found
+        if item["type"] == "compaction":
+            return self.compactor.expanded(item, principal.id, param)
         if conversation:
             return kept(item)
         return item if "id" in item or item["type"] not in PREFIXES else {"id": new_id(item["type"]), **item}

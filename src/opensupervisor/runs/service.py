@@ -20,12 +20,13 @@ from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
 from opensupervisor.core.loop import opening
 from opensupervisor.core.toolbox import BoundToolset
 from opensupervisor.core.truncation import ContextOverflow, fit
-from opensupervisor.errors import APIError, InvalidRequest, QueueFull, RunSuperseded
+from opensupervisor.errors import APIError, InvalidRequest, ModelError, QueueFull, RunSuperseded, UpstreamUnavailable
 from opensupervisor.identity import Principal
 from opensupervisor.runs import approvals
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.checkpoints import ITEMS, StoredSteps
+from opensupervisor.runs.compaction import compacted, compaction_object
 from opensupervisor.runs.drive import Driver
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.runs.gate import Gate
@@ -42,7 +43,7 @@ from opensupervisor.tools.registry import ToolRegistry
 from opensupervisor.vault import Vault
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item, check_call_pairs
-from opensupervisor.wire.request import CreateResponseRequest, ParsedRequest
+from opensupervisor.wire.request import CompactRequest, CreateResponseRequest, ParsedRequest
 from opensupervisor.wire.response import TERMINAL_STATUSES, Response, new_response
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,27 @@ class ResponseService:
             raise InvalidRequest(f"Previous response with id '{previous_id}' is still {stored.response['status']}.",
                                  param="previous_response_id", code="previous_response_in_progress")
         return await self.store.history(previous_id, owner(principal)) or []
+
+    async def compact(self, body: CompactRequest, items: list[Item], principal: Principal) -> dict[str, Any]:
+        """``POST /v1/responses/compact``: the history (a stored chain, then ``input``) summarized."""
+        self.deps.catalog.get(body.model)
+        self.gate.check(principal, body.model, [])
+        prior = await self._prior_history(body.previous_response_id, principal)
+        history = prior + [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
+                           for i, item in enumerate(items)]
+        if not history:
+            raise InvalidRequest("There is nothing to compact: send 'input', 'previous_response_id' or both.",
+                                 param="input", code="missing_required_parameter")
+        compactor = self.conversations.compactor
+        name = compactor.model or body.model
+        try:
+            async with self.gate.direct(principal, name, "compaction") as use:
+                summary, used = await compactor.summarize(self.deps.catalog.get(name), body.instructions, history)
+                use.input_tokens = used.input_tokens
+        except ModelError as exc:
+            raise UpstreamUnavailable(f"The model writing the summary failed: {exc}", param="model",
+                                      code="model_error") from exc
+        return compaction_object(compacted(history, compactor.seal(principal.id, summary)), used)
 
     def events(self, prepared: Prepared) -> AsyncGenerator[Event]:
         return self.driver.events(prepared)

@@ -27,7 +27,7 @@ from opensupervisor.server.state import JSONResponse
 from opensupervisor.tools.connections import ConnectionEntry
 from opensupervisor.tools.uc_functions import FunctionEntry
 from opensupervisor.wire.conversations import CreateConversation, CreateItems, UpdateConversation
-from opensupervisor.wire.request import CreateResponseRequest
+from opensupervisor.wire.request import CompactRequest, CreateResponseRequest
 from opensupervisor.wire.validation import INT32_MAX
 
 
@@ -68,6 +68,8 @@ def _responses_operations(prefix: str) -> list[Operation]:
     return [
         Operation("post", base, "Create a response", "responses", CreateResponseRequest,
                   headers={"Idempotency-Key": IDEMPOTENCY_KEY}),
+        Operation("post", f"{base}/compact", "Compact a history into its user messages and one sealed item",
+                  "responses", CompactRequest),
         Operation("get", one, "Retrieve a response (with stream=true: replay and follow its events)", "responses",
                   query={"stream": {"type": "boolean"},
                          "starting_after": {"type": "integer", "minimum": -1, "maximum": INT32_MAX}}),

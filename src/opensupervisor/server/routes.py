@@ -34,7 +34,7 @@ from opensupervisor.server.principals_api import principal_routes
 from opensupervisor.server.sse import EventStream
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.server.websocket_api import websocket_routes
-from opensupervisor.wire.request import parse_create_request, parse_json_body
+from opensupervisor.wire.request import parse_compact_request, parse_create_request, parse_json_body
 from opensupervisor.wire.validation import INT32_MAX, query_int
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
@@ -153,8 +153,9 @@ async def list_input_items(request: Request) -> Response:
 
 
 async def compact_response(request: Request) -> Response:
-    _principal(request)
-    raise NotFound("POST /responses/compact is not supported by this server.", code="unsupported_endpoint")
+    principal = _principal(request)
+    body, items = parse_compact_request(parse_json_body(await request.body()))
+    return JSONResponse(await _state(request).service.compact(body, items, principal))
 
 
 def _model_object(state: Runtime, name: str) -> dict[str, Any]:

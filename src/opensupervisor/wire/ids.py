@@ -22,6 +22,7 @@ PREFIXES = {
     "mcp_list_tools": "mcpl_",
     "item": "item_",
     "conversation": "conv_",
+    "compaction": "cmp_",
 }
 
 

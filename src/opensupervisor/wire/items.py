@@ -251,6 +251,13 @@ class _McpCall(_Item):
     status: str | None = None
 
 
+class _Compaction(_Item):
+    type: Literal["compaction"]
+    id: ItemId | None = None
+    encrypted_content: str = Field(min_length=1)
+    created_by: str | None = None
+
+
 class _McpListTools(_Item):
     type: Literal["mcp_list_tools"]
     id: ItemId
@@ -269,6 +276,7 @@ _ITEM_MODELS: dict[str, type[_Item]] = {
     "mcp_approval_response": _McpApprovalResponse,
     "mcp_call": _McpCall,
     "mcp_list_tools": _McpListTools,
+    "compaction": _Compaction,
 }
 
 

@@ -140,6 +140,28 @@ class CreateResponseRequest(_Strict):
         return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
 
 
+class CompactRequest(_Strict):
+    """``POST /v1/responses/compact``: what to compact (an input, a stored chain, or both)."""
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1)
+    instructions: str | None = None
+    # Hints for a provider's prompt cache and tier, accepted as on create.
+    prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: Literal["auto", "default", "fast", "flex", "scale", "priority"] | None = None
+
+
+def parse_compact_request(data: dict[str, Any]) -> tuple[CompactRequest, list[Item]]:
+    try:
+        body = CompactRequest.model_validate(data)
+    except ValidationError as exc:
+        raise_validation(exc)
+    return body, normalize_input(body.input)
+
+
 class ToolSpec(BaseModel):
     """One entry of ``tools``: its position, type and configuration object."""
 
