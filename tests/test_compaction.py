@@ -14,14 +14,15 @@ from cryptography.fernet import Fernet
 
 from opensupervisor.errors import ConfigError
 from opensupervisor.models.scripted import ScriptedModel
-from opensupervisor.runs.compaction import EXPANDED_PREFIX
+from opensupervisor.runs.compaction import EXPANDED_PREFIX, kept_from
 from opensupervisor.runtime import summary_model
 from opensupervisor.wire.items import item_text
 from opensupervisor.workspace import load_workspace
-from tests.conftest import MODEL, Server, ThreadServer
+from tests.conftest import MODEL, ProcessServer, Server, ThreadServer, wait_until
+from tests.test_durable import stored_events
 from tests.test_identity import client as user_client
 from tests.test_identity import make_user
-from tests.test_model_requests import CALC, requests_for, tagged
+from tests.test_model_requests import CALC, WEATHER, requests_for, tagged
 
 
 def test_a_chain_is_compacted_and_goes_on_from_the_summary(server: Server) -> None:
@@ -139,3 +140,131 @@ def test_the_workspace_names_the_model_that_writes_summaries(tmp_path: Path) -> 
     path.write_text(SUMMARY_WORKSPACE.replace('model = "summarizer"', 'model = "nowhere"'))
     with pytest.raises(ConfigError, match=r"\[compaction\] model: 'nowhere'"):
         summary_model(load_workspace(path))
+
+
+AUTO: Any = [{"type": "compaction", "compact_threshold": 60}]
+LONG = "The quarterly figures: " + ", ".join(f"region {i} sold {i * 37} units" for i in range(30)) + "."
+
+
+def test_a_history_past_the_threshold_is_compacted_before_the_model_reads_it(server: Server) -> None:
+    client = server.client()
+    first = client.responses.create(model=MODEL, input=LONG)
+    tag = tagged("what sold best?")
+    second = client.responses.create(model=MODEL, input=tag, previous_response_id=first.id, context_management=AUTO)
+    kinds = [i.type for i in second.output]
+    assert kinds == ["compaction", "message"], kinds
+    [sent] = requests_for(server, tag)
+    assert [i.get("role") for i in sent.items] == ["developer", "user"]
+    summary = item_text(sent.items[0])
+    assert summary.startswith(EXPANDED_PREFIX) and "region 29 sold 1073 units" in summary
+    plain = client.responses.create(model=MODEL, input=tagged("what sold best?"), previous_response_id=first.id)
+    assert second.usage is not None and plain.usage is not None
+    assert second.usage.input_tokens > plain.usage.input_tokens  # the summary's call counts too
+    # The next turn goes on from the summary: what it compacted is not read again, what it kept is.
+    tag3 = tagged("and the worst?")
+    client.responses.create(model=MODEL, input=tag3, previous_response_id=second.id)
+    [sent3] = requests_for(server, tag3)
+    assert [item_text(i) for i in sent3.items] == [summary, tag, second.output_text, tag3]
+    # Under the threshold nothing is compacted.
+    small = client.responses.create(model=MODEL, input="hi", context_management=[
+        {"type": "compaction", "compact_threshold": 100_000}])
+    assert [i.type for i in small.output] == ["message"]
+
+
+def test_compaction_keeps_tool_calls_with_their_outputs(server: Server) -> None:
+    call = {"type": "function_call", "call_id": "call_late", "name": "get_weather", "arguments": "{}"}
+    history: Any = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": LONG}]},
+                    call, {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hm"}]},
+                    {"type": "function_call_output", "call_id": "call_late", "output": "sunny"}]
+    assert kept_from(history) == 1  # moved back from the last user message to the call
+    assert kept_from(history[:1]) == 0 and kept_from([]) == 0
+    client = server.client()
+    tag = tagged("a call in the middle")
+    response = client.responses.create(model=MODEL, context_management=AUTO, tools=[WEATHER], input=[
+        history[0], call, {"role": "user", "content": tag}, history[3]])
+    assert response.output[0].type == "compaction"
+    [sent] = requests_for(server, tag)
+    assert [i["type"] for i in sent.items] == ["message", "function_call", "message", "function_call_output"]
+    assert item_text(sent.items[0]).startswith(EXPANDED_PREFIX) and LONG[-30:] in item_text(sent.items[0])
+    assert sent.items[1]["call_id"] == sent.items[3]["call_id"] == "call_late"
+
+
+def test_a_background_run_records_its_compaction_once(server: Server) -> None:
+    client = server.client()
+    first = client.responses.create(model=MODEL, input=LONG)
+    queued = client.responses.create(model=MODEL, input="pause a moment", previous_response_id=first.id,
+                                     context_management=AUTO, background=True, stream=True)
+    events = list(queued)
+    done = events[-1].response
+    assert done.status == "completed" and done.output[0].type == "compaction"
+    stored = client.responses.retrieve(done.id)
+    assert stored.output[0].model_dump() == done.output[0].model_dump()
+    items = [e.item for e in events if e.type == "response.output_item.done"]
+    assert items[0].model_dump() == done.output[0].model_dump()
+
+
+@pytest.mark.parametrize(("policy", "param"), [
+    ([{"type": "truncation"}], "context_management[0].type"),
+    ([{"type": "compaction", "compact_threshold": 0}], "context_management[0].compact_threshold"),
+    ([{"type": "compaction", "compact_threshold": "many"}], "context_management[0].compact_threshold"),
+    ([{"type": "compaction", "every": 3}], "context_management[0].every"),
+    ([{"type": "compaction"}, {"type": "compaction"}], "context_management"),
+    ([{"type": "compaction"}], "context_management[0].compact_threshold"),  # test-model's window is unknown
+    ({"type": "compaction"}, "context_management"),
+])
+def test_bad_context_management_is_refused_naming_the_field(server: Server, policy: Any, param: str) -> None:
+    with httpx.Client(base_url=server.v1, headers={"Authorization": f"Bearer {server.token}"}) as http:
+        answer = http.post("/responses", json={"model": MODEL, "input": "x", "context_management": policy})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param
+
+
+def test_the_threshold_defaults_to_most_of_the_models_window(server: Server) -> None:
+    client = server.client()
+    response = client.responses.create(model="window-4k", input=LONG * 4, context_management=[{"type": "compaction"}])
+    assert response.status == "completed"
+    assert [i.type for i in response.output] == ["message"]  # one user message: nothing before it to compact
+
+
+CRASH_WORKSPACE = """
+[models.chat]
+provider = "scripted"
+
+[[models.chat.script]]
+when = "slowly now"
+turns = [{ text = "Slowly answered.", delay_s = 30 }]
+"""
+
+
+def test_a_resumed_run_keeps_the_compaction_it_made_before_the_crash(tmp_path: Path) -> None:
+    """Killed with SIGKILL in the model call after its compaction, the run resumes from the recorded
+    step: the same sealed item (a summary written again would be sealed anew), no second one."""
+    path = tmp_path / "workspace.toml"
+    path.write_text(CRASH_WORKSPACE)
+    process = ProcessServer(tmp_path, config=path)
+    with process as first:
+        client = first.client()
+        earlier = client.responses.create(model="chat", input=LONG)
+        stream = client.responses.create(model="chat", input="slowly now", previous_response_id=earlier.id,
+                                         context_management=AUTO, background=True, stream=True)
+        response_id = next(iter(stream)).response.id
+        stream.close()
+
+        def compacted() -> bool:
+            output = client.responses.retrieve(response_id).output
+            return bool(output) and output[0].type == "compaction"
+
+        wait_until(compacted, timeout=30, what="the compaction to be recorded")
+        before = client.responses.retrieve(response_id).output[0].model_dump()
+        process.kill()
+    path.write_text(CRASH_WORKSPACE.replace("delay_s = 30", "delay_s = 0"))
+    with ProcessServer(tmp_path, config=path, log_name="restarted.log") as second:
+        client = second.client()
+        wait_until(lambda: client.responses.retrieve(response_id).status == "completed", timeout=60,
+                   what="the resumed run to complete")
+        done = client.responses.retrieve(response_id)
+        assert [i.type for i in done.output] == ["compaction", "message"]
+        assert done.output[0].model_dump() == before
+        log = stored_events(second, response_id)
+        assert [e["sequence_number"] for e in log] == list(range(len(log)))
+        assert sum(e["type"] == "response.output_item.done" and e["item"]["type"] == "compaction" for e in log) == 1

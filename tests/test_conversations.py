@@ -11,6 +11,7 @@ import anyio
 import httpx
 import openai
 import pytest
+from websockets.sync.client import connect
 
 from opensupervisor.store import Store
 from opensupervisor.store.conversations import Conversations
@@ -21,6 +22,7 @@ from tests.test_identity import client as user_client
 from tests.test_identity import make_user
 from tests.test_model_requests import CALC, requests_for, tagged
 from tests.test_store import stored_background
+from tests.test_websocket import turn, ws_url
 
 
 def texts(items: Any) -> list[tuple[str, str]]:
@@ -253,3 +255,20 @@ def test_a_hold_ends_with_its_response_its_process_or_its_time(store_url: str) -
             await store.close()
 
     anyio.run(scenario)
+
+
+def test_a_websocket_turn_runs_in_a_conversation(server: Server) -> None:
+    client = server.client()
+    conv = client.conversations.create(items=[{"type": "message", "role": "user", "content": "I am on a socket."}])
+    sealed = client.responses.compact(model=MODEL, input="the launch is on Friday").output[-1]
+    with connect(ws_url(server), additional_headers={"Authorization": f"Bearer {server.token}"}) as ws:
+        events = turn(ws, input=[sealed.model_dump(exclude_none=True), {"role": "user", "content": "hello socket"}],
+                      conversation=conv.id, store=False)
+        assert events[-1]["type"] == "response.completed", events[-1]
+        assert events[-1]["response"]["conversation"] == {"id": conv.id}
+        refused = turn(ws, input="x", conversation="conv_nowhere")
+        assert refused[-1]["type"] == "error" and refused[-1]["status"] == 404
+        assert refused[-1]["error"]["param"] == "conversation"
+    listed = all_items(client, conv.id)
+    assert [i.type for i in listed] == ["message", "compaction", "message", "message"]
+    assert item_text(listed[2].model_dump()) == "hello socket"

@@ -217,3 +217,21 @@ class WrapperToolset(Toolset):
 
     async def call_tool(self, ctx: RunContext, name: str, arguments: dict[str, Any]) -> str:
         return await self.inner.call_tool(ctx, name, arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """The history compacted before a model call: the output item that stands for what was
+    compacted, what the model sees from now on, and what writing the summary cost."""
+
+    item: Item
+    history: list[Item]
+    usage: Usage
+
+
+class Compaction(ABC):
+    """Compacts a run's history once it grows past a bound (``context_management``)."""
+
+    @abstractmethod
+    async def __call__(self, instructions: str | None, history: list[Item]) -> Compacted | None:
+        """The compacted history, or None when it is within the bound (or nothing can be compacted)."""

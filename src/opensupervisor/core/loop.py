@@ -18,7 +18,7 @@ from opensupervisor.core.arguments import DEFAULT_ARGUMENTS_CHARS
 from opensupervisor.core.bounds import DEFAULT_OUTPUT_CHARS
 from opensupervisor.core.citations import citations_for, sources_in
 from opensupervisor.core.context import RunContext
-from opensupervisor.core.contracts import Model, ModelRequest
+from opensupervisor.core.contracts import Compaction, Model, ModelRequest
 from opensupervisor.core.events import Emitter, Event
 from opensupervisor.core.toolbox import ToolBox
 from opensupervisor.core.truncation import ContextOverflow, fit
@@ -71,6 +71,8 @@ class Run:
     # Set from a model call's last events until its turn's hosted calls have returned: a durable
     # run's first call claim, which comes at once, writes those events with it (``runs.checkpoints``).
     calling: bool = False
+    # Compacts the history before a model call once it is past the request's threshold.
+    compaction: Compaction | None = None
 
 
 async def run_loop(run: Run) -> AsyncIterator[Event]:
@@ -161,6 +163,8 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
             for event in ending(run, "incomplete", reason="max_turns"):
                 yield event
             return
+        for event in await _compacted(run):
+            yield event
         builder = TurnBuilder(em, run.history, served=run.model.name, tools=run.toolbox.lookup, signer=run.signer,
                               cite=lambda text: citations_for(text, sources_in(run.history)),
                               max_chars=run.limits.max_output_chars)
@@ -182,6 +186,18 @@ async def _turns(run: Run) -> AsyncIterator[Event]:
                                        for c in outcome.calls):
             yield em.finish("completed")  # the client answers: its function calls, or the approvals
             return
+
+
+async def _compacted(run: Run) -> list[Event]:
+    """Compact the history when it is past its bound: the model reads the summary from now on, and
+    the output shows the ``compaction`` item that stands for it."""
+    done = None if run.compaction is None else await run.compaction(run.ctx.request.body.instructions, run.history)
+    if done is None:
+        return []
+    run.history = done.history  # rebound: the run's context keeps the history it began with
+    used = done.usage
+    run.emitter.add_usage(used.input_tokens, used.output_tokens, used.cached_tokens, used.reasoning_tokens)
+    return run.emitter.whole_item(done.item)
 
 
 def _is_hosted(run: Run, call: Item) -> bool:

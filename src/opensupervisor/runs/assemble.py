@@ -27,6 +27,7 @@ from opensupervisor.core.toolbox import BoundToolset, ToolBox
 from opensupervisor.core.turn import copy_item
 from opensupervisor.models.catalog import ModelCatalog
 from opensupervisor.runs.checkpoints import Steps
+from opensupervisor.runs.compaction import AutoCompaction, threshold
 from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runs.durable import CallFence, DurableCalls, DurableModel, RecordedListing
 from opensupervisor.runs.live import LiveRun
@@ -94,7 +95,12 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
     toolsets = [replace(b, toolset=_wrapped(b, deps.limits, spans, durable)) for b in bound]
     toolbox = await ToolBox.build(ctx, toolsets, max_arguments_chars=deps.limits.max_tool_arguments_chars)
     earlier = await prior()
-    items = ctx.history = earlier + plan.input_items
+    try:  # compaction items as the summaries they stand for (those of the input were checked already)
+        items = ctx.history = deps.conversations.compactor.applied(earlier + plan.input_items, plan.principal.id,
+                                                                  lambda _: "previous_response_id")
+    except BaseException:
+        await ctx.close()
+        raise
     signer = deps.signer.bound(plan.principal.id)
     conversation = body.conversation_id
     run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items, emitter=Emitter(response),
@@ -112,6 +118,11 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
                         deferred=lambda: run.ending or (durable is not None and run.calling),
                         conversation=None if conversation is None else deps.conversations.link(
                             conversation, plan.response_id, plan.input_items, stored=body.store))
+    limit = threshold(body, served)
+    if limit is not None:
+        compactor = deps.conversations.compactor
+        writer = TracedModel(deps.catalog.get(compactor.model) if compactor.model else served, spans)
+        run.compaction = AutoCompaction(compactor, writer, plan.principal.id, limit, steps)
     return Prepared(plan, run, recorder, spans)
 
 

@@ -12,16 +12,19 @@ principal is refused, naming the item.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from opensupervisor.core.contracts import Model, ModelRequest, Usage
+from opensupervisor.core.contracts import Compacted, Compaction, Model, ModelRequest, Usage
+from opensupervisor.core.truncation import estimate_tokens
 from opensupervisor.errors import InvalidRequest
+from opensupervisor.runs.checkpoints import Codec, Steps
 from opensupervisor.vault import Vault
 from opensupervisor.wire.ids import new_id
 from opensupervisor.wire.items import Item, item_text
+from opensupervisor.wire.request import CreateResponseRequest
 from opensupervisor.wire.response import usage as usage_object
 
 SUMMARY_INSTRUCTIONS = (
@@ -41,13 +44,17 @@ class Compactor:
         # The catalog model that writes summaries (None: the request's own).
         self.model = model
 
-    def seal(self, principal_id: str, summary: str) -> Item:
-        payload = orjson.dumps({"kind": KIND, "sub": principal_id, "summary": summary, "iat": int(time.time())})
-        sealed = self.vault.seal(payload.decode())
+    def seal(self, principal_id: str, summary: str, *, keep: list[str] | None = None) -> Item:
+        """A compaction item for ``summary``. ``keep``: it was made inside a run, from everything before
+        it but the items with these ids (``AutoCompaction``); a history that holds it drops the rest."""
+        payload = {"kind": KIND, "sub": principal_id, "summary": summary, "iat": int(time.time())}
+        if keep is not None:
+            payload["keep"] = keep
+        sealed = self.vault.seal(orjson.dumps(payload).decode())
         return {"type": "compaction", "id": new_id("compaction"), "encrypted_content": sealed}
 
-    def expanded(self, item: Item, principal_id: str, param: str) -> Item:
-        """The developer message a compaction item stands for, or a 400 naming its ``encrypted_content``."""
+    def opened(self, item: Item, principal_id: str, param: str) -> dict[str, Any]:
+        """What a compaction item holds, or a 400 naming its ``encrypted_content``."""
         opened = self.vault.open_or_none(str(item.get("encrypted_content", "")))
         payload: Any = None
         if opened is not None:
@@ -59,9 +66,31 @@ class Compactor:
             raise InvalidRequest("The compaction item's encrypted_content is not one this server made for you: it "
                                  "was changed, made by another server, or made for another user.",
                                  param=f"{param}.encrypted_content", code="invalid_encrypted_content")
+        return payload
+
+    def expanded(self, item: Item, payload: dict[str, Any]) -> Item:
+        """The developer message a compaction item stands for."""
         text = EXPANDED_PREFIX + str(payload.get("summary", ""))
         return {"type": "message", "role": "developer", "id": item.get("id") or new_id("message"),
                 "content": [{"type": "input_text", "text": text}]}
+
+    def applied(self, history: list[Item], principal_id: str, param: Callable[[int], str]) -> list[Item]:
+        """What the model reads of a history: each compaction item as the summary it stands for; before
+        the last one made inside a run, only the items it kept (after the summary, in their order).
+        ``param`` names the item at a position, for errors."""
+        out: list[Item] = []
+        for position, item in enumerate(history):
+            if item.get("type") != "compaction":
+                out.append(item)
+                continue
+            payload = self.opened(item, principal_id, param(position))
+            keep = payload.get("keep")
+            if isinstance(keep, list):
+                kept = set(keep)
+                out = [self.expanded(item, payload), *(i for i in out if i.get("id") in kept)]
+            else:
+                out.append(self.expanded(item, payload))
+        return out
 
     async def summarize(self, model: Model, instructions: str | None, items: Sequence[Item]) -> tuple[str, Usage]:
         """A summary of ``items`` written by ``model``, read as one transcript (every provider takes
@@ -101,3 +130,79 @@ def _line(item: Item) -> str:
     if kind == "reasoning":
         return "[reasoning] " + " ".join(str(s.get("text", "")) for s in item.get("summary", []))
     return ""
+
+
+class AutoCompaction(Compaction):
+    """``context_management: [{"type": "compaction", "compact_threshold": N}]``: before a model call
+    whose history is estimated past N tokens, everything before the last user message (moved back
+    so that no tool call is parted from its output) becomes one summary, written by ``model``. In a
+    durable run the compaction is one step: a resumed run gets the same summary and item back."""
+
+    def __init__(self, compactor: Compactor, model: Model, principal_id: str, threshold: int,
+                 steps: Steps | None = None) -> None:
+        self.compactor = compactor
+        self.model = model
+        self.principal_id = principal_id
+        self.threshold = threshold
+        self.steps = steps
+
+    async def __call__(self, instructions: str | None, history: list[Item]) -> Compacted | None:
+        if estimate_tokens(instructions, history) <= self.threshold:
+            return None
+        start = kept_from(history)
+        if start == 0:
+            return None  # nothing before the turn to compact: the run goes on (or fits, or fails to)
+
+        async def work() -> Compacted:
+            summary, used = await self.compactor.summarize(self.model, instructions, history[:start])
+            keep = [str(i["id"]) for i in history[start:] if i.get("id")]
+            item = self.compactor.seal(self.principal_id, summary, keep=keep)
+            del item["id"]  # the run's emitter gives it the id of its place, the same when it is replayed
+            return Compacted(item, [], used)
+
+        done = await self.steps("compaction", work, COMPACTED) if self.steps is not None else await work()
+        payload = self.compactor.opened(done.item, self.principal_id, "compaction")
+        return Compacted(done.item, [self.compactor.expanded(done.item, payload), *history[start:]], done.usage)
+
+
+def kept_from(history: list[Item]) -> int:
+    """Where the part of a history kept as it is starts: at its last user message, or earlier so
+    that every call at or after that point has its output there too, and every output its call."""
+    users = [i for i, item in enumerate(history) if item.get("type") == "message" and item.get("role") == "user"]
+    start = users[-1] if users else len(history)
+    calls = {item["call_id"]: i for i, item in enumerate(history) if item.get("type") == "function_call"}
+    moved = True
+    while moved:
+        moved = False
+        for item in history[start:]:
+            called = calls.get(item.get("call_id", "")) if item.get("type") == "function_call_output" else None
+            if called is not None and called < start:
+                start, moved = called, True
+    return start
+
+
+def _encode(done: Compacted) -> str:
+    used = done.usage
+    return orjson.dumps({"item": done.item, "usage": [used.input_tokens, used.output_tokens, used.cached_tokens,
+                                                      used.reasoning_tokens]}).decode()
+
+
+def _decode(text: str) -> Compacted:
+    value = orjson.loads(text)
+    return Compacted(value["item"], [], Usage(*value["usage"]))
+
+
+COMPACTED: Codec[Compacted] = Codec(_encode, _decode)
+
+
+def threshold(body: CreateResponseRequest, model: Model) -> int | None:
+    """The request's compaction threshold in tokens (default: 80% of the model's context window)."""
+    for policy in body.context_management or []:
+        if policy.compact_threshold is not None:
+            return policy.compact_threshold
+        if model.context_window is None:
+            raise InvalidRequest(f"'context_management' needs 'compact_threshold': the context window of model "
+                                 f"'{model.name}' is unknown.", param="context_management[0].compact_threshold",
+                                 code="missing_required_parameter")
+        return model.context_window * 4 // 5
+    return None

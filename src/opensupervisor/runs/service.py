@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from opensupervisor.runs import approvals
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
 from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.checkpoints import ITEMS, StoredSteps
-from opensupervisor.runs.compaction import compacted, compaction_object
+from opensupervisor.runs.compaction import compacted, compaction_object, threshold
 from opensupervisor.runs.drive import Driver
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.runs.gate import Gate
@@ -100,6 +100,7 @@ class ResponseService:
         body = parsed.body
         served = self.deps.catalog.get(body.model)
         _check_output_tokens(served, body)
+        threshold(body, served)  # refused now, before any tool is listed
         self.gate.check(principal, body.model, parsed.tools)
         bound = self.tools.bind(parsed.tools)
         response_id, conversation = new_id("response"), body.conversation_id
@@ -159,8 +160,9 @@ class ResponseService:
         self.deps.catalog.get(body.model)
         self.gate.check(principal, body.model, [])
         prior = await self._prior_history(body.previous_response_id, principal)
-        history = prior + [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
-                           for i, item in enumerate(items)]
+        given = [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
+                 for i, item in enumerate(items)]
+        history = self.conversations.compactor.applied(prior + given, principal.id, _param_at(len(prior)))
         if not history:
             raise InvalidRequest("There is nothing to compact: send 'input', 'previous_response_id' or both.",
                                  param="input", code="missing_required_parameter")
@@ -353,7 +355,10 @@ class ResponseService:
 
 
 def _check_context(model: Model, body: CreateResponseRequest, items: list[Item]) -> None:
-    """With ``truncation: disabled`` an input that cannot fit is the client's mistake: a 400 up front."""
+    """With ``truncation: disabled`` an input that cannot fit is the client's mistake: a 400 up front
+    (unless the run compacts it first)."""
+    if body.context_management:
+        return
     try:
         fit(body.instructions, items, model.context_window, auto=body.truncation == "auto",
             reserve=body.max_output_tokens or 0)
@@ -366,6 +371,10 @@ def _check_output_tokens(model: Model, body: CreateResponseRequest) -> None:
     if cap is not None and asked is not None and asked > cap:
         raise InvalidRequest(f"max_output_tokens ({asked}) is above the most model '{body.model}' allows ({cap}).",
                              param="max_output_tokens", code="invalid_value")
+
+
+def _param_at(input_start: int) -> Callable[[int], str]:
+    return lambda position: f"input[{position - input_start}]" if position >= input_start else "previous_response_id"
 
 
 async def _no_events() -> AsyncGenerator[Event]:

@@ -96,6 +96,13 @@ class ConversationRef(_Strict):
     id: str = Field(min_length=1, max_length=64)
 
 
+class CompactionPolicy(_Strict):
+    """An entry of ``context_management``: compact the history once it is past ``compact_threshold`` tokens."""
+
+    type: Literal["compaction"]
+    compact_threshold: int | None = Field(default=None, ge=1, le=INT32_MAX)
+
+
 class CreateResponseRequest(_Strict):
     model: str = Field(min_length=1)
     input: str | list[dict[str, Any]] | None = None
@@ -132,7 +139,7 @@ class CreateResponseRequest(_Strict):
     user: str | None = None
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
-    context_management: list[dict[str, Any]] | None = None
+    context_management: list[CompactionPolicy] | None = Field(default=None, max_length=1)
     moderation: Any = None
 
     @property
