@@ -214,11 +214,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def cpu_per_request(url: str, body: dict[str, Any], n: int, pid: int) -> float:
-    """Milliseconds of the server's CPU per request, ``n`` of them one at a time."""
-    before = cpu_seconds(pid)
-    await throughput(url, body, n, 1)
-    return (cpu_seconds(pid) - before) / n * 1000
+async def cpu_per_request(url: str, bodies: list[dict[str, Any]], n: int, pid: int,
+                          blocks: int = 8) -> list[float]:
+    """Milliseconds of the server's CPU per request of each body, ``n`` of each one at a time, in
+    ``blocks`` alternating blocks (the machine's drift falls on each alike); the median block of each."""
+    per_block: list[list[float]] = [[] for _ in bodies]
+    size = max(n // blocks, 10)
+    for _ in range(blocks):
+        for i, body in enumerate(bodies):
+            before = cpu_seconds(pid)
+            await throughput(url, body, size, 1)
+            per_block[i].append((cpu_seconds(pid) - before) / size * 1000)
+    return [statistics.median(values) for values in per_block]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -270,19 +277,38 @@ async def measure(base: str, upstream: str, n: int, store: bool, server_pid: int
         print(f"  text responses/s at concurrency {c:3d}: {rps:8.1f}")
     streamed_rps = await throughput(f"{base}/v1/responses", dict(text, stream=True), max(n, 64), 8)
     print(f"  streamed text responses/s at concurrency   8: {streamed_rps:8.1f}")
-    json_cpu = await cpu_per_request(f"{base}/v1/responses", text, max(n, 400), server_pid)
-    sse_cpu = await cpu_per_request(f"{base}/v1/responses", dict(text, stream=True), max(n, 400), server_pid)
+    json_cpu, sse_cpu = await cpu_per_request(f"{base}/v1/responses", [text, dict(text, stream=True)],
+                                              max(n, 800), server_pid)
     print(f"  server CPU per text response, JSON / streamed: {json_cpu:5.2f} / {sse_cpu:5.2f} ms "
-          f"({sse_cpu / json_cpu:.2f}x)")
+          f"({sse_cpu / json_cpu:.2f}x; median of 8 alternating blocks)")
     for c in (1, 16):
         rps = await tool_round_trips(f"{base}/v1/responses", n // 2, c)
         print(f"  function-tool round trips/s at concurrency {c:3d}: {rps:8.1f}")
+
+
+async def measure_streaming(base: str, upstream: str, n: int, store: bool, server_pid: int) -> None:
+    text = {"model": "bench", "input": "hi", "store": store}
+    chat = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    print(f"\nstore={'on' if store else 'off'}, streaming only")
+    await throughput(f"{base}/v1/responses", dict(text, stream=True), 200, 8)  # warm
+    up_ttfb = await first_bytes(f"{upstream}/v1/chat/completions", chat, n)
+    ttfb = await first_bytes(f"{base}/v1/responses", dict(text, stream=True), n)
+    print(f"  streaming time to first byte over the upstream's   p50 {pct(ttfb, .5) - pct(up_ttfb, .5):6.2f}  "
+          f"p99 {pct(ttfb, .99) - pct(up_ttfb, .99):6.2f}")
+    streamed_rps = await throughput(f"{base}/v1/responses", dict(text, stream=True), max(n, 64), 8)
+    print(f"  streamed text responses/s at concurrency   8: {streamed_rps:8.1f}")
+    json_cpu, sse_cpu = await cpu_per_request(f"{base}/v1/responses", [text, dict(text, stream=True)],
+                                              max(n, 800), server_pid)
+    print(f"  server CPU per text response, JSON / streamed: {json_cpu:5.2f} / {sse_cpu:5.2f} ms "
+          f"({sse_cpu / json_cpu:.2f}x; median of 8 alternating blocks)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--streaming", action="store_true",
+                        help="only the streaming figures: streams/s, first byte, CPU per JSON and streamed response")
     parser.add_argument("--role", choices=["bench", "upstream", "server"], default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
@@ -304,7 +330,8 @@ def main() -> None:
         wait_for(f"http://127.0.0.1:{port}/healthz")
         print(f"OpenSupervisor bench: {os.cpu_count()} cores, state in {db.split(':')[0]}")
         for store in (True, False):
-            asyncio.run(measure(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{up_port}", args.requests, store,
+            figures = measure_streaming if args.streaming else measure
+            asyncio.run(figures(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{up_port}", args.requests, store,
                                 procs[1].pid))
     finally:
         for proc in procs:

@@ -165,6 +165,10 @@ def test_a_history_past_the_threshold_is_compacted_before_the_model_reads_it(ser
     client.responses.create(model=MODEL, input=tag3, previous_response_id=second.id)
     [sent3] = requests_for(server, tag3)
     assert [item_text(i) for i in sent3.items] == [summary, tag, second.output_text, tag3]
+    # Within the run, a history holding nothing before its turn but the summary is not compacted again.
+    tools = client.responses.create(model=MODEL, input=tagged("add twice"), previous_response_id=first.id,
+                                    context_management=AUTO, tools=[CALC])
+    assert [i.type for i in tools.output].count("compaction") == 1 and tools.output_text == "Sums done."
     # Under the threshold nothing is compacted.
     small = client.responses.create(model=MODEL, input="hi", context_management=[
         {"type": "compaction", "compact_threshold": 100_000}])

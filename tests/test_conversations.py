@@ -14,6 +14,7 @@ import pytest
 from websockets.sync.client import connect
 
 from opensupervisor.store import Store
+from opensupervisor.store import conversations as conversations_store
 from opensupervisor.store.conversations import Conversations
 from opensupervisor.store.executors import Executors
 from opensupervisor.wire.items import item_text
@@ -42,6 +43,10 @@ def test_a_conversation_is_created_read_updated_and_deleted(any_server: Server) 
     assert client.conversations.retrieve(conv.id).model_dump() == conv.model_dump()
     updated = client.conversations.update(conv.id, metadata={"topic": "maths", "owner": "me"})
     assert updated.metadata == {"topic": "maths", "owner": "me"} and updated.created_at == conv.created_at
+    with any_server.http() as http:
+        cleared = http.post(f"/v1/conversations/{conv.id}", json={"metadata": None})
+        assert cleared.status_code == 200 and cleared.json()["metadata"] == {}
+    client.conversations.update(conv.id, metadata={"topic": "maths", "owner": "me"})
     [item] = all_items(client, conv.id)
     assert (item.type, item.role, item.status, item.content[0].text) == ("message", "user", "completed", "Remember 42.")
     assert item.id.startswith("msg_")
@@ -225,7 +230,8 @@ def _filled(value: Any, conversation_id: str) -> Any:
     return value
 
 
-def test_a_hold_ends_with_its_response_its_process_or_its_time(store_url: str) -> None:
+def test_a_hold_ends_with_its_response_its_process_or_its_time(store_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """What a crash leaves behind: a foreground response's hold is void once its process is gone from
     the executors, a background one's once its response stopped running, any one after the cap."""
     async def scenario() -> None:
@@ -248,9 +254,19 @@ def test_a_hold_ends_with_its_response_its_process_or_its_time(store_url: str) -
             await store.fail([rid], "the process running it died")
             assert await held.claim(cid, "u1", "resp_c", None) == "held"
             capped = Conversations(store, max_hold_s=-1)  # every hold is past it
-            assert await capped.claim(cid, "u1", "resp_d", alive) == "held"  # resp_c held past the cap
+            assert await capped.claim(cid, "u1", "resp_d", alive) == "held"  # resp_c, background, past the cap
             await capped.release(cid, "resp_d")
-            assert await held.claim(cid, "u1", "resp_e", None) == "held"
+            # A foreground response has no cap: its hold lasts while its process does.
+            running = "exec-" + uuid.uuid4().hex
+            await executors.register(running, "here", 2)
+            assert await held.claim(cid, "u1", "resp_e", running) == "held"
+            assert await capped.claim(cid, "u1", "resp_f", None) == "busy"
+            await held.release(cid, "resp_e")
+            # A background hold whose response was never stored (or was deleted) is void after the grace.
+            assert await held.claim(cid, "u1", "resp_g", None) == "held"
+            assert await held.claim(cid, "u1", "resp_h", None) == "busy"
+            monkeypatch.setattr(conversations_store, "BACKGROUND_GRACE_MS", -1)
+            assert await held.claim(cid, "u1", "resp_h", None) == "held"
         finally:
             await store.close()
 

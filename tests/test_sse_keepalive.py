@@ -3,13 +3,15 @@ run); clients skip it, and no comment ever lands inside a frame."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from opensupervisor.server.sse import KEEPALIVE
+from opensupervisor.core.events import Event
+from opensupervisor.server.sse import KEEPALIVE, EventStream
 from tests.conftest import MODEL, WORKSPACE, Server, ThreadServer
 
 INTERVAL_S = 0.3
@@ -62,3 +64,31 @@ def test_the_default_is_fifteen_seconds() -> None:
     from opensupervisor.workspace import Limits
 
     assert Limits().sse_keepalive_s == 15.0
+
+
+def test_a_client_gone_before_the_stream_began_lets_its_run_go() -> None:
+    """A generator closed before it starts runs none of its clean-up: the stream tells the route,
+    which gives back what was prepared for the run (its conversation's hold, among others)."""
+    began, let_go = [], []
+
+    async def events() -> AsyncGenerator[Event]:
+        began.append(True)
+        yield Event({"type": "response.created", "sequence_number": 0})
+
+    async def unstarted() -> None:
+        let_go.append(True)
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        raise OSError("the client is gone")
+
+    async def scenario() -> None:
+        stream = EventStream(events(), unstarted=unstarted)
+        with pytest.raises(BaseExceptionGroup):
+            await stream({"type": "http"}, receive, send)
+
+    anyio.run(scenario)
+    assert let_go == [True] and began == []

@@ -105,7 +105,7 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
     conversation = body.conversation_id
     run = Run(ctx=ctx, model=model, toolbox=toolbox, history=items, emitter=Emitter(response),
               limits=_model_limits(served, deps.limits), signer=signer,
-              answers=approval.answers(items, len(earlier), signer, toolbox.lookup),
+              answers=approval.answers(items, _input_start(items, plan.input_items), signer, toolbox.lookup),
               echo=_echo(plan.input_items) if plan.echo else [])
     recorder = Recorder(deps.store if body.store else None, response_id=plan.response_id, owner=plan.principal.id,
                         request=plan.sealed_request, stream=body.stream, background=body.background,
@@ -124,6 +124,13 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
         writer = TracedModel(deps.catalog.get(compactor.model) if compactor.model else served, spans)
         run.compaction = AutoCompaction(compactor, writer, plan.principal.id, limit, steps)
     return Prepared(plan, run, recorder, spans)
+
+
+def _input_start(items: list[Item], input_items: list[Item]) -> int:
+    """Where the input starts in the history the model reads: after the prior items a compaction
+    kept, which need not be all of them (nor the same number)."""
+    given = {id(item) for item in input_items}
+    return next((i for i, item in enumerate(items) if id(item) in given), len(items))
 
 
 def _wrapped(bound: BoundToolset, limits: LoopLimits, spans: RunSpans, durable: Resume | None) -> Toolset:

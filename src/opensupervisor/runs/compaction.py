@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from opensupervisor.core.contracts import Compacted, Compaction, Model, ModelRequest, Usage
-from opensupervisor.core.truncation import estimate_tokens
+from opensupervisor.core.truncation import CHARS_PER_TOKEN, estimate_tokens
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.runs.checkpoints import Codec, Steps
 from opensupervisor.vault import Vault
@@ -98,6 +98,10 @@ class Compactor:
         transcript = "\n\n".join(_line(item) for item in items if _line(item))
         if instructions:
             transcript = f"[instructions the assistant followed]\n{instructions}\n\n{transcript}"
+        if model.context_window is not None:  # what fits, newest last: the summary model reads that much
+            room = model.context_window * CHARS_PER_TOKEN * 3 // 4
+            if len(transcript) > room:
+                transcript = "[the start of the conversation is cut here]\n" + transcript[-room:]
         ask = f"{transcript}\n\nSummarize the conversation above."
         answer = await model.request(ModelRequest(instructions=SUMMARY_INSTRUCTIONS, tool_choice="none", items=[
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": ask}]}]))
@@ -115,6 +119,10 @@ def compaction_object(output: list[Item], used: Usage) -> dict[str, Any]:
     return {"id": new_id("compaction"), "object": "response.compaction", "created_at": int(time.time()),
             "output": output, "usage": usage_object(used.input_tokens, used.output_tokens,
                                                     cached=used.cached_tokens, reasoning=used.reasoning_tokens)}
+
+
+def _is_summary(item: Item) -> bool:
+    return item.get("role") == "developer" and item_text(item).startswith(EXPANDED_PREFIX)
 
 
 def _line(item: Item) -> str:
@@ -150,8 +158,8 @@ class AutoCompaction(Compaction):
         if estimate_tokens(instructions, history) <= self.threshold:
             return None
         start = kept_from(history)
-        if start == 0:
-            return None  # nothing before the turn to compact: the run goes on (or fits, or fails to)
+        if all(_is_summary(item) for item in history[:start]):
+            return None  # nothing before the turn but a summary: compacting again gains nothing
 
         async def work() -> Compacted:
             summary, used = await self.compactor.summarize(self.model, instructions, history[:start])

@@ -106,23 +106,27 @@ class ConversationService:
 
     async def hold(self, conversation_id: str, principal: Principal, response_id: str,
                    executor: str | None) -> list[Item]:
-        """Hold the conversation for a new response; its items, which come before the response's input."""
-        claim = await self.conversations.claim(conversation_id, owner(principal), response_id, executor)
-        if claim == "missing":
-            raise NotFound(f"Conversation with id '{conversation_id}' not found.", param="conversation",
-                           code="conversation_not_found")
-        if claim == "busy":
-            raise InvalidRequest("Another process is currently operating on this conversation. Please retry in a "
-                                 "few seconds.", param="conversation", code="conversation_locked")
+        """Hold the conversation for a new response; its items, which come before the response's input.
+        Whatever stops this midway (a client gone while the claim was written, say) lets the hold go."""
         try:
+            claim = await self.conversations.claim(conversation_id, owner(principal), response_id, executor)
+            if claim == "missing":
+                raise conversation_not_found(conversation_id)
+            if claim == "busy":
+                raise InvalidRequest("Another process is currently operating on this conversation. Please retry in "
+                                     "a few seconds.", param="conversation", code="conversation_locked")
             return await self.history(conversation_id, principal)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.conversations.release(conversation_id, response_id)
+                await self.conversations.release(conversation_id, response_id)  # only if it is this response's
             raise
 
     async def history(self, conversation_id: str, principal: Principal) -> list[Item]:
-        return await self.conversations.items(conversation_id, owner(principal)) or []
+        """The conversation's items; a 404 when it is gone (a queued response's, deleted meanwhile)."""
+        found = await self.conversations.items(conversation_id, owner(principal))
+        if found is None:
+            raise conversation_not_found(conversation_id)
+        return found
 
     def link(self, conversation_id: str, response_id: str, input_items: list[Item], *,
              stored: bool) -> ConversationLink:
@@ -177,6 +181,12 @@ def listing(items: list[Item], *, has_more: bool) -> dict[str, Any]:
 
 def not_found(conversation_id: str) -> NotFound:
     return NotFound(f"Conversation with id '{conversation_id}' not found.", param="conversation_id")
+
+
+def conversation_not_found(conversation_id: str) -> NotFound:
+    """An unknown ``conversation`` on a create (the routes' own 404 names the path's ``conversation_id``)."""
+    return NotFound(f"Conversation with id '{conversation_id}' not found.", param="conversation",
+                    code="conversation_not_found")
 
 
 def item_not_found(item_id: str) -> NotFound:

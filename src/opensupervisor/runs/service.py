@@ -20,7 +20,7 @@ from opensupervisor.core.events import TERMINAL_EVENTS, Emitter, Event
 from opensupervisor.core.loop import opening
 from opensupervisor.core.toolbox import BoundToolset
 from opensupervisor.core.truncation import ContextOverflow, fit
-from opensupervisor.errors import APIError, InvalidRequest, ModelError, QueueFull, RunSuperseded, UpstreamUnavailable
+from opensupervisor.errors import APIError, InvalidRequest, ModelError, RunSuperseded, UpstreamUnavailable
 from opensupervisor.identity import Principal
 from opensupervisor.runs import approvals
 from opensupervisor.runs.assemble import Prepared, Resume, RunDeps, assemble
@@ -123,7 +123,12 @@ class ResponseService:
         body = parsed.body
         input_items = [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
                        for i, item in enumerate(parsed.input_items)]
-        check_call_pairs(prior + input_items, len(prior))
+        try:
+            check_call_pairs(prior + input_items, len(prior))
+        except InvalidRequest as exc:
+            if body.conversation_id is not None and exc.param == "previous_response_id":
+                exc.param = "conversation"  # the prior items are the conversation's
+            raise
         destination = await self.traces.admit(principal, body)
         # A request refused from here on gives its call back (admission releases it).
         async with self.accounting.admission(principal, body.model) as ticket:
@@ -201,17 +206,24 @@ class ResponseService:
         try:
             await prepared.recorder.open(first, max_queued=None if here else limits.max_queued,
                                          pool=self.engine.pool, taken_by=self.engine.executor_id if here else None)
-        except QueueFull:
-            await self.accounting.release(prepared.plan.ticket)
-            if prepared.recorder.conversation is not None:
-                await prepared.recorder.conversation.release()
-            await self.approvals.release(response_id)  # it never ran: its answers stand
+        except BaseException:  # not stored (a full queue, the store down): it never ran
+            await self.discard(prepared)
             raise
         if here:
             await self.start_taken(response_id)
         else:
             self.background.wake()  # this process takes it when it has room
         return first[0].data["response"], self.background.follow(response_id, -1)
+
+    async def discard(self, prepared: Prepared) -> None:
+        """Let go of a prepared response that will never run: its call is given back, its approval
+        answers stand, its tools' sessions close and its conversation is free."""
+        with anyio.CancelScope(shield=True):
+            await self.accounting.release(prepared.plan.ticket)
+            await self.approvals.release(prepared.response["id"])
+            if prepared.recorder.conversation is not None:
+                await prepared.recorder.conversation.release()
+            await prepared.run.ctx.close()
 
     def room(self) -> int:
         """How many more background runs this process takes now."""

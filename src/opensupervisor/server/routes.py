@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -49,8 +49,9 @@ def _principal(request: Request) -> Principal:
     return authenticate(request, _state(request).admin_token)
 
 
-def _sse(events: AsyncGenerator[Event], state: Runtime) -> Response:
-    return EventStream(events, keepalive_s=state.workspace.limits.sse_keepalive_s)
+def _sse(events: AsyncGenerator[Event], state: Runtime,
+         unstarted: Callable[[], Awaitable[None]] | None = None) -> Response:
+    return EventStream(events, keepalive_s=state.workspace.limits.sse_keepalive_s, unstarted=unstarted)
 
 
 async def create_response(request: Request) -> Response:
@@ -72,7 +73,11 @@ async def create_response(request: Request) -> Response:
         prepared = await service.prepare(parsed, principal, raw, echo_history=not request.url.path.startswith("/v1/"),
                                          traceparent=request.headers.get("traceparent"))
         if held is not None:
-            await held.bind(prepared.response["id"])
+            try:
+                await held.bind(prepared.response["id"])
+            except BaseException:
+                await service.discard(prepared)
+                raise
     except BaseException as exc:
         if held is not None:
             await held.release()
@@ -91,7 +96,12 @@ async def _run(state: Runtime, prepared: Prepared, held: Held | None) -> Respons
             queued, events = await service.start_background(prepared)
             return _sse(events, state) if body.stream else JSONResponse(queued)
         if body.stream:
-            return _sse(_settling(service.events(prepared), held), state)
+            async def never_ran() -> None:  # the client left before the stream began
+                await service.discard(prepared)
+                if held is not None:
+                    await held.release()
+
+            return _sse(_settling(service.events(prepared), held), state, never_ran)
         return JSONResponse(await service.run_to_end(prepared))
     except BaseException:
         if held is not None:

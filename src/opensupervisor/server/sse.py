@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -82,9 +82,13 @@ class _Sent:
 class EventStream(Response):
     """An SSE response that stops its events as soon as the client disconnects."""
 
-    def __init__(self, events: AsyncGenerator[Event], *, keepalive_s: float = KEEPALIVE_S) -> None:
+    def __init__(self, events: AsyncGenerator[Event], *, keepalive_s: float = KEEPALIVE_S,
+                 unstarted: Callable[[], Awaitable[None]] | None = None) -> None:
         # No body to render: no Response.__init__.
         self.events = events
+        # Called when the client left before ``events`` began (the headers were being sent): a
+        # generator closed before it starts runs none of its own clean-up.
+        self.unstarted = unstarted
         self.status_code = 200
         self.background = None
         self.raw_headers = list(HEADERS)
@@ -105,7 +109,13 @@ class EventStream(Response):
             tg.cancel_scope.cancel()
 
     async def _stream(self, send: Send, gone: anyio.Event, tg: anyio.abc.TaskGroup) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        except BaseException:
+            if self.unstarted is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.unstarted()
+            raise
         sent = _Sent(time.monotonic())
         tg.start_soon(self._keep_alive, send, sent)
         # aclosing: however this ends, the events' generators (the run, its model call) close now.

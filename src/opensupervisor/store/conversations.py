@@ -2,10 +2,10 @@
 
 Items keep the order they were added in (``position``). A response run in a conversation holds it
 from its start to its end, when its input and output are appended in the transaction that records
-its ending (``append``): of two responses in one conversation, the second waits for the first's
-items, or is refused while the first runs (``claim``). A hold outlives a crash only as long as it
-must: a foreground response's hold ends with its process (its executor row, ``store.executors``),
-a background one's when its response stops running; none lasts past ``max_hold_s``.
+its ending (``ending_write``): of two responses in one conversation, the second waits for the
+first's items, or is refused while the first runs (``claim``). A hold outlives a crash only as long
+as it must: a foreground response's hold ends with its process (its executor row,
+``store.executors``), a background one's when its response stops running, or at ``max_hold_s``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from opensupervisor.store.response_rows import dumps
 from opensupervisor.store.schema import conversation_items, conversations, executors, responses
 from opensupervisor.store.store import RUNNING, Store, now_ms
 from opensupervisor.wire.items import Item
+
+# How long a background response's hold stands before its row is written (it takes milliseconds).
+BACKGROUND_GRACE_MS = 60_000
 
 Claim = Literal["held", "missing", "busy"]
 
@@ -38,13 +41,13 @@ class Conversations:
                      new_items: list[Item]) -> dict[str, Any]:
         now = now_ms()
         row = {"id": conversation_id, "owner": owner, "created_at": now // 1000, "metadata": dumps(metadata),
-               "next_position": len(new_items)}
+               "next_position": 0}
 
         def write() -> None:
             with self.store.transaction() as conn:
                 conn.execute(insert(conversations), [row])
                 if new_items:
-                    conn.execute(insert(conversation_items), _item_rows(conversation_id, 0, new_items, now))
+                    _append(conn, conversation_id, new_items)
 
         await self.store.write(write)
         return _shown(row)
@@ -175,8 +178,11 @@ class Conversations:
         def write(conn: Connection) -> None:
             ended = status if not stored else conn.execute(
                 select(responses.c.status).where(responses.c.id == response_id)).scalar()
-            if ended == status and status in appended and conn.execute(
-                    select(conversations.c.id).where(conversations.c.id == conversation_id)).first() is not None:
+            # Only while it holds the conversation: a hold taken for void (its process was taken for
+            # dead, and the response failed) lets the next response build on the items before it.
+            holds = conn.execute(select(conversations.c.id).where(
+                conversations.c.id == conversation_id, conversations.c.busy_response == response_id)).first()
+            if ended == status and status in appended and holds is not None:
                 _append(conn, conversation_id, new_items)
             _release(conn, conversation_id, response_id)
 
@@ -252,7 +258,13 @@ def _free(now: int, response_id: str, max_hold_ms: int) -> Any:
     """Whether a conversation may be claimed by ``response_id``: nobody holds it, it holds it already,
     or its holder is gone (its process, for a foreground response; its run, for a background one)."""
     held_by, executor, since = conversations.c.busy_response, conversations.c.busy_executor, conversations.c.busy_at
-    process_gone = and_(executor.is_not(None), ~exists().where(executors.c.id == executor))
-    # (Not while its row is still to be written: it is written right after the hold is taken.)
-    run_over = and_(executor.is_(None), exists().where(responses.c.id == held_by, responses.c.status.not_in(RUNNING)))
-    return or_(held_by.is_(None), held_by == response_id, since < now - max_hold_ms, process_gone, run_over)
+    foreground, background = executor.is_not(None), executor.is_(None)
+    process_gone = and_(foreground, ~exists().where(executors.c.id == executor))
+    # A background response's row is written right after its hold is taken: a missing one is taken for
+    # gone (never stored, or deleted once it ended) only after a grace period.
+    run_over = and_(background, or_(
+        exists().where(responses.c.id == held_by, responses.c.status.not_in(RUNNING)),
+        and_(since < now - BACKGROUND_GRACE_MS, ~exists().where(responses.c.id == held_by))))
+    # A foreground response has no time limit: its hold lasts while its process does.
+    too_long = and_(background, since < now - max_hold_ms)
+    return or_(held_by.is_(None), held_by == response_id, too_long, process_gone, run_over)

@@ -25,7 +25,7 @@ class CreateConversation(_Strict):
 
 
 class UpdateConversation(_Strict):
-    metadata: dict[str, str]
+    metadata: dict[str, str] | None  # required; null clears it
 
 
 class CreateItems(_Strict):
@@ -47,8 +47,8 @@ def parse_create(data: dict[str, Any]) -> tuple[dict[str, str], list[Item]]:
 
 def parse_update(data: dict[str, Any]) -> dict[str, str]:
     body = _parsed(UpdateConversation, data)
-    check_metadata(body.metadata)
-    return body.metadata
+    check_metadata(body.metadata or {})
+    return body.metadata or {}
 
 
 def parse_items(data: dict[str, Any]) -> list[Item]:
