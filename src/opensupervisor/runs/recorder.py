@@ -2,7 +2,8 @@
 
 A response whose id the client can already see (streamed or background) is written when it is
 created, when a background run starts, at every finished output item and at its terminal event,
-so a ``GET`` at any moment finds it with the items finished so far; the items of a run's last
+so a ``GET`` at any moment finds it with the items finished so far (a foreground stream's first
+events wait for its next write: only a background response's log is read while it runs); the items of a run's last
 moment (its answer, or what a cancel closes) go with its terminal event, which follows them at
 once (``deferred``). A plain JSON request is
 written once, at its terminal event, before the HTTP answer leaves: nobody can ask for it earlier,
@@ -152,7 +153,10 @@ class Recorder:
 
     async def _flush(self, response: dict[str, Any] | None, *, terminal: bool) -> None:
         assert self.store is not None
-        done, events = self._take()
+        # A foreground stream's opening is its row and input, for GETs from now on; its first events
+        # wait for its next write (only a background response's log is read while it runs).
+        opening = not self._created and not terminal and not self.background
+        done, events = ({}, []) if opening else self._take()
         also = self.unwritten() if self.unwritten is not None else None
         link = self.conversation if terminal else None
         if link is not None:

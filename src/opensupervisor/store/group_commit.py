@@ -51,6 +51,9 @@ class GroupCommit:
         self._waiting: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
         self._local = threading.local()
         self._closed = False
+        # The writer thread's connection, kept from batch to batch (a checkout and check-in of the
+        # pool per batch showed in profiles); dropped after a failed batch, to start afresh.
+        self._conn: Connection | None = None
         # A pool event, not a connection one: those would slow every statement of the engine.
         event.listen(engine.pool, "checkout", self._no_connection_of_its_own)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -79,6 +82,12 @@ class GroupCommit:
             raise NotBatched("a batched write opened a connection of its own")
 
     def _serve(self) -> None:
+        try:
+            self._serve_batches()
+        finally:
+            self._drop()  # on this thread: an SQLite connection is closed where it is used
+
+    def _serve_batches(self) -> None:
         while (first := self._waiting.get()) is not None:
             batch = [first]
             while len(batch) < MAX_BATCH:
@@ -101,19 +110,22 @@ class GroupCommit:
     def _run(self, batch: list[Write]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self._engine.connect() as conn:
-                raw = conn.connection.driver_connection
-                assert isinstance(raw, sqlite3.Connection)
-                _driver(raw, "BEGIN IMMEDIATE")  # waits here for another process's writer, if any
-                self._local.conn = conn
-                try:
-                    outcomes = [_in_savepoint(raw, fn) for fn, _ in batch]
-                finally:
-                    self._local.conn = None
-                conn.commit()
-                if raw.in_transaction:  # no statement went through ``conn``, which then commits nothing
-                    _driver(raw, "COMMIT")
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            conn = self._conn
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            _driver(raw, "BEGIN IMMEDIATE")  # waits here for another process's writer, if any
+            self._local.conn = conn
+            try:
+                outcomes = [_in_savepoint(raw, fn) for fn, _ in batch]
+            finally:
+                self._local.conn = None
+            conn.commit()
+            if raw.in_transaction:  # no statement went through ``conn``, which then commits nothing
+                _driver(raw, "COMMIT")
         except BaseException as exc:  # nothing of the batch is written
+            self._drop()
             for _, future in batch:
                 future.set_exception(exc)
             return
@@ -125,6 +137,15 @@ class GroupCommit:
                 _report(future, outcome)
         for fn, future in alone:
             _report(future, _alone(fn))
+
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()  # rolls back what a failed batch left open
+            except Exception:
+                log.exception("closing the writer's connection failed")
 
 
 def _report(future: Future[Any], outcome: tuple[bool, Any]) -> None:

@@ -4,11 +4,13 @@ reads of one response's row and items that the store's transactions share."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Column, ColumnElement, Connection, Update, and_, bindparam, func, or_, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from opensupervisor.core.eventlog import Row, compact, plain
 from opensupervisor.core.events import Event, terminal_event
@@ -165,3 +167,46 @@ def admit_queued(conn: Connection, max_queued: int, *, postgresql: bool) -> None
 # once, not at each create (building it, and keying it for SQLAlchemy's cache, showed in profiles).
 _COUNT_QUEUED = select(func.count()).select_from(
     select(responses.c.id).where(queued_runs()).limit(bindparam("cap")).subquery())
+
+
+# The rows of every run's item and log writes, straight to the sqlite3 driver in the transaction
+# of ``conn``: through SQLAlchemy each of these statements cost several times the work it does.
+_ITEMS_SQL = ("INSERT INTO os_response_items (response_id, kind, position, item_id, item) VALUES (?, ?, ?, ?, ?) "
+              "ON CONFLICT DO NOTHING")
+_EVENTS_SQL = ("INSERT INTO os_response_events (response_id, sequence_number, event) VALUES (?, ?, ?) "
+               "ON CONFLICT DO NOTHING")
+
+
+def insert_rows_sqlite(conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    try:
+        if item_rows:
+            raw.executemany(_ITEMS_SQL, [(r["response_id"], r["kind"], r["position"], r["item_id"], r["item"])
+                                         for r in item_rows])
+        if event_rows:
+            raw.executemany(_EVENTS_SQL, [(r["response_id"], r["sequence_number"], r["event"]) for r in event_rows])
+    except sqlite3.OperationalError as exc:  # a locked file, a full disk: raised as SQLAlchemy raises them
+        raise OperationalError(_ITEMS_SQL if item_rows else _EVENTS_SQL, None, exc) from exc
+
+
+_COMPILED: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def execute_fast(conn: Connection, statement: Any, params: dict[str, Any]) -> int:
+    """``conn.execute(statement, params).rowcount``; on SQLite straight on the driver, compiled once
+    per statement and set of keys. For the few statements every run makes (its row's insert and its
+    writes' UPDATE), whose execution through SQLAlchemy cost several times their work."""
+    if conn.dialect.name != "sqlite":
+        return int(conn.execute(statement, params).rowcount)
+    key = (statement, tuple(params))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = statement.compile(dialect=conn.dialect, column_keys=list(params))
+    values = compiled.construct_params(params)
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    try:
+        return int(raw.execute(compiled.string, [values[name] for name in compiled.positiontup]).rowcount)
+    except sqlite3.OperationalError as exc:
+        raise OperationalError(compiled.string, None, exc) from exc

@@ -41,6 +41,8 @@ from opensupervisor.store.response_rows import (
     advance,
     dumps,
     ending_rows,
+    execute_fast,
+    insert_rows_sqlite,
     last_sequence,
     notify_waiting,
     owned_response,
@@ -56,6 +58,7 @@ from opensupervisor.wire.items import Item
 from opensupervisor.wire.response import usage
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+INSERT_RESPONSE = insert(responses)
 POOL_SIZE = 8
 RUNNING = frozenset({"queued", "in_progress"})
 RETRY_FIRST_WAIT_S = 0.05  # before a write's second try; each later one waits twice as long, plus jitter
@@ -181,7 +184,7 @@ class Store:
 
         def write() -> None:
             with self.transaction() as conn:
-                conn.execute(insert(responses), [row])
+                execute_fast(conn, INSERT_RESPONSE, row)
                 if max_queued is not None:
                     admit_queued(conn, max_queued, postgresql=not self.is_sqlite)
                 self.insert_rows(conn, rows, to_event_rows(response["id"], new_events))
@@ -221,8 +224,8 @@ class Store:
                     values["epoch"] = epoch
                 if response is not None:
                     values.update(new_status=response["status"], body=dumps(without_output(response)))
-                changed = conn.execute(advance(from_statuses, fenced=epoch is not None, changes=response is not None),
-                                       values).rowcount
+                changed = execute_fast(conn, advance(from_statuses, fenced=epoch is not None,
+                                                     changes=response is not None), values)
                 if not changed:
                     if not still_there(conn, response_id, epoch):
                         return False
@@ -322,6 +325,9 @@ class Store:
 
     def insert_rows(self, conn: Connection, item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
         # ON CONFLICT DO NOTHING: a retried write may find its rows already there.
+        if self.is_sqlite:
+            insert_rows_sqlite(conn, item_rows, event_rows)
+            return
         if item_rows:
             conn.execute(self._insert_items, item_rows)
         if event_rows:
