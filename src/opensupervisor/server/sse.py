@@ -13,6 +13,7 @@ which clients skip and proxies take as life.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -77,6 +78,8 @@ class _Sent:
     ended: bool = False
     # Taken by a comment's send and by the response's last message: no comment comes after that.
     last: anyio.Lock = field(default_factory=anyio.Lock)
+    # The task sending the latest comment.
+    comment: asyncio.Task[None] | None = None
 
 
 class EventStream(Response):
@@ -105,10 +108,10 @@ class EventStream(Response):
                 tg.cancel_scope.cancel()  # interrupts a wait for the next event (a slow model)
 
             tg.start_soon(watch)
-            await self._stream(send, gone, tg)
+            await self._stream(send, gone)
             tg.cancel_scope.cancel()
 
-    async def _stream(self, send: Send, gone: anyio.Event, tg: anyio.abc.TaskGroup) -> None:
+    async def _stream(self, send: Send, gone: anyio.Event) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         except BaseException:
@@ -117,7 +120,19 @@ class EventStream(Response):
                     await self.unstarted()
             raise
         sent = _Sent(time.monotonic())
-        tg.start_soon(self._keep_alive, send, sent)
+        # A timer, not a task per stream: a comment is rare, a stream's task costs at every response.
+        loop = asyncio.get_running_loop()
+        timer: list[asyncio.TimerHandle] = []
+        timer.append(loop.call_later(self.keepalive_s, self._quiet, loop, send, sent, timer))
+        try:
+            await self._frames(send, gone, sent)
+        finally:
+            sent.ended = True
+            timer[0].cancel()
+            if sent.comment is not None and not sent.comment.done():
+                sent.comment.cancel()  # its send goes nowhere: the stream ended or its client left
+
+    async def _frames(self, send: Send, gone: anyio.Event, sent: _Sent) -> None:
         # aclosing: however this ends, the events' generators (the run, its model call) close now.
         async with aclosing(self.events), aclosing(sse_stream(self.events)) as frames:
             count = 0
@@ -138,15 +153,20 @@ class EventStream(Response):
                 sent.ended = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _keep_alive(self, send: Send, sent: _Sent) -> None:
-        """A comment line whenever nothing was sent for ``keepalive_s``, never inside a frame."""
-        while not sent.ended:
-            wait = sent.at + self.keepalive_s - time.monotonic()
-            if wait > 0 or sent.mid_frame:
-                await anyio.sleep(wait if wait > 0 else self.keepalive_s)
-                continue
-            async with sent.last:
-                if sent.ended or sent.mid_frame:
-                    continue
-                sent.at = time.monotonic()
+    def _quiet(self, loop: asyncio.AbstractEventLoop, send: Send, sent: _Sent,
+               timer: list[asyncio.TimerHandle]) -> None:
+        """The keep-alive timer: a comment line when nothing was sent for ``keepalive_s``, never
+        inside a frame; then the timer is set for the next quiet spell."""
+        if sent.ended:
+            return
+        wait = sent.at + self.keepalive_s - time.monotonic()
+        if wait <= 0 and not sent.mid_frame:
+            sent.at = time.monotonic()
+            sent.comment = loop.create_task(self._comment(send, sent))
+            wait = self.keepalive_s
+        timer[0] = loop.call_later(wait if wait > 0 else self.keepalive_s, self._quiet, loop, send, sent, timer)
+
+    async def _comment(self, send: Send, sent: _Sent) -> None:
+        async with sent.last:
+            if not sent.ended and not sent.mid_frame:
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
