@@ -6,7 +6,11 @@ Prints p50/p99 latencies and requests per second at several concurrencies, JSON,
 one WebSocket, and the server's CPU per JSON and per streamed response. Figures are ratios of one
 run on one machine; compare them only with figures from the same run.
 
-    .venv/bin/python bench/overhead.py [--requests 400] [--store/--no-store]
+    .venv/bin/python bench/overhead.py [--requests 400] [--database-url URL] [--streaming]
+
+``--streaming`` prints only the streaming figures (first byte, streams/s, CPU per JSON and per
+streamed response), with the store on and off: with ``PYTHONPATH`` naming another checkout's
+``src/``, alternate runs compare two versions of the code in one sitting.
 """
 
 from __future__ import annotations
@@ -275,12 +279,7 @@ async def measure(base: str, upstream: str, n: int, store: bool, server_pid: int
     for c in (1, 4, 16, 64):
         rps = await throughput(f"{base}/v1/responses", text, max(n, 8 * c), c)
         print(f"  text responses/s at concurrency {c:3d}: {rps:8.1f}")
-    streamed_rps = await throughput(f"{base}/v1/responses", dict(text, stream=True), max(n, 64), 8)
-    print(f"  streamed text responses/s at concurrency   8: {streamed_rps:8.1f}")
-    json_cpu, sse_cpu = await cpu_per_request(f"{base}/v1/responses", [text, dict(text, stream=True)],
-                                              max(n, 800), server_pid)
-    print(f"  server CPU per text response, JSON / streamed: {json_cpu:5.2f} / {sse_cpu:5.2f} ms "
-          f"({sse_cpu / json_cpu:.2f}x; median of 8 alternating blocks)")
+    await streaming_costs(base, text, n, server_pid)
     for c in (1, 16):
         rps = await tool_round_trips(f"{base}/v1/responses", n // 2, c)
         print(f"  function-tool round trips/s at concurrency {c:3d}: {rps:8.1f}")
@@ -295,6 +294,11 @@ async def measure_streaming(base: str, upstream: str, n: int, store: bool, serve
     ttfb = await first_bytes(f"{base}/v1/responses", dict(text, stream=True), n)
     print(f"  streaming time to first byte over the upstream's   p50 {pct(ttfb, .5) - pct(up_ttfb, .5):6.2f}  "
           f"p99 {pct(ttfb, .99) - pct(up_ttfb, .99):6.2f}")
+    await streaming_costs(base, text, n, server_pid)
+
+
+async def streaming_costs(base: str, text: dict[str, Any], n: int, server_pid: int) -> None:
+    """Streams/s at concurrency 8, and the server's CPU per JSON and per streamed response."""
     streamed_rps = await throughput(f"{base}/v1/responses", dict(text, stream=True), max(n, 64), 8)
     print(f"  streamed text responses/s at concurrency   8: {streamed_rps:8.1f}")
     json_cpu, sse_cpu = await cpu_per_request(f"{base}/v1/responses", [text, dict(text, stream=True)],

@@ -19,7 +19,7 @@ from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.conversations import parse_create, parse_items, parse_update
 from opensupervisor.wire.request import INCLUDE_VALUES, parse_json_body
-from opensupervisor.wire.validation import query_int
+from opensupervisor.wire.validation import page_query
 
 
 def _caller(request: Request) -> tuple[Principal, ConversationService]:
@@ -59,15 +59,10 @@ async def delete_conversation(request: Request) -> Response:
 
 async def list_items(request: Request) -> Response:
     principal, conversations = _caller(request)
-    query = request.query_params
-    limit = query_int(query, "limit", default=20, low=1, high=100)
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order",
-                             code="invalid_value")
+    limit, order, after = page_query(request.query_params)
     _include(request)
     page = await conversations.list_items(request.path_params["conversation_id"], principal, limit=limit, order=order,
-                                          after=query.get("after"))
+                                          after=after)
     return JSONResponse(page)
 
 

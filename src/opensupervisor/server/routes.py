@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from opensupervisor.core.events import Event
-from opensupervisor.errors import APIError, InvalidRequest, NotFound
+from opensupervisor.errors import APIError, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.metrics import REGISTRY
 from opensupervisor.runs.assemble import Prepared
@@ -35,7 +35,7 @@ from opensupervisor.server.sse import EventStream
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.server.websocket_api import websocket_routes
 from opensupervisor.wire.request import parse_compact_request, parse_create_request, parse_json_body
-from opensupervisor.wire.validation import INT32_MAX, query_int
+from opensupervisor.wire.validation import INT32_MAX, page_query, query_int
 
 PREFIXES = ("/v1", "/ai-gateway/mlflow/v1", "/mlflow/v1")
 
@@ -151,14 +151,9 @@ async def cancel_response(request: Request) -> Response:
 
 async def list_input_items(request: Request) -> Response:
     principal = _principal(request)
-    query = request.query_params
-    limit = query_int(query, "limit", default=20, low=1, high=100)
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order",
-                             code="invalid_value")
+    limit, order, after = page_query(request.query_params)
     page = await _state(request).service.stored.input_items(
-        request.path_params["response_id"], principal, limit=limit, order=order, after=query.get("after"))
+        request.path_params["response_id"], principal, limit=limit, order=order, after=after)
     return JSONResponse(page)
 
 

@@ -74,6 +74,17 @@ def query_int(query: Mapping[str, str], name: str, *, default: int, low: int, hi
     return int(value)
 
 
+def page_query(query: Mapping[str, str]) -> tuple[int, str, str | None]:
+    """A list route's ``limit`` (1 to 100, default 20), ``order`` (``asc`` or ``desc``, default
+    ``desc``) and ``after`` (an item id), as OpenAI's list routes take them."""
+    limit = query_int(query, "limit", default=20, low=1, high=100)
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order",
+                             code="invalid_value")
+    return limit, order, query.get("after")
+
+
 def check_timeout(value: float, name: str = "timeout_s") -> None:
     """A timeout sent through the API (the models that hold it also serve the workspace file)."""
     if value > MAX_TIMEOUT_S:
