@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from opensupervisor.demo.servers import DemoServers
 from opensupervisor.errors import APIError, ServerError
@@ -18,6 +19,7 @@ from opensupervisor.runtime import ToolSetup, running
 from opensupervisor.server.auth import ResolveCaller
 from opensupervisor.server.request_body import BoundedBody
 from opensupervisor.server.routes import routes
+from opensupervisor.server.sse import RAW_SEND
 from opensupervisor.server.state import JSONResponse, error_response
 from opensupervisor.settings import Settings, ensure_admin_token
 from opensupervisor.workspace import Workspace, load_workspace
@@ -50,6 +52,16 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(ServerError())
 
 
+class App(Starlette):
+    """The Starlette application, which also hands the server's own ``send`` down the stack
+    (``RAW_SEND``): a stream's body messages need none of the middleware's wrappers, which watch
+    for the response's start only, and showed as a tenth of a stream's work."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, workspace: Workspace | None = None,
                tool_setup: ToolSetup | None = None) -> Starlette:
     """The application for ``settings``. ``tool_setup`` registers extra hosted tool kinds."""
@@ -68,7 +80,7 @@ def create_app(settings: Settings, *, workspace: Workspace | None = None,
             app.state.os = rt
             yield
 
-    return Starlette(
+    return App(
         routes=routes() + (demo.routes() if demo is not None else []),
         lifespan=lifespan,
         middleware=[Middleware(BoundedBody, max_bytes=ws.limits.max_body_bytes, timeout_s=ws.limits.body_timeout_s),

@@ -40,6 +40,8 @@ LARGE = 256 * 1024
 CHECK_EVERY = 32
 KEEPALIVE = b": keep-alive\n\n"
 KEEPALIVE_S = 15.0
+# The scope key of the server's own ``send`` (``server.app.App``), for a stream's body messages.
+RAW_SEND = "opensupervisor.raw_send"
 
 
 def encode(event: Event) -> bytes:
@@ -108,12 +110,13 @@ class EventStream(Response):
                 tg.cancel_scope.cancel()  # interrupts a wait for the next event (a slow model)
 
             tg.start_soon(watch)
-            await self._stream(send, gone)
+            await self._stream(send, scope.get(RAW_SEND, send), gone)
             tg.cancel_scope.cancel()
 
-    async def _stream(self, send: Send, gone: anyio.Event) -> None:
+    async def _stream(self, start: Send, send: Send, gone: anyio.Event) -> None:
+        """``start`` sends the response's start through the middleware; ``send``, the body's messages."""
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await start({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         except BaseException:
             if self.unstarted is not None:
                 with anyio.CancelScope(shield=True):
