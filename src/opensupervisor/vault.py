@@ -47,10 +47,10 @@ class Vault:
         return self._fernet.encrypt(text.encode()).decode()
 
     def open(self, sealed: str) -> str:
-        try:
-            return self._fernet.decrypt(sealed.encode()).decode()
-        except InvalidToken as exc:
-            raise ConfigError(f"a stored secret cannot be opened with this server's key ({KEY_ENV})") from exc
+        opened = self.open_or_none(sealed)
+        if opened is None:
+            raise ConfigError(f"a stored secret cannot be opened with this server's key ({KEY_ENV})")
+        return opened
 
     def open_or_none(self, sealed: str) -> str | None:
         """``open`` for what a client sends back: None when it was changed or sealed by another key."""

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from opensupervisor.errors import Forbidden
 from opensupervisor.identity import Principal
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import validated
 
 # One line per change, never a secret: who can tell what changed, whichever surface changed it.
 log = logging.getLogger("opensupervisor.admin")
@@ -20,10 +20,7 @@ M = TypeVar("M", bound=BaseModel)
 def parse(model: type[M], fields: Mapping[str, object]) -> M:
     """``fields`` (a JSON body, or the CLI's flags under the same names) as ``model``; the first
     problem is an ``InvalidRequest`` naming its field."""
-    try:
-        return model.model_validate(dict(fields))
-    except ValidationError as exc:
-        raise_validation(exc)
+    return validated(model, dict(fields))
 
 
 def require_admin(caller: Principal, what: str) -> None:

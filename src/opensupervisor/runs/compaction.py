@@ -95,7 +95,7 @@ class Compactor:
     async def summarize(self, model: Model, instructions: str | None, items: Sequence[Item]) -> tuple[str, Usage]:
         """A summary of ``items`` written by ``model``, read as one transcript (every provider takes
         that, whatever it makes of tool calls)."""
-        transcript = "\n\n".join(_line(item) for item in items if _line(item))
+        transcript = "\n\n".join(line for item in items if (line := _line(item)))
         if instructions:
             transcript = f"[instructions the assistant followed]\n{instructions}\n\n{transcript}"
         if model.context_window is not None:  # what fits, newest last: the summary model reads that much

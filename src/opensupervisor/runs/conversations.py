@@ -16,7 +16,7 @@ from sqlalchemy import Connection
 from opensupervisor.errors import InvalidRequest, NotFound
 from opensupervisor.identity import Principal
 from opensupervisor.runs.compaction import Compactor
-from opensupervisor.runs.stored import owner
+from opensupervisor.runs.stored import listing, owner
 from opensupervisor.store import Store
 from opensupervisor.store.conversations import Conversations
 from opensupervisor.wire.ids import PREFIXES, new_id
@@ -83,7 +83,7 @@ class ConversationService:
         found = await self.conversations.delete_item(conversation_id, owner(principal), item_id)
         if found is None:
             raise not_found(conversation_id)
-        if found is False or found is True:
+        if found is False:
             raise item_not_found(item_id)
         return found
 
@@ -172,11 +172,6 @@ def kept(item: Item) -> Item:
     if item["type"] == "message" and "status" not in item:
         item = {**item, "status": "completed"}
     return item
-
-
-def listing(items: list[Item], *, has_more: bool) -> dict[str, Any]:
-    return {"object": "list", "data": items, "first_id": items[0].get("id") if items else None,
-            "last_id": items[-1].get("id") if items else None, "has_more": has_more}
 
 
 def not_found(conversation_id: str) -> NotFound:

@@ -3,9 +3,9 @@
 A response whose id the client can already see (streamed or background) is written when it is
 created, when a background run starts, at every finished output item and at its terminal event,
 so a ``GET`` at any moment finds it with the items finished so far (a foreground stream's first
-events wait for its next write: only a background response's log is read while it runs); the items of a run's last
-moment (its answer, or what a cancel closes) go with its terminal event, which follows them at
-once (``deferred``). A plain JSON request is
+events wait for its next write: only a background response's log is read while it runs); the
+items of a run's last moment (its answer, or what a cancel closes) go with its terminal event,
+which follows them at once (``deferred``). A plain JSON request is
 written once, at its terminal event, before the HTTP answer leaves: nobody can ask for it earlier,
 and read-after-write still holds.
 

@@ -121,8 +121,7 @@ class ResponseService:
                         bound: list[BoundToolset], prior: list[Item], echo_history: bool,
                         traceparent: str | None) -> Prepared:
         body = parsed.body
-        input_items = [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
-                       for i, item in enumerate(parsed.input_items)]
+        input_items = await self._resolved_input(parsed.input_items, principal)
         try:
             check_call_pairs(prior + input_items, len(prior))
         except InvalidRequest as exc:
@@ -160,18 +159,21 @@ class ResponseService:
                                  param="previous_response_id", code="previous_response_in_progress")
         return await self.store.history(previous_id, owner(principal)) or []
 
+    async def _resolved_input(self, items: list[Item], principal: Principal) -> list[Item]:
+        return [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
+                for i, item in enumerate(items)]
+
     async def compact(self, body: CompactRequest, items: list[Item], principal: Principal) -> dict[str, Any]:
         """``POST /v1/responses/compact``: the history (a stored chain, then ``input``) summarized."""
         self.deps.catalog.get(body.model)
         self.gate.check(principal, body.model, [])
+        compactor = self.conversations.compactor
         prior = await self._prior_history(body.previous_response_id, principal)
-        given = [await self.conversations.resolve(item, f"input[{i}]", principal, conversation=False)
-                 for i, item in enumerate(items)]
-        history = self.conversations.compactor.applied(prior + given, principal.id, _param_at(len(prior)))
+        given = await self._resolved_input(items, principal)
+        history = compactor.applied(prior + given, principal.id, _param_at(len(prior)))
         if not history:
             raise InvalidRequest("There is nothing to compact: send 'input', 'previous_response_id' or both.",
                                  param="input", code="missing_required_parameter")
-        compactor = self.conversations.compactor
         name = compactor.model or body.model
         try:
             async with self.gate.direct(principal, name, "compaction") as use:

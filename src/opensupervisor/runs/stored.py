@@ -10,6 +10,7 @@ from opensupervisor.runs.background import BackgroundRuns
 from opensupervisor.runs.durable import DurableEngine
 from opensupervisor.store import Store
 from opensupervisor.store.approvals import IssuedApprovals
+from opensupervisor.wire.items import Item
 from opensupervisor.wire.response import Response
 
 
@@ -71,9 +72,13 @@ class StoredResponses:
                 raise InvalidRequest(f"Item with id '{after}' is not an input item of this response.",
                                      param="after", code="invalid_value")
             data = data[ids.index(after) + 1:]
-        page = data[:limit]
-        return {"object": "list", "data": page, "first_id": page[0].get("id") if page else None,
-                "last_id": page[-1].get("id") if page else None, "has_more": len(data) > limit}
+        return listing(data[:limit], has_more=len(data) > limit)
+
+
+def listing(items: list[Item], *, has_more: bool) -> dict[str, Any]:
+    """A page of items as OpenAI's list routes answer."""
+    return {"object": "list", "data": items, "first_id": items[0].get("id") if items else None,
+            "last_id": items[-1].get("id") if items else None, "has_more": has_more}
 
 
 def _refuse_cancel(response: Response) -> None:

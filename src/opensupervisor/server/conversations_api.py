@@ -11,14 +11,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from opensupervisor.errors import InvalidRequest
 from opensupervisor.identity import Principal
 from opensupervisor.runs.conversations import ConversationService
 from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.conversations import parse_create, parse_items, parse_update
-from opensupervisor.wire.request import INCLUDE_VALUES, parse_json_body
+from opensupervisor.wire.request import check_include, parse_json_body
 from opensupervisor.wire.validation import page_query
 
 
@@ -29,10 +28,7 @@ def _caller(request: Request) -> tuple[Principal, ConversationService]:
 
 def _include(request: Request) -> None:
     """``include`` is accepted as on responses: what it asks for is always there or never is."""
-    for i, value in enumerate(request.query_params.getlist("include") + request.query_params.getlist("include[]")):
-        if value not in INCLUDE_VALUES:
-            raise InvalidRequest(f"Invalid value for 'include[{i}]': '{value}' is not supported.",
-                                 param=f"include[{i}]", code="invalid_value")
+    check_include(request.query_params.getlist("include") + request.query_params.getlist("include[]"))
 
 
 async def create_conversation(request: Request) -> Response:

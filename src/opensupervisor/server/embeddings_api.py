@@ -12,7 +12,7 @@ import base64
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -23,7 +23,7 @@ from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.wire.request import parse_json_body
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import validated
 
 MAX_INPUTS = 2048
 
@@ -39,10 +39,7 @@ class EmbeddingsRequest(BaseModel):
 async def create_embeddings(request: Request) -> Response:
     state: Runtime = request.app.state.os
     principal = authenticate(request, state.admin_token)
-    try:
-        body = EmbeddingsRequest.model_validate(parse_json_body(await request.body()))
-    except ValidationError as exc:
-        raise_validation(exc)
+    body = validated(EmbeddingsRequest, parse_json_body(await request.body()))
     if body.model != BUNDLED:
         raise NotFound(f"The model '{body.model}' does not exist (embedding models: {BUNDLED}).", param="model",
                        code="model_not_found")

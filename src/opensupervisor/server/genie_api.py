@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -25,7 +25,7 @@ from opensupervisor.server.state import JSONResponse
 from opensupervisor.store.genie import GenieMessages, StoredMessage
 from opensupervisor.tools.genie import Answer, GenieSpaces
 from opensupervisor.wire.request import parse_json_body
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import validated
 
 BASE = "/api/2.0/genie/spaces"
 TYPE_NAMES = {bool: "BOOLEAN", int: "LONG", float: "DOUBLE", str: "STRING"}
@@ -54,10 +54,7 @@ class GenieMessage(BaseModel):
 
 
 async def _content(request: Request) -> str:
-    try:
-        content = GenieMessage.model_validate(parse_json_body(await request.body())).content
-    except ValidationError as exc:
-        raise_validation(exc)
+    content = validated(GenieMessage, parse_json_body(await request.body())).content
     if not content.strip():
         raise InvalidRequest("Missing required parameter: 'content'.", param="content",
                              code="missing_required_parameter")

@@ -63,9 +63,8 @@ class Conversations:
     async def update(self, conversation_id: str, owner: str | None, metadata: dict[str, str]) -> dict[str, Any] | None:
         def write() -> dict[str, Any] | None:
             with self.store.transaction() as conn:
-                changed = conn.execute(update(conversations).where(*_owned(conversation_id, owner)).values(
-                    metadata=dumps(metadata))).rowcount
-                row = conn.execute(_select_owned(conversation_id, owner)).first() if changed else None
+                row = conn.execute(update(conversations).where(*_owned(conversation_id, owner)).values(
+                    metadata=dumps(metadata)).returning(*_SHOWN)).first()
             return None if row is None else _shown(row._asdict())
 
         return await self.store.write(write)
@@ -137,9 +136,10 @@ class Conversations:
 
         return await self.store.run(read)
 
-    async def delete_item(self, conversation_id: str, owner: str | None, item_id: str) -> dict[str, Any] | bool | None:
+    async def delete_item(self, conversation_id: str, owner: str | None,
+                          item_id: str) -> dict[str, Any] | Literal[False] | None:
         """The conversation after the delete; False when it holds no such item, None when there is no conversation."""
-        def write() -> dict[str, Any] | bool | None:
+        def write() -> dict[str, Any] | Literal[False] | None:
             with self.store.transaction() as conn:
                 row = conn.execute(_select_owned(conversation_id, owner)).first()
                 if row is None:
@@ -207,9 +207,11 @@ def _owned(conversation_id: str, owner: str | None) -> list[Any]:
     return where
 
 
+_SHOWN = (conversations.c.id, conversations.c.created_at, conversations.c.metadata)
+
+
 def _select_owned(conversation_id: str, owner: str | None) -> Any:
-    return select(conversations.c.id, conversations.c.created_at, conversations.c.metadata).where(
-        *_owned(conversation_id, owner))
+    return select(*_SHOWN).where(*_owned(conversation_id, owner))
 
 
 def _shown(row: dict[str, Any]) -> dict[str, Any]:

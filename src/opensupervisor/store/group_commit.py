@@ -138,7 +138,6 @@ class GroupCommit:
         for fn, future in alone:
             _report(future, _alone(fn))
 
-
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

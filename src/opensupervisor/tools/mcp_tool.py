@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from opensupervisor import outbound
 from opensupervisor.core.approval import AskFirst
@@ -30,7 +30,7 @@ from opensupervisor.tools import targets
 from opensupervisor.tools.mcp_client import McpServer
 from opensupervisor.tools.registry import ToolRegistry, ToolsetFactory
 from opensupervisor.wire.request import ToolSpec
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import validated
 from opensupervisor.workspace import Workspace
 
 LABEL = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -96,10 +96,7 @@ class RemoteServers:
     def factory(self, spec: ToolSpec, workspace: Workspace) -> Toolset:
         if targets.names_connection(spec):  # the older nested dialect: ``connection_name`` is the connection
             return self.connections(spec, workspace)
-        try:
-            tool = McpToolSpec.model_validate(spec.config)
-        except ValidationError as exc:
-            raise_validation(exc, spec.param)
+        tool = validated(McpToolSpec, spec.config, spec.param)
         return AskFirst(RemoteMcpTools(self._server(tool, spec.param), tool, spec.param), lambda _ctx, t: tool.asks(t))
 
     def _server(self, tool: McpToolSpec, param: str) -> McpServer:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.wire.items import Item, normalize_item
 from opensupervisor.wire.request import check_metadata
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import validated
 
 # At most this many items are added by one request (OpenAI's bound).
 MAX_ITEMS = 20
-M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -32,27 +31,20 @@ class CreateItems(_Strict):
     items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
-def _parsed(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise_validation(exc)
-
-
 def parse_create(data: dict[str, Any]) -> tuple[dict[str, str], list[Item]]:
-    body = _parsed(CreateConversation, data)
+    body = validated(CreateConversation, data)
     check_metadata(body.metadata or {})
     return body.metadata or {}, _items(body.items or [])
 
 
 def parse_update(data: dict[str, Any]) -> dict[str, str]:
-    body = _parsed(UpdateConversation, data)
+    body = validated(UpdateConversation, data)
     check_metadata(body.metadata or {})
     return body.metadata or {}
 
 
 def parse_items(data: dict[str, Any]) -> list[Item]:
-    return _items(_parsed(CreateItems, data).items)
+    return _items(validated(CreateItems, data).items)
 
 
 def _items(raw: list[dict[str, Any]]) -> list[Item]:

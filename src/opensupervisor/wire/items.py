@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired, TypedDict, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.errors import InvalidRequest
-from opensupervisor.wire.validation import raise_validation
+from opensupervisor.wire.validation import validated
 
 # A Responses item in canonical form (what the loop, the models and the store exchange). Code that
 # reads items of any kind reads this; code that builds one builds a typed shape below.
@@ -304,10 +304,7 @@ def normalize_item(item: dict[str, Any], param: str) -> Item:
     if model is None:
         raise InvalidRequest(f"Invalid value for '{param}.type': '{kind}' is not a supported input item type.",
                              param=f"{param}.type", code="invalid_value")
-    try:
-        parsed = model.model_validate(item)
-    except ValidationError as exc:
-        raise_validation(exc, param)
+    parsed = validated(model, item, param)
     if isinstance(parsed, _Message):
         return _canonical_message(parsed, param)
     if isinstance(parsed, _FunctionCallOutput):

@@ -8,11 +8,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from opensupervisor.errors import InvalidRequest
 from opensupervisor.wire.items import Item, normalize_input
-from opensupervisor.wire.validation import INT32_MAX, raise_validation
+from opensupervisor.wire.validation import INT32_MAX, validated
 
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,255}$")
@@ -162,10 +162,7 @@ class CompactRequest(_Strict):
 
 
 def parse_compact_request(data: dict[str, Any]) -> tuple[CompactRequest, list[Item]]:
-    try:
-        body = CompactRequest.model_validate(data)
-    except ValidationError as exc:
-        raise_validation(exc)
+    body = validated(CompactRequest, data)
     return body, normalize_input(body.input)
 
 
@@ -246,10 +243,7 @@ def _spelled(link: Link) -> str:
 
 def parse_create_request(data: dict[str, Any]) -> ParsedRequest:
     """Validate a create body; every failure is an ``InvalidRequest`` whose ``param`` names the field."""
-    try:
-        body = CreateResponseRequest.model_validate(data)
-    except ValidationError as exc:
-        raise_validation(exc)
+    body = validated(CreateResponseRequest, data)
     tools = [_parse_tool(i, t) for i, t in enumerate(body.tools)]
     _check_tool_names_unique(tools)
     _check_rules(body, tools)
@@ -284,10 +278,7 @@ class FunctionToolDef(_Strict):
 
 
 def _check_function_tool(param: str, tool: dict[str, Any]) -> dict[str, Any]:
-    try:
-        fn = FunctionToolDef.model_validate(tool)
-    except ValidationError as exc:
-        raise_validation(exc, param)
+    fn = validated(FunctionToolDef, tool, param)
     if not FUNCTION_NAME.match(fn.name):
         raise InvalidRequest(f"function tool '{fn.name}' must match ^[a-zA-Z0-9_-]{{1,64}}$",
                              param=f"{param}.name", code="invalid_value")
@@ -332,16 +323,20 @@ def _check_rules(body: CreateResponseRequest, tools: list[ToolSpec]) -> None:
         raise InvalidRequest("Mutually exclusive parameters: ensure you are only providing one of: "
                              "'previous_response_id' or 'conversation'.", param="conversation",
                              code="mutually_exclusive_parameters")
-    for i, value in enumerate(body.include or []):
-        if value not in INCLUDE_VALUES:
-            raise InvalidRequest(f"Invalid value for 'include[{i}]': '{value}' is not supported.",
-                                 param=f"include[{i}]", code="invalid_value")
+    check_include(body.include or [])
     fmt = body.text.format if body.text else None
     if fmt is not None and fmt.type == "json_schema":
         _check_json_schema_format(fmt)
     if body.trace_destination is not None:
         _check_trace_destination(body.trace_destination)
     _check_tool_choice(body.tool_choice, tools)
+
+
+def check_include(values: list[str]) -> None:
+    for i, value in enumerate(values):
+        if value not in INCLUDE_VALUES:
+            raise InvalidRequest(f"Invalid value for 'include[{i}]': '{value}' is not supported.",
+                                 param=f"include[{i}]", code="invalid_value")
 
 
 def check_metadata(metadata: dict[str, str], param: str = "metadata") -> None:

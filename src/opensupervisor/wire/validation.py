@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from opensupervisor.errors import InvalidRequest
 
+M = TypeVar("M", bound=BaseModel)
 # The largest count a client may send anywhere: every integer field and query parameter is bounded
 # by at most this, so no value can overflow the narrowest column it may reach (PostgreSQL INTEGER).
 INT32_MAX = 2**31 - 1
@@ -58,6 +59,14 @@ def raise_validation(exc: ValidationError, prefix: str = "") -> NoReturn:
     if err["type"] == "missing":
         raise InvalidRequest(f"Missing required parameter: '{path}'.", param=path, code="missing_required_parameter")
     raise InvalidRequest(f"Invalid value for '{path}': {err['msg']}.", param=path or None, code="invalid_value")
+
+
+def validated(model: type[M], data: object, prefix: str = "") -> M:
+    """``data`` as ``model``, or an ``InvalidRequest`` naming the first wrong field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise_validation(exc, prefix)
 
 
 def query_int(query: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
