@@ -16,6 +16,7 @@ from opensupervisor.errors import ConfigError
 from opensupervisor.models.scripted import ScriptedModel
 from opensupervisor.runs.compaction import EXPANDED_PREFIX, kept_from
 from opensupervisor.runtime import summary_model
+from opensupervisor.vault import KEY_ENV
 from opensupervisor.wire.items import item_text
 from opensupervisor.workspace import load_workspace
 from tests.conftest import MODEL, ProcessServer, Server, ThreadServer, wait_until
@@ -129,6 +130,17 @@ def test_the_workspace_names_the_model_that_writes_summaries(tmp_path: Path) -> 
         client = server.client()
         compacted = client.responses.compact(model="chat", input="the launch is on Friday")
         assert compacted.output[-1].type == "compaction"
+        # The summary is billed to the model that wrote it, with what it read and wrote.
+        def billed_rows() -> list[dict[str, Any]]:
+            with server.http() as http:
+                rows = http.get("/admin/v1/usage", params={"group_by": "model"}).json()["data"]
+            return [r for r in rows if r["model"] == "summarizer"]
+
+        wait_until(lambda: bool(billed_rows()), what="the summary's usage row")
+        [billed] = billed_rows()
+        assert compacted.usage is not None and compacted.usage.output_tokens > 0
+        assert (billed["input_tokens"], billed["output_tokens"], billed["model_calls"]) == (
+            compacted.usage.input_tokens, compacted.usage.output_tokens, 1)
         tag = tagged("what day?")
         client.responses.create(model="chat", input=[compacted.output[-1].model_dump(exclude_none=True),
                                                      {"role": "user", "content": tag}])
@@ -272,3 +284,25 @@ def test_a_resumed_run_keeps_the_compaction_it_made_before_the_crash(tmp_path: P
         log = stored_events(second, response_id)
         assert [e["sequence_number"] for e in log] == list(range(len(log)))
         assert sum(e["type"] == "response.output_item.done" and e["item"]["type"] == "compaction" for e in log) == 1
+
+
+def test_a_conversations_summary_sealed_with_another_key_is_refused_naming_the_conversation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())
+    with ThreadServer(url) as running:
+        client = running.client()
+        sealed = client.responses.compact(model=MODEL, input="the launch is on Friday").output[-1]
+        conversation = client.conversations.create(items=[sealed.model_dump(exclude_none=True)])
+    monkeypatch.setenv(KEY_ENV, Fernet.generate_key().decode())  # the key changed since
+    with ThreadServer(url) as running:
+        client = running.client()
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model=MODEL, input="what day?", conversation=conversation.id)
+        assert refused.value.body["code"] == "invalid_encrypted_content"
+        assert refused.value.body["param"] == "conversation"
+        # The refusal released the conversation: a request that does not need the summary is not locked out.
+        [held] = client.conversations.items.list(conversation.id).data
+        client.conversations.items.delete(held.id, conversation_id=conversation.id)
+        again = client.responses.create(model=MODEL, input="what day?", conversation=conversation.id)
+        assert again.status == "completed"

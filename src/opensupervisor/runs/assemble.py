@@ -95,9 +95,10 @@ async def assemble(plan: RunPlan, deps: RunDeps, bound: list[BoundToolset], *,
     toolsets = [replace(b, toolset=_wrapped(b, deps.limits, spans, durable)) for b in bound]
     toolbox = await ToolBox.build(ctx, toolsets, max_arguments_chars=deps.limits.max_tool_arguments_chars)
     earlier = await prior()
+    prior_param = "conversation" if body.conversation_id is not None else "previous_response_id"
     try:  # compaction items as the summaries they stand for (those of the input were checked already)
         items = ctx.history = deps.conversations.compactor.applied(earlier + plan.input_items, plan.principal.id,
-                                                                  lambda _: "previous_response_id")
+                                                                  lambda _: prior_param)
     except BaseException:
         await ctx.close()
         raise

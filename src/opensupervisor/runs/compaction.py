@@ -54,7 +54,8 @@ class Compactor:
         return {"type": "compaction", "id": new_id("compaction"), "encrypted_content": sealed}
 
     def opened(self, item: Item, principal_id: str, param: str) -> dict[str, Any]:
-        """What a compaction item holds, or a 400 naming its ``encrypted_content``."""
+        """What a compaction item holds, or a 400 naming ``param`` (its ``encrypted_content`` when
+        the request holds the item, else the field that brought it: ``conversation``, say)."""
         opened = self.vault.open_or_none(str(item.get("encrypted_content", "")))
         payload: Any = None
         if opened is not None:
@@ -65,7 +66,7 @@ class Compactor:
         if not isinstance(payload, dict) or payload.get("kind") != KIND or payload.get("sub") != principal_id:
             raise InvalidRequest("The compaction item's encrypted_content is not one this server made for you: it "
                                  "was changed, made by another server, or made for another user.",
-                                 param=f"{param}.encrypted_content", code="invalid_encrypted_content")
+                                 param=param, code="invalid_encrypted_content")
         return payload
 
     def expanded(self, item: Item, payload: dict[str, Any]) -> Item:
@@ -77,7 +78,7 @@ class Compactor:
     def applied(self, history: list[Item], principal_id: str, param: Callable[[int], str]) -> list[Item]:
         """What the model reads of a history: each compaction item as the summary it stands for; before
         the last one made inside a run, only the items it kept (after the summary, in their order).
-        ``param`` names the item at a position, for errors."""
+        ``param`` names what to blame for the item at a position."""
         out: list[Item] = []
         for position, item in enumerate(history):
             if item.get("type") != "compaction":

@@ -36,6 +36,9 @@ class DirectUse:
     """What a call outside a response used, filled in while it runs."""
 
     input_tokens: int = 0
+    output_tokens: int = 0
+    # Model calls the caller made itself (a summary), beside those counted inside tools.
+    model_calls: int = 0
     status: str = "completed"
     calls: list[ModelCall] = field(default_factory=list)
 
@@ -97,6 +100,6 @@ def _usage_row(principal: Principal, model: str, mode: str, use: DirectUse, bega
     tool_out = sum(int(c["output_tokens"]) for c in use.calls)
     return {"response_id": f"{mode}_{uuid.uuid4().hex}", "principal": principal.name, "model": model,
             "day": time.strftime("%Y-%m-%d", time.gmtime(began)), "created_at": int(began), "mode": mode,
-            "status": use.status, "input_tokens": use.input_tokens, "output_tokens": 0,
-            "model_calls": 0, "tool_calls": 0, "latency_ms": int(seconds * 1000),
+            "status": use.status, "input_tokens": use.input_tokens, "output_tokens": use.output_tokens,
+            "model_calls": use.model_calls, "tool_calls": 0, "latency_ms": int(seconds * 1000),
             "tool_input_tokens": tool_in, "tool_output_tokens": tool_out, "calls": orjson.dumps(use.calls).decode()}

@@ -178,7 +178,7 @@ class ResponseService:
         try:
             async with self.gate.direct(principal, name, "compaction") as use:
                 summary, used = await compactor.summarize(self.deps.catalog.get(name), body.instructions, history)
-                use.input_tokens = used.input_tokens
+                use.input_tokens, use.output_tokens, use.model_calls = used.input_tokens, used.output_tokens, 1
         except ModelError as exc:
             raise UpstreamUnavailable(f"The model writing the summary failed: {exc}", param="model",
                                       code="model_error") from exc
@@ -388,7 +388,8 @@ def _check_output_tokens(model: Model, body: CreateResponseRequest) -> None:
 
 
 def _param_at(input_start: int) -> Callable[[int], str]:
-    return lambda position: f"input[{position - input_start}]" if position >= input_start else "previous_response_id"
+    return lambda position: (f"input[{position - input_start}].encrypted_content" if position >= input_start
+                             else "previous_response_id")
 
 
 async def _no_events() -> AsyncGenerator[Event]:
