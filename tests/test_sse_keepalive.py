@@ -87,7 +87,7 @@ def test_a_client_gone_before_the_stream_began_lets_its_run_go() -> None:
 
     async def scenario() -> None:
         stream = EventStream(events(), unstarted=unstarted)
-        with pytest.raises(BaseExceptionGroup):
+        with pytest.raises(OSError, match="the client is gone"):
             await stream({"type": "http"}, receive, send)
 
     anyio.run(scenario)

@@ -101,7 +101,8 @@ async def _run(state: Runtime, prepared: Prepared, held: Held | None) -> Respons
                 if held is not None:
                     await held.release()
 
-            return _sse(_settling(service.events(prepared), held), state, never_ran)
+            events = service.events(prepared)
+            return _sse(events if held is None else _settling(events, held), state, never_ran)
         return JSONResponse(await service.run_to_end(prepared))
     except BaseException:
         if held is not None:

@@ -9,6 +9,11 @@ closes the stream of events at once, which stops the run and closes its model's 
 run records how it ended); it does not go on reading what the model already sent. While nothing
 is sent for ``keepalive_s`` (a long tool call, a queued background run) it sends a comment line,
 which clients skip and proxies take as life.
+
+Frames go out when the run would wait, not one by one: the frames a run makes without waiting in
+between (``response.in_progress`` after the model call is sent, an item's closing events) leave in
+one body message, one write to the socket, while the first (``response.created``) leaves at once.
+A write to a loopback socket cost a streamed response more than all its other framing.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -100,18 +106,22 @@ class EventStream(Response):
         self.keepalive_s = keepalive_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = anyio.Event()
-        async with anyio.create_task_group() as tg:
+        # A cancel scope and a plain task, not a task group: the group's set-up and tear-down cost
+        # every stream more than its watcher does.
+        gone, scope_ = anyio.Event(), anyio.CancelScope()
 
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                gone.set()
-                tg.cancel_scope.cancel()  # interrupts a wait for the next event (a slow model)
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            scope_.cancel()  # interrupts a wait for the next event (a slow model)
 
-            tg.start_soon(watch)
-            await self._stream(send, scope.get(RAW_SEND, send), gone)
-            tg.cancel_scope.cancel()
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            with scope_:
+                await self._stream(send, scope.get(RAW_SEND, send), gone)
+        finally:
+            watcher.cancel()
 
     async def _stream(self, start: Send, send: Send, gone: anyio.Event) -> None:
         """``start`` sends the response's start through the middleware; ``send``, the body's messages."""
@@ -138,23 +148,44 @@ class EventStream(Response):
     async def _frames(self, send: Send, gone: anyio.Event, sent: _Sent) -> None:
         # aclosing: however this ends, the events' generators (the run, its model call) close now.
         async with aclosing(self.events), aclosing(sse_stream(self.events)) as frames:
-            count = 0
-            async for frame in frames:
+            held: list[bytes] = []
+            size = count = 0
+
+            async def flush(more: bool = True) -> None:
+                nonlocal size
+                body = held[0] if len(held) == 1 else b"".join(held)
+                held.clear()
+                size = 0
                 # A frame is open from its first slice's send until its last one's has returned.
-                ends = frame.endswith(b"\n\n")
+                ends = not body or body.endswith(b"\n\n")
                 sent.mid_frame = sent.mid_frame or not ends
                 sent.at = time.monotonic()
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                await send({"type": "http.response.body", "body": body, "more_body": more})
                 if ends:
                     sent.mid_frame = False
+
+            async def before_waiting() -> None:
+                if held:
+                    await flush()
+
+            while True:
+                try:
+                    frame = await _next(frames, before_waiting)
+                except StopAsyncIteration:
+                    break
+                held.append(frame)
+                size += len(frame)
                 count += 1
+                if count == 1 or size >= LARGE:  # the first event's byte is not held back
+                    await flush()
                 if count % CHECK_EVERY == 0:
+                    await before_waiting()
                     await anyio.lowlevel.checkpoint()  # lets the watcher see a disconnect
                 if gone.is_set():
                     return
             async with sent.last:
                 sent.ended = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await flush(more=False)  # the last frames ([DONE]) and the body's end: one write
 
     def _quiet(self, loop: asyncio.AbstractEventLoop, send: Send, sent: _Sent,
                timer: list[asyncio.TimerHandle]) -> None:
@@ -173,3 +204,55 @@ class EventStream(Response):
         async with sent.last:
             if not sent.ended and not sent.mid_frame:
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+
+
+def _next(frames: AsyncGenerator[bytes], before_waiting: Callable[[], Awaitable[None]]) -> Awaitable[bytes]:
+    """The next of ``frames``, awaiting ``before_waiting()`` first when that frame is not ready at once
+    (the run waits on its model, a tool or the store), so what is held leaves while it waits."""
+    return _Next(frames, before_waiting)
+
+
+class _Next:
+    __slots__ = ("before_waiting", "frames")
+
+    def __init__(self, frames: AsyncGenerator[bytes], before_waiting: Callable[[], Awaitable[None]]) -> None:
+        self.frames = frames
+        self.before_waiting = before_waiting
+
+    def __await__(self) -> Generator[Any, Any, bytes]:
+        # The step of the generator is driven here as the task would drive it, so that its first
+        # suspension is seen before the task is told of it.
+        step = self.frames.__anext__().__await__()
+        try:
+            signal = step.send(None)
+        except StopIteration as ready:
+            return ready.value  # type: ignore[no-any-return]
+        try:
+            yield from self.before_waiting().__await__()
+        except BaseException as exc:
+            # The step is half-run: the error reaches it where it waits, so that it unwinds (its
+            # own clean-up may wait too) and the generator is not left running.
+            try:
+                signal = step.throw(exc)
+            except StopIteration:
+                raise exc from None
+            yield from _relay(step, signal)
+            raise
+        return (yield from _relay(step, signal))
+
+
+def _relay(step: Generator[Any, Any, bytes], signal: Any) -> Generator[Any, Any, bytes]:
+    """Pass ``step``'s suspensions to the task and the task's answers (or errors) back to it."""
+    while True:
+        try:
+            answer = yield signal
+        except BaseException as exc:
+            try:
+                signal = step.throw(exc)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        else:
+            try:
+                signal = step.send(answer)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
