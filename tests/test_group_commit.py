@@ -196,3 +196,91 @@ def test_a_write_given_up_before_it_started_is_not_made_and_the_writer_goes_on(t
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_small_write_on_an_idle_writer_runs_at_once_on_the_callers_thread(tmp_path: Path) -> None:
+    """``GroupCommit.now``: no batch waits, the lock is free → the write runs here, committed when
+    it returns; another process holding the lock → it is not made here (nor waits for it), and goes
+    to the writer thread, which waits for the lock; a write that fails here is not half-made."""
+    import threading
+    import time
+
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        await store.write(lambda: None)  # the writer's connection exists from the first batch on
+        group = store._group
+        assert group is not None
+        ran_on: list[int] = []
+
+        def add(n: int) -> None:
+            ran_on.append(threading.get_ident())
+            with store.transaction() as conn:
+                conn.execute(insert(executors), [_row(n)])
+
+        assert group.now(functools.partial(add, 1)) == (True, None)
+        assert ran_on == [threading.get_ident()]
+        reader = sqlite3.connect(tmp_path / "state.db")
+        assert reader.execute("SELECT count(*) FROM os_executors").fetchone() == (1,)  # committed
+
+        holder = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        assert group.now(functools.partial(add, 2)) == (False, None)
+        assert time.monotonic() - started < 0.5  # it did not wait for the lock
+        waiting = asyncio.ensure_future(store.write(functools.partial(add, 2), small=True))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the writer thread waits for the lock
+        holder.execute("ROLLBACK")
+        await asyncio.wait_for(waiting, 10)
+        assert ran_on[-1] != threading.get_ident()
+
+        def fails() -> None:
+            add(3)
+            raise IntegrityError("INSERT", None, Exception("refused"))
+
+        assert group.now(fails) == (False, None)
+        assert reader.execute("SELECT count(*) FROM os_executors").fetchone() == (2,)  # rolled back
+        await store.write(functools.partial(add, 4), small=True)  # a new connection, made by the writer
+        assert reader.execute("SELECT count(*) FROM os_executors").fetchone() == (3,)
+        reader.close()
+        holder.close()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_writes_made_at_once_are_checkpointed_by_the_writer_thread(tmp_path: Path) -> None:
+    """The writer's commits never checkpoint (one on the caller's thread could wait for the disk);
+    after ``CHECKPOINT_EVERY`` of them the writer thread moves the WAL into the database file."""
+    from opensupervisor.store.group_commit import CHECKPOINT_EVERY
+
+    async def scenario() -> None:
+        store = Store(f"sqlite:///{tmp_path}/state.db")
+        await store.migrate()
+        await store.write(lambda: None)
+        group = store._group
+        assert group is not None
+        database = tmp_path / "state.db"
+        reader = sqlite3.connect(database)
+        reader.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # what the migrations wrote, out of the way
+        before = database.stat().st_size
+
+        def add(n: int) -> None:
+            with store.transaction() as conn:
+                conn.execute(insert(executors), [{**_row(n), "host": "h" * 30_000}])
+
+        for n in range(CHECKPOINT_EVERY - 2):  # the first batch was a commit too
+            assert group.now(functools.partial(add, n))[0]
+        assert database.stat().st_size == before  # all in the WAL so far, past 1,000 pages
+        for n in range(CHECKPOINT_EVERY - 2, CHECKPOINT_EVERY):
+            await store.write(functools.partial(add, n), small=True)
+        deadline = asyncio.get_running_loop().time() + 10
+        while database.stat().st_size == before:
+            assert asyncio.get_running_loop().time() < deadline, "the writer thread did not checkpoint"
+            await asyncio.sleep(0.01)
+        assert reader.execute("SELECT count(*) FROM os_executors").fetchone() == (CHECKPOINT_EVERY,)
+        reader.close()
+        await store.close()
+
+    asyncio.run(scenario())

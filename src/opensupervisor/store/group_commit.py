@@ -15,6 +15,13 @@ it, and each caller retries as after any failed write (``Store.write``).
 A write joins the batch through ``GroupCommit.transaction``. One that takes a connection of its own
 from the engine instead (it would wait for the batch's lock) is stopped before it does anything and
 runs alone after the batch.
+
+A small write that finds no batch running or waiting, and the file's write lock free, runs at once
+on its caller's thread instead (``now``): on an idle server the trip to the writer thread and back
+cost more than the write, and a streamed response's first event waits for its write. It never
+waits for the lock (another process's writer): then it goes to the writer thread as any other.
+No commit of the writer's connection checkpoints the WAL, which could mean a disk sync on a caller's
+thread: the writer thread checkpoints it after every ``CHECKPOINT_EVERY`` commits.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
@@ -36,6 +44,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 # Writes per transaction at most: a long batch makes its first caller wait for all the others.
 MAX_BATCH = 64
+# Commits between two checkpoints: a few pages each, so about as often as SQLite's own automatic
+# checkpoint (past 1,000 pages).
+CHECKPOINT_EVERY = 200
 
 
 class NotBatched(RuntimeError):
@@ -43,17 +54,23 @@ class NotBatched(RuntimeError):
 
 
 Write = tuple[Callable[[], Any], "Future[Any]"]
+_CHECKPOINT = "checkpoint"  # a job of the writer thread's queue, beside the writes
 
 
 class GroupCommit:
     def __init__(self, engine: Engine, *, name: str = "store-writer") -> None:
         self._engine = engine
-        self._waiting: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._waiting: queue.SimpleQueue[Write | str | None] = queue.SimpleQueue()
         self._local = threading.local()
         self._closed = False
         # The writer thread's connection, kept from batch to batch (a checkout and check-in of the
         # pool per batch showed in profiles); dropped after a failed batch, to start afresh.
         self._conn: Connection | None = None
+        # Held while a batch runs, and while a write runs at once on its caller's thread.
+        self._busy = threading.Lock()
+        self._lock_wait_s = 0.0
+        self._commits = 0  # since the last checkpoint
+        self._checkpoint_asked = False
         # A pool event, not a connection one: those would slow every statement of the engine.
         event.listen(engine.pool, "checkout", self._no_connection_of_its_own)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -65,6 +82,42 @@ class GroupCommit:
         future: Future[T] = Future()
         self._waiting.put((fn, future))
         return future
+
+    def now(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run ``fn`` at once on this thread in a transaction of its own: ``(True, its result)``. When a
+        batch runs or waits, the file is locked by another process, or ``fn`` fails, nothing is
+        written and the answer is ``(False, None)``: submit it (every write is idempotent)."""
+        if self._closed or self._conn is None or not self._waiting.empty() or not self._busy.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._conn
+            if conn is None:  # dropped after a failed batch; the writer thread makes the next one
+                return False, None
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            try:
+                raw.execute("BEGIN IMMEDIATE")  # the connection does not wait for a lock (``_connect``)
+            except sqlite3.Error:
+                return False, None
+            self._local.conn = conn
+            try:
+                result = fn()
+                conn.commit()
+                if raw.in_transaction:
+                    raw.execute("COMMIT")
+            except Exception:
+                self._drop()  # rolls back and closes it; the writer thread connects afresh
+                return False, None
+            finally:
+                self._local.conn = None
+            self._commits += 1
+            if self._commits >= CHECKPOINT_EVERY and not self._checkpoint_asked:
+                self._checkpoint_asked = True
+                self._waiting.put(_CHECKPOINT)
+            return True, result
+        finally:
+            self._busy.release()
+
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """The batch's connection on the writer thread (within the write's savepoint), else a
@@ -89,7 +142,10 @@ class GroupCommit:
 
     def _serve_batches(self) -> None:
         while (first := self._waiting.get()) is not None:
-            batch = [first]
+            if first == _CHECKPOINT:
+                self._checkpoint()
+                continue
+            batch: list[Write] = [first] if not isinstance(first, str) else []
             while len(batch) < MAX_BATCH:
                 try:
                     more = self._waiting.get_nowait()
@@ -97,6 +153,9 @@ class GroupCommit:
                     break
                 if more is None:
                     self._waiting.put(None)  # stop after this batch
+                    break
+                if isinstance(more, str):
+                    self._waiting.put(more)  # after this batch
                     break
                 batch.append(more)
             # A write whose caller gave up before it started is not made (once it runs, it cannot be).
@@ -107,15 +166,45 @@ class GroupCommit:
             except Exception:  # the thread must outlive anything: every later write waits for it
                 log.exception("a batch of writes failed to report its outcome")
 
-    def _run(self, batch: list[Write]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            if self._conn is None:
-                self._conn = self._engine.connect()
-            conn = self._conn
+    def _connect(self) -> tuple[Connection, sqlite3.Connection]:
+        """The writer's connection, made on the writer thread when there is none."""
+        if self._conn is None:
+            conn = self._engine.connect()
             raw = conn.connection.driver_connection
             assert isinstance(raw, sqlite3.Connection)
-            _driver(raw, "BEGIN IMMEDIATE")  # waits here for another process's writer, if any
+            # It never waits for a lock inside SQLite (a batch waits in ``_begin`` as long as the
+            # engine's connections would, ``now`` does not wait) nor checkpoints at a commit
+            # (``_checkpoint`` does, on the writer thread).
+            self._lock_wait_s = int(raw.execute("PRAGMA busy_timeout").fetchone()[0]) / 1000
+            raw.execute("PRAGMA busy_timeout=0")
+            raw.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn = conn
+        raw = self._conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        return self._conn, raw
+
+    def _checkpoint(self) -> None:
+        with self._busy:
+            self._commits, self._checkpoint_asked = 0, False
+            try:
+                _, raw = self._connect()
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception:
+                log.exception("checkpointing the WAL failed")
+                self._drop()
+
+    def _run(self, batch: list[Write]) -> None:
+        with self._busy:
+            self._run_batch(batch)
+            self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY:
+            self._checkpoint()
+
+    def _run_batch(self, batch: list[Write]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn, raw = self._connect()
+            _begin(raw, self._lock_wait_s)  # waits here for another process's writer, if any
             self._local.conn = conn
             try:
                 outcomes = [_in_savepoint(raw, fn) for fn, _ in batch]
@@ -142,6 +231,7 @@ class GroupCommit:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
+                conn.invalidate()  # not back to the pool: it may have been left in any state
                 conn.close()  # rolls back what a failed batch left open
             except Exception:
                 log.exception("closing the writer's connection failed")
@@ -174,6 +264,21 @@ def _in_savepoint(raw: sqlite3.Connection, fn: Callable[[], Any]) -> tuple[bool,
         return False, exc
     _driver(raw, "RELEASE batched")
     return True, result
+
+
+def _begin(raw: sqlite3.Connection, wait_s: float) -> None:
+    """BEGIN IMMEDIATE, waiting up to ``wait_s`` for another connection's write lock in growing
+    sleeps, as SQLite's own busy handler does."""
+    deadline, pause = time.monotonic() + wait_s, 0.001
+    while True:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _driver(raw: sqlite3.Connection, statement: str) -> None:

@@ -190,6 +190,19 @@ def insert_rows_sqlite(conn: Connection, item_rows: list[dict[str, Any]], event_
         raise OperationalError(_ITEMS_SQL if item_rows else _EVENTS_SQL, None, exc) from exc
 
 
+# What a write may carry and still run on its caller's thread (``GroupCommit.now``).
+SMALL_WRITE_BYTES = 32 * 1024
+
+
+def small_rows(item_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]],
+               row: dict[str, Any] | None = None) -> bool:
+    """Whether the rows of a write (and a response ``row``) are a few KB at most."""
+    size = sum(len(r["item"]) for r in item_rows) + sum(len(r["event"]) for r in event_rows)
+    if row is not None:
+        size += len(row["response"]) + len(row["request"])
+    return size <= SMALL_WRITE_BYTES
+
+
 _COMPILED: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
 
