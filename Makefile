@@ -41,7 +41,12 @@ lint: $(VENV)/.installed-dev  ## ruff, and the package's import layers
 typecheck: $(VENV)/.installed-dev  ## mypy --strict
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev  ## the whole test suite, in parallel
+# The console's browser tests need Debian's Chromium (installed as root from Debian's packages).
+$(VENV)/.installed-browser: scripts/install-chromium.sh | $(BIN)/python
+	scripts/install-chromium.sh
+	touch $@
+
+pytest: $(VENV)/.installed-dev $(VENV)/.installed-browser  ## the whole test suite, in parallel
 	$(BIN)/pytest -n 2 --dist loadfile -q
 
 test: lint typecheck pytest  ## install, lint, type check and run every test

@@ -22,7 +22,8 @@ from tests.conftest import MODEL, Server, ThreadServer
 # Examples per operation and mode: ~50 operations, both modes, about a minute in all.
 EXAMPLES = 5
 UNDOCUMENTED = {("get", "/metrics"), ("get", "/openapi.json"), ("get", "/docs"), ("get", "/docs/start.js"),
-                ("get", "/docs/assets/{name}")}
+                ("get", "/docs/assets/{name}"), ("get", "/console"), ("get", "/console/"),
+                ("get", "/console/assets/{name}")}
 
 
 def test_the_document_covers_every_json_route(server: Server) -> None:

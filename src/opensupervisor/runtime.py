@@ -85,6 +85,7 @@ class Runtime:
     # The bootstrap admin's token; empty where nothing answers HTTP (a worker), which no caller can
     # present, since a request without a token never reaches the comparison.
     admin_token: str
+    vault: Vault
     started_at: int  # seconds since the epoch; the ``created`` time of the models listed
     auth_failures: FailedAuth
 
@@ -131,7 +132,7 @@ async def running(settings: Settings, ws: Workspace, tool_setup: ToolSetup | Non
                      assistants=tools.assistants, principals=Principals(store), access=governance.access,
                      stored_grants=governance.stored_grants, usage=governance.usage, limiter=governance.limiter,
                      stored_limits=governance.stored_limits, credentials=tools.credentials,
-                     admin_token=admin_token, started_at=int(time.time()),
+                     admin_token=admin_token, vault=vault, started_at=int(time.time()),
                      auth_failures=FailedAuth(ws.auth.max_failures_per_minute))
         _start_background(stack, rt)
         yield rt

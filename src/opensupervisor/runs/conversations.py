@@ -97,7 +97,8 @@ class ConversationService:
                                      code="item_not_found")
             return found
         if item["type"] == "compaction":
-            self.compactor.opened(item, principal.id, f"{param}.encrypted_content")  # refused now, not when a response reads it
+            # Refused now, not when a response reads it.
+            self.compactor.opened(item, principal.id, f"{param}.encrypted_content")
         if conversation:
             return kept(item)
         return item if "id" in item or item["type"] not in PREFIXES else {"id": new_id(item["type"]), **item}

@@ -1,4 +1,5 @@
-"""The auth edge: ``Authorization: Bearer <token>`` or HTTP Basic with user ``token``.
+"""The auth edge: ``Authorization: Bearer <token>`` or HTTP Basic with user ``token``, else the
+web console's session cookie (``server.console``), which holds a token too.
 
 A token is the bootstrap admin token or a personal access token (``osp_…``) of a principal.
 """
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from opensupervisor.errors import APIError, Unauthorized
 from opensupervisor.identity import ADMIN, Principal
 from opensupervisor.identity.auth_failures import AuthFailure
+from opensupervisor.server.console import cookie_refusal, session_of
 from opensupervisor.store.principals import TOKEN_PREFIX
 
 if TYPE_CHECKING:
@@ -82,20 +84,40 @@ class ResolveCaller:
             state = getattr(scope["app"].state, "os", None)
             if state is not None:
                 try:
-                    found: Principal | AuthFailure | APIError = await resolve_caller(HTTPConnection(scope), state)
+                    found = await resolve_caller(HTTPConnection(scope), state)
                 except APIError as exc:  # raised to routes that authenticate: a route without auth still answers
                     found = exc
                 scope.setdefault("state", {})[AUTH_KEY] = found
         await self.app(scope, receive, send)
 
 
-async def resolve_caller(request: HTTPConnection, state: Runtime) -> Principal | AuthFailure:
+async def resolve_caller(request: HTTPConnection, state: Runtime) -> Principal | AuthFailure | APIError:
     """Who presents the request's token now, or why nobody does (a long-lived WebSocket asks again
-    at each response: a token revoked meanwhile stops it)."""
+    at each response: a token revoked meanwhile stops it). Without a token, the console's session
+    cookie stands for one, on HTTP requests only, and a change needs its CSRF token too."""
     try:
         token = bearer_token(request)
     except _NoToken as exc:
-        return exc.failure
+        session = session_of(request, state) if request.scope["type"] == "http" else None
+        if session is None:
+            return exc.failure
+        refusal = cookie_refusal(request, session)
+        if refusal is not None:
+            return refusal
+        token = session.token
+    return await _check(token, state)
+
+
+async def principal_for_token(request: HTTPConnection, state: Runtime, token: str) -> Principal:
+    """The principal ``token`` belongs to; 401 (counted as a failed sign-in of the address) if none."""
+    found = await _check(token, state)
+    if isinstance(found, Principal):
+        return found
+    address = request.client.host if request.client is not None else "unknown"
+    raise state.auth_failures.refuse(address, found)
+
+
+async def _check(token: str, state: Runtime) -> Principal | AuthFailure:
     if hmac.compare_digest(token.encode(), state.admin_token.encode()):
         return ADMIN
     if not token.startswith(TOKEN_PREFIX):

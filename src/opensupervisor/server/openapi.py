@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from opensupervisor.admin.credentials import CredentialBody
 from opensupervisor.admin.governance import GatewayBody, GrantBody, LimitsBody
 from opensupervisor.admin.identity import Membership, NewPrincipal, NewToken
+from opensupervisor.server.console import SignIn
 from opensupervisor.server.embeddings_api import EmbeddingsRequest
 from opensupervisor.server.genie_api import GenieMessage
 from opensupervisor.server.state import JSONResponse
@@ -78,6 +79,20 @@ def _responses_operations(prefix: str) -> list[Operation]:
         Operation("get", f"{one}/input_items", "List a response's input items", "responses",
                   query={"limit": {"type": "integer", "minimum": 1, "maximum": 100},
                          "order": {"enum": ["asc", "desc"]}, "after": STRING}),
+        Operation("get", base, "List the caller's stored responses (everyone's for an admin)", "responses",
+                  query={"limit": {"type": "integer", "minimum": 1, "maximum": 100},
+                         "order": {"enum": ["asc", "desc"]}, "after": STRING,
+                         "status": {"enum": ["queued", "in_progress", "completed", "incomplete", "failed",
+                                             "cancelled"]},
+                         "model": STRING, "background": {"type": "boolean"}, "user": STRING,
+                         "since": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+                         "until": {"type": "integer", "minimum": 0, "maximum": INT32_MAX}}),
+        Operation("get", f"{one}/events", "Read a streamed or background response's stored event log", "responses",
+                  query={"after": {"type": "integer", "minimum": -1, "maximum": INT32_MAX},
+                         "limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
+        Operation("get", f"{prefix}/tools", "List the hosted tools the caller may use", "tools"),
+        Operation("get", f"{prefix}/approvals", "List the caller's MCP approval requests waiting for an answer",
+                  "responses", query={"limit": {"type": "integer", "minimum": 1, "maximum": 100}}),
         Operation("get", f"{prefix}/models", "List the models the caller may query", "models"),
         Operation("get", f"{prefix}/models/{{model_id}}", "Retrieve a model the caller may query", "models"),
         Operation("post", f"{prefix}/embeddings", "Embed texts with the local embedding model", "embeddings",
@@ -168,6 +183,10 @@ def _other_operations() -> list[Operation]:
                   CredentialBody),
         Operation("delete", "/v1/databricks/credential", "Remove the caller's Databricks token", "credentials",
                   query=credential),
+        Operation("post", "/console/session", "Sign in to the console: a token for a session cookie", "console",
+                  SignIn, auth=False),
+        Operation("get", "/console/session", "The console session's principal and CSRF token", "console"),
+        Operation("delete", "/console/session", "Sign out of the console", "console", auth=False),
         Operation("get", "/healthz", "Liveness", "operations", auth=False),
         Operation("get", "/.well-known/databricks-config", "Databricks client discovery", "operations", auth=False),
         Operation("get", "/api/ai-gateway/v2/endpoints", "AI Gateway endpoints (none)", "operations", auth=False),

@@ -21,7 +21,9 @@ from opensupervisor.runs.idempotency import Held, Replay, check_stored, checked_
 from opensupervisor.runtime import Runtime
 from opensupervisor.server.admin_api import admin_routes
 from opensupervisor.server.auth import authenticate
+from opensupervisor.server.catalog_api import catalog_routes
 from opensupervisor.server.connections_api import connection_routes
+from opensupervisor.server.console import console_routes
 from opensupervisor.server.conversations_api import conversation_routes
 from opensupervisor.server.credentials_api import credential_routes
 from opensupervisor.server.docs_page import docs_routes
@@ -226,6 +228,8 @@ def routes() -> list[BaseRoute]:
         *embeddings_routes(PREFIXES),
         *conversation_routes(PREFIXES),
         *websocket_routes(PREFIXES),
+        *catalog_routes(PREFIXES),
+        *console_routes(),
     ]
     for prefix in PREFIXES:
         out += [

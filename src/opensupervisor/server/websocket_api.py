@@ -151,7 +151,7 @@ class Session:
             raw = {**_checked(body), "stream": True}  # what runs, as its stored request says
             found = await resolve_caller(self.ws, self.state)
             if not isinstance(found, Principal):
-                await self._send_error(found.error)
+                await self._send_error(found if isinstance(found, APIError) else found.error)
                 await self.ws.close(POLICY, "the token no longer works")
                 return False
             self.principal = found

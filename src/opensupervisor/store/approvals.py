@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import Row, delete, or_, select, update
+import orjson
+from sqlalchemy import Row, and_, delete, or_, select, update
 
-from opensupervisor.store.schema import approvals
+from opensupervisor.store.schema import approvals, items
 from opensupervisor.store.store import Store, now_ms
 
 DEFAULT_LIFETIME_S = 7 * 86400.0
@@ -49,6 +50,27 @@ class IssuedApprovals:
                     conn.execute(delete(approvals).where(approvals.c.expires_at < now))
 
         await self.store.write(write)
+
+    async def pending(self, principal: str, limit: int) -> list[dict[str, Any]]:
+        """The requests issued to ``principal`` that no response acted on and that still take an
+        answer, newest first, each with its item as its response stored it (a ``store: false``
+        response's are not listed: nothing of them is kept to show)."""
+        now = now_ms()
+        query = (select(approvals.c.request_id, approvals.c.response_id, approvals.c.issued_at,
+                        approvals.c.expires_at, items.c.item)
+                 .join(items, and_(items.c.response_id == approvals.c.response_id, items.c.kind == "output",
+                                   items.c.item_id == approvals.c.request_id))
+                 .where(approvals.c.principal == principal, approvals.c.used_by.is_(None),
+                        approvals.c.expires_at > now)
+                 .order_by(approvals.c.issued_at.desc(), approvals.c.request_id).limit(limit))
+
+        def read() -> list[dict[str, Any]]:
+            with self.store.engine.connect() as conn:
+                return [{"id": r.request_id, "object": "approval_request", "response_id": r.response_id,
+                         "issued_at": r.issued_at, "expires_at": r.expires_at, "item": orjson.loads(r.item)}
+                        for r in conn.execute(query)]
+
+        return await self.store.run(read)
 
     async def use(self, request_ids: list[str], principal: str, response_id: str) -> dict[str, Refusal]:
         """Mark every request as used by ``response_id``, all or none; the refused ones and why.

@@ -194,14 +194,24 @@ class GroupCommit:
                 self._drop()
 
     def _run(self, batch: list[Write]) -> None:
+        # The callers hear back once the lock is free: one that writes again at once may do it on
+        # its own thread (``now``).
         with self._busy:
-            self._run_batch(batch)
+            outcomes = self._run_batch(batch)
             self._commits += 1
+        alone: list[Write] = []
+        for (fn, future), outcome in zip(batch, outcomes, strict=True):
+            if not outcome[0] and isinstance(outcome[1], NotBatched):
+                alone.append((fn, future))  # after the others have heard back
+            else:
+                _report(future, outcome)
+        for fn, future in alone:
+            _report(future, _alone(fn))
         if self._commits >= CHECKPOINT_EVERY:
             self._checkpoint()
 
-    def _run_batch(self, batch: list[Write]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+    def _run_batch(self, batch: list[Write]) -> list[tuple[bool, Any]]:
+        """Each write's outcome; all of them the batch's error when it could not commit."""
         try:
             conn, raw = self._connect()
             _begin(raw, self._lock_wait_s)  # waits here for another process's writer, if any
@@ -213,19 +223,10 @@ class GroupCommit:
             conn.commit()
             if raw.in_transaction:  # no statement went through ``conn``, which then commits nothing
                 _driver(raw, "COMMIT")
+            return outcomes
         except BaseException as exc:  # nothing of the batch is written
             self._drop()
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        alone: list[Write] = []
-        for (fn, future), outcome in zip(batch, outcomes, strict=True):
-            if not outcome[0] and isinstance(outcome[1], NotBatched):
-                alone.append((fn, future))  # after the others have heard back
-            else:
-                _report(future, outcome)
-        for fn, future in alone:
-            _report(future, _alone(fn))
+            return [(False, exc)] * len(batch)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

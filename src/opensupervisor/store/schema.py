@@ -16,6 +16,8 @@ responses = Table(
     Column("background", Boolean, nullable=False),
     Column("stream", Boolean, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # Milliseconds: the order of listings (``created_at`` is in seconds, which many responses share).
+    Column("created_ms", BigInteger, nullable=True),
     Column("previous_response_id", String(64), nullable=True),
     # Epoch milliseconds of the last sign of life of the process running a background response.
     Column("heartbeat_at", BigInteger, nullable=True),
@@ -33,6 +35,8 @@ responses = Table(
     # The pool of processes (one durable-execution database) whose queue a background run waits in.
     Column("run_pool", String(32), nullable=True),
     Index("ix_os_responses_owner_created", "owner", "created_at"),
+    Index("ix_os_responses_owner_created_ms", "owner", "created_ms"),
+    Index("ix_os_responses_created_ms", "created_ms"),
     Index("ix_os_responses_status", "status", "background"),
     # The queue (``store.run_queue``): background runs no process has taken.
     Index("ix_os_responses_unclaimed", "run_pool", "created_at", sqlite_where=text(_UNCLAIMED),

@@ -180,7 +180,7 @@ class Store:
         row = {
             "id": response["id"], "owner": owner, "status": response["status"],
             "background": response["background"], "stream": stream, "created_at": response["created_at"],
-            "previous_response_id": response["previous_response_id"], "heartbeat_at": now_ms(),
+            "created_ms": now_ms(), "previous_response_id": response["previous_response_id"], "heartbeat_at": now_ms(),
             "response": dumps(without_output(response)), "request": dumps(request),
             "options": dumps(options) if options else None, "owner_executor": taken_by,
             "run_pool": pool,

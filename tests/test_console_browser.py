@@ -1,0 +1,136 @@
+"""The web console in a real browser: Debian's headless Chromium (``scripts/install-chromium.sh``)
+driven by Playwright against ``opensupervisor serve``, the demo workspace's tools and a scripted
+model. Each test keeps a screenshot in ``test-artifacts/console/``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import ProcessServer, Server
+from tests.test_identity import make_user
+from tests.test_seed_snippets import demo_tools_workspace
+
+CHROMIUM = Path("/usr/bin/chromium")
+# As the machine's own check starts it: no sandbox as root, and no calls to the closed network.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
+STEP2 = "Summarize recent customer reviews and flag any urgent issues."
+SCRIPT = '''
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "flag any urgent issues"
+turns = [
+  { tool_calls = [{ name = "genie_reviews", arguments = { question = "Which reviews are urgent?" } }] },
+  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
+  { text = "Three reviews are urgent; review 8 is flagged." },
+]
+'''
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("console")
+    with ProcessServer(folder, config=demo_tools_workspace(folder, SCRIPT)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Debian's chromium is missing: scripts/install-chromium.sh installs it"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, server: Server, token: str) -> None:
+    page.goto(f"{server.url}/console")
+    page.get_by_label("Token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("navigation", name="Console")).to_be_visible()
+
+
+def test_sign_in_run_step_2_in_the_playground_and_see_its_tool_cards(console: Server, page: Page) -> None:
+    sign_in(page, console, console.token)
+    page.get_by_label("Model").select_option("databricks-claude-sonnet-4-5")
+    page.get_by_label(re.compile("^reviews")).check()
+    page.get_by_label(re.compile("^main.support.flag_urgent")).check()
+    page.get_by_label("Message").fill(STEP2)
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("[data-role=assistant]").last
+    expect(answer).to_have_text("Three reviews are urgent; review 8 is flagged.", timeout=30_000)
+    cards = page.locator("details.tool-card")
+    expect(cards).to_have_count(2)
+    expect(cards.nth(0)).to_have_attribute("data-tool", "genie_reviews")
+    expect(cards.nth(1)).to_have_attribute("data-tool", "main__support__flag_urgent")
+    cards.nth(0).locator("summary").click()
+    expect(cards.nth(0)).to_contain_text("Blade came loose")
+    expect(cards.nth(0)).to_contain_text("Which reviews are urgent?")
+    expect(page.locator("[data-role=status]").last).to_contain_text("completed")
+    shot(page, "playground")
+    page.get_by_role("button", name="View code").click()
+    expect(page.locator("[data-snippet=DatabricksOpenAI]")).to_contain_text("DatabricksOpenAI(use_ai_gateway=True)")
+    expect(page.locator("[data-snippet=DatabricksOpenAI]")).to_contain_text('"type": "genie_space"')
+    expect(page.locator("[data-snippet=curl]")).to_contain_text("/v1/responses")
+    shot(page, "playground-code")
+
+
+def test_runs_lists_the_callers_runs_and_a_run_shows_its_items_and_log(console: Server, page: Page) -> None:
+    token = make_user(console, "rita")
+    with httpx.Client(base_url=console.url, headers={"Authorization": f"Bearer {token}"}) as http:
+        made = http.post("/v1/responses", json={"model": "databricks-claude-sonnet-4-5", "input": STEP2, "stream": True,
+                                                "tools": [{"type": "genie_space", "genie_space": {"id": "reviews"}}]})
+        assert made.status_code == 200
+    sign_in(page, console, token)
+    page.get_by_role("link", name="Runs").click()
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(1)  # only rita's own: the admin's run of the other test is not hers
+    expect(rows.first).to_contain_text("completed")
+    shot(page, "runs")
+    rows.first.get_by_role("link").click()
+    expect(page.get_by_role("heading", name="Input")).to_be_visible()
+    expect(page.locator("main")).to_contain_text(STEP2)
+    expect(page.locator("#events li").last).to_contain_text("response.completed")
+    shot(page, "run")
+
+
+def test_a_bad_token_is_refused_and_signing_out_ends_the_session(console: Server, page: Page) -> None:
+    page.goto(f"{console.url}/console")
+    page.get_by_label("Token").fill("osp_not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("Incorrect API key")
+    sign_in(page, console, console.token)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Token")).to_be_visible()
+    page.reload()
+    expect(page.get_by_label("Token")).to_be_visible()  # the cookie is gone: the page asks again
+    assert not [c for c in page.context.cookies() if c["name"] == "os_console"]
+
+
+def test_the_console_fits_a_phone_width_screen(console: Server, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    sign_in(phone, console, console.token)
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width}px wide on a 390px screen"
+    shot(phone, "playground-phone")
+    context.close()
