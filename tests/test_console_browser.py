@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ProcessServer, Server
+from tests.conftest import ProcessServer, Server, wait_until
 from tests.test_identity import make_user
 from tests.test_seed_snippets import demo_tools_workspace
 
@@ -30,7 +30,19 @@ turns = [
   { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
   { text = "Three reviews are urgent; review 8 is flagged." },
 ]
+
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "search the web"
+turns = [
+  { tool_calls = [{ name = "web-search", arguments = { query = "what is Databricks", count = 2 } }] },
+  { text = "Databricks is a data and AI platform." },
+]
+
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "take your time"
+turns = [{ text = "Done at last.", delay_s = 60 }]
 '''
+MODEL = "databricks-claude-sonnet-4-5"
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +146,96 @@ def test_the_console_fits_a_phone_width_screen(console: Server, browser: Browser
     assert width <= 390, f"the page is {width}px wide on a 390px screen"
     shot(phone, "playground-phone")
     context.close()
+
+
+def user_client(server: Server, token: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_an_mcp_call_is_approved_from_the_inbox_and_its_run_goes_on(console: Server, page: Page) -> None:
+    token = make_user(console, "abe")
+    with user_client(console, token) as http:
+        web = [{"type": "uc_connection", "uc_connection": {"name": "web_search"}}]
+        # A connection asks for approval in background runs (its default policy, as the Supervisor API).
+        asked = http.post("/v1/responses", json={"model": MODEL, "input": "Please search the web for Databricks.",
+                                                 "tools": web, "background": True})
+        assert asked.status_code == 200, asked.text
+        first = asked.json()["id"]
+        wait_until(lambda: http.get(f"/v1/responses/{first}").json()["status"] == "completed", timeout=30,
+                   what="the first run to ask for approval")
+        output = http.get(f"/v1/responses/{first}").json()["output"]
+        [request] = [i for i in output if i["type"] == "mcp_approval_request"]
+    sign_in(page, console, token)
+    page.get_by_role("link", name="Approvals").click()
+    card = page.locator(f"[data-approval='{request['id']}']")
+    expect(card).to_contain_text("web-search")
+    expect(card).to_contain_text("what is Databricks")
+    shot(page, "approvals")
+    card.get_by_role("button", name="Approve").click()
+    expect(page.get_by_role("status")).to_contain_text("Approved: the run goes on as resp_")
+    expect(page.locator("#approvals")).to_contain_text("No approval requests wait for you.")
+    page.get_by_role("status").get_by_role("link").click()
+    # The continuation runs in the background; its page shows it as it is when opened.
+    expect(page.get_by_role("heading", name="Output")).to_be_visible()
+    next_id = page.locator("#run-title").inner_text()
+    with user_client(console, token) as http:
+        wait_until(lambda: http.get(f"/v1/responses/{next_id}").json()["status"] == "completed", timeout=30,
+                   what="the approved run to complete")
+        output = http.get(f"/v1/responses/{next_id}").json()["output"]
+    assert [i["type"] for i in output][-3:] == ["function_call", "function_call_output", "message"]
+    assert "Databricks is a data and AI platform" in output[-2]["output"]  # the search ran, approved
+    page.reload()
+    search = page.locator("details.tool-card[data-tool='web-search']")
+    expect(search).to_have_count(1)  # the call with its output, one card
+    search.locator("summary").click()
+    expect(search).to_contain_text("lakehouse")
+    expect(page.locator("main")).to_contain_text("Databricks is a data and AI platform.")
+
+
+def test_a_background_run_is_cancelled_from_its_page(console: Server, page: Page) -> None:
+    token = make_user(console, "bea")
+    with user_client(console, token) as http:
+        made = http.post("/v1/responses", json={"model": MODEL, "input": "take your time", "background": True})
+        assert made.status_code == 200
+        response_id = made.json()["id"]
+    sign_in(page, console, token)
+    page.goto(f"{console.url}/console#/runs/{response_id}")
+    cancel = page.get_by_role("button", name="Cancel run")
+    expect(cancel).to_be_visible()
+    cancel.click()
+    expect(page.locator(".status").first).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+    shot(page, "run-cancelled")
+    with user_client(console, token) as http:
+        assert http.get(f"/v1/responses/{response_id}").json()["status"] == "cancelled"
+
+
+def test_an_admin_creates_a_user_and_a_token_shown_once_then_revokes_it(console: Server, page: Page) -> None:
+    sign_in(page, console, console.token)
+    page.get_by_role("link", name="Workspace").click()
+    page.get_by_label("Name").fill("tess")
+    page.get_by_role("button", name="Add").click()
+    row = page.locator("tr[data-principal=tess]")
+    expect(row).to_be_visible()
+    row.get_by_role("button", name="New token for tess").click()
+    secret = page.locator("pre[data-secret]")
+    token = secret.inner_text().strip()
+    assert token.startswith("osp_")
+    shot(page, "workspace")
+    with user_client(console, token) as http:
+        assert http.get("/v1/models").status_code == 200
+    page.get_by_role("button", name="Done").click()
+    expect(page.locator("pre[data-secret]")).to_have_count(0)  # shown once
+    assert token not in page.content()  # the listing names tokens by id, never by secret
+    row = page.locator("tr[data-principal=tess]")
+    row.get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(row).to_contain_text("revoked")
+    with user_client(console, token) as http:
+        assert http.get("/v1/models").status_code == 401
+
+
+def test_a_user_sees_no_workspace_page(console: Server, page: Page) -> None:
+    sign_in(page, console, make_user(console, "cal"))
+    expect(page.get_by_role("link", name="Workspace")).to_be_hidden()
+    page.goto(f"{console.url}/console#/workspace")
+    expect(page.get_by_role("heading", name="Playground")).to_be_visible()  # not an admin's page
