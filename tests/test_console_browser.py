@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import ProcessServer, Server, wait_until
 from tests.test_identity import make_user
-from tests.test_seed_snippets import demo_tools_workspace
+from tests.test_seed_snippets import STEP2_SCRIPT, demo_tools_workspace
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As the machine's own check starts it: no sandbox as root, and no calls to the closed network.
@@ -22,14 +22,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
         "--disable-component-update", "--disable-sync"]
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
 STEP2 = "Summarize recent customer reviews and flag any urgent issues."
-SCRIPT = '''
-[[models."databricks-claude-sonnet-4-5".script]]
-when = "flag any urgent issues"
-turns = [
-  { tool_calls = [{ name = "genie_reviews", arguments = { question = "Which reviews are urgent?" } }] },
-  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
-  { text = "Three reviews are urgent; review 8 is flagged." },
-]
+SCRIPT = STEP2_SCRIPT + '''
 
 [[models."databricks-claude-sonnet-4-5".script]]
 when = "search the web"
@@ -165,6 +158,10 @@ def test_an_mcp_call_is_approved_from_the_inbox_and_its_run_goes_on(console: Ser
                    what="the first run to ask for approval")
         output = http.get(f"/v1/responses/{first}").json()["output"]
         [request] = [i for i in output if i["type"] == "mcp_approval_request"]
+        [pending] = http.get("/v1/approvals").json()["data"]
+        assert (pending["id"], pending["response_id"], pending["item"]["name"]) == (request["id"], first, "web-search")
+    with user_client(console, make_user(console, "abe2")) as other:
+        assert other.get("/v1/approvals").json()["data"] == []  # abe's requests are abe's only
     sign_in(page, console, token)
     page.get_by_role("link", name="Approvals").click()
     card = page.locator(f"[data-approval='{request['id']}']")

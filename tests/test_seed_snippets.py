@@ -14,6 +14,17 @@ import opensupervisor
 from tests.conftest import ProcessServer, Server, wait_until
 
 SNIPPETS = Path(__file__).parent / "snippets"
+# Step 2's question answered by the scripted model with the demo's two data tools, so that the
+# calls are known.
+STEP2_SCRIPT = '''
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "flag any urgent issues"
+turns = [
+  { tool_calls = [{ name = "genie_reviews", arguments = { question = "Which reviews are urgent?" } }] },
+  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
+  { text = "Three reviews are urgent; review 8 is flagged." },
+]
+'''
 
 
 def run_snippet(name: str, server: Server, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
@@ -55,15 +66,7 @@ def test_step2_snippet_with_the_demo_data_tools(tmp_path: Path) -> None:
     (tmp_path / "workspace.toml").write_text('''
 [models."databricks-claude-sonnet-4-5"]
 provider = "scripted"
-
-[[models."databricks-claude-sonnet-4-5".script]]
-when = "flag any urgent issues"
-turns = [
-  { tool_calls = [{ name = "genie_reviews", arguments = { question = "Which reviews are urgent?" } }] },
-  { tool_calls = [{ name = "main__support__flag_urgent", arguments = { review_id = 8, reason = "billing" } }] },
-  { text = "Three reviews are urgent; review 8 is flagged." },
-]
-#''' + tools)
+''' + STEP2_SCRIPT + "\n#" + tools)
     with ProcessServer(tmp_path, config=tmp_path / "workspace.toml") as server:
         out = run_snippet("step2_data.py", server).splitlines()
     done = [line for line in out if line.startswith("ResponseOutputItemDoneEvent(")]
