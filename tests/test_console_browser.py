@@ -236,3 +236,23 @@ def test_a_user_sees_no_workspace_page(console: Server, page: Page) -> None:
     expect(page.get_by_role("link", name="Workspace")).to_be_hidden()
     page.goto(f"{console.url}/console#/workspace")
     expect(page.get_by_role("heading", name="Playground")).to_be_visible()  # not an admin's page
+
+
+def test_the_workspace_shows_the_hosted_tools_and_re_ingests_an_assistant(console: Server, page: Page) -> None:
+    sign_in(page, console, console.token)
+    page.get_by_role("link", name="Workspace").click()
+    main = page.locator("main")
+    for shown in ("reviews", "main.support.flag_urgent", "handbook", "web_search", "No rate limits are set."):
+        expect(main).to_contain_text(shown)
+    page.get_by_role("button", name="Re-ingest handbook").click()
+    expect(page.locator("[data-ingest=handbook]")).to_contain_text("done:", timeout=60_000)
+    shot(page, "workspace-tools")
+
+
+def test_the_console_renders_its_first_page_within_300_ms(console: Server, page: Page) -> None:
+    page.goto(f"{console.url}/console")  # warm: the first load reads the files from the package
+    expect(page.get_by_label("Token")).to_be_visible()
+    page.goto(f"{console.url}/console")
+    expect(page.get_by_label("Token")).to_be_visible()
+    took = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
+    assert 0 < took < 300, f"the sign-in page took {took:.0f} ms to load"

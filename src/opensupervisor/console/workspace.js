@@ -1,13 +1,16 @@
 // Workspace (admins): users and groups with their tokens (a new token's secret shown once, revoke),
-// the models, the grants and the usage by day and model, through the admin API.
+// the models, the hosted tools (Genie spaces, functions, knowledge assistants with re-ingest,
+// connections), the grants, the rate limits and the usage by day and model, through the admin API.
 
 import { api, ApiError } from "./api.js";
 import { h, when } from "./dom.js";
 
 export async function workspacePage() {
-  const [principals, tokens, models, grants, usage] = await Promise.all([
+  const [principals, tokens, models, grants, usage, tools, functions, connections, assistants, limits] = await Promise.all([
     api("GET", "/admin/v1/principals"), api("GET", "/admin/v1/tokens"), api("GET", "/v1/models"),
-    api("GET", "/admin/v1/grants"), api("GET", "/admin/v1/usage?group_by=day,model")]);
+    api("GET", "/admin/v1/grants"), api("GET", "/admin/v1/usage?group_by=day,model"), api("GET", "/v1/tools"),
+    api("GET", "/admin/v1/functions"), api("GET", "/admin/v1/connections"), api("GET", "/admin/v1/knowledge_assistants"),
+    api("GET", "/admin/v1/rate-limits")]);
   const secret = h("div", { id: "new-secret", role: "status" });
   const people = h("tbody");
   const byPrincipal = new Map();
@@ -55,9 +58,43 @@ export async function workspacePage() {
     h("h2", { text: "Users, groups and tokens" }), secret, create,
     table(["Name", "Kind", "Role", "Groups", "Tokens"], [...people.children]),
     h("h2", { text: "Models" }), table(["Model", "Description"], models.data.map((m) => h("tr", {}, h("td", { text: m.id }), h("td", { text: m.description || "" })))),
+    h("h2", { text: "Genie spaces" }), table(["Space", "Description"], tools.data.filter((t) => t.type === "genie_space")
+      .map((t) => h("tr", {}, h("td", { text: t.name }), h("td", { text: t.description || "" })))),
+    h("h2", { text: "Functions" }), table(["Function", "Language", "Description"], functions.data.map((f) => h("tr", {},
+      h("td", { text: f.name }), h("td", { text: f.language }), h("td", { text: f.description || "" })))),
+    h("h2", { text: "Knowledge assistants" }), table(["Assistant", "Description", "Sources", "Index"],
+      assistants.data.map(assistantRow)),
+    h("h2", { text: "Connections" }), table(["Connection", "URL", "Auth", "Approval"], connections.data.map((c) => h("tr", {},
+      h("td", { text: c.name }), h("td", { text: c.url }), h("td", { text: c.auth }), h("td", { text: c.require_approval })))),
+    h("h2", { text: "Rate limits" }), limits.data.length ? table(["Model", "Limits"], limits.data.map((l) => h("tr", {},
+      h("td", { text: l.model }), h("td", {}, h("pre", { text: JSON.stringify(l.rate_limits || l, null, 1) })))))
+      : h("p", { class: "muted", text: "No rate limits are set." }),
     h("h2", { text: "Grants" }), table(["Object", "Principals"], (grants.data || []).map((g) => h("tr", {}, h("td", { text: g.object }),
       h("td", { text: (g.principals || []).join(", ") })))),
     h("h2", { text: "Usage by day and model" }), table(["Day", "Model", "Responses", "Tokens in", "Tokens out"],
       (usage.data || []).map((u) => h("tr", {}, h("td", { text: u.day }), h("td", { text: u.model }), h("td", { text: u.responses }),
         h("td", { text: u.input_tokens }), h("td", { text: u.output_tokens })))));
+}
+
+// A knowledge assistant's row: re-ingest its sources now, the button busy until the report comes.
+function assistantRow(ka) {
+  const state = h("span", { class: "muted", "data-ingest": ka.id, text: ka.ingesting ? "ingesting…" : `version ${ka.version}` });
+  const button = h("button", { type: "button", class: "quiet", text: "Re-ingest", "aria-label": `Re-ingest ${ka.id}`,
+    onclick: async () => {
+      button.disabled = true;
+      state.textContent = "ingesting…";
+      try {
+        const report = await api("POST", `/admin/v1/knowledge_assistants/${encodeURIComponent(ka.id)}/ingest`, {});
+        const count = (key) => (Array.isArray(report[key]) ? report[key].length : report[key] || 0);
+        state.textContent = `done: ${count("added")} added, ${count("updated")} updated, ${count("unchanged")} unchanged, `
+          + `${count("removed")} removed, ${Object.keys(report.failed || {}).length} failed, ${count("chunks")} chunks`;
+      } catch (err) {
+        state.textContent = err.message;
+        state.className = "error";
+      } finally {
+        button.disabled = false;
+      }
+    } });
+  return h("tr", {}, h("td", { text: ka.id }), h("td", { text: ka.description || "" }), h("td", { text: (ka.sources || []).join(", ") }),
+    h("td", {}, state, " ", button));
 }
