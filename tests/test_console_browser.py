@@ -4,6 +4,7 @@ model. Each test keeps a screenshot in ``test-artifacts/console/``."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,10 @@ turns = [
   { tool_calls = [{ name = "web-search", arguments = { query = "what is Databricks", count = 2 } }] },
   { text = "Databricks is a data and AI platform." },
 ]
+
+[[models."databricks-claude-sonnet-4-5".script]]
+when = "wait a little"
+turns = [{ text = "Waited a little.", delay_s = 2 }]
 
 [[models."databricks-claude-sonnet-4-5".script]]
 when = "take your time"
@@ -256,3 +261,23 @@ def test_the_console_renders_its_first_page_within_300_ms(console: Server, page:
     expect(page.get_by_label("Token")).to_be_visible()
     took = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
     assert 0 < took < 300, f"the sign-in page took {took:.0f} ms to load"
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_running_background_run_is_followed_live_after_a_reload(console: Server, page: Page, streamed: bool) -> None:
+    token = make_user(console, f"dan-{streamed}")
+    with user_client(console, token) as http:
+        body = {"model": MODEL, "input": "wait a little", "background": True, "stream": streamed}
+        with http.stream("POST", "/v1/responses", json=body) as made:  # the run goes on without this client
+            if streamed:
+                data = next(line for line in made.iter_lines() if line.startswith("data: {"))
+                response_id = json.loads(data[6:])["response"]["id"]
+            else:
+                response_id = json.loads(made.read())["id"]
+    sign_in(page, console, token)
+    page.goto(f"{console.url}/console#/runs/{response_id}")
+    expect(page.locator("#live")).to_be_visible()
+    page.reload()  # a reload follows it again
+    expect(page.locator("#live")).to_be_visible()
+    expect(page.locator(".status").first).to_have_text("completed", timeout=15_000)
+    expect(page.locator("main")).to_contain_text("Waited a little.")

@@ -1,7 +1,9 @@
 // Runs: the caller's stored responses (everyone's, for admins), filtered, newest first, a page at
-// a time; a run's page shows its input, output, usage and event log, and cancels a running one.
+// a time; a run's page shows its input, output, usage and event log, cancels a running one, and
+// follows a running background one live (its events when it was streamed, else by polling) until
+// it ends, after a reload too.
 
-import { api } from "./api.js";
+import { api, stream } from "./api.js";
 import { h, pretty, statusBadge, toolCard, when } from "./dom.js";
 
 const STATUSES = ["", "queued", "in_progress", "completed", "incomplete", "failed", "cancelled"];
@@ -68,6 +70,7 @@ export async function runPage(id, me) {
     h("h2", { text: "Output" }), ...(response.output.length ? paired(response.output).map(itemView) : [h("p", { class: "muted", text: "Nothing yet." })]),
     h("h2", { text: "Usage" }), h("pre", { class: "card", text: pretty(response.usage || {}) }),
     h("h2", { text: "Event log" }), events);
+  if (running && response.background) follow(path, id, events);
   api("GET", `${path}/events`).then((log) => {
     events.replaceChildren(...log.data.map((event) => h("li", { text: event.type })));
   }).catch((err) => events.append(h("li", { class: err.status === 400 ? "muted" : "error", text: err.status === 400
@@ -88,4 +91,28 @@ function itemView(item) {
     return h("div", { class: `msg ${item.role === "user" ? "user" : "assistant"}` }, h("strong", { text: `${item.role}: ` }), text);
   }
   return toolCard(item);
+}
+
+// A running background response: its events as they come (``?stream=true`` replays and follows a
+// streamed one), then the page again once it has ended; a response created without stream is polled.
+async function follow(path, id, events) {
+  const again = () => { if (location.hash.startsWith(`#/runs/${encodeURIComponent(id)}`)) location.hash = `#/runs/${encodeURIComponent(id)}?${Date.now()}`; };
+  const live = h("p", { role: "status", class: "muted", id: "live", text: "Following this run live…" });
+  events.before(live);
+  try {
+    let ended = false;
+    await stream("GET", `${path}?stream=true`, null, (event) => {
+      live.textContent = `Following this run live… ${event.type}`;
+      if (event.type === "response.completed" || event.type === "response.failed" || event.type === "response.incomplete") ended = true;
+    });
+    if (ended) return again();
+  } catch (err) {
+    if (err.status !== 400) { live.textContent = `Could not follow this run: ${err.message}`; return; }
+  }
+  for (;;) {  // not streamed: ask again until it has ended
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    if (!document.body.contains(live)) return;  // the page was left
+    const now = await api("GET", path);
+    if (now.status !== "queued" && now.status !== "in_progress") return again();
+  }
 }
