@@ -33,6 +33,13 @@ turns = [
 ]
 
 [[models."databricks-claude-sonnet-4-5".script]]
+when = "weather in"
+turns = [
+  { tool_calls = [{ name = "get_weather", arguments = { city = "Paris" } }] },
+  { text = "It is sunny in Paris." },
+]
+
+[[models."databricks-claude-sonnet-4-5".script]]
 when = "wait a little"
 turns = [{ text = "Waited a little.", delay_s = 2 }]
 
@@ -281,3 +288,23 @@ def test_a_running_background_run_is_followed_live_after_a_reload(console: Serve
     expect(page.locator("#live")).to_be_visible()
     expect(page.locator(".status").first).to_have_text("completed", timeout=15_000)
     expect(page.locator("main")).to_contain_text("Waited a little.")
+
+
+def test_a_client_function_is_declared_and_answered_from_the_page(console: Server, page: Page) -> None:
+    sign_in(page, console, console.token)
+    weather = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+    page.get_by_label("Client functions (JSON)").fill("[not json")
+    page.get_by_label("Message").fill("What is the weather in Paris?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("alert")).to_contain_text("Client functions")  # nothing was sent
+    expect(page.locator(".msg.user")).to_have_count(0)
+    page.get_by_label("Client functions (JSON)").fill(json.dumps([weather]))
+    expect(page.get_by_label("Message")).to_have_value("What is the weather in Paris?")  # kept for another try
+    page.get_by_role("button", name="Send").click()
+    call = page.locator("[data-call=get_weather]")
+    expect(call).to_contain_text("Paris")
+    call.get_by_label("Output of get_weather").fill("sunny, 21 C")
+    call.get_by_role("button", name="Send output").click()
+    expect(page.locator("[data-role=assistant]").last).to_have_text("It is sunny in Paris.", timeout=30_000)
+    shot(page, "playground-function")

@@ -1,6 +1,7 @@
-// The playground: a model, the workspace's hosted tools, instructions, and a chat whose answer
-// streams in, each tool call a card; MCP approval requests answered inline; "View code" shows the
-// same request for DatabricksOpenAI, the openai SDK and curl.
+// The playground: a model, the workspace's hosted tools, client functions, instructions, and a
+// chat whose answer streams in, each tool call a card; MCP approval requests and client function
+// calls answered inline; "View code" shows the same request for DatabricksOpenAI, the openai SDK
+// and curl.
 
 import { api, stream } from "./api.js";
 import { h, toolCard } from "./dom.js";
@@ -16,6 +17,20 @@ export async function playground(me) {
     ...models.data.map((m) => h("option", { value: m.id, text: m.id })));
   const instructions = h("textarea", { id: "instructions", name: "instructions", rows: 3 });
   const background = h("input", { type: "checkbox", id: "background" });
+  const functions = h("textarea", { id: "functions", name: "functions", rows: 4, spellcheck: "false",
+    placeholder: '[{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]' });
+  const functionsError = h("p", { class: "error", role: "alert" });
+  const declared = () => {
+    functionsError.textContent = "";
+    if (!functions.value.trim()) return [];
+    try {
+      const value = JSON.parse(functions.value);
+      return Array.isArray(value) ? value : [value];
+    } catch (err) {
+      functionsError.textContent = `Client functions: ${err.message}`;
+      throw err;
+    }
+  };
   const boxes = [];
   const groups = Object.entries(KIND_NAMES).map(([kind, title]) => {
     const mine = tools.data.filter((t) => t.type === kind);
@@ -34,7 +49,7 @@ export async function playground(me) {
 
   const request = (input) => {
     const body = { model: model.value, input, stream: true };
-    const chosen = boxes.filter((b) => b.box.checked).map((b) => b.tool.tool);
+    const chosen = [...boxes.filter((b) => b.box.checked).map((b) => b.tool.tool), ...declared()];
     if (chosen.length) body.tools = chosen;
     if (instructions.value.trim()) body.instructions = instructions.value.trim();
     if (background.checked) body.background = true;
@@ -43,11 +58,18 @@ export async function playground(me) {
   };
 
   const run = async (input, shown) => {
+    let body;
+    try { body = request(input); } catch { return; }
     if (shown) chat.append(h("div", { class: "msg user", text: shown }));
     send.disabled = true;
+    const answers = {
+      approval: (approval, approve) => run([{ type: "mcp_approval_response", approval_request_id: approval.id, approve }],
+        approve ? "Approved." : "Denied."),
+      call: (call, output) => run([{ type: "function_call_output", call_id: call.call_id, output }], `${call.name} → ${output}`),
+      client: new Set(body.tools ? body.tools.filter((t) => t.type === "function").map((t) => t.name) : []),
+    };
     try {
-      await follow(request(input), chat, state, (approval, approve) => run(
-        [{ type: "mcp_approval_response", approval_request_id: approval.id, approve }], approve ? "Approved." : "Denied."));
+      await follow(body, chat, state, answers);
     } catch (err) {
       chat.append(h("p", { class: "error", role: "alert", text: err.message }));
     } finally {
@@ -59,6 +81,7 @@ export async function playground(me) {
     event.preventDefault();
     const text = message.value.trim();
     if (!text) return;
+    try { declared(); } catch { return; }  // the message stays for another try
     message.value = "";
     run([{ type: "message", role: "user", content: text }], text);
   } }, h("label", { for: "message", text: "Message" }), message, h("div", { class: "row" }, send,
@@ -73,12 +96,13 @@ export async function playground(me) {
     h("label", { for: "model", text: "Model" }), model,
     h("label", { for: "instructions", text: "Instructions" }), instructions,
     h("label", { class: "check", for: "background" }, background, h("span", { text: "Run in the background" })),
+    h("label", { for: "functions", text: "Client functions (JSON)" }), functions, functionsError,
     h("h2", { text: "Hosted tools" }), ...(groups.some(Boolean) ? groups : [h("p", { class: "muted", text: "No hosted tools you may use." })]));
   return h("div", { class: "grid" }, side, h("section", { "aria-label": "Chat" }, chat, form));
 }
 
 // Stream one response into the chat: text as it comes, a card per tool call, approvals inline.
-async function follow(body, chat, state, answer) {
+async function follow(body, chat, state, answers) {
   const bubble = h("div", { class: "msg assistant", "data-role": "assistant" });
   const status = h("p", { class: "muted", "data-role": "status" });
   chat.append(bubble, status);
@@ -93,7 +117,9 @@ async function follow(body, chat, state, answer) {
       const item = event.item;
       const since = started.get(item.id);
       const ms = since === undefined ? undefined : Math.round(performance.now() - since);
-      if (TOOL_ITEMS.has(item.type)) {
+      if (item.type === "function_call" && answers.client.has(item.name)) {
+        chat.insertBefore(callCard(item, answers.call), bubble);  // the page answers it
+      } else if (TOOL_ITEMS.has(item.type)) {
         const card = toolCard(item, ms);
         if (item.type === "function_call") calls.set(item.call_id, { item, card, since });
         chat.insertBefore(card, bubble);
@@ -103,7 +129,7 @@ async function follow(body, chat, state, answer) {
         const took = call.since === undefined ? undefined : Math.round(performance.now() - call.since);
         call.card.replaceWith(toolCard({ ...call.item, output: item.output }, took));
       } else if (item.type === "mcp_approval_request") {
-        chat.insertBefore(approvalCard(item, answer), bubble);
+        chat.insertBefore(approvalCard(item, answers.approval), bubble);
       }
     } else if (type === "response.completed" || type === "response.failed" || type === "response.incomplete") {
       const response = event.response;
@@ -123,6 +149,19 @@ function approvalCard(item, answer) {
   const decide = (approve) => { card.querySelectorAll("button").forEach((b) => { b.disabled = true; }); answer(item, approve); };
   card.append(h("div", { class: "row" }, h("button", { type: "button", text: "Approve", onclick: () => decide(true) }),
     h("button", { type: "button", class: "quiet", text: "Deny", onclick: () => decide(false) })));
+  return card;
+}
+
+// A client function's call: the page writes its output, sent back with previous_response_id.
+function callCard(item, answer) {
+  const id = `output-${item.call_id}`.replace(/[^A-Za-z0-9_-]/g, "_");
+  const output = h("textarea", { id, rows: 2 });
+  const card = h("form", { class: "card", "aria-label": `Answer ${item.name}`, "data-call": item.name, onsubmit: (event) => {
+    event.preventDefault();
+    card.querySelectorAll("button, textarea").forEach((el) => { el.disabled = true; });
+    answer(item, output.value);
+  } }, h("p", {}, "The model calls your function ", h("strong", { text: item.name }), ":"), h("pre", { text: item.arguments }),
+  h("label", { for: id, text: `Output of ${item.name}` }), output, h("div", { class: "row" }, h("button", { type: "submit", text: "Send output" })));
   return card;
 }
 
