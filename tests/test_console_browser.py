@@ -308,3 +308,32 @@ def test_a_client_function_is_declared_and_answered_from_the_page(console: Serve
     call.get_by_role("button", name="Send output").click()
     expect(page.locator("[data-role=assistant]").last).to_have_text("It is sunny in Paris.", timeout=30_000)
     shot(page, "playground-function")
+
+
+def test_a_runs_trace_opens_as_a_waterfall(console: Server, page: Page) -> None:
+    sign_in(page, console, console.token)
+    page.get_by_label("Model").select_option(MODEL)
+    page.get_by_label(re.compile("^reviews")).check()
+    page.get_by_label(re.compile("^main.support.flag_urgent")).check()
+    expect(page.get_by_label(re.compile("^Keep the trace"))).to_be_checked()
+    page.get_by_role("button", name="View code").click()
+    expect(page.locator("[data-snippet=DatabricksOpenAI]")).to_contain_text('extra_body={')
+    expect(page.locator("[data-snippet=DatabricksOpenAI]")).to_contain_text('"return_trace": True')
+    page.get_by_label("Message").fill(STEP2)
+    page.get_by_role("button", name="Send").click()
+    status = page.locator("[data-role=status]").last
+    expect(status).to_contain_text("completed", timeout=30_000)
+    response_id = status.inner_text().split(" ")[0]
+    page.goto(f"{console.url}/console#/runs/{response_id}")
+    trace = page.locator("#trace")
+    expect(trace).to_be_visible()
+    names = trace.locator("details").evaluate_all("rows => rows.map(r => r.dataset.span)")
+    assert names[0] == "opensupervisor.response"
+    assert {"genie_reviews", "main__support__flag_urgent"} <= set(names), names
+    assert sum(name == MODEL for name in names) == 3  # three model calls: two tool turns, the answer
+    widths = trace.locator(".span-bar").evaluate_all("bars => bars.map(b => parseFloat(b.style.width))")
+    assert widths[0] > 99 and all(0 < w <= 100.01 for w in widths)  # the root spans the whole run
+    sql = trace.locator("details[data-span=genie_reviews]")
+    sql.locator("summary").click()
+    expect(sql).to_contain_text("Which reviews are urgent?")
+    shot(page, "trace")

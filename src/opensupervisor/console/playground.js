@@ -17,6 +17,7 @@ export async function playground(me) {
     ...models.data.map((m) => h("option", { value: m.id, text: m.id })));
   const instructions = h("textarea", { id: "instructions", name: "instructions", rows: 3 });
   const background = h("input", { type: "checkbox", id: "background" });
+  const keepTrace = h("input", { type: "checkbox", id: "keep-trace", checked: true });
   const functions = h("textarea", { id: "functions", name: "functions", rows: 4, spellcheck: "false",
     placeholder: '[{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]' });
   const functionsError = h("p", { class: "error", role: "alert" });
@@ -53,6 +54,7 @@ export async function playground(me) {
     if (chosen.length) body.tools = chosen;
     if (instructions.value.trim()) body.instructions = instructions.value.trim();
     if (background.checked) body.background = true;
+    if (keepTrace.checked) body.databricks_options = { return_trace: true };  // the run's page shows it
     if (state.previous) body.previous_response_id = state.previous;
     return body;
   };
@@ -96,6 +98,7 @@ export async function playground(me) {
     h("label", { for: "model", text: "Model" }), model,
     h("label", { for: "instructions", text: "Instructions" }), instructions,
     h("label", { class: "check", for: "background" }, background, h("span", { text: "Run in the background" })),
+    h("label", { class: "check", for: "keep-trace" }, keepTrace, h("span", { text: "Keep the trace (shown on the run's page)" })),
     h("label", { for: "functions", text: "Client functions (JSON)" }), functions, functionsError,
     h("h2", { text: "Hosted tools" }), ...(groups.some(Boolean) ? groups : [h("p", { class: "muted", text: "No hosted tools you may use." })]));
   return h("div", { class: "grid" }, side, h("section", { "aria-label": "Chat" }, chat, form));
@@ -169,8 +172,12 @@ function snippets(body) {
   const { model, input, stream: _stream, ...rest } = body;
   const host = location.origin;
   const py = (value) => JSON.stringify(value, null, 4).replace(/\btrue\b/g, "True").replace(/\bfalse\b/g, "False").replace(/\bnull\b/g, "None");
+  // The SDKs' own parameters as keywords; the Databricks extensions go in extra_body.
+  const sdk = new Set(["tools", "instructions", "background", "previous_response_id", "store", "metadata"]);
+  const extra = Object.fromEntries(Object.entries(rest).filter(([k]) => !sdk.has(k)));
   const args = [`    model=${JSON.stringify(model)},`, `    input=${py(input)},`,
-    ...Object.entries(rest).map(([k, v]) => `    ${k}=${py(v)},`), "    stream=True,"].join("\n");
+    ...Object.entries(rest).filter(([k]) => sdk.has(k)).map(([k, v]) => `    ${k}=${py(v)},`),
+    ...(Object.keys(extra).length ? [`    extra_body=${py(extra)},`] : []), "    stream=True,"].join("\n");
   const databricks = `from databricks_openai import DatabricksOpenAI\n\n# DATABRICKS_HOST=${host} DATABRICKS_TOKEN=<your token>\nclient = DatabricksOpenAI(use_ai_gateway=True)\nresponse = client.responses.create(\n${args}\n)\nfor event in response:\n    print(event)\n`;
   const openai = `from openai import OpenAI\n\nclient = OpenAI(base_url="${host}/v1", api_key="<your token>")\nresponse = client.responses.create(\n${args}\n)\nfor event in response:\n    print(event)\n`;
   const curl = `curl -N ${host}/v1/responses \\\n  -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\\n  -d '${JSON.stringify(body).replace(/'/g, "'\\''")}'\n`;

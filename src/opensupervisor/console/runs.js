@@ -5,6 +5,7 @@
 
 import { api, stream } from "./api.js";
 import { h, pretty, statusBadge, toolCard, when } from "./dom.js";
+import { waterfall } from "./trace.js";
 
 const STATUSES = ["", "queued", "in_progress", "completed", "incomplete", "failed", "cancelled"];
 
@@ -56,6 +57,7 @@ export async function runPage(id, me) {
   const path = `/v1/responses/${encodeURIComponent(id)}`;
   const [response, input] = await Promise.all([api("GET", path), api("GET", `${path}/input_items?order=asc&limit=100`)]);
   const events = h("ol", { id: "events", class: "muted", start: "0" });
+  const trace = response.databricks_output && response.databricks_output.trace;
   const running = response.status === "queued" || response.status === "in_progress";
   const cancel = running && response.background ? h("button", { type: "button", id: "cancel", text: "Cancel run", onclick: async () => {
     cancel.disabled = true;
@@ -69,6 +71,8 @@ export async function runPage(id, me) {
     h("h2", { text: "Input" }), ...input.data.map(itemView),
     h("h2", { text: "Output" }), ...(response.output.length ? paired(response.output).map(itemView) : [h("p", { class: "muted", text: "Nothing yet." })]),
     h("h2", { text: "Usage" }), h("pre", { class: "card", text: pretty(response.usage || {}) }),
+    h("h2", { text: "Trace" }), trace ? waterfall(trace)
+      : h("p", { class: "muted", text: "No trace: the request did not ask to keep one (databricks_options.return_trace)." }),
     h("h2", { text: "Event log" }), events);
   if (running && response.background) follow(path, id, events);
   api("GET", `${path}/events`).then((log) => {
