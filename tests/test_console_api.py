@@ -118,6 +118,15 @@ def test_the_console_page_and_its_files_load_only_from_this_server(running: Serv
         assert "default-src 'none'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
         assert "http" not in page.text.replace("http-equiv", "")  # no CDN
         assert http.get("/console/assets/app.js").headers["content-type"].startswith("text/javascript")
+        # The page names its files under a digest, which browsers keep; a file's plain name is asked again.
+        [script] = [line for line in page.text.splitlines() if 'type="module"' in line]
+        versioned = script.split('src="')[1].split('"')[0]
+        assert versioned.startswith("/console/assets/") and versioned.endswith("/app.js") and "{{" not in versioned
+        kept = http.get(versioned)
+        assert kept.status_code == 200 and "immutable" in kept.headers["cache-control"]
+        assert kept.content == http.get("/console/assets/app.js").content
+        assert http.get("/console/assets/app.js").headers["cache-control"] == "no-cache"
+        assert http.get("/console/assets/0123456789abcdef/app.js").status_code == 404  # another version's
         for bad in ("../__init__.py", "..%2f..%2fsettings.py", "nope.js", "app.py"):
             assert http.get(f"/console/assets/{bad}").status_code == 404, bad
 

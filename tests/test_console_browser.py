@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ProcessServer, Server, wait_until
+from tests.conftest import WORKSPACE, ProcessServer, Server, wait_until
 from tests.test_identity import make_user
 from tests.test_seed_snippets import STEP2_SCRIPT, demo_tools_workspace
 
@@ -41,7 +41,7 @@ turns = [
 
 [[models."databricks-claude-sonnet-4-5".script]]
 when = "wait a little"
-turns = [{ text = "Waited a little.", delay_s = 2 }]
+turns = [{ text = "Waited a little.", delay_s = 6 }]
 
 [[models."databricks-claude-sonnet-4-5".script]]
 when = "take your time"
@@ -123,6 +123,12 @@ def test_runs_lists_the_callers_runs_and_a_run_shows_its_items_and_log(console: 
     expect(rows).to_have_count(1)  # only rita's own: the admin's run of the other test is not hers
     expect(rows.first).to_contain_text("completed")
     shot(page, "runs")
+    page.get_by_label("To (UTC)").fill("2000-01-01")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows.first).to_contain_text("No runs.")
+    page.get_by_label("To (UTC)").fill("")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows.first).to_contain_text("completed")
     rows.first.get_by_role("link").click()
     expect(page.get_by_role("heading", name="Input")).to_be_visible()
     expect(page.locator("main")).to_contain_text(STEP2)
@@ -258,16 +264,34 @@ def test_the_workspace_shows_the_hosted_tools_and_re_ingests_an_assistant(consol
         expect(main).to_contain_text(shown)
     page.get_by_role("button", name="Re-ingest handbook").click()
     expect(page.locator("[data-ingest=handbook]")).to_contain_text("done:", timeout=60_000)
+    expect(page.locator("#usage-chart svg rect").first).to_be_attached()
     shot(page, "workspace-tools")
+    # Rate limits through the form: a bad one is refused naming its field, a good one is listed.
+    page.get_by_label("Rate limits (JSON)").fill('[{"key": "endpoint"}]')
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_role("alert").filter(has_text="rate_limits")).to_contain_text("needs 'calls'")
+    page.get_by_label("Rate limits (JSON)").fill('[{"key": "user", "calls": 1000}]')
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.locator("main")).to_contain_text('"calls": 1000')
+    with httpx.Client(base_url=console.url, headers={"Authorization": f"Bearer {console.token}"}) as http:
+        assert http.get("/admin/v1/rate-limits").json()["data"][0]["rate_limits"] == [{"key": "user", "calls": 1000,
+                                                                                      "renewal_period": "minute"}]
+        assert http.delete(f"/admin/v1/rate-limits/{MODEL}").status_code == 200
 
 
-def test_the_console_renders_its_first_page_within_300_ms(console: Server, page: Page) -> None:
-    page.goto(f"{console.url}/console")  # warm: the first load reads the files from the package
-    expect(page.get_by_label("Token")).to_be_visible()
-    page.goto(f"{console.url}/console")
-    expect(page.get_by_label("Token")).to_be_visible()
-    took = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
-    assert 0 < took < 300, f"the sign-in page took {took:.0f} ms to load"
+def test_the_console_renders_its_first_page_within_300_ms(tmp_path: Path, page: Page) -> None:
+    """On a server of its own (the shared one ingests a handbook at start and re-ingests it in a
+    test): what the page costs, not what the server does besides."""
+    with ProcessServer(tmp_path, config=WORKSPACE) as quiet:
+        page.goto(f"{quiet.url}/console")  # warm: the first load reads the files from the package
+        expect(page.get_by_label("Token")).to_be_visible()
+        loads = []
+        for _ in range(5):  # the median of five: the other tests' browsers and servers share the cores
+            page.goto(f"{quiet.url}/console")
+            expect(page.get_by_label("Token")).to_be_visible()
+            loads.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd"))
+    took = sorted(loads)[2]
+    assert 0 < took < 300, f"the sign-in page took {took:.0f} ms to load (of {loads})"
 
 
 @pytest.mark.parametrize("streamed", [True, False])

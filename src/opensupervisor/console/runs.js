@@ -10,7 +10,7 @@ import { waterfall } from "./trace.js";
 const STATUSES = ["", "queued", "in_progress", "completed", "incomplete", "failed", "cancelled"];
 
 export async function runsPage(me) {
-  const filters = { status: "", model: "", background: "", user: "" };
+  const filters = { status: "", model: "", background: "", user: "", since: "", until: "" };
   const body = h("tbody");
   const more = h("button", { type: "button", class: "quiet", id: "more", text: "Older runs", hidden: true });
   let after = null;
@@ -19,6 +19,10 @@ export async function runsPage(me) {
   const background = h("select", { id: "f-background" }, h("option", { value: "", text: "any" }),
     h("option", { value: "true", text: "background" }), h("option", { value: "false", text: "foreground" }));
   const user = h("input", { type: "text", id: "f-user" });
+  const since = h("input", { type: "date", id: "f-since" });
+  const until = h("input", { type: "date", id: "f-until" });
+  // A day's start in UTC as epoch seconds; "until" takes the whole day it names.
+  const day = (input, extra) => (input.value ? String(Date.parse(`${input.value}T00:00:00Z`) / 1000 + extra) : "");
 
   const load = async (reset) => {
     if (reset) { body.replaceChildren(); after = null; }
@@ -39,13 +43,16 @@ export async function runsPage(me) {
   more.addEventListener("click", () => load(false));
   const form = h("form", { class: "card filters", "aria-label": "Filters", onsubmit: (event) => {
     event.preventDefault();
-    Object.assign(filters, { status: status.value, model: model.value.trim(), background: background.value, user: user.value.trim() });
+    Object.assign(filters, { status: status.value, model: model.value.trim(), background: background.value, user: user.value.trim(),
+      since: day(since, 0), until: day(until, 86400) });
     load(true);
   } },
   h("div", {}, h("label", { for: "f-status", text: "Status" }), status),
   h("div", {}, h("label", { for: "f-model", text: "Model" }), model),
   h("div", {}, h("label", { for: "f-background", text: "Kind" }), background),
   me.admin ? h("div", {}, h("label", { for: "f-user", text: "User" }), user) : null,
+  h("div", {}, h("label", { for: "f-since", text: "From (UTC)" }), since),
+  h("div", {}, h("label", { for: "f-until", text: "To (UTC)" }), until),
   h("div", {}, h("button", { type: "submit", text: "Filter" })));
   await load(true);
   return h("section", { "aria-labelledby": "runs-title" }, h("h1", { id: "runs-title", text: "Runs" }), form,

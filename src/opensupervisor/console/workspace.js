@@ -11,6 +11,7 @@ export async function workspacePage() {
     api("GET", "/admin/v1/grants"), api("GET", "/admin/v1/usage?group_by=day,model"), api("GET", "/v1/tools"),
     api("GET", "/admin/v1/functions"), api("GET", "/admin/v1/connections"), api("GET", "/admin/v1/knowledge_assistants"),
     api("GET", "/admin/v1/rate-limits")]);
+  const byPrincipalUsage = await api("GET", "/admin/v1/usage?group_by=principal");
   const secret = h("div", { id: "new-secret", role: "status" });
   const people = h("tbody");
   const byPrincipal = new Map();
@@ -66,11 +67,13 @@ export async function workspacePage() {
       assistants.data.map(assistantRow)),
     h("h2", { text: "Connections" }), table(["Connection", "URL", "Auth", "Approval"], connections.data.map((c) => h("tr", {},
       h("td", { text: c.name }), h("td", { text: c.url }), h("td", { text: c.auth }), h("td", { text: c.require_approval })))),
-    h("h2", { text: "Rate limits" }), limits.data.length ? table(["Model", "Limits"], limits.data.map((l) => h("tr", {},
-      h("td", { text: l.model }), h("td", {}, h("pre", { text: JSON.stringify(l.rate_limits || l, null, 1) })))))
+    h("h2", { text: "Rate limits" }), limits.data.length ? table(["Model", "Limits", "From"], limits.data.map((l) => h("tr", {},
+      h("td", { text: l.model }), h("td", {}, h("pre", { text: JSON.stringify(l.rate_limits, null, 1) })), h("td", { text: l.source }))))
       : h("p", { class: "muted", text: "No rate limits are set." }),
+    limitsForm(models.data.map((m) => m.id), limits.data, reload),
     h("h2", { text: "Grants" }), table(["Object", "Principals"], (grants.data || []).map((g) => h("tr", {}, h("td", { text: g.object }),
       h("td", { text: (g.principals || []).join(", ") })))),
+    h("h2", { text: "Usage" }), usageCharts(usage.data || [], byPrincipalUsage.data || []),
     h("h2", { text: "Usage by day and model" }), table(["Day", "Model", "Responses", "Tokens in", "Tokens out"],
       (usage.data || []).map((u) => h("tr", {}, h("td", { text: u.day }), h("td", { text: u.model }), h("td", { text: u.responses }),
         h("td", { text: u.input_tokens }), h("td", { text: u.output_tokens })))));
@@ -97,4 +100,67 @@ function assistantRow(ka) {
     } });
   return h("tr", {}, h("td", { text: ka.id }), h("td", { text: ka.description || "" }), h("td", { text: (ka.sources || []).join(", ") }),
     h("td", {}, state, " ", button));
+}
+
+// Set a model's rate limits (the gateway's shape: key, principal, calls and tokens per minute).
+function limitsForm(models, limits, reload) {
+  const model = h("select", { id: "limits-model" }, ...models.map((m) => h("option", { value: m, text: m })));
+  const value = h("textarea", { id: "limits-json", rows: 3, spellcheck: "false" });
+  const error = h("p", { class: "error", role: "alert" });
+  const fill = () => {
+    const found = limits.find((l) => l.model === model.value);
+    value.value = JSON.stringify(found ? found.rate_limits : [{ key: "user", calls: 60 }]);
+  };
+  model.addEventListener("change", fill);
+  fill();
+  return h("form", { class: "card", "aria-label": "Set rate limits", onsubmit: async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    try {
+      await api("PUT", `/admin/v1/rate-limits/${encodeURIComponent(model.value)}`, { rate_limits: JSON.parse(value.value) });
+      await reload();
+    } catch (err) {
+      error.textContent = err instanceof ApiError ? `${err.param ? `${err.param}: ` : ""}${err.message}` : String(err);
+    }
+  } }, h("label", { for: "limits-model", text: "Model" }), model,
+  h("label", { for: "limits-json", text: "Rate limits (JSON)" }), value, error,
+  h("div", { class: "row" }, h("button", { type: "submit", text: "Save limits" })));
+}
+
+// Tokens by day (a bar a day, stacked by model) and by principal, as SVG drawn here.
+function usageCharts(byDayModel, byPrincipal) {
+  if (!byDayModel.length) return h("p", { class: "muted", text: "No usage yet." });
+  const svg = (tag, attrs, ...children) => {
+    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    el.append(...children);
+    return el;
+  };
+  const days = [...new Set(byDayModel.map((u) => u.day))].sort();
+  const models = [...new Set(byDayModel.map((u) => u.model))].sort();
+  const tokens = (u) => (u.input_tokens || 0) + (u.output_tokens || 0);
+  const totals = days.map((d) => byDayModel.filter((u) => u.day === d).reduce((a, u) => a + tokens(u), 0));
+  const top = Math.max(...totals, 1);
+  const width = 60 * days.length + 40, height = 180;
+  const colours = ["#0a58ca", "#1a7f37", "#9a6700", "#8250df", "#cf222e", "#57606a"];
+  const bars = [];
+  days.forEach((day, i) => {
+    let y = height - 20;
+    for (const [m, model] of models.entries()) {
+      const row = byDayModel.find((u) => u.day === day && u.model === model);
+      if (!row) continue;
+      const h_ = (tokens(row) / top) * (height - 40);
+      y -= h_;
+      bars.push(svg("rect", { x: 30 + i * 60, y, width: 40, height: Math.max(h_, 1), fill: colours[m % colours.length] },
+        svg("title", {}, `${day} · ${model}: ${tokens(row)} tokens, ${row.responses} responses`)));
+    }
+    bars.push(svg("text", { x: 50 + i * 60, y: height - 5, "text-anchor": "middle", "font-size": 10 }, day.slice(5)));
+  });
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", height, role: "img",
+    "aria-label": `Tokens by day: ${days.map((d, i) => `${d} ${totals[i]}`).join(", ")}` }, ...bars);
+  const legend = h("p", { class: "muted" }, ...models.map((m, i) => h("span", { class: "legend", "data-colour": colours[i % colours.length], text: `■ ${m}  ` })));
+  for (const item of legend.querySelectorAll(".legend")) item.style.color = item.dataset.colour;
+  const people = h("ul", { class: "muted" }, ...byPrincipal.map((u) => h("li", { text: `${u.principal}: ${tokens(u)} tokens, ${u.responses} responses, ${u.tool_calls} tool calls` })));
+  return h("div", { class: "card", id: "usage-chart" }, h("div", { class: "muted", text: "Tokens by day, by model" }), chart, legend,
+    h("div", { class: "muted", text: "By principal" }), people);
 }

@@ -2,7 +2,9 @@
 
 The page and its scripts are files of the package (``opensupervisor/console``): no CDN, no
 build step, nothing fetched from elsewhere (the page's policy lets it load only this server's own
-files). The console reads and writes only through the public and admin HTTP APIs.
+files). The page names its files under a digest of them all (``/console/assets/<digest>/app.js``),
+so a browser keeps them until the package changes instead of asking again at every load. The
+console reads and writes only through the public and admin HTTP APIs.
 
 Signing in trades a token for a session cookie: ``POST /console/session`` with ``{"token"}``
 checks the token as any request's, then sets ``os_console`` (HttpOnly, SameSite=Strict, Secure
@@ -16,6 +18,7 @@ from ``GET /console/session``; a WebSocket handshake never counts the cookie. Si
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -47,6 +50,7 @@ POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'sel
           "font-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 HEADERS = {"content-security-policy": POLICY, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
            "cache-control": "no-cache"}
+KEPT = {**HEADERS, "cache-control": "public, max-age=31536000, immutable"}
 
 
 class SignIn(BaseModel):
@@ -109,15 +113,17 @@ def console_routes() -> list[BaseRoute]:
 
 
 async def page(request: Request) -> Response:
-    return Response(_file("index.html"), media_type="text/html; charset=utf-8", headers=HEADERS)
+    return Response(_page(), media_type="text/html; charset=utf-8", headers=HEADERS)
 
 
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
+    versioned = name.startswith(f"{_digest()}/")
+    name = name.removeprefix(f"{_digest()}/")
     suffix = name[name.rfind("."):] if "." in name else ""
     if suffix not in ASSET_TYPES or name not in _assets():
         raise NotFound(f"No console file '{name}'.", param="name")
-    return Response(_file(name), media_type=ASSET_TYPES[suffix], headers=HEADERS)
+    return Response(_file(name), media_type=ASSET_TYPES[suffix], headers=KEPT if versioned else HEADERS)
 
 
 async def sign_in(request: Request) -> Response:
@@ -169,6 +175,20 @@ def _assets() -> frozenset[str]:
 
     walk(root, "")
     return frozenset(found)
+
+
+@cache
+def _digest() -> str:
+    """Of every file of the console: a new package's files have new names."""
+    hashed = hashlib.sha256()
+    for name in sorted(_assets()):
+        hashed.update(name.encode() + b"\0" + _file(name))
+    return hashed.hexdigest()[:16]
+
+
+@cache
+def _page() -> bytes:
+    return _file("index.html").replace(b"{{version}}", _digest().encode())
 
 
 @cache
