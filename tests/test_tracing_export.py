@@ -38,7 +38,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return False
 
     try:
-        wait_until(up, timeout=90, what="mlflow server to start")
+        # Its first start migrates a new database: slow on a busy machine.
+        wait_until(up, timeout=240, what="mlflow server to start")
         yield url
     finally:
         stop(proc)
