@@ -17,6 +17,9 @@ from mlflow.entities import SpanType
 from tests.conftest import ProcessServer, Server, ThreadServer, free_port, stop, wait_until
 from tests.test_tracing import CLIENT_SPAN, CLIENT_TRACE, create, workspace
 
+# The MLflow server's first start (a new database to migrate) can take minutes on a busy machine.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
