@@ -7,7 +7,8 @@ wait for an answer, across runs)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,9 +21,10 @@ from opensupervisor.runtime import Runtime
 from opensupervisor.server.auth import authenticate
 from opensupervisor.server.state import JSONResponse
 from opensupervisor.store.listing import MissingCursor, ResponseFilter, list_responses
+from opensupervisor.wire.response import ResponseStatus
 from opensupervisor.wire.validation import INT32_MAX, page_query, query_int
 
-STATUSES = ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled")
+STATUSES: tuple[str, ...] = get_args(ResponseStatus)
 
 
 def catalog_routes(prefixes: tuple[str, ...]) -> list[BaseRoute]:
@@ -41,12 +43,11 @@ async def list_stored(request: Request) -> Response:
     state: Runtime = request.app.state.os
     query = request.query_params
     limit, order, after = page_query(query)
-    where = ResponseFilter(owner=await _owner(state, principal, query.get("user")), status=_status(query.get("status")),
-                           model=query.get("model") or None, background=_flag(query.get("background")),
-                           since=query_int(query, "since", default=-1, low=0, high=INT32_MAX) if "since" in query
-                           else None,
-                           until=query_int(query, "until", default=-1, low=0, high=INT32_MAX) if "until" in query
-                           else None)
+    background = _choice(query, "background", ("true", "false"))
+    where = ResponseFilter(owner=await _owner(state, principal, query.get("user")),
+                           status=_choice(query, "status", STATUSES), model=query.get("model") or None,
+                           background=None if background is None else background == "true",
+                           since=_seconds(query, "since"), until=_seconds(query, "until"))
     try:
         page, more = await list_responses(state.store, where, limit=limit, order=order, after=after)
     except MissingCursor as exc:
@@ -75,22 +76,18 @@ async def _owner(state: Runtime, principal: Principal, user: str | None) -> str 
     return found.id
 
 
-def _status(value: str | None) -> str | None:
-    if value in (None, ""):
-        return None
-    if value not in STATUSES:
-        raise InvalidRequest(f"Invalid value for 'status': must be one of {', '.join(STATUSES)}.", param="status",
+def _choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    """A query parameter that is one of ``allowed``, or absent (None); anything else is a 400 naming it."""
+    value = query.get(name) or None
+    if value is not None and value not in allowed:
+        raise InvalidRequest(f"Invalid value for '{name}': must be one of {', '.join(allowed)}.", param=name,
                              code="invalid_value")
     return value
 
 
-def _flag(value: str | None) -> bool | None:
-    if value in (None, ""):
-        return None
-    if value not in ("true", "false"):
-        raise InvalidRequest("Invalid value for 'background': must be 'true' or 'false'.", param="background",
-                             code="invalid_value")
-    return value == "true"
+def _seconds(query: Mapping[str, str], name: str) -> int | None:
+    """An optional time in epoch seconds."""
+    return query_int(query, name, default=0, low=0, high=INT32_MAX) if name in query else None
 
 
 async def list_events(request: Request) -> Response:
@@ -107,7 +104,7 @@ async def list_events(request: Request) -> Response:
     if not stored.stream and not stored.response["background"]:
         raise InvalidRequest("This response keeps no event log: it was neither streamed nor run in the background.",
                              param="response_id", code="no_event_log")
-    data = [event.data for event in await state.store.events_after(response_id, after)]
+    data = [event.data for event in await state.store.events_after(response_id, after, limit + 1)]
     return JSONResponse({"object": "list", "data": data[:limit], "has_more": len(data) > limit})
 
 
@@ -138,13 +135,13 @@ def _workspace_tools(state: Runtime) -> list[dict[str, Any]]:
     for name, function in sorted(functions.items()):
         out.append(_tool("uc_function", "function", name, function.entry.description, {"name": name}))
     for ka, entry in sorted(state.assistants.entries.items()):
-        out.append(_tool("knowledge_assistant", "knowledge_assistant", ka, getattr(entry, "description", None),
+        out.append(_tool("knowledge_assistant", "knowledge_assistant", ka, entry.description,
                          {"knowledge_assistant_id": ka}))
     for name, raw in sorted(state.workspace.apps.items()):
         out.append(_tool("app", "app", name, raw.get("description"), {"name": name}))
     connections = {**state.connections.entries, **{n: e for n, (_, e) in state.connections.stored.items()}}
     for name, conn in sorted(connections.items()):
-        out.append(_tool("uc_connection", "connection", name, getattr(conn, "description", None), {"name": name}))
+        out.append(_tool("uc_connection", "connection", name, conn.description, {"name": name}))
     return out
 
 

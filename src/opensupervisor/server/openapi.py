@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import version
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
@@ -29,6 +29,7 @@ from opensupervisor.tools.connections import ConnectionEntry
 from opensupervisor.tools.uc_functions import FunctionEntry
 from opensupervisor.wire.conversations import CreateConversation, CreateItems, UpdateConversation
 from opensupervisor.wire.request import CompactRequest, CreateResponseRequest
+from opensupervisor.wire.response import ResponseStatus
 from opensupervisor.wire.validation import INT32_MAX
 
 
@@ -82,8 +83,7 @@ def _responses_operations(prefix: str) -> list[Operation]:
         Operation("get", base, "List the caller's stored responses (everyone's for an admin)", "responses",
                   query={"limit": {"type": "integer", "minimum": 1, "maximum": 100},
                          "order": {"enum": ["asc", "desc"]}, "after": STRING,
-                         "status": {"enum": ["queued", "in_progress", "completed", "incomplete", "failed",
-                                             "cancelled"]},
+                         "status": {"enum": list(get_args(ResponseStatus))},
                          "model": STRING, "background": {"type": "boolean"}, "user": STRING,
                          "since": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
                          "until": {"type": "integer", "minimum": 0, "maximum": INT32_MAX}}),

@@ -170,7 +170,7 @@ class EventStream(Response):
 
             while True:
                 try:
-                    frame = await _next(frames, before_waiting)
+                    frame = await _Next(frames, before_waiting)
                 except StopAsyncIteration:
                     break
                 held.append(frame)
@@ -206,13 +206,11 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
 
 
-def _next(frames: AsyncGenerator[bytes], before_waiting: Callable[[], Awaitable[None]]) -> Awaitable[bytes]:
-    """The next of ``frames``, awaiting ``before_waiting()`` first when that frame is not ready at once
-    (the run waits on its model, a tool or the store), so what is held leaves while it waits."""
-    return _Next(frames, before_waiting)
-
-
 class _Next:
+    """Awaited: the next of ``frames``, awaiting ``before_waiting()`` first when that frame is not
+    ready at once (the run waits on its model, a tool or the store), so what is held leaves while
+    it waits."""
+
     __slots__ = ("before_waiting", "frames")
 
     def __init__(self, frames: AsyncGenerator[bytes], before_waiting: Callable[[], Awaitable[None]]) -> None:

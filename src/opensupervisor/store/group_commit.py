@@ -142,10 +142,10 @@ class GroupCommit:
 
     def _serve_batches(self) -> None:
         while (first := self._waiting.get()) is not None:
-            if first == _CHECKPOINT:
+            if isinstance(first, str):  # _CHECKPOINT, the only job that is not a write
                 self._checkpoint()
                 continue
-            batch: list[Write] = [first] if not isinstance(first, str) else []
+            batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
                     more = self._waiting.get_nowait()

@@ -418,11 +418,11 @@ class Store:
 
         return await self.run(read)
 
-    async def events_after(self, response_id: str, after: int) -> LogSlice:
-        """The log after sequence number ``after``, with the output items its compact rows show."""
+    async def events_after(self, response_id: str, after: int, limit: int | None = None) -> LogSlice:
+        """The log after sequence number ``after`` (at most ``limit`` events), with the items its rows show."""
         query = select(events.c.event).where(
             and_(events.c.response_id == response_id, events.c.sequence_number > after)
-        ).order_by(events.c.sequence_number)
+        ).order_by(events.c.sequence_number).limit(limit)
 
         def read() -> LogSlice:
             with self.engine.connect() as conn:
