@@ -179,6 +179,13 @@ def test_a_streamed_responses_event_log_reads_as_json(running: Server) -> None:
         assert log["data"][-1]["type"] == "response.completed" and not log["has_more"]
         tail = http.get(f"/v1/responses/{response_id}/events", params={"after": len(lines) - 3, "limit": 1}).json()
         assert [e["sequence_number"] for e in tail["data"]] == [len(lines) - 2] and tail["has_more"]
+        for key, value in (("after", "-2"), ("after", "x"), ("limit", "0"), ("limit", "5001")):
+            bad = http.get(f"/v1/responses/{response_id}/events", params={key: value})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == key, (key, value)
+        for value in ("0", "101", "many"):
+            bad = http.get("/v1/approvals", params={"limit": value})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit", value
+        assert http.get("/v1/approvals").json() == {"object": "list", "data": []}
         plain = _create(http)
         refused = http.get(f"/v1/responses/{plain['id']}/events")
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_event_log"
